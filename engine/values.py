@@ -1,0 +1,239 @@
+"""The Convex value model in Python, and its two encodings.
+
+Python types map to Convex types as follows: ``None`` → null, ``bool`` →
+boolean, ``int`` → int64, ``float`` → float64 (JSON numbers), ``str`` →
+string, ``bytes`` → bytes, ``list`` → array, ``dict`` with string keys →
+object.
+
+* The *storage* encoding (`encode_doc`/`decode_doc`) is what the log and the
+  projection hold: orjson, where ints stay JSON integers and floats always
+  carry a fraction or exponent, so the int64/float64 distinction survives;
+  bytes and non-finite floats become ``{"$bytes": b64}`` / ``{"$float": b64}``.
+* The *wire* encoding (`to_wire`/`from_wire`) is Convex JSON as the official
+  clients speak it: every JSON number is a float64 and int64 travels as
+  ``{"$integer": b64 of 8 little-endian bytes}``.
+"""
+from __future__ import annotations
+
+import base64
+import math
+import os
+import struct
+import time
+from typing import Any
+
+import orjson
+
+MAX_DEPTH = 64
+MAX_DOC_BYTES = 1 << 20
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
+
+
+class ValueError_(ValueError):
+    """A value outside the Convex value model; the message names the path to it."""
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def _float_bits(value: float) -> str:
+    return _b64(struct.pack("<d", value))
+
+
+def _storage_default(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return {"$bytes": _b64(bytes(obj))}
+    raise TypeError(f"{type(obj).__name__} is not a Convex value")
+
+
+def check_value(value: Any, path: str = "value", depth: int = 0) -> bool:
+    """Validate `value` against the Convex value model.
+
+    Raises `ValueError_` naming the offending path. Returns True when the value
+    holds a non-finite float (which the storage encoding must rewrite).
+    """
+    if depth > MAX_DEPTH:
+        raise ValueError_(f"{path}: nesting deeper than {MAX_DEPTH} levels")
+    t = type(value)
+    if value is None or t is bool or t is str or t is bytes:
+        return False
+    if t is float:
+        return not math.isfinite(value)
+    if t is int:
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValueError_(f"{path}: integer {value} does not fit in int64")
+        return False
+    if t is list or t is tuple:
+        special = False
+        for i, item in enumerate(value):
+            special |= check_value(item, f"{path}[{i}]", depth + 1)
+        return special
+    if t is dict:
+        special = False
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ValueError_(f"{path}: object keys must be strings, got {type(key).__name__}")
+            if key.startswith("$"):
+                raise ValueError_(f"{path}: field name {key!r} may not start with '$'")
+            special |= check_value(item, f"{path}.{key}", depth + 1)
+        return special
+    if isinstance(value, (bytearray, memoryview)):
+        return False
+    raise ValueError_(f"{path}: {t.__name__} is not a Convex value (use None, bool, int, float, str, bytes, list or dict)")
+
+
+def _rewrite_special_floats(value: Any) -> Any:
+    t = type(value)
+    if t is float and not math.isfinite(value):
+        return {"$float": _float_bits(value)}
+    if t is list or t is tuple:
+        return [_rewrite_special_floats(v) for v in value]
+    if t is dict:
+        return {k: _rewrite_special_floats(v) for k, v in value.items()}
+    return value
+
+
+def encode_value(value: Any, *, checked_special: bool | None = None) -> bytes:
+    """Encode any Convex value in the storage encoding."""
+    special = check_value(value) if checked_special is None else checked_special
+    if special:
+        value = _rewrite_special_floats(value)
+    return orjson.dumps(value, default=_storage_default)
+
+
+def encode_doc(doc: dict[str, Any]) -> bytes:
+    """Encode a document (validated already) in the storage encoding."""
+    try:
+        return orjson.dumps(doc, default=_storage_default)
+    except (TypeError, orjson.JSONEncodeError):
+        return encode_value(doc)
+
+
+def _restore_specials(value: Any) -> Any:
+    t = type(value)
+    if t is dict:
+        if len(value) == 1:
+            if "$bytes" in value:
+                return _unb64(value["$bytes"])
+            if "$float" in value:
+                return struct.unpack("<d", _unb64(value["$float"]))[0]
+        return {k: _restore_specials(v) for k, v in value.items()}
+    if t is list:
+        return [_restore_specials(v) for v in value]
+    return value
+
+
+def decode_value(raw: bytes) -> Any:
+    """Decode a value from the storage encoding."""
+    value = orjson.loads(raw)
+    if b'"$' in raw:
+        value = _restore_specials(value)
+    return value
+
+
+decode_doc = decode_value
+
+
+# --- wire (Convex JSON) -----------------------------------------------------
+
+def to_wire(value: Any) -> Any:
+    """Convert a Python Convex value into Convex JSON (JSON-serialisable)."""
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return value
+    if t is float:
+        if math.isfinite(value) and not (value == 0.0 and math.copysign(1.0, value) < 0):
+            return value
+        return {"$float": _float_bits(value)}
+    if t is int:
+        return {"$integer": _b64(struct.pack("<q", value))}
+    if t is dict:
+        return {k: to_wire(v) for k, v in value.items()}
+    if t is list or t is tuple:
+        return [to_wire(v) for v in value]
+    if t is bytes or isinstance(value, (bytearray, memoryview)):
+        return {"$bytes": _b64(bytes(value))}
+    raise ValueError_(f"{t.__name__} is not a Convex value")
+
+
+def from_wire(value: Any, path: str = "value", depth: int = 0) -> Any:
+    """Convert Convex JSON (as parsed by orjson) into Python Convex values.
+
+    JSON numbers become floats; ``$integer``/``$bytes``/``$float`` objects
+    become int/bytes/float. Raises `ValueError_` naming the path on bad input.
+    """
+    if depth > MAX_DEPTH:
+        raise ValueError_(f"{path}: nesting deeper than {MAX_DEPTH} levels")
+    t = type(value)
+    if t is str or t is bool or value is None or t is float:
+        return value
+    if t is int:
+        return float(value)
+    if t is list:
+        return [from_wire(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
+    if t is dict:
+        if len(value) == 1:
+            ((key, inner),) = value.items()
+            if key.startswith("$"):
+                try:
+                    if key == "$integer":
+                        raw = _unb64(inner)
+                        if len(raw) != 8:
+                            raise ValueError("need 8 bytes")
+                        return struct.unpack("<q", raw)[0]
+                    if key == "$bytes":
+                        return _unb64(inner)
+                    if key == "$float":
+                        raw = _unb64(inner)
+                        if len(raw) != 8:
+                            raise ValueError("need 8 bytes")
+                        return struct.unpack("<d", raw)[0]
+                except (ValueError, TypeError, AttributeError) as exc:
+                    raise ValueError_(f"{path}: malformed {key} value ({exc})") from None
+                raise ValueError_(f"{path}: unknown special value {key!r}")
+        out = {}
+        for k, v in value.items():
+            if k.startswith("$"):
+                raise ValueError_(f"{path}: field name {k!r} may not start with '$'")
+            out[k] = from_wire(v, f"{path}.{k}", depth + 1)
+        return out
+    raise ValueError_(f"{path}: {t.__name__} is not a Convex JSON value")
+
+
+def wire_dumps(value: Any) -> bytes:
+    """Serialise a Python Convex value as Convex JSON bytes."""
+    return orjson.dumps(to_wire(value))
+
+
+# --- document ids ------------------------------------------------------------
+
+_ID_RANDOM_BYTES = 10
+
+
+def new_id(table: str) -> str:
+    """A fresh document id: URL-safe, opaque, and encoding its table name."""
+    raw = table.encode() + b"\x00" + time.time_ns().to_bytes(8, "big")[2:] + os.urandom(_ID_RANDOM_BYTES)
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def table_of(doc_id: Any) -> str | None:
+    """The table a document id belongs to, or None if `doc_id` is not a Tape id."""
+    if type(doc_id) is not str or not 8 <= len(doc_id) <= 200:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(doc_id + "=" * (-len(doc_id) % 4))
+    except (ValueError, TypeError):
+        return None
+    table, sep, rest = raw.partition(b"\x00")
+    if not sep or len(rest) != 6 + _ID_RANDOM_BYTES or not table:
+        return None
+    try:
+        return table.decode()
+    except UnicodeDecodeError:
+        return None

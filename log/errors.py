@@ -1,0 +1,22 @@
+"""Errors raised by commit-log implementations. Each names the file and offset involved."""
+from __future__ import annotations
+
+
+class LogError(Exception):
+    """Base class for commit-log errors."""
+
+
+class LogCorruptError(LogError):
+    """The log holds damaged data that is not an incomplete tail (never silently skipped)."""
+
+
+class LogFormatError(LogError):
+    """The data directory was written by an unknown (e.g. newer) format version."""
+
+
+class LogWriteError(LogError):
+    """An append failed (disk full, I/O error, broker unreachable); nothing of it is visible."""
+
+
+class LogClosedError(LogError):
+    """The log was used after close()."""
