@@ -1,1 +1,12 @@
-"""engine package."""
+"""The function runtime: app loading, schema and validators, serial transactions, read sets."""
+from engine.app import App
+from engine.db import DELETE
+from engine.errors import AppError
+from engine.functions import action, internal_action, internal_mutation, internal_query, mutation, query
+from engine.schema import define_schema, define_table
+from engine.validators import v
+
+__all__ = [
+    "App", "AppError", "DELETE", "action", "define_schema", "define_table", "internal_action",
+    "internal_mutation", "internal_query", "mutation", "query", "v",
+]

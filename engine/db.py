@@ -1,0 +1,424 @@
+"""`ctx.db`: document reads and writes with read-set capture, and the query builder."""
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any, Awaitable, Callable, Iterator
+
+from engine.errors import ArgumentError, EngineError, LimitExceeded, ReadOnlyError
+from engine.limits import Limits
+from engine.overlay import Overlay
+from engine.readset import ReadSet, key_successor
+from engine.schema import Schema
+from engine.values import ValueError_, check_value, decode_doc, encode_doc, new_id, table_of
+
+
+class _Delete:
+    """Sentinel: `ctx.db.patch(id, {"field": DELETE})` removes the field."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE = _Delete()
+
+
+class IndexRange:
+    """Builds an index range: `q.eq("a", 1).gte("b", 2).lt("b", 5)`, fields in index order."""
+
+    def __init__(self, fields: list[str], index: str) -> None:
+        self._fields = fields
+        self._index = index
+        self.eq_values: list[Any] = []
+        self.lower: tuple[Any, bool] | None = None
+        self.upper: tuple[Any, bool] | None = None
+
+    def _next_field(self, name: str, op: str) -> None:
+        position = len(self.eq_values)
+        if self.lower is not None or self.upper is not None:
+            bound_field = self._fields[position] if position < len(self._fields) else None
+            if op != "eq" and name == bound_field:
+                return
+            raise ArgumentError(f"index {self._index!r}: {op}({name!r}) after a range bound; eq() must come first")
+        if position >= len(self._fields) or self._fields[position] != name:
+            expected = self._fields[position] if position < len(self._fields) else "nothing more"
+            raise ArgumentError(f"index {self._index!r} fields are {self._fields}: expected {expected!r} next, got {name!r}")
+
+    def eq(self, name: str, value: Any) -> "IndexRange":
+        self._next_field(name, "eq")
+        self.eq_values.append(value)
+        return self
+
+    def _bound(self, name: str, value: Any, op: str, lower: bool, inclusive: bool) -> "IndexRange":
+        self._next_field(name, op)
+        if lower:
+            if self.lower is not None:
+                raise ArgumentError(f"index {self._index!r}: two lower bounds on {name!r}")
+            self.lower = (value, inclusive)
+        else:
+            if self.upper is not None:
+                raise ArgumentError(f"index {self._index!r}: two upper bounds on {name!r}")
+            self.upper = (value, inclusive)
+        return self
+
+    def gt(self, name: str, value: Any) -> "IndexRange":
+        return self._bound(name, value, "gt", True, False)
+
+    def gte(self, name: str, value: Any) -> "IndexRange":
+        return self._bound(name, value, "gte", True, True)
+
+    def lt(self, name: str, value: Any) -> "IndexRange":
+        return self._bound(name, value, "lt", False, False)
+
+    def lte(self, name: str, value: Any) -> "IndexRange":
+        return self._bound(name, value, "lte", False, True)
+
+
+class Transaction:
+    """State shared by one function execution: read set, limits, deadline and pending writes."""
+
+    def __init__(self, projection: Any, schema: Schema, limits: Limits, overlay: Overlay | None,
+                 writable: bool, clock: Callable[[], float] | None = None) -> None:
+        self.projection = projection
+        self.schema = schema
+        self.limits = limits
+        self.overlay = overlay if overlay is not None else Overlay()
+        self.writable = writable
+        self.read_set = ReadSet()
+        self.reads = 0
+        self.deadline = time.monotonic() + limits.max_seconds
+        # id -> (table, encoded doc before this transaction) for every doc it wrote
+        self.touched: dict[str, tuple[str, bytes | None]] = {}
+        self._clock = clock or time.time
+
+    def tick(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise LimitExceeded(f"function ran longer than {self.limits.max_seconds:g}s")
+
+    def count_read(self, n: int = 1) -> None:
+        self.reads += n
+        if self.reads > self.limits.max_reads:
+            raise LimitExceeded(f"transaction read more than {self.limits.max_reads} documents")
+
+    def load(self, doc_id: str) -> bytes | None:
+        """Current encoded document (overlay first, then projection), without read-set bookkeeping."""
+        entry = self.overlay.get(doc_id)
+        if entry is not None:
+            return entry.doc
+        return self.projection.get(doc_id)
+
+    def scan(self, lo: bytes, hi: bytes, reverse: bool) -> Iterator[tuple[bytes, str]]:
+        return self.overlay.merge_scan(self.projection.scan(lo, hi, reverse), lo, hi, reverse)
+
+
+class DatabaseReader:
+    """The read-only `ctx.db` of queries (and the read half of mutations)."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    @staticmethod
+    def _check_id(doc_id: Any) -> str:
+        table = table_of(doc_id)
+        if table is None:
+            raise ArgumentError(f"invalid document id {doc_id!r}")
+        return table
+
+    async def get(self, doc_id: str) -> dict[str, Any] | None:
+        """The document with this id, or None."""
+        self._check_id(doc_id)
+        tx = self._tx
+        tx.tick()
+        tx.count_read()
+        tx.read_set.add_point(tx.projection.doc_key(doc_id))
+        raw = tx.load(doc_id)
+        return decode_doc(raw) if raw is not None else None
+
+    def query(self, table: str) -> "QueryBuilder":
+        """Start a query over `table` (default order: by creation time, ascending)."""
+        if not isinstance(table, str) or not table:
+            raise ArgumentError(f"table name must be a non-empty string, got {table!r}")
+        return QueryBuilder(self._tx, table)
+
+    def normalize_id(self, table: str, doc_id: Any) -> str | None:
+        """`doc_id` if it is an id of `table`, else None."""
+        return doc_id if table_of(doc_id) == table else None
+
+    async def insert(self, table: str, doc: dict[str, Any]) -> str:
+        raise ReadOnlyError("queries cannot write: ctx.db.insert is only available in mutations")
+
+    async def patch(self, doc_id: str, fields: dict[str, Any]) -> None:
+        raise ReadOnlyError("queries cannot write: ctx.db.patch is only available in mutations")
+
+    async def replace(self, doc_id: str, doc: dict[str, Any]) -> None:
+        raise ReadOnlyError("queries cannot write: ctx.db.replace is only available in mutations")
+
+    async def delete(self, doc_id: str) -> None:
+        raise ReadOnlyError("queries cannot write: ctx.db.delete is only available in mutations")
+
+
+class DatabaseWriter(DatabaseReader):
+    """The `ctx.db` of mutations: reads plus insert/patch/replace/delete."""
+
+    def __init__(self, tx: Transaction, creation_clock: Callable[[], float]) -> None:
+        super().__init__(tx)
+        self._creation_clock = creation_clock
+
+    def _validated(self, table: str, doc: dict[str, Any], what: str) -> bytes:
+        tx = self._tx
+        if type(doc) is not dict:
+            raise ArgumentError(f"{what}: document must be a dict, got {type(doc).__name__}")
+        definition = tx.schema.table(table)
+        if definition is not None:
+            doc = definition.validate(table, doc)
+        else:
+            tx.schema.check_table_allowed(table)
+        try:
+            check_value(doc, f"{table} document")
+        except ValueError_ as exc:
+            raise ArgumentError(str(exc)) from None
+        raw = encode_doc(doc)
+        if len(raw) > tx.limits.max_doc_bytes:
+            raise LimitExceeded(f"{what}: document is {len(raw)} bytes, over the {tx.limits.max_doc_bytes} byte limit")
+        return raw
+
+    def _write(self, doc_id: str, table: str, raw: bytes | None, doc: dict[str, Any] | None) -> None:
+        tx = self._tx
+        if doc_id not in tx.touched:
+            if len(tx.touched) >= tx.limits.max_writes:
+                raise LimitExceeded(f"transaction wrote more than {tx.limits.max_writes} documents")
+            tx.touched[doc_id] = (table, tx.load(doc_id))
+        keys = tx.projection.index_keys(table, doc) if doc is not None else []
+        tx.overlay.put(doc_id, table, raw, keys)
+
+    def _require_writable(self) -> None:
+        if not self._tx.writable:
+            raise ReadOnlyError("queries cannot write")
+
+    async def insert(self, table: str, doc: dict[str, Any]) -> str:
+        """Insert a document; returns its new id."""
+        self._require_writable()
+        if not isinstance(table, str) or not table or table.startswith("_"):
+            raise ArgumentError(f"invalid table name {table!r}")
+        if type(doc) is not dict:
+            raise ArgumentError(f"insert into {table!r}: document must be a dict, got {type(doc).__name__}")
+        for key in doc:
+            if isinstance(key, str) and key.startswith("_"):
+                raise ArgumentError(f"insert into {table!r}: field {key!r} is reserved (system fields start with '_')")
+        self._tx.tick()
+        doc_id = new_id(table)
+        full = dict(doc)
+        full["_id"] = doc_id
+        full["_creationTime"] = self._creation_clock()
+        raw = self._validated(table, full, f"insert into {table!r}")
+        self._write(doc_id, table, raw, full)
+        return doc_id
+
+    async def _existing(self, doc_id: str, op: str) -> tuple[str, dict[str, Any]]:
+        table = self._check_id(doc_id)
+        current = await self.get(doc_id)
+        if current is None:
+            raise ArgumentError(f"{op}: document {doc_id!r} does not exist")
+        return table, current
+
+    async def patch(self, doc_id: str, fields: dict[str, Any]) -> None:
+        """Shallow-merge `fields` into the document; a value of `DELETE` removes that field."""
+        self._require_writable()
+        if type(fields) is not dict:
+            raise ArgumentError(f"patch: fields must be a dict, got {type(fields).__name__}")
+        table, current = await self._existing(doc_id, "patch")
+        for key, value in fields.items():
+            if key in ("_id", "_creationTime"):
+                if value != current[key]:
+                    raise ArgumentError(f"patch: system field {key!r} cannot be changed")
+                continue
+            if value is DELETE:
+                current.pop(key, None)
+            else:
+                current[key] = value
+        raw = self._validated(table, current, f"patch of {doc_id!r}")
+        self._write(doc_id, table, raw, current)
+
+    async def replace(self, doc_id: str, doc: dict[str, Any]) -> None:
+        """Replace the whole document (system fields are kept)."""
+        self._require_writable()
+        if type(doc) is not dict:
+            raise ArgumentError(f"replace: document must be a dict, got {type(doc).__name__}")
+        table, current = await self._existing(doc_id, "replace")
+        full = {k: v for k, v in doc.items() if k not in ("_id", "_creationTime")}
+        full["_id"] = doc_id
+        full["_creationTime"] = current["_creationTime"]
+        raw = self._validated(table, full, f"replace of {doc_id!r}")
+        self._write(doc_id, table, raw, full)
+
+    async def delete(self, doc_id: str) -> None:
+        """Delete the document."""
+        self._require_writable()
+        table, _ = await self._existing(doc_id, "delete")
+        self._write(doc_id, table, None, None)
+
+
+def _encode_cursor(key: bytes) -> str:
+    return base64.urlsafe_b64encode(key).decode("ascii")
+
+
+def _decode_cursor(cursor: Any, prefix_lo: bytes, prefix_hi: bytes) -> bytes:
+    try:
+        key = base64.urlsafe_b64decode(cursor.encode("ascii"))
+    except (ValueError, AttributeError):
+        raise ArgumentError(f"paginationOpts.cursor: not a cursor from this query: {cursor!r}") from None
+    if not prefix_lo <= key <= prefix_hi:
+        raise ArgumentError("paginationOpts.cursor: cursor belongs to a different query or index")
+    return key
+
+
+class QueryBuilder:
+    """A lazy query: `with_index`, `order`, `filter`, then `take`/`first`/`unique`/`collect`/`paginate`."""
+
+    def __init__(self, tx: Transaction, table: str) -> None:
+        self._tx = tx
+        self._table = table
+        self._index = "by_creation_time"
+        self._range: IndexRange | None = None
+        self._desc = False
+        self._filters: list[Callable[[dict[str, Any]], Any]] = []
+
+    def with_index(self, name: str, range_fn: Callable[[IndexRange], IndexRange] | None = None) -> "QueryBuilder":
+        """Read through index `name`, restricted by `range_fn(q)` built from eq/gt/gte/lt/lte."""
+        fields = self._index_fields(name)
+        self._index = name
+        if range_fn is not None:
+            builder = IndexRange(fields, name)
+            result = range_fn(builder)
+            self._range = result if isinstance(result, IndexRange) else builder
+        return self
+
+    def _index_fields(self, name: str) -> list[str]:
+        if name == "by_creation_time":
+            return ["_creationTime"]
+        if name == "by_id":
+            return ["_id"]
+        definition = self._tx.schema.table(self._table)
+        if definition is None or name not in definition.indexes:
+            known = ["by_id", "by_creation_time"] + (list(definition.indexes) if definition else [])
+            raise ArgumentError(f"table {self._table!r} has no index {name!r} (indexes: {', '.join(known)})")
+        return definition.indexes[name]
+
+    def order(self, order: str) -> "QueryBuilder":
+        if order not in ("asc", "desc"):
+            raise ArgumentError(f"order must be 'asc' or 'desc', got {order!r}")
+        self._desc = order == "desc"
+        return self
+
+    def filter(self, predicate: Callable[[dict[str, Any]], Any]) -> "QueryBuilder":
+        """Keep documents for which `predicate(doc)` is truthy (scanned rows still count as read)."""
+        self._filters.append(predicate)
+        return self
+
+    def _bounds(self) -> tuple[bytes, bytes]:
+        r = self._range
+        if r is None:
+            return self._tx.projection.index_range(self._table, self._index, [], None, None)
+        return self._tx.projection.index_range(self._table, self._index, r.eq_values, r.lower, r.upper)
+
+    def _walk(self, lo: bytes, hi: bytes, limit: int | None, full_lo: bytes, full_hi: bytes
+              ) -> tuple[list[dict[str, Any]], bytes | None, bool]:
+        """Scan, decode and filter up to `limit` matches; records the walked range in the read set.
+
+        Returns (documents, last key walked, exhausted)."""
+        tx = self._tx
+        out: list[dict[str, Any]] = []
+        last: bytes | None = None
+        exhausted = True
+        filters = self._filters
+        desc = self._desc
+        for key, doc_id in tx.scan(lo, hi, desc):
+            last = key
+            tx.count_read()
+            raw = tx.load(doc_id)
+            if raw is None:
+                continue
+            doc = decode_doc(raw)
+            if filters and not all(f(doc) for f in filters):
+                continue
+            out.append(doc)
+            if limit is not None and len(out) >= limit:
+                exhausted = False
+                break
+        tx.tick()
+        if exhausted:
+            tx.read_set.add(lo, hi)
+        elif desc:
+            tx.read_set.add(last, hi)  # type: ignore[arg-type]
+        else:
+            tx.read_set.add(lo, key_successor(last))  # type: ignore[arg-type]
+        return out, last, exhausted
+
+    async def take(self, n: int) -> list[dict[str, Any]]:
+        if type(n) is not int or n < 0:
+            raise ArgumentError(f"take(n): n must be a non-negative int, got {n!r}")
+        if n == 0:
+            return []
+        lo, hi = self._bounds()
+        return self._walk(lo, hi, n, lo, hi)[0]
+
+    async def collect(self) -> list[dict[str, Any]]:
+        lo, hi = self._bounds()
+        return self._walk(lo, hi, None, lo, hi)[0]
+
+    async def first(self) -> dict[str, Any] | None:
+        docs = await self.take(1)
+        return docs[0] if docs else None
+
+    async def unique(self) -> dict[str, Any] | None:
+        docs = await self.take(2)
+        if len(docs) > 1:
+            raise EngineError(f"unique(): query on {self._table!r} returned more than one document")
+        return docs[0] if docs else None
+
+    def __aiter__(self) -> Any:
+        return self._aiter()
+
+    async def _aiter(self) -> Any:
+        for doc in await self.collect():
+            yield doc
+
+    async def paginate(self, opts: dict[str, Any]) -> dict[str, Any]:
+        """One page: `{"page", "isDone", "continueCursor"}`; `endCursor` pins a page's end (usePaginatedQuery)."""
+        if type(opts) is not dict:
+            raise ArgumentError("paginationOpts must be an object {numItems, cursor}")
+        num = opts.get("numItems")
+        if isinstance(num, float) and num.is_integer():
+            num = int(num)
+        if type(num) is not int or num < 0:
+            raise ArgumentError(f"paginationOpts.numItems: expected a non-negative number, got {num!r}")
+        lo, hi = self._bounds()
+        start, end = lo, hi
+        cursor = opts.get("cursor")
+        if cursor is not None:
+            key = _decode_cursor(cursor, lo, hi)
+            if self._desc:
+                end = key
+            else:
+                start = key_successor(key)
+        end_cursor = opts.get("endCursor")
+        limit: int | None = num
+        if end_cursor is not None:
+            key = _decode_cursor(end_cursor, lo, hi)
+            if self._desc:
+                start = key
+            else:
+                end = key_successor(key)
+            limit = None
+        if start >= end:
+            return {"page": [], "isDone": True, "continueCursor": cursor or _encode_cursor(hi if not self._desc else lo)}
+        docs, last, exhausted = self._walk(start, end, limit, lo, hi)
+        final = lo if self._desc else hi
+        if end_cursor is not None:
+            return {"page": docs, "isDone": _decode_cursor(end_cursor, lo, hi) == final, "continueCursor": end_cursor}
+        if exhausted or last is None:
+            return {"page": docs, "isDone": True, "continueCursor": _encode_cursor(final)}
+        return {"page": docs, "isDone": False, "continueCursor": _encode_cursor(last)}
+
+
+AwaitableDoc = Awaitable[dict[str, Any] | None]

@@ -1,0 +1,48 @@
+"""Driving query and mutation handlers to completion without the event loop."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Coroutine
+
+from engine.errors import AppError, EngineError, InternalFunctionError, SuspendedError
+from engine.values import ValueError_, check_value
+
+log = logging.getLogger("tape.engine")
+
+
+def drive(coro: Coroutine[Any, Any, Any], path: str) -> Any:
+    """Run `coro` to completion synchronously.
+
+    Queries and mutations must not suspend on real I/O: the database calls
+    complete without yielding, so a handler that does yield is awaiting
+    something else (a sleep, a network call) and is failed with a clear error.
+    """
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise SuspendedError(f"{path} awaited real I/O (e.g. asyncio.sleep or a network call); "
+                         "queries and mutations must be deterministic — move I/O into an action")
+
+
+def run_handler(coro: Coroutine[Any, Any, Any], path: str) -> Any:
+    """`drive` plus error mapping: AppError and EngineError pass through, other exceptions are hidden."""
+    try:
+        result = drive(coro, path)
+    except (AppError, EngineError):
+        raise
+    except Exception as exc:  # app bug: log the traceback, give the client a request id only
+        error = InternalFunctionError(path)
+        log.error("uncaught exception in %s (request %s)", path, error.request_id, exc_info=exc)
+        raise error from None
+    check_result(result, path)
+    return result
+
+
+def check_result(result: Any, path: str) -> None:
+    """Function results must be Convex values."""
+    try:
+        check_value(result, f"return value of {path}")
+    except ValueError_ as exc:
+        raise EngineError(str(exc)) from None
