@@ -346,12 +346,13 @@ class QueryBuilder:
                 exhausted = False
                 break
         tx.tick()
+        bucket = tx.projection.index_prefix(self._table, self._index)
         if exhausted:
-            tx.read_set.add(lo, hi)
+            tx.read_set.add(lo, hi, bucket)
         elif desc:
-            tx.read_set.add(last, hi)  # type: ignore[arg-type]
+            tx.read_set.add(last, hi, bucket)  # type: ignore[arg-type]
         else:
-            tx.read_set.add(lo, key_successor(last))  # type: ignore[arg-type]
+            tx.read_set.add(lo, key_successor(last), bucket)  # type: ignore[arg-type]
         return out, last, exhausted
 
     async def take(self, n: int) -> list[dict[str, Any]]:

@@ -18,13 +18,20 @@ class ReadSet:
     """
 
     ranges: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: the index prefix each range lies in (parallel to `ranges`; b"" for document points)
+    buckets: list[bytes] = field(default_factory=list)
 
-    def add(self, lo: bytes, hi: bytes) -> None:
+    def add(self, lo: bytes, hi: bytes, bucket: bytes = b"") -> None:
         if lo < hi:
             self.ranges.append((lo, hi))
+            self.buckets.append(bucket)
 
     def add_point(self, key: bytes) -> None:
         self.ranges.append((key, key + b"\x00"))
+        self.buckets.append(b"")
+
+    def __len__(self) -> int:
+        return len(self.ranges)
 
     def contains(self, key: bytes) -> bool:
         """True when `key` lies inside any recorded range (linear; the gateway keeps an index)."""

@@ -30,6 +30,7 @@ class QueryResult:
     read_set: ReadSet
     offset: int
     ts: int
+    error: Exception | None = None
 
 
 class Runtime:
@@ -107,15 +108,26 @@ class Runtime:
     # -- functions -------------------------------------------------------------
     def run_query(self, path: str, args: Any, *, allow_internal: bool = False,
                   identity: dict[str, Any] | None = None) -> QueryResult:
-        """Run a query at the current projection state (synchronously, so it sees one snapshot)."""
-        fn = self.app.function(path, allow_internal=allow_internal)
-        if fn.kind != "query":
-            raise EngineError(f"{fn.path} is a {fn.kind}, not a query")
-        checked = fn.validate_args(args)
+        """Run a query at the current projection state; raises the query's error."""
+        result = self.evaluate_query(path, args, allow_internal=allow_internal, identity=identity)
+        if result.error is not None:
+            raise result.error
+        return result
+
+    def evaluate_query(self, path: str, args: Any, *, allow_internal: bool = False,
+                       identity: dict[str, Any] | None = None) -> QueryResult:
+        """Run a query synchronously (so it sees one snapshot); errors are returned with the read set."""
         tx = Transaction(self.projection, self.app.schema, self.limits, None, writable=False)
-        ctx = QueryCtx(DatabaseReader(tx), Auth(identity))
         offset, ts = self.projection.applied_offset, self.projection.applied_ts
-        value = run_handler(fn.handler(ctx, **checked), fn.path)
+        try:
+            fn = self.app.function(path, allow_internal=allow_internal)
+            if fn.kind != "query":
+                raise EngineError(f"{fn.path} is a {fn.kind}, not a query")
+            checked = fn.validate_args(args)
+            ctx = QueryCtx(DatabaseReader(tx), Auth(identity))
+            value = run_handler(fn.handler(ctx, **checked), fn.path)
+        except (AppError, EngineError) as exc:
+            return QueryResult(None, tx.read_set, offset, ts, exc)
         return QueryResult(value, tx.read_set, offset, ts)
 
     async def run_mutation(self, path: str, args: Any, *, allow_internal: bool = False,

@@ -1,0 +1,121 @@
+"""A running Tape node: log + projection + runtime + subscriptions + sessions, with a lifecycle."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from engine.app import App
+from engine.errors import EngineError
+from engine.runtime import Runtime
+from gateway.admin import AdminKey
+from gateway.config import ServerConfig
+from gateway.subscriptions import SubscriptionManager
+from log import open_log
+from projections.store import Projection
+
+log = logging.getLogger("tape.node")
+
+VERSION = "0.1.0"
+PING_AFTER_SECONDS = 15.0
+
+
+class Node:
+    """Everything one server process runs; `start()` and `stop()` bracket its life."""
+
+    version = VERSION
+
+    def __init__(self, config: ServerConfig, app: App) -> None:
+        self.config = config
+        self.app = app
+        self.sessions: set[Any] = set()
+        self.admin = AdminKey(config.data_dir)
+        self.log: Any = None
+        self.projection: Projection | None = None
+        self.runtime: Runtime = None  # type: ignore[assignment]
+        self.subscriptions: SubscriptionManager = None  # type: ignore[assignment]
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.reload_error: str | None = None
+
+    async def start(self) -> None:
+        """Open storage, catch the projection up with the log, start the writer and background tasks."""
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log = open_log(self.config.log_location)
+        await self.log.open()
+        self.projection = Projection(self.config.projection_dir, self.app.schema.index_catalog())
+        self.runtime = Runtime(self.app, self.log, self.projection, self.config.limits, role=self.config.role)
+        self.subscriptions = SubscriptionManager(self.runtime)
+        await self.runtime.start()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._pinger(), name="tape-pinger"))
+        if self.config.reload:
+            self._tasks.append(loop.create_task(self._watch_app(), name="tape-reloader"))
+
+    async def stop(self) -> None:
+        """Finish queued mutations, close sessions, flush the projection and close the log."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.runtime is not None:
+            await self.runtime.stop()
+        for session in list(self.sessions):
+            session.close(1001, "ServerShutdown")
+        if self.subscriptions is not None:
+            self.subscriptions.close()
+        if self.projection is not None:
+            self.projection.close()
+        if self.log is not None:
+            await self.log.close()
+
+    async def query_at(self, path: str, args: dict[str, Any], ts: int, identity: Any) -> Any:
+        """Run a query as of commit timestamp `ts` (only the current state until time travel lands)."""
+        if ts >= self.runtime.projection.applied_ts:
+            return self.runtime.run_query(path, args, identity=identity).value
+        raise EngineError("query_at_ts for a past timestamp needs the time-travel endpoint (/api/admin/query_at)")
+
+    async def _pinger(self) -> None:
+        from gateway.protocol import ping_message
+        import orjson
+        ping = orjson.dumps(ping_message())
+        while True:
+            await asyncio.sleep(PING_AFTER_SECONDS / 3)
+            cutoff = time.monotonic() - PING_AFTER_SECONDS
+            for session in list(self.sessions):
+                if session.last_sent < cutoff:
+                    session.send(ping)
+                    session.last_sent = time.monotonic()
+
+    def reload_app(self) -> list[str]:
+        """Reload changed app modules; returns a summary line per function. Keeps the old app on error."""
+        fresh = self.app.reload()
+        self.runtime.install_app(fresh)
+        self.app = fresh
+        changed = self.subscriptions.refresh_all()
+        ts = self.runtime.projection.applied_ts
+        per_session: dict[int, tuple[Any, list[Any]]] = {}
+        for shared in changed:
+            for subscriber, qid in shared.subscribers.values():
+                per_session.setdefault(id(subscriber), (subscriber, []))[1].append((qid, shared))
+        for subscriber, updates in per_session.values():
+            subscriber.deliver(updates, ts)
+        return [fn.summary() for fn in fresh.functions.values()]
+
+    async def _watch_app(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                if not self.app.changed():
+                    continue
+            except OSError:
+                continue
+            try:
+                lines = self.reload_app()
+                self.reload_error = None
+                log.warning("reloaded %s: %d functions", self.app.directory, len(lines))
+            except EngineError as exc:
+                if str(exc) != self.reload_error:
+                    log.error("reload failed, still serving the previous version: %s", exc)
+                self.reload_error = str(exc)
+                self.app._mtimes = {p: p.stat().st_mtime for p in self.app._module_files()}

@@ -1,0 +1,163 @@
+"""Live queries: shared executions, invalidation by read set, and fan-out of new results.
+
+Every distinct (path, args, identity) is one `SharedQuery`, executed once
+and serialised once however many clients subscribe to it. After each batch
+of log records is applied to the projection, the manager finds the shared
+queries whose read sets contain a written index key (old or new), re-runs
+only those, and hands each affected session one consistent update at the new
+log position.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Hashable, Protocol
+
+import orjson
+
+from engine.errors import AppError
+from engine.runtime import QueryResult, Runtime
+from engine.values import decode_doc, to_wire
+from gateway.range_index import RangeIndex
+from log.record import Record
+
+log = logging.getLogger("tape.subscriptions")
+
+
+class Subscriber(Protocol):
+    """A client session that receives query updates."""
+
+    def deliver(self, updates: list[tuple[int, "SharedQuery"]], ts: int) -> None: ...
+
+
+@dataclass(eq=False)
+class SharedQuery:
+    """One query execution shared by every subscriber with the same path, args and identity."""
+
+    key: Hashable
+    path: str
+    args: dict[str, Any]
+    identity: dict[str, Any] | None
+    value_json: bytes = b"null"
+    error_message: str | None = None
+    error_data_json: bytes | None = None
+    offset: int = -1
+    ts: int = 0
+    subscribers: dict[tuple[int, int], tuple[Subscriber, int]] = field(default_factory=dict)
+
+    def set_result(self, result: QueryResult) -> bool:
+        """Store a new result; returns True if what clients see changed."""
+        self.offset, self.ts = result.offset, result.ts
+        if result.error is None:
+            value_json = orjson.dumps(to_wire(result.value))
+            changed = self.error_message is not None or value_json != self.value_json
+            self.value_json, self.error_message, self.error_data_json = value_json, None, None
+            return changed
+        message = str(result.error)
+        data = orjson.dumps(to_wire(result.error.data)) if isinstance(result.error, AppError) else None
+        changed = message != self.error_message or data != self.error_data_json
+        self.error_message, self.error_data_json = message, data
+        return changed
+
+
+def query_key(path: str, args: Any, identity: dict[str, Any] | None) -> Hashable:
+    """Identity of a query execution: equal paths, args and identities share one execution."""
+    ident = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS) if identity else b""
+    return (path, orjson.dumps(to_wire(args), option=orjson.OPT_SORT_KEYS), ident)
+
+
+class SubscriptionManager:
+    """Owns all shared queries of a node and keeps them current as the projection advances."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._queries: dict[Hashable, SharedQuery] = {}
+        self._ranges = RangeIndex()
+        self._prefixes: dict[tuple[str, str], bytes] = {}
+        self.reruns = 0
+        runtime.add_listener(self.on_applied)
+
+    def close(self) -> None:
+        self.runtime.remove_listener(self.on_applied)
+
+    @property
+    def query_count(self) -> int:
+        return len(self._queries)
+
+    def subscribe(self, subscriber: Subscriber, query_id: int, path: str, args: dict[str, Any],
+                  identity: dict[str, Any] | None) -> SharedQuery:
+        """Attach a subscriber's query; runs it if no identical query is live yet."""
+        key = query_key(path, args, identity)
+        shared = self._queries.get(key)
+        if shared is None:
+            shared = SharedQuery(key, path, args, identity)
+            self._run(shared)
+            self._queries[key] = shared
+        shared.subscribers[(id(subscriber), query_id)] = (subscriber, query_id)
+        return shared
+
+    def unsubscribe(self, subscriber: Subscriber, shared: SharedQuery, query_id: int) -> None:
+        shared.subscribers.pop((id(subscriber), query_id), None)
+        if not shared.subscribers:
+            self._queries.pop(shared.key, None)
+            self._ranges.remove(shared.key)
+
+    def _run(self, shared: SharedQuery) -> bool:
+        result = self.runtime.evaluate_query(shared.path, shared.args, identity=shared.identity)
+        self.reruns += 1
+        self._ranges.set(shared.key, result.read_set.ranges, result.read_set.buckets)
+        return shared.set_result(result)
+
+    def refresh_all(self) -> list[SharedQuery]:
+        """Re-run every live query (after an app reload); returns those whose result changed."""
+        return [q for q in list(self._queries.values()) if self._run(q)]
+
+    def _bucket(self, table: str, index: str) -> bytes:
+        prefix = self._prefixes.get((table, index))
+        if prefix is None:
+            prefix = self._prefixes[(table, index)] = self.runtime.projection.index_prefix(table, index)
+        return prefix
+
+    def affected_by(self, records: list[Record]) -> set[Hashable]:
+        """Keys of the shared queries whose read sets contain a key written by `records`."""
+        affected: set[Hashable] = set()
+        if not self._queries:
+            return affected
+        projection = self.runtime.projection
+        for record in records:
+            for write in record.writes:
+                if write.table.startswith("_"):
+                    continue
+                owners = self._ranges.owners_of
+                owners(projection.doc_key(write.id), b"", affected)
+                for raw in (write.prev, write.doc):
+                    if raw is None:
+                        continue
+                    for index, key in projection.index_keys(write.table, decode_doc(raw)):
+                        owners(key, self._bucket(write.table, index), affected)
+        return affected
+
+    def on_applied(self, records: list[Record]) -> None:
+        """Projection listener: re-run affected queries and push one update per affected session."""
+        affected = self.affected_by(records)
+        if not affected:
+            return
+        per_session: dict[int, tuple[Subscriber, list[tuple[int, SharedQuery]]]] = {}
+        for key in affected:
+            shared = self._queries.get(key)
+            if shared is None:
+                continue
+            if not self._run(shared):
+                continue
+            for subscriber, query_id in shared.subscribers.values():
+                entry = per_session.get(id(subscriber))
+                if entry is None:
+                    per_session[id(subscriber)] = (subscriber, [(query_id, shared)])
+                else:
+                    entry[1].append((query_id, shared))
+        ts = self.runtime.projection.applied_ts
+        for subscriber, updates in per_session.values():
+            try:
+                subscriber.deliver(updates, ts)
+            except Exception:
+                log.exception("delivering an update failed")
