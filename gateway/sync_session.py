@@ -134,9 +134,12 @@ class SyncSession:
         self._transition(ts, [_modification(qid, shared) for qid, shared in updates])
 
     def advance_to(self, ts: int) -> None:
-        """Make sure the client has seen a Transition at ≥ ts (mutation responses wait for one)."""
-        if self.versions.sent.ts < ts:
-            self._transition(max(ts, self.node.runtime.projection.applied_ts), [])
+        """Send a Transition at ≥ ts after a MutationResponse.
+
+        Clients resolve a mutation only when a Transition reaching its ts arrives
+        *after* the response, so one is sent even when the data already went out.
+        """
+        self._transition(max(ts, self.node.runtime.projection.applied_ts), [])
 
     def confirm(self) -> None:
         """Send a (possibly empty) Transition: the Rust client completes requests only when one arrives."""
