@@ -1,0 +1,69 @@
+"""The commit-log interface shared by the embedded FileLog and a Kafka-backed log."""
+from __future__ import annotations
+
+import abc
+from types import TracebackType
+from typing import AsyncIterator
+
+from log.record import Record
+
+
+class Log(abc.ABC):
+    """A durable, totally ordered log of committed transactions.
+
+    Offsets are dense from 0; timestamps (ns since the epoch) are strictly
+    increasing, also across restarts. Readers only ever see durable records.
+    """
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Open (and if needed create or recover) the log."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending appends and release every resource; idempotent."""
+
+    @abc.abstractmethod
+    async def append(self, records: list[Record]) -> None:
+        """Append `records` atomically and durably.
+
+        Sets each record's `offset` and `ts` and returns once they are
+        durable. Raises LogWriteError if nothing was appended (then no offset
+        or ts was consumed and the records are left untouched).
+        """
+
+    @abc.abstractmethod
+    def next_offset(self) -> int:
+        """The offset the next append gets: the number of durable records."""
+
+    @abc.abstractmethod
+    def last_ts(self) -> int:
+        """The ts of the last durable record (0 when the log is empty)."""
+
+    @abc.abstractmethod
+    def read(self, start: int, end: int | None = None, batch: int = 4096) -> AsyncIterator[list[Record]]:
+        """Yield records with start <= offset < end (None: the current end) in batches."""
+
+    @abc.abstractmethod
+    def tail(self, start: int, batch: int = 4096) -> AsyncIterator[list[Record]]:
+        """Like `read` from `start`, but never ends: waits for new records."""
+
+    @abc.abstractmethod
+    async def offset_for_timestamp(self, ts: int) -> int:
+        """The first offset whose ts >= `ts` (`next_offset()` if there is none)."""
+
+    @abc.abstractmethod
+    async def truncate(self, next_offset: int) -> None:
+        """Durably drop every record with offset >= `next_offset`."""
+
+    async def __aenter__(self) -> "Log":
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()

@@ -1,0 +1,241 @@
+"""Segment files: naming, listing, integrity scans and frame reads.
+
+A segment is a file ``<20-digit first offset>.seg`` holding consecutive
+frames (see `log.codec`) and nothing else. Everything here is synchronous and
+works on plain file descriptors / buffers; `log.file_log` decides what runs in
+a thread.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from log.codec import (
+    HEADER,
+    HEADER_SIZE,
+    MAGIC,
+    MAX_BODY,
+    SCHEMAS,
+    FrameError,
+    UnknownSchemaError,
+    check_frame,
+    decode_frames,
+)
+from log.errors import LogCorruptError, LogFormatError
+from log.record import Record
+
+SUFFIX = ".seg"
+READ_CHUNK = 1 << 20
+
+
+def segment_name(base: int) -> str:
+    """File name of the segment whose first record has offset `base`."""
+    return f"{base:020d}{SUFFIX}"
+
+
+def list_segments(directory: Path) -> list[tuple[int, Path]]:
+    """All segment files in `directory` as (base offset, path), sorted by base."""
+    found: list[tuple[int, Path]] = []
+    for entry in os.scandir(directory):
+        name = entry.name
+        if name.endswith(SUFFIX) and len(name) == 20 + len(SUFFIX) and name[:20].isdigit():
+            found.append((int(name[:20]), Path(entry.path)))
+    found.sort()
+    return found
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """Outcome of scanning frames of one segment buffer.
+
+    `end_pos` is the position after the last good frame; `error` describes
+    the first frame that did not check out (None if the scan ran cleanly to
+    the end or to `stop`), at byte `error_pos`.
+    """
+
+    end_pos: int
+    next_offset: int
+    last_ts: int
+    last_index_pos: int
+    index: list[tuple[int, int, int]] = field(default_factory=list)  # (offset, ts, pos)
+    error: str | None = None
+    error_pos: int = -1
+    torn: bool = False
+
+
+def scan_buffer(
+    buf: bytes,
+    pos: int,
+    next_offset: int,
+    last_ts: int,
+    last_index_pos: int,
+    index_bytes: int,
+    stop: int | None = None,
+    shift: int = 0,
+) -> ScanResult:
+    """Verify consecutive frames of `buf` from `pos` and build sparse index entries.
+
+    Each frame must be intact (magic, length, CRC, known schema version), carry
+    offset `next_offset` (then +1 each) and a ts above the previous one. An
+    index entry is made for the frame at position 0 and whenever a frame
+    starts `index_bytes` or more after the previous entry (`last_index_pos`,
+    -1 for none yet). Stops before a frame with offset >= `stop`. `buf`
+    holds the file from byte `shift` on: every position in the result
+    (index entries, `end_pos`, `error_pos`, `last_index_pos`) is a file
+    position, i.e. already includes `shift`.
+    """
+    res = ScanResult(pos, next_offset, last_ts, last_index_pos)
+    index = res.index
+    end = len(buf)
+    view = memoryview(buf)
+    unpack = HEADER.unpack_from
+    crc32 = zlib.crc32
+    hsize = HEADER_SIZE
+    if stop is None:
+        stop = 1 << 62
+    expect = next_offset
+    ix_pos = last_index_pos
+    while pos < end and expect < stop:
+        if end - pos < hsize:
+            res.error, res.error_pos, res.torn = (
+                f"short frame header ({end - pos} of {hsize} bytes)", pos, True)
+            break
+        magic, version, length, offset, ts, crc = unpack(buf, pos)
+        body = pos + hsize
+        nxt = body + length
+        if magic != MAGIC or length > MAX_BODY:
+            res.error, res.error_pos, res.torn = (
+                f"bad frame header (magic {magic!r}, length {length})", pos, True)
+            break
+        if nxt > end:
+            res.error, res.error_pos, res.torn = (
+                f"short frame body ({end - body} of {length} bytes)", pos, True)
+            break
+        if crc32(view[body:nxt], crc32(view[pos:pos + 24])) != crc:
+            res.error, res.error_pos, res.torn = ("frame CRC mismatch", pos, True)
+            break
+        if version not in SCHEMAS:  # intact, but we cannot read it
+            raise UnknownSchemaError(version, pos + shift)
+        if offset != expect:
+            res.error, res.error_pos = (f"frame carries offset {offset}, expected {expect}", pos)
+            break
+        if ts <= last_ts:
+            res.error, res.error_pos = (
+                f"frame ts {ts} is not above the previous ts {last_ts}", pos)
+            break
+        if ix_pos < 0 or pos + shift - ix_pos >= index_bytes:
+            ix_pos = pos + shift
+            index.append((offset, ts, ix_pos))
+        last_ts = ts
+        expect += 1
+        pos = nxt
+    res.end_pos = pos + shift
+    if res.error is not None:
+        res.error_pos += shift
+    res.next_offset = expect
+    res.last_ts = last_ts
+    res.last_index_pos = ix_pos
+    return res
+
+
+def valid_frame_after(buf: bytes, pos: int) -> int | None:
+    """Position of the first intact frame starting after `pos`, or None.
+
+    Used to tell a torn tail (nothing valid follows) from corruption in the
+    middle of the data (valid frames follow the damaged one).
+    """
+    end = len(buf)
+    at = buf.find(MAGIC, pos + 1)
+    while at >= 0:
+        try:
+            check_frame(buf, at, end)
+            return at
+        except FrameError:
+            pass
+        except LogFormatError:  # intact frame of an unknown schema version
+            return at
+        at = buf.find(MAGIC, at + 1)
+    return None
+
+
+def read_file(path: Path, start: int = 0) -> bytes:
+    """The bytes of `path` from position `start` to its end."""
+    with open(path, "rb", buffering=0) as f:
+        if start:
+            f.seek(start)
+        return f.read()
+
+
+def read_frames(
+    fd: int, path: str, pos: int, limit: int, start: int, stop: int, max_records: int
+) -> tuple[list[Record], int, bool]:
+    """Decode records start <= offset < stop from `fd` between `pos` and `limit`.
+
+    Returns (records, position after the last frame consumed, done) where done
+    means `stop` or `max_records` was reached. Raises LogCorruptError naming
+    `path` for a damaged frame or a file shorter than `limit`.
+    """
+    out: list[Record] = []
+    done = False
+    chunk = min(READ_CHUNK, max(64 << 10, max_records << 9))
+    while pos < limit and not done:
+        want = min(limit - pos, chunk)
+        buf = _pread_exactly(fd, path, want, pos, limit)
+        recs, used, done = _decode(buf, path, pos, start, stop, max_records - len(out))
+        if used == 0 and not done:
+            # One frame larger than the chunk: read exactly that frame.
+            need = HEADER_SIZE + HEADER.unpack_from(buf, 0)[2]
+            if pos + need > limit:
+                raise LogCorruptError(f"{path}: frame at byte {pos} runs past the end of the data")
+            buf = _pread_exactly(fd, path, need, pos, limit)
+            recs, used, done = _decode(buf, path, pos, start, stop, max_records - len(out))
+            if used == 0:
+                raise LogCorruptError(f"{path}: unreadable frame at byte {pos}")
+        out.extend(recs)
+        pos += used
+    return out, pos, done
+
+
+def _pread_exactly(fd: int, path: str, size: int, pos: int, limit: int) -> bytes:
+    buf = os.pread(fd, size, pos)
+    if len(buf) < size:
+        raise LogCorruptError(f"{path}: file ends at byte {pos + len(buf)}, expected data up to {limit}")
+    return buf
+
+
+def _decode(
+    buf: bytes, path: str, pos: int, start: int, stop: int, limit: int
+) -> tuple[list[Record], int, bool]:
+    """`decode_frames` over a buffer read from byte `pos` of `path`, errors naming both."""
+    try:
+        return decode_frames(buf, 0, len(buf), start, stop, limit)
+    except FrameError as exc:
+        raise LogCorruptError(f"{path}: damaged frame at byte {pos + exc.pos}: {exc}") from exc
+    except UnknownSchemaError as exc:
+        raise LogFormatError(f"{path}: at byte {pos + exc.pos}: {exc}") from exc
+
+
+def walk_headers(
+    fd: int, path: str, pos: int, limit: int, offset: int | None = None, ts: int | None = None
+) -> tuple[int, int, int] | None:
+    """Walk frame headers from `pos` (no body decoding, no CRC check).
+
+    Returns (offset, ts, position) of the first frame whose offset is >=
+    `offset` or whose ts is >= `ts`; None if no frame before `limit` matches.
+    """
+    while pos < limit:
+        buf = os.pread(fd, min(limit - pos, READ_CHUNK), pos)
+        if len(buf) < HEADER_SIZE:
+            raise LogCorruptError(f"{path}: file ends at byte {pos + len(buf)}, expected data up to {limit}")
+        at = 0
+        while at + HEADER_SIZE <= len(buf):
+            magic, _, length, off, fts, _ = HEADER.unpack_from(buf, at)
+            if magic != MAGIC:
+                raise LogCorruptError(f"{path}: bad frame header at byte {pos + at}")
+            if (offset is not None and off >= offset) or (ts is not None and fts >= ts):
+                return off, fts, pos + at
+            at += HEADER_SIZE + length
+        pos += at
+    return None
