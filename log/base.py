@@ -28,8 +28,11 @@ class Log(abc.ABC):
         """Append `records` atomically and durably.
 
         Sets each record's `offset` and `ts` and returns once they are
-        durable. Raises LogWriteError if nothing was appended (then no offset
-        or ts was consumed and the records are left untouched).
+        durable. A record that arrives with a ts above the previous record's
+        keeps it (the engine picks commit timestamps before appending); any
+        other gets max(now, previous ts + 1) from the wall clock (ns). Raises
+        LogWriteError if nothing was appended (then no offset or ts was
+        consumed and the records are left untouched).
         """
 
     @abc.abstractmethod

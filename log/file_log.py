@@ -498,7 +498,10 @@ class FileLog(Log):
     # ------------------------------------------------------------ appending
 
     async def append(self, records: list[Record]) -> None:
-        """Append durably (group commit); sets each record's offset and ts."""
+        """Append durably (group commit); sets each record's offset and ts.
+
+        See `Log.append` for how ts is chosen.
+        """
         self._check_open()
         if not self._writer:
             raise LogError(f"{self.directory}: this FileLog is a read-only follower")
@@ -618,8 +621,10 @@ class FileLog(Log):
         limit, every = self.segment_bytes, self.index_bytes
         stamps: list[tuple[int, int]] = []
         for p in batch:
-            for payload in p.payloads:
-                ts = now if now > last_ts else last_ts + 1
+            for rec, payload in zip(p.records, p.payloads):
+                ts = rec.ts  # a caller-chosen commit ts is kept if it keeps ts increasing
+                if ts <= last_ts:
+                    ts = now if now > last_ts else last_ts + 1
                 frame = frame_from_payload(payload, nxt, ts)
                 if size > 0 and size + len(frame) > limit:
                     cur.size, cur.end, cur.last_ts, cur.last_index_pos = size, nxt, last_ts, ix_pos

@@ -96,6 +96,22 @@ async def test_ts_strictly_increasing_across_reopen_even_if_clock_goes_back(tmp_
     await again.close()
 
 
+async def test_a_caller_chosen_ts_is_kept_only_if_it_keeps_ts_increasing(tmp_path: Path) -> None:
+    log = FileLog(tmp_path, clock=lambda: 1_000)
+    await log.open()
+    chosen = rec(0)
+    chosen.ts = 50_000
+    await log.append([chosen])
+    assert chosen.ts == 50_000
+    stale, fresh, unset = rec(1), rec(2), rec(3)
+    stale.ts = 40_000  # not above the last ts: replaced
+    fresh.ts = 60_000
+    await log.append([stale, fresh, unset])
+    assert [r.ts for r in (stale, fresh, unset)] == [50_001, 60_000, 60_001]
+    assert [r.ts for r in await read_all(log)] == [50_000, 50_001, 60_000, 60_001]
+    await log.close()
+
+
 async def test_real_clock_ts_is_wall_clock_ns(flog: FileLog) -> None:
     import time
 
