@@ -148,7 +148,47 @@ class DatabaseReader:
         raise ReadOnlyError("queries cannot write: ctx.db.insert is only available in mutations")
 
     async def patch(self, doc_id: str, fields: dict[str, Any]) -> None:
-        raise ReadOnlyError("queries cannot write: ctx.db.patch is only available in mutations")
+        """Shallow-merge `fields` into the document; a value of `DELETE` removes that field."""
+        self._require_writable()
+        if type(fields) is not dict:
+            raise ArgumentError(f"patch: fields must be a dict, got {type(fields).__name__}")
+        table, current = await self._existing(doc_id, "patch")
+        tx = self._tx
+        definition = tx.schema.table(table)
+        field_validators = getattr(definition.validator, "fields", None) if definition is not None else None
+        for key, value in fields.items():
+            if key in ("_id", "_creationTime"):
+                if value != current[key]:
+                    raise ArgumentError(f"patch: system field {key!r} cannot be changed")
+                continue
+            if type(key) is not str or key.startswith("$"):
+                raise ArgumentError(f"patch of {doc_id!r}: invalid field name {key!r}")
+            if value is DELETE:
+                if field_validators is not None and key in field_validators and not field_validators[key].optional:
+                    raise ArgumentError(f"patch of {doc_id!r}: {table} document.{key} is required and cannot be removed")
+                current.pop(key, None)
+                continue
+            if field_validators is not None:
+                validator = field_validators.get(key)
+                if validator is None:
+                    raise ArgumentError(f"patch of {doc_id!r}: {table} document: unexpected field {key!r} "
+                                        f"(allowed: {', '.join(field_validators)})")
+                value = validator.check(value, f"{table} document.{key}")
+            try:
+                check_value(value, f"{table} document.{key}", 1)
+            except ValueError_ as exc:
+                raise ArgumentError(str(exc)) from None
+            current[key] = value
+        if field_validators is None and definition is not None and definition.validator is not None:
+            raw = self._validated(table, current, f"patch of {doc_id!r}")
+        else:
+            if definition is None:
+                tx.schema.check_table_allowed(table)
+            raw = encode_doc(current)
+            if len(raw) > tx.limits.max_doc_bytes:
+                raise LimitExceeded(f"patch of {doc_id!r}: document is {len(raw)} bytes, over the "
+                                    f"{tx.limits.max_doc_bytes} byte limit")
+        self._write(doc_id, table, raw, current)
 
     async def replace(self, doc_id: str, doc: dict[str, Any]) -> None:
         raise ReadOnlyError("queries cannot write: ctx.db.replace is only available in mutations")

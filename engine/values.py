@@ -16,6 +16,7 @@ object.
 from __future__ import annotations
 
 import base64
+import functools
 import math
 import os
 import struct
@@ -226,6 +227,11 @@ def table_of(doc_id: Any) -> str | None:
     """The table a document id belongs to, or None if `doc_id` is not a Tape id."""
     if type(doc_id) is not str or not 8 <= len(doc_id) <= 200:
         return None
+    return _table_of(doc_id)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _table_of(doc_id: str) -> str | None:
     try:
         raw = base64.urlsafe_b64decode(doc_id + "=" * (-len(doc_id) % 4))
     except (ValueError, TypeError):
