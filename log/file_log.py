@@ -17,15 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
-import json
 import logging
 import os
-import struct
 import time
-import zlib
-from array import array
-from bisect import bisect_left, bisect_right
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,53 +27,26 @@ from typing import AsyncIterator, Callable
 
 from log.base import Log
 from log.codec import encode_payload, frame_from_payload
-from log.errors import LogClosedError, LogCorruptError, LogError, LogFormatError, LogWriteError
-from log.record import Record
-from log.segment import (
-    list_segments,
-    read_file,
-    read_frames,
-    scan_buffer,
-    segment_name,
-    valid_frame_after,
-    walk_headers,
+from log.directory import (
+    FORMAT_VERSION,
+    Marker,
+    check_format,
+    fsync_dir,
+    open_marker,
+    read_marker,
+    try_lock,
+    write_marker,
 )
+from log.errors import LogClosedError, LogCorruptError, LogError, LogWriteError
+from log.index import Growth, LogIndex, SegmentView
+from log.record import Record
+from log.segment import list_segments, read_frames, scan_segments, segment_name, walk_headers
 
 logger = logging.getLogger("tape.log")
 
-FORMAT_NAME = "tape.filelog"
-FORMAT_VERSION = 1
-FORMAT_FILE = "FORMAT"
-LOCK_FILE = "LOCK"
-COMMITTED_FILE = "COMMITTED"
 DEFAULT_SEGMENT_BYTES = 64 << 20
 DEFAULT_INDEX_BYTES = 4096
 _INLINE_READ_BYTES = 64 << 10
-_MARK = struct.Struct("<qqqI")  # next offset, last ts, epoch, CRC32 of the rest
-
-
-@dataclass(slots=True)
-class _Seg:
-    """A segment as readers see it: only durable frames count."""
-
-    base: int
-    path: Path
-    size: int
-    end: int
-
-
-@dataclass(slots=True)
-class _SegDelta:
-    """Growth of one segment (possibly a new one) found by a scan or a commit."""
-
-    base: int
-    path: Path
-    size: int
-    end: int
-    last_ts: int
-    last_index_pos: int
-    index: list[tuple[int, int, int]]
-    new: bool
 
 
 @dataclass(slots=True)
@@ -116,52 +83,6 @@ class _Chunk:
     index: list[tuple[int, int, int]] = field(default_factory=list)
 
 
-class _State:
-    """What readers may see: durable segments and the sparse index over them.
-
-    Mutated only on the event loop thread (or before the log is published).
-    """
-
-    def __init__(self) -> None:
-        self.segs: list[_Seg] = []
-        self.bases: list[int] = []
-        self.ix_off = array("q")
-        self.ix_ts = array("q")
-        self.ix_pos = array("q")
-        self.next_offset = 0
-        self.last_ts = 0
-        self.last_index_pos = -1
-
-    def apply(self, d: _SegDelta) -> None:
-        """Take in the growth described by `d`."""
-        if d.new:
-            self.segs.append(_Seg(d.base, d.path, d.size, d.end))
-            self.bases.append(d.base)
-        else:
-            seg = self.segs[-1]
-            seg.size = d.size
-            seg.end = d.end
-        for off, ts, pos in d.index:
-            self.ix_off.append(off)
-            self.ix_ts.append(ts)
-            self.ix_pos.append(pos)
-        self.next_offset = d.end
-        self.last_ts = d.last_ts
-        self.last_index_pos = d.last_index_pos
-
-    def seg_index(self, offset: int) -> int:
-        """Index in `segs` of the segment holding `offset` (< next_offset)."""
-        return bisect_right(self.bases, offset) - 1
-
-    def locate(self, offset: int) -> tuple[int, int]:
-        """(segment index, file position) of an index entry at or before `offset`."""
-        k = bisect_right(self.ix_off, offset) - 1
-        i = self.seg_index(offset)
-        if k < 0 or self.ix_off[k] < self.segs[i].base:
-            return i, 0
-        return i, self.ix_pos[k]
-
-
 class FileLog(Log):
     """The commit log in a local directory (see the module docstring)."""
 
@@ -185,14 +106,13 @@ class FileLog(Log):
         self.poll_interval = poll_interval
         self._read_only = read_only
         self._clock = clock
-        self._st = _State()
+        self._st = LogIndex()
         self._opened = False
         self._closed = False
         self._closing = False
         self._writer = False
         self._lock_fd = -1
         self._mark_fd = -1
-        self._fds: dict[Path, int] = {}
         self._broken: str | None = None
         self._epoch = 0  # bumped by truncate(); tells followers to start over
         # writer side (touched only by the writer thread)
@@ -245,70 +165,28 @@ class FileLog(Log):
     def _open_sync(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         if self._read_only is not True:
-            self._take_lock()
+            fd = try_lock(self.directory)
+            if fd is None and self._read_only is False:
+                raise LogError(f"{self.directory}: another FileLog holds the writer lock")
+            self._lock_fd, self._writer = (fd, True) if fd is not None else (-1, False)
         try:
-            self._check_format()
+            check_format(self.directory, self._writer, bool(list_segments(self.directory)))
             if self._writer:
                 self._load(repair=True, stop=None)
                 self._start_writer_side()
             else:
-                mark = self._read_marker()
-                self._epoch = mark[1] if mark else 0
-                self._load(repair=False, stop=mark[0] if mark else None)
+                mark = read_marker(self.directory)
+                self._epoch = mark.epoch if mark else 0
+                self._load(repair=False, stop=mark.next_offset if mark else None)
         except BaseException:
             self._release_fds()
             self._writer = False
             raise
 
-    def _take_lock(self) -> None:
-        path = self.directory / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            if self._read_only is False:
-                raise LogError(f"{path}: another FileLog holds the writer lock") from None
-            return
-        self._lock_fd = fd
-        self._writer = True
-
-    def _check_format(self) -> None:
-        path = self.directory / FORMAT_FILE
-        try:
-            raw = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            if list_segments(self.directory):
-                raise LogFormatError(
-                    f"{path} is missing but {self.directory} holds segment files: "
-                    "not a Tape FileLog directory, or written by an unknown format") from None
-            if self._writer:
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"format": FORMAT_NAME, "version": FORMAT_VERSION}) + "\n")
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
-                self._fsync_dir()
-            return
-        try:
-            meta = json.loads(raw)
-            name, version = meta["format"], int(meta["version"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise LogFormatError(f"{path}: unreadable format file ({exc})") from exc
-        if name != FORMAT_NAME:
-            raise LogFormatError(f"{path}: format {name!r} is not {FORMAT_NAME!r}")
-        if version > FORMAT_VERSION:
-            raise LogFormatError(
-                f"{path}: log written by format version {version}; this build reads "
-                f"versions up to {FORMAT_VERSION} (upgrade Tape to open it)")
-
     def _load(self, repair: bool, stop: int | None) -> None:
-        st = _State()
-        for d in self._scan_forward(None, 0, -1, repair, stop):
-            st.apply(d)
+        st = LogIndex()
+        for g in scan_segments(self.directory, None, 0, -1, self.index_bytes, repair, stop):
+            st.apply(g)
         self._st = st
 
     def _start_writer_side(self) -> None:
@@ -317,16 +195,16 @@ class FileLog(Log):
             path = self.directory / segment_name(0)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.fsync(fd)
-            self._fsync_dir()
-            st.apply(_SegDelta(0, path, 0, 0, 0, -1, [], True))
+            fsync_dir(self.directory)
+            st.apply(Growth(0, path, 0, 0, 0, -1, [], True))
         else:
             fd = os.open(st.segs[-1].path, os.O_WRONLY)
         seg = st.segs[-1]
         self._w_fd, self._w_base, self._w_path, self._w_size = fd, seg.base, seg.path, seg.size
         self._w_next, self._w_last_ts, self._w_ix_pos = st.next_offset, st.last_ts, st.last_index_pos
-        old = self._read_marker()
-        self._epoch = old[1] if old else 0
-        self._mark_fd = os.open(self.directory / COMMITTED_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        old = read_marker(self.directory)
+        self._epoch = old.epoch if old else 0
+        self._mark_fd = open_marker(self.directory)
         self._write_marker(st.next_offset, st.last_ts)
 
     async def close(self) -> None:
@@ -347,9 +225,6 @@ class FileLog(Log):
         self._release_fds()
 
     def _release_fds(self) -> None:
-        for fd in list(self._fds.values()):
-            os.close(fd)
-        self._fds.clear()
         for name in ("_w_fd", "_mark_fd", "_lock_fd"):
             fd = getattr(self, name)
             if fd >= 0:
@@ -364,128 +239,31 @@ class FileLog(Log):
 
     # ------------------------------------------------------------ scanning
 
-    def _scan_forward(
-        self, tail: _Seg | None, last_ts: int, last_ix_pos: int, repair: bool, stop: int | None
-    ) -> list[_SegDelta]:
-        """Verify frames after the known end (`tail`, None = from scratch).
-
-        Returns the growth found; raises LogCorruptError / LogFormatError for
-        damage that is not a torn tail of the last segment. A torn tail is
-        truncated away when `repair` (writer), else just not read (follower).
-        """
-        deltas: list[_SegDelta] = []
-        disk: list[tuple[int, Path]] | None = None
-        if tail is None:
-            disk = list_segments(self.directory)
-            if not disk:
-                return deltas
-            base, path = disk[0]
-            if base != 0:
-                raise LogCorruptError(
-                    f"missing segment: the first segment file is {path}, expected "
-                    f"{self.directory / segment_name(0)} (offsets 0..{base - 1} are missing)")
-            cur = _Seg(base, path, 0, base)
-            new = True
-        else:
-            cur = _Seg(tail.base, tail.path, tail.size, tail.end)
-            new = False
-        while True:
-            buf = read_file(cur.path, cur.size)
-            try:
-                res = scan_buffer(buf, 0, cur.end, last_ts, last_ix_pos, self.index_bytes, stop, cur.size)
-            except LogFormatError as exc:
-                raise LogFormatError(f"{cur.path}: {exc}") from exc
-            delta = _SegDelta(cur.base, cur.path, res.end_pos, res.next_offset, res.last_ts,
-                              res.last_index_pos, res.index, new)
-            if res.error is not None:
-                if disk is None:
-                    disk = list_segments(self.directory)
-                later = [p for b, p in disk if b > cur.base]
-                where = f"{cur.path}: {res.error} at byte {res.error_pos} (offset {res.next_offset})"
-                if later:
-                    raise LogCorruptError(f"{where}; the segment is sealed ({later[0].name} follows)")
-                if not res.torn:
-                    raise LogCorruptError(where)
-                follow = valid_frame_after(buf, res.error_pos - cur.size)
-                if follow is not None:
-                    raise LogCorruptError(
-                        f"{where}, followed by intact data at byte {cur.size + follow}")
-                if repair:
-                    dropped = cur.size + len(buf) - res.error_pos
-                    logger.warning("%s: truncating torn tail at byte %d (offset %d): %s; %d bytes dropped",
-                                   cur.path, res.error_pos, res.next_offset, res.error, dropped)
-                    fd = os.open(cur.path, os.O_WRONLY)
-                    try:
-                        os.ftruncate(fd, res.error_pos)
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-                deltas.append(delta)
-                return deltas
-            if new or res.end_pos != cur.size:
-                deltas.append(delta)
-            last_ts = res.last_ts
-            if stop is not None and res.next_offset >= stop:
-                return deltas
-            if disk is None:
-                disk = list_segments(self.directory)
-            nxt = next(((b, p) for b, p in disk if b > cur.base), None)
-            if nxt is None:
-                return deltas
-            if nxt[0] != res.next_offset:
-                raise LogCorruptError(
-                    f"missing segment: {cur.path} ends at offset {res.next_offset} but the next "
-                    f"segment file is {nxt[1]} (offsets {res.next_offset}..{nxt[0] - 1} are missing)")
-            cur = _Seg(nxt[0], nxt[1], 0, nxt[0])
-            new = True
-            last_ix_pos = -1
-
     # ------------------------------------------------------------ followers
-
-    def _read_marker(self) -> tuple[int, int] | None:
-        """The writer's published (durable end, epoch); None if there is no marker.
-
-        A marker caught mid-update (bad CRC three times running) reads as "no
-        news": what this instance already knows.
-        """
-        try:
-            with open(self.directory / COMMITTED_FILE, "rb", buffering=0) as f:
-                for _ in range(3):
-                    raw = f.read(_MARK.size)
-                    if len(raw) == _MARK.size:
-                        nxt, _ts, epoch, crc = _MARK.unpack(raw)
-                        if zlib.crc32(raw[:24]) == crc:
-                            return nxt, epoch
-                    f.seek(0)
-        except FileNotFoundError:
-            return None
-        return self._st.next_offset, self._epoch
 
     async def _refresh(self) -> None:
         """Follower: catch up with what the writer has made durable since."""
         assert self._refresh_lock is not None
         async with self._refresh_lock:
-            marker = self._read_marker()
-            mark = marker[0] if marker else None
             st = self._st
             before = st.next_offset
-            if marker is not None and marker[1] != self._epoch or mark is not None and mark < before:
+            marker = read_marker(self.directory, busy=Marker(before, st.last_ts, self._epoch))
+            mark = marker.next_offset if marker else None
+            if marker is not None and marker.epoch != self._epoch or mark is not None and mark < before:
                 # The writer truncated the log: start over.
                 await asyncio.to_thread(self._load, False, mark)
-                self._epoch = marker[1] if marker else 0
-                for fd in list(self._fds.values()):
-                    os.close(fd)
-                self._fds.clear()
+                self._epoch = marker.epoch if marker else 0
             elif mark is not None and mark == before:
                 return
             else:
                 tail = st.segs[-1] if st.segs else None
-                snap = _Seg(tail.base, tail.path, tail.size, tail.end) if tail else None
-                deltas = await asyncio.to_thread(
-                    self._scan_forward, snap, st.last_ts, st.last_index_pos, False, mark)
+                snap = SegmentView(tail.base, tail.path, tail.size, tail.end) if tail else None
+                growth = await asyncio.to_thread(
+                    scan_segments, self.directory, snap, st.last_ts, st.last_index_pos,
+                    self.index_bytes, False, mark)
                 if self._st is st:
-                    for d in deltas:
-                        st.apply(d)
+                    for g in growth:
+                        st.apply(g)
             if self._st.next_offset != before or self._st is not st:
                 self._notify()
 
@@ -560,7 +338,7 @@ class FileLog(Log):
             if error is None:
                 try:
                     for c in chunks:
-                        self._st.apply(_SegDelta(c.base, c.path, c.size, c.end, c.last_ts,
+                        self._st.apply(Growth(c.base, c.path, c.size, c.end, c.last_ts,
                                                  c.last_index_pos, c.index, c.new))
                 except Exception as exc:  # a bug: fail loudly rather than hang appenders
                     self._broken = f"{self.directory}: internal error publishing a commit: {exc!r}"
@@ -601,13 +379,6 @@ class FileLog(Log):
     def _fsync(self, fd: int) -> None:
         """Make `fd`'s data durable (a test may replace this to count or fail syncs)."""
         os.fdatasync(fd)
-
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def _commit_sync(self, batch: list[_Pending]) -> list[_Chunk]:
         """Writer thread: assign offsets/ts, write, fsync; all or nothing."""
@@ -651,7 +422,7 @@ class FileLog(Log):
                 self._write(c.fd, b"".join(c.parts), c.start)
                 self._fsync(c.fd)
                 if c.new:
-                    self._fsync_dir()
+                    fsync_dir(self.directory)
         except BaseException as exc:
             self._rollback(done)
             if not isinstance(exc, OSError):
@@ -688,30 +459,19 @@ class FileLog(Log):
                     os.ftruncate(c.fd, c.start)
                     os.fsync(c.fd)
             if any(c.new for c in chunks):
-                self._fsync_dir()
+                fsync_dir(self.directory)
         except OSError as exc:
             self._broken = (f"{self.directory}: the log could not be rolled back after a failed "
                             f"append ({exc}); reopen it to recover")
             logger.error("%s", self._broken)
 
     def _write_marker(self, next_offset: int, last_ts: int) -> None:
-        head = struct.pack("<qqq", next_offset, last_ts, self._epoch)
         try:
-            os.pwrite(self._mark_fd, head + struct.pack("<I", zlib.crc32(head)), 0)
+            write_marker(self._mark_fd, Marker(next_offset, last_ts, self._epoch))
         except OSError as exc:  # followers lag until the next commit; data is safe
-            logger.warning("%s: could not update %s: %s", self.directory, COMMITTED_FILE, exc)
+            logger.warning("%s: could not update the COMMITTED marker: %s", self.directory, exc)
 
     # ------------------------------------------------------------ reading
-
-    def _fd_for(self, path: Path) -> int:
-        fd = self._fds.get(path)
-        if fd is None:
-            fd = os.open(path, os.O_RDONLY)
-            old = self._fds.setdefault(path, fd)
-            if old != fd:
-                os.close(fd)
-                fd = old
-        return fd
 
     async def read(self, start: int, end: int | None = None, batch: int = 4096) -> AsyncIterator[list[Record]]:
         """Yield durable records with start <= offset < end, `batch` at a time."""
@@ -736,7 +496,7 @@ class FileLog(Log):
                 i += 1
                 pos = 0
                 continue
-            args = (self._fd_for(seg.path), str(seg.path), pos, seg.size, off, stop, batch)
+            args = (seg.path, pos, seg.size, off, stop, batch)
             if seg.size - pos <= _INLINE_READ_BYTES:
                 recs, pos, done = read_frames(*args)
             else:
@@ -778,12 +538,11 @@ class FileLog(Log):
         st = self._st
         if st.next_offset == 0 or ts > st.last_ts:
             return st.next_offset
-        j = bisect_left(st.ix_ts, ts)
-        if j == 0:
+        k = st.ts_entry(ts)
+        if k < 0:
             return st.ix_off[0]
-        start = st.ix_off[j - 1]
-        seg = st.segs[st.seg_index(start)]
-        found = walk_headers(self._fd_for(seg.path), str(seg.path), st.ix_pos[j - 1], seg.size, ts=ts)
+        seg = st.segs[st.seg_index(st.ix_off[k])]
+        found = walk_headers(seg.path, st.ix_pos[k], seg.size, ts=ts)
         return found[0] if found is not None else seg.end
 
     # ------------------------------------------------------------ truncation
@@ -810,12 +569,7 @@ class FileLog(Log):
         try:
             if op.next_offset < self._st.next_offset:
                 loop = asyncio.get_running_loop()
-                new_st, removed = await loop.run_in_executor(self._executor, self._truncate_sync, op.next_offset)
-                self._st = new_st
-                for path in removed:
-                    fd = self._fds.pop(path, None)
-                    if fd is not None:
-                        os.close(fd)
+                self._st = await loop.run_in_executor(self._executor, self._truncate_sync, op.next_offset)
                 self._notify()
         except Exception as exc:
             if not op.fut.done():
@@ -824,32 +578,28 @@ class FileLog(Log):
         if not op.fut.done():
             op.fut.set_result(None)
 
-    def _truncate_sync(self, n: int) -> tuple[_State, list[Path]]:
-        """Writer thread: cut the files back to `n` records; returns the new state."""
+    def _find_frame(self, st: LogIndex, n: int) -> tuple[int, int]:
+        """(ts, file position) of the frame of durable offset `n`."""
+        i, pos = st.locate(n)
+        seg = st.segs[i]
+        found = walk_headers(seg.path, pos, seg.size, offset=n)
+        if found is None or found[0] != n:
+            raise LogCorruptError(f"{seg.path}: no frame for offset {n}")
+        return found[1], found[2]
+
+    def _truncate_sync(self, n: int) -> LogIndex:
+        """Writer thread: cut the files back to `n` records; returns the new index."""
         st = self._st
         i = st.seg_index(n)
         seg = st.segs[i]
-        pos = 0
-        if n > seg.base:
-            k = bisect_right(st.ix_off, n) - 1
-            found = walk_headers(self._fd_for(seg.path), str(seg.path), st.ix_pos[k], seg.size, offset=n)
-            if found is None or found[0] != n:
-                raise LogCorruptError(f"{seg.path}: no frame for offset {n}")
-            pos = found[2]
-        last_ts = 0
-        if n > 0:
-            k = bisect_right(st.ix_off, n - 1) - 1
-            pseg = st.segs[st.seg_index(n - 1)]
-            found = walk_headers(self._fd_for(pseg.path), str(pseg.path), st.ix_pos[k], pseg.size, offset=n - 1)
-            if found is None:
-                raise LogCorruptError(f"{pseg.path}: no frame for offset {n - 1}")
-            last_ts = found[1]
+        pos = self._find_frame(st, n)[1] if n > seg.base else 0
+        last_ts = self._find_frame(st, n - 1)[0] if n > 0 else 0
         removed = [s.path for s in st.segs[i + 1:]]
         try:
             for path in reversed(removed):
                 os.unlink(path)
             if removed:
-                self._fsync_dir()
+                fsync_dir(self.directory)
             if seg.path != self._w_path:
                 os.close(self._w_fd)
                 self._w_fd = -1
@@ -860,19 +610,12 @@ class FileLog(Log):
             self._broken = (f"{self.directory}: truncate to offset {n} failed ({exc}); "
                             "reopen the log to recover")
             raise LogWriteError(self._broken) from exc
-        new = _State()
-        new.segs = [_Seg(s.base, s.path, s.size, s.end) for s in st.segs[:i + 1]]
-        new.segs[-1].size, new.segs[-1].end = pos, n
-        new.bases = st.bases[:i + 1]
-        cut = bisect_left(st.ix_off, n)
-        new.ix_off, new.ix_ts, new.ix_pos = st.ix_off[:cut], st.ix_ts[:cut], st.ix_pos[:cut]
-        new.next_offset, new.last_ts = n, last_ts
-        new.last_index_pos = new.ix_pos[-1] if cut and new.ix_off[-1] >= seg.base else -1
+        new = st.cut(n, pos, last_ts)
         self._w_base, self._w_path, self._w_size = seg.base, seg.path, pos
         self._w_next, self._w_last_ts, self._w_ix_pos = n, last_ts, new.last_index_pos
         self._epoch += 1
         self._write_marker(n, last_ts)
-        return new, removed
+        return new
 
 
 __all__ = ["FileLog", "FORMAT_VERSION"]

@@ -1,4 +1,4 @@
-"""Segment files: naming, listing, integrity scans and frame reads.
+"""Segment files: naming, listing, integrity scans, recovery and frame reads.
 
 A segment is a file ``<20-digit first offset>.seg`` holding consecutive
 frames (see `log.codec`) and nothing else. Everything here is synchronous and
@@ -7,6 +7,7 @@ a thread.
 """
 from __future__ import annotations
 
+import logging
 import os
 import zlib
 from dataclasses import dataclass, field
@@ -24,7 +25,10 @@ from log.codec import (
     decode_frames,
 )
 from log.errors import LogCorruptError, LogFormatError
+from log.index import Growth, SegmentView
 from log.record import Record
+
+logger = logging.getLogger("tape.log")
 
 SUFFIX = ".seg"
 READ_CHUNK = 1 << 20
@@ -169,14 +173,26 @@ def read_file(path: Path, start: int = 0) -> bytes:
 
 
 def read_frames(
-    fd: int, path: str, pos: int, limit: int, start: int, stop: int, max_records: int
+    path: Path, pos: int, limit: int, start: int, stop: int, max_records: int
 ) -> tuple[list[Record], int, bool]:
-    """Decode records start <= offset < stop from `fd` between `pos` and `limit`.
+    """Decode records start <= offset < stop from segment `path` between `pos` and `limit`.
 
     Returns (records, position after the last frame consumed, done) where done
     means `stop` or `max_records` was reached. Raises LogCorruptError naming
-    `path` for a damaged frame or a file shorter than `limit`.
+    `path` for a damaged frame or a file shorter than `limit`. Opens and
+    closes the file itself, so it is safe to run in a thread that may outlive
+    its caller.
     """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _read_frames(fd, str(path), pos, limit, start, stop, max_records)
+    finally:
+        os.close(fd)
+
+
+def _read_frames(
+    fd: int, path: str, pos: int, limit: int, start: int, stop: int, max_records: int
+) -> tuple[list[Record], int, bool]:
     out: list[Record] = []
     done = False
     chunk = min(READ_CHUNK, max(64 << 10, max_records << 9))
@@ -218,13 +234,23 @@ def _decode(
 
 
 def walk_headers(
-    fd: int, path: str, pos: int, limit: int, offset: int | None = None, ts: int | None = None
+    path: Path, pos: int, limit: int, offset: int | None = None, ts: int | None = None
 ) -> tuple[int, int, int] | None:
-    """Walk frame headers from `pos` (no body decoding, no CRC check).
+    """Walk the frame headers of segment `path` from `pos` (no decoding, no CRC check).
 
     Returns (offset, ts, position) of the first frame whose offset is >=
     `offset` or whose ts is >= `ts`; None if no frame before `limit` matches.
     """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _walk_headers(fd, str(path), pos, limit, offset, ts)
+    finally:
+        os.close(fd)
+
+
+def _walk_headers(
+    fd: int, path: str, pos: int, limit: int, offset: int | None, ts: int | None
+) -> tuple[int, int, int] | None:
     while pos < limit:
         buf = os.pread(fd, min(limit - pos, READ_CHUNK), pos)
         if len(buf) < HEADER_SIZE:
@@ -239,3 +265,88 @@ def walk_headers(
             at += HEADER_SIZE + length
         pos += at
     return None
+
+
+def scan_segments(
+    directory: Path,
+    tail: SegmentView | None,
+    last_ts: int,
+    last_index_pos: int,
+    index_bytes: int,
+    repair: bool,
+    stop: int | None,
+) -> list[Growth]:
+    """Verify the frames of `directory` after the known end `tail` (None: from scratch).
+
+    Walks the rest of the last known segment, then every following segment
+    file, and returns the growth found (up to offset `stop` if given). Raises
+    LogCorruptError (naming the file, byte position and offset) for damage
+    that is not a torn tail of the last segment, and for a missing segment;
+    LogFormatError for a frame of an unknown schema version. A torn tail is
+    truncated away (and logged) when `repair`, else just left unread.
+    """
+    growth: list[Growth] = []
+    disk: list[tuple[int, Path]] | None = None
+    if tail is None:
+        disk = list_segments(directory)
+        if not disk:
+            return growth
+        base, path = disk[0]
+        if base != 0:
+            raise LogCorruptError(
+                f"missing segment: the first segment file is {path}, expected "
+                f"{directory / segment_name(0)} (offsets 0..{base - 1} are missing)")
+        cur = SegmentView(base, path, 0, base)
+        new = True
+    else:
+        cur = SegmentView(tail.base, tail.path, tail.size, tail.end)
+        new = False
+    while True:
+        buf = read_file(cur.path, cur.size)
+        try:
+            res = scan_buffer(buf, 0, cur.end, last_ts, last_index_pos, index_bytes, stop, cur.size)
+        except LogFormatError as exc:
+            raise LogFormatError(f"{cur.path}: {exc}") from exc
+        g = Growth(cur.base, cur.path, res.end_pos, res.next_offset, res.last_ts,
+                   res.last_index_pos, res.index, new)
+        if res.error is not None:
+            if disk is None:
+                disk = list_segments(directory)
+            later = [p for b, p in disk if b > cur.base]
+            where = f"{cur.path}: {res.error} at byte {res.error_pos} (offset {res.next_offset})"
+            if later:
+                raise LogCorruptError(f"{where}; the segment is sealed ({later[0].name} follows)")
+            if not res.torn:
+                raise LogCorruptError(where)
+            follow = valid_frame_after(buf, res.error_pos - cur.size)
+            if follow is not None:
+                raise LogCorruptError(f"{where}, followed by intact data at byte {cur.size + follow}")
+            if repair:
+                logger.warning("%s: truncating torn tail at byte %d (offset %d): %s; %d bytes dropped",
+                               cur.path, res.error_pos, res.next_offset, res.error,
+                               cur.size + len(buf) - res.error_pos)
+                fd = os.open(cur.path, os.O_WRONLY)
+                try:
+                    os.ftruncate(fd, res.error_pos)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            growth.append(g)
+            return growth
+        if new or res.end_pos != cur.size:
+            growth.append(g)
+        last_ts = res.last_ts
+        if stop is not None and res.next_offset >= stop:
+            return growth
+        if disk is None:
+            disk = list_segments(directory)
+        nxt = next(((b, p) for b, p in disk if b > cur.base), None)
+        if nxt is None:
+            return growth
+        if nxt[0] != res.next_offset:
+            raise LogCorruptError(
+                f"missing segment: {cur.path} ends at offset {res.next_offset} but the next "
+                f"segment file is {nxt[1]} (offsets {res.next_offset}..{nxt[0] - 1} are missing)")
+        cur = SegmentView(nxt[0], nxt[1], 0, nxt[0])
+        new = True
+        last_index_pos = -1
