@@ -111,9 +111,24 @@ def encode_value(value: Any, *, checked_special: bool | None = None) -> bytes:
 def encode_doc(doc: dict[str, Any]) -> bytes:
     """Encode a document (validated already) in the storage encoding."""
     try:
-        return orjson.dumps(doc, default=_storage_default)
+        raw = orjson.dumps(doc, default=_storage_default)
     except (TypeError, orjson.JSONEncodeError):
         return encode_value(doc)
+    # orjson writes NaN and ±inf as null; only then is a walk needed to keep them.
+    if b"null" in raw and _has_special_float(doc):
+        return orjson.dumps(_rewrite_special_floats(doc), default=_storage_default)
+    return raw
+
+
+def _has_special_float(value: Any) -> bool:
+    t = type(value)
+    if t is float:
+        return not math.isfinite(value)
+    if t is dict:
+        return any(_has_special_float(v) for v in value.values())
+    if t is list or t is tuple:
+        return any(_has_special_float(v) for v in value)
+    return False
 
 
 def _restore_specials(value: Any) -> Any:

@@ -578,9 +578,6 @@ async def test_int64_bytes_and_floats_round_trip(server_factory) -> None:
         assert same_value(await a.next(timeout=5), 1) and same_value(await b.next(timeout=5), 1.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: engine.values.encode_doc stores inf/-inf/nan inside documents as null "
-    "(orjson writes non-finite floats as null instead of raising, so the $float fallback never runs)"))
 async def test_non_finite_floats_survive_a_stored_document(server_factory) -> None:
     server = server_factory("values")
     async with Client(server.url) as tape:
