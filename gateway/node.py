@@ -46,9 +46,15 @@ class Node:
         self.projection = Projection(self.config.projection_dir, self.app.schema.index_catalog())
         self.runtime = Runtime(self.app, self.log, self.projection, self.config.limits, role=self.config.role)
         self.subscriptions = SubscriptionManager(self.runtime)
+        if self.config.role == "replica":
+            from gateway.replica import start_replica  # tails the log, forwards mutations
+            await start_replica(self)
         await self.runtime.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._pinger(), name="tape-pinger"))
+        if self.config.checkpoint_interval > 0:
+            from projections.checkpoints import run_checkpointer  # periodic RocksDB checkpoints
+            self._tasks.append(loop.create_task(run_checkpointer(self), name="tape-checkpointer"))
         if self.config.reload:
             self._tasks.append(loop.create_task(self._watch_app(), name="tape-reloader"))
 
