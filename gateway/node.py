@@ -46,10 +46,10 @@ class Node:
         self.projection = Projection(self.config.projection_dir, self.app.schema.index_catalog())
         self.runtime = Runtime(self.app, self.log, self.projection, self.config.limits, role=self.config.role)
         self.subscriptions = SubscriptionManager(self.runtime)
+        await self.runtime.start()
         if self.config.role == "replica":
             from gateway.replica import start_replica  # tails the log, forwards mutations
             await start_replica(self)
-        await self.runtime.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._pinger(), name="tape-pinger"))
         if self.config.checkpoint_interval > 0:
