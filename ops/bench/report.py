@@ -1,0 +1,456 @@
+"""Writing a run's results: results.json, results.md (ratios + absolute numbers) and PNG plots."""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+import orjson
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        usable = os.cpu_count() or 0
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        load = []
+    return {"cores": os.cpu_count() or 0, "usable_cores": usable, "loadavg_1_5_15": load, "cpu": cpu or platform.processor(),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "implementation": platform.python_implementation()}
+
+
+def _load(m: dict[str, Any]) -> str:
+    load = m.get("loadavg_1_5_15") or []
+    return "/".join(f"{x:.2f}" for x in load) if load else "–"
+
+
+# --- comparisons -------------------------------------------------------------------------
+
+def _row(section: str, metric: str, tape: float | None, peer_name: str, peer: float | None, unit: str,
+         target: str = "", met: bool | None = None, note: str = "") -> dict[str, Any]:
+    ratio = None
+    if tape is not None and peer is not None and peer not in (0, 0.0) and not _nan(tape) and not _nan(peer):
+        ratio = tape / peer
+    return {"section": section, "metric": metric, "tape": tape, "peer_name": peer_name, "peer": peer,
+            "unit": unit, "ratio": ratio, "target": target, "met": met, "note": note}
+
+
+def _nan(x: Any) -> bool:
+    return isinstance(x, float) and math.isnan(x)
+
+
+def _config(results: dict[str, Any] | None, transport: str, alpha: float) -> dict[str, Any] | None:
+    if not results:
+        return None
+    for c in results.get("configs", []):
+        if c.get("transport") == transport and c.get("alpha") == alpha:
+            return c
+    return None
+
+
+def comparisons(w: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every comparing figure of a run, each as Tape ÷ peer (or ÷ floor) measured in the same run."""
+    rows: list[dict[str, Any]] = []
+    tape, sqlite = w.get("transfer"), w.get("baseline")
+    log = (w.get("log") or {}).get("log")
+    proj = (w.get("log") or {}).get("projection")
+    for alpha in (0.0, 1.5):
+        peer = _config(sqlite, "http", alpha)
+        for transport in ("http", "ws"):
+            mine = _config(tape, transport, alpha)
+            if mine is None:
+                continue
+            label = f"TPS, Tape over {transport.upper() if transport == 'http' else 'WebSocket'}, α={alpha:g}"
+            if peer is not None:
+                ratio = mine["tps"] / peer["tps"] if peer["tps"] else None
+                rows.append(_row("transfer", label, mine["tps"], "SQLite (HTTP)", peer["tps"], "transfers/s",
+                                 "≥ 2× SQLite", None if ratio is None else ratio >= 2.0))
+                rows.append(_row("transfer", f"p99 latency, Tape {transport}, α={alpha:g}", mine["p99_ms"],
+                                 "SQLite (HTTP)", peer["p99_ms"], "ms", "Tape p99 ≤ 20 ms", mine["p99_ms"] <= 20.0))
+            if log is not None:
+                rows.append(_row("transfer", f"TPS ÷ raw fsync rate, Tape {transport}, α={alpha:g}", mine["tps"],
+                                 "raw write+fdatasync", log["fsync_per_s"], "per s",
+                                 note="> 1 only thanks to group commit"))
+        if peer is not None and log is not None:
+            rows.append(_row("transfer", f"TPS ÷ raw fsync rate, SQLite, α={alpha:g}", peer["tps"],
+                             "raw write+fdatasync", log["fsync_per_s"], "per s", note="SQLite commits one fsync each"))
+    for transport in ("http", "ws"):
+        a0, a15 = _config(tape, transport, 0.0), _config(tape, transport, 1.5)
+        if a0 and a15:
+            ratio = a15["tps"] / a0["tps"] if a0["tps"] else None
+            rows.append(_row("transfer", f"TPS α=1.5 ÷ α=0, Tape {transport}", a15["tps"], "Tape α=0", a0["tps"],
+                             "transfers/s", "within 10%", None if ratio is None else abs(ratio - 1) <= 0.10))
+    a0, a15 = _config(sqlite, "http", 0.0), _config(sqlite, "http", 1.5)
+    if a0 and a15:
+        rows.append(_row("transfer", "TPS α=1.5 ÷ α=0, SQLite", a15["tps"], "SQLite α=0", a0["tps"], "transfers/s"))
+
+    r = w.get("reactivity")
+    if r:
+        lat, flat = r.get("latency"), r.get("floor_latency")
+        if lat and flat:
+            rows.append(_row("reactivity", f"commit → update p50, {lat['subscribers']} subscribers",
+                             lat["receipt_p50_ms"], "raw broadcast floor", flat["receipt_p50_ms"], "ms",
+                             "≤ 2 ms", lat["receipt_p50_ms"] <= 2.0))
+            rows.append(_row("reactivity", f"commit → update p99, {lat['subscribers']} subscribers",
+                             lat["receipt_p99_ms"], "raw broadcast floor", flat["receipt_p99_ms"], "ms",
+                             "≤ 10 ms", lat["receipt_p99_ms"] <= 10.0))
+        fan, ffan = r.get("fanout"), r.get("floor_fanout")
+        if fan and ffan:
+            for q in ("p50", "p99"):
+                ratio = fan[f"all_{q}_ms"] / ffan[f"all_{q}_ms"] if ffan[f"all_{q}_ms"] else None
+                rows.append(_row("reactivity", f"fan-out to {fan['subscribers']:,}: all have it, {q} over rounds",
+                                 fan[f"all_{q}_ms"], "raw broadcast floor", ffan[f"all_{q}_ms"], "ms",
+                                 "≤ 1.5× floor" if q == "p99" else "",
+                                 (ratio is not None and ratio <= 1.5) if q == "p99" else None))
+        d = r.get("distinct")
+        if d:
+            rows.append(_row("reactivity", f"commits/s with {d['subscriptions']:,} live subscriptions",
+                             d["commits_per_s"], "same writers, no subscriptions", d["no_subscription_commits_per_s"],
+                             "commits/s", "≥ 5,000 commits/s", d["commits_per_s"] >= 5000))
+
+    p = w.get("polling")
+    if p:
+        poll, push = p["polling"], p["push"]
+        rows.append(_row("polling", "requests to the server (HTTP requests vs sync messages)", push["requests"],
+                         "polling", poll["requests"], "requests", "≥ 99% fewer",
+                         push["requests"] <= 0.01 * poll["requests"],
+                         note="push: Connect + ModifyQuerySet per client, nothing after"))
+        rows.append(_row("polling", "query executions on the server", push["query_executions"], "polling",
+                         poll["query_executions"], "executions", "≥ 99% fewer",
+                         push["query_executions"] <= 0.01 * poll["query_executions"],
+                         note="push: one shared execution + one re-run per change"))
+        rows.append(_row("polling", "bytes, both directions", push["bytes_total"], "polling", poll["bytes_total"],
+                         "bytes", note="push also delivers every change, polling one in five"))
+        rows.append(_row("polling", "mean staleness", push["staleness_mean_ms"], "polling",
+                         poll["staleness_mean_ms"], "ms", "≥ 50× lower",
+                         poll["staleness_mean_ms"] >= 50 * push["staleness_mean_ms"]))
+
+    if log:
+        rows.append(_row("log", "FileLog durable appends/s ÷ raw fsyncs/s (64 appenders)", log["append_per_s"],
+                         "raw write+fdatasync", log["fsync_per_s"], "per s"))
+        if "target_append_per_s" in log:
+            rows.append(_row("log", "FileLog durable appends/s vs target", log["append_per_s"], "target",
+                             float(log["target_append_per_s"]), "records/s", f"≥ {log['target_append_per_s']:,}",
+                             log["append_per_s"] >= log["target_append_per_s"]))
+    if proj:
+        rows.append(_row("log", "projection replay records/s ÷ raw RocksDB puts/s", float(proj["replay_records_per_s"]),
+                         "raw RocksDB WriteBatch put", float(proj["raw_puts_per_s"]), "per s"))
+        if "target_records_per_s" in proj:
+            rows.append(_row("log", "projection replay records/s vs target", float(proj["replay_records_per_s"]),
+                             "target", float(proj["target_records_per_s"]), "records/s",
+                             f"≥ {proj['target_records_per_s']:,}", bool(proj.get("meets_target"))))
+    return rows
+
+
+# --- Markdown --------------------------------------------------------------------------
+
+def fmt(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "–"
+        if abs(x) >= 1000:
+            return f"{x:,.0f}"
+        if abs(x) >= 100:
+            return f"{x:.0f}"
+        if abs(x) >= 10:
+            return f"{x:.1f}"
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def ratio_text(r: float | None) -> str:
+    if r is None:
+        return "–"
+    if r >= 100:
+        return f"{r:,.0f}×"
+    if r >= 10:
+        return f"{r:.1f}×"
+    return f"{r:.3g}×"
+
+
+def _table(header: list[str], rows: Iterable[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(fmt(c) if not isinstance(c, str) else c for c in row) + " |")
+    return lines
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    w = results["workloads"]
+    out = [f"# tape bench — {results['mode']} run", ""]
+    out.append(f"Machine: **{m['cores']} cores** ({m['usable_cores']} usable), {m['cpu']}, "
+               f"Python {m['python']} ({m['platform']}). Started {results['started']}, "
+               f"took {results['duration_s']:.0f} s. Command: `{results['command']}`. Load average (1/5/15 min) "
+               f"at the start {_load(m)}, at the end {_load(results.get('machine_end') or {})}.")
+    out.append("")
+    out.append("Every ratio is Tape ÷ the peer or floor named beside it, both measured in this run on this "
+               "machine (client and server share its cores). *Met* compares with the issue's goals, which "
+               "are goals, not assertions.")
+    out.append("")
+    rows = results.get("comparisons", [])
+    if rows:
+        out.append("## Comparisons")
+        out.append("")
+        out += _table(["Workload", "Metric", "Tape", "vs", "Peer / floor", "Unit", "Ratio (Tape ÷ peer)", "Target", "Met"],
+                      [[r["section"], r["metric"], r["tape"], r["peer_name"], r["peer"], r["unit"],
+                        ratio_text(r["ratio"]), r["target"] or "", "–" if r["met"] is None else ("yes" if r["met"] else "**no**")]
+                       for r in rows])
+        out.append("")
+    if results.get("errors"):
+        out.append("## Failed workloads")
+        out.append("")
+        for name, text in results["errors"].items():
+            out.append(f"* **{name}**: {text}")
+        out.append("")
+
+    for key, title in (("transfer", "Transfer — Tape"), ("baseline", "Transfer — SQLite peer")):
+        t = w.get(key)
+        if not t:
+            continue
+        out.append(f"## {title}")
+        out.append("")
+        extra = f", {t['settings']}" if "settings" in t else ""
+        out.append(f"{t['accounts']:,} accounts × {t.get('initial_balance', 1_000_000_000):,}; {t['clients']} clients, "
+                   f"one transfer in flight each{extra}. accounts:total after the run: {t['total_after']:,.0f} "
+                   f"(expected {t['total_expected']:,.0f}: **{'unchanged' if t['total_unchanged'] else 'CHANGED'}**).")
+        out.append("")
+        out += _table(["transport", "α", "seconds", "transfers", "TPS", "p50 ms", "p99 ms", "max ms", "refused", "errors",
+                       "server CPU %", "client CPU %"],
+                      [[c["transport"], f"{c['alpha']:g}", c["duration_s"], c["transfers"], c["tps"], c["p50_ms"],
+                        c["p99_ms"], c["max_ms"], c["failed"], c["errors"], c.get("server_cpu_pct"),
+                        c.get("client_cpu_pct")] for c in t["configs"]])
+        out.append("")
+        out.append("CPU % is of one core (the server process with all its threads; the load-generating client).")
+        out.append("")
+
+    r = w.get("reactivity")
+    if r:
+        out.append("## Reactivity")
+        out.append("")
+        out.append("Latency is the writer's send → each subscriber receiving the Transition; *all* is the latest "
+                   "receipt of a round (every subscriber has the update). Floor: the same bytes "
+                   f"({r.get('transition_bytes', 0)} B Transition) forwarded by a bare aiohttp server.")
+        out.append("")
+        body = []
+        for key, label in (("latency", "Tape, commit → update"), ("floor_latency", "floor"),
+                           ("fanout", "Tape, fan-out"), ("floor_fanout", "floor")):
+            x = r.get(key)
+            if x:
+                body.append([label, x["subscribers"], x["rounds"], x["receipt_p50_ms"], x["receipt_p99_ms"],
+                             x["first_p50_ms"], x["all_p50_ms"], x["all_p99_ms"], x["all_max_ms"], x["incomplete_rounds"]])
+        out += _table(["", "subscribers", "rounds", "receipt p50 ms", "receipt p99 ms", "first p50 ms",
+                       "all p50 ms", "all p99 ms", "all max ms", "incomplete"], body)
+        out.append("")
+        d = r.get("distinct")
+        if d:
+            out.append(f"Distinct subscriptions: {d['subscriptions']:,} queries over {d['sockets']} sockets "
+                       f"(subscribed in {d['subscribe_s']:.2f} s); 64 writer sockets: "
+                       f"**{d['commits_per_s']:,.0f} commits/s** ({d.get('commits', 0):,} transfers in "
+                       f"{d.get('drive_s', 0):.1f} s, warm-up and drain included; latency in the window p50 "
+                       f"{fmt(d['p50_ms'])} ms, p99 {fmt(d['p99_ms'])} ms), "
+                       f"{d['updates_per_s']:,.0f} updates delivered/s ({d['updates_per_commit']:.2f} per commit); "
+                       f"without subscriptions the same writers did {d['no_subscription_commits_per_s']:,.0f} commits/s.")
+            out.append("")
+
+    p = w.get("polling")
+    if p:
+        out.append("## Polling vs push")
+        out.append("")
+        s = p["settings"]
+        out.append(f"{s['pollers']:,} pollers every {s['interval_s']:g} s vs {s['subscribers']:,} subscribers of the "
+                   f"same query over {p['window_s']:.0f} s, {p['changes']} changes (one per second). Bytes counted "
+                   "exactly at the client (HTTP request/status lines, headers, bodies; WebSocket upgrade and frames).")
+        out.append("")
+        rows2 = []
+        for name in ("polling", "push"):
+            x = p[name]
+            rows2.append([name, x["requests"], x["query_executions"], x["bytes_to_server"], x["bytes_to_clients"],
+                          x["staleness_n"], x["staleness_mean_ms"], x["staleness_p50_ms"], x["staleness_p99_ms"]])
+        out += _table(["", "requests", "query executions", "bytes → server", "bytes → clients", "observations",
+                       "mean staleness ms", "p50 ms", "p99 ms"], rows2)
+        out.append("")
+
+    lg = w.get("log")
+    if lg:
+        out.append("## Log and projection")
+        out.append("")
+        for name in ("log", "projection"):
+            x = lg.get(name)
+            if x:
+                out += _table(["figure", "value"], [[k, v] for k, v in x.items()])
+                out.append("")
+
+    profiles = results.get("profiles") or {}
+    if profiles:
+        out.append("## Server profiles (py-spy)")
+        out.append("")
+        for name, prof in profiles.items():
+            out.append(f"### {name} ({prof['samples']:,} samples)")
+            out.append("")
+            out += _table(["self %", "function"], [[f"{pct:.1f}", f"`{fn}`"] for fn, pct in prof["self"][:10]])
+            out.append("")
+            out += _table(["total %", "function"], [[f"{pct:.1f}", f"`{fn}`"] for fn, pct in prof["total"][:15]])
+            out.append("")
+    plots = results.get("plots") or []
+    if plots:
+        out.append("## Plots")
+        out.append("")
+        for name in plots:
+            out.append(f"![{name}]({name})")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+# --- plots -------------------------------------------------------------------------
+
+def plots(results: dict[str, Any], out_dir: Path) -> list[str]:
+    """PNG charts of the run (matplotlib, Agg); returns the file names written."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    made: list[str] = []
+    w = results["workloads"]
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=110)
+        plt.close(fig)
+        made.append(name)
+
+    tape, sqlite = w.get("transfer"), w.get("baseline")
+    if tape or sqlite:
+        series = []
+        for label, res, transport in (("Tape HTTP", tape, "http"), ("Tape WebSocket", tape, "ws"),
+                                      ("SQLite HTTP", sqlite, "http")):
+            vals = [(_config(res, transport, a) or {}).get("tps", 0.0) for a in (0.0, 1.5)]
+            if any(vals):
+                series.append((label, vals))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        width = 0.8 / max(1, len(series))
+        for i, (label, vals) in enumerate(series):
+            xs = [j + i * width for j in range(2)]
+            bars = ax.bar(xs, vals, width, label=label)
+            ax.bar_label(bars, fmt="%.0f", fontsize=8)
+        ax.set_xticks([j + width * (len(series) - 1) / 2 for j in range(2)], ["α = 0 (uniform)", "α = 1.5"])
+        ax.set_ylabel("transfers / s")
+        ax.set_title(f"Transfer throughput, 64 clients ({results['machine']['cores']} cores)")
+        ax.legend()
+        save(fig, "transfer_tps.png")
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for label, res in (("Tape", tape), ("SQLite", sqlite)):
+            for c in (res or {}).get("configs", []):
+                xs = c.get("latency_ms_sorted") or []
+                if xs:
+                    ys = [(i + 1) / len(xs) for i in range(len(xs))]
+                    ax.plot(xs, ys, label=f"{label} {c['transport']} α={c['alpha']:g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("latency (ms, log scale)")
+        ax.set_ylabel("fraction of transfers")
+        ax.set_title("Transfer latency CDF")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        save(fig, "transfer_latency.png")
+
+    r = w.get("reactivity")
+    if r:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key, label, style, color in (("latency", "Tape, 100 subscribers", "-", "tab:blue"),
+                                         ("floor_latency", "raw floor, 100", "--", "tab:blue"),
+                                         ("fanout", "Tape, 1,000 subscribers", "-", "tab:green"),
+                                         ("floor_fanout", "raw floor, 1,000", "--", "tab:green")):
+            xs = (r.get(key) or {}).get("receipt_ms_sorted") or []
+            if xs:
+                ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], style, color=color, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("send → subscriber receives the update (ms, log scale)")
+        ax.set_ylabel("fraction of receipts")
+        ax.set_title("Commit → update latency vs raw broadcast floor")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        save(fig, "reactivity_latency.png")
+
+    p = w.get("polling")
+    if p:
+        fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+        names = ["polling", "push"]
+        colors = ["tab:orange", "tab:blue"]
+        for ax, key, title in ((axes[0], "requests", "requests to the server"),
+                               (axes[1], "bytes_total", "bytes (both directions)"),
+                               (axes[2], "staleness_mean_ms", "mean staleness (ms)")):
+            vals = [p[n][key] for n in names]
+            bars = ax.bar(names, vals, color=colors)
+            ax.bar_label(bars, labels=[fmt(v) for v in vals], fontsize=8)
+            ax.set_title(title, fontsize=10)
+            if key == "staleness_mean_ms":
+                ax.set_yscale("log")
+        fig.suptitle(f"Polling every {p['settings']['interval_s']:g} s vs push, {p['settings']['pollers']:,} clients each")
+        save(fig, "polling_vs_push.png")
+
+    lg = w.get("log") or {}
+    if lg.get("log") or lg.get("projection"):
+        labels, vals = [], []
+        if lg.get("log"):
+            labels += ["raw fsync/s", "FileLog appends/s"]
+            vals += [lg["log"]["fsync_per_s"], lg["log"]["append_per_s"]]
+        if lg.get("projection"):
+            labels += ["raw RocksDB puts/s", "replay records/s"]
+            vals += [lg["projection"]["raw_puts_per_s"], lg["projection"]["replay_records_per_s"]]
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+        bars = ax.bar(labels, vals, color=["tab:gray", "tab:blue"] * 2)
+        ax.bar_label(bars, labels=[fmt(float(v)) for v in vals], fontsize=8)
+        ax.set_yscale("log")
+        ax.set_title("Log append and projection replay vs physical floors")
+        save(fig, "log_projection.png")
+    return made
+
+
+def write(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Write results.json, the PNGs and results.md into `out_dir`; returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results["comparisons"] = comparisons(results["workloads"])
+    results["plots"] = plots(results, out_dir)
+    json_path = out_dir / "results.json"
+    json_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY,
+                                       default=_default))
+    md_path = out_dir / "results.md"
+    md_path.write_text(markdown(results))
+    return [json_path, md_path] + [out_dir / p for p in results["plots"]]
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float):
+        return None
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+if __name__ == "__main__":  # pragma: no cover - re-render a results.json
+    src = Path(sys.argv[1] if len(sys.argv) > 1 else "bench-results/results.json")
+    data = orjson.loads(src.read_bytes())
+    write(data, src.parent)
