@@ -1,0 +1,603 @@
+"""`Projection`: the materialized state (documents + indexes) in one RocksDB directory.
+
+The projection is a pure function of the commit log: `apply` folds records into
+it in offset order, and the offset/ts of the last applied record are stored in
+the *same* WriteBatch as the record's effects, so the directory always holds a
+state "after record N" for some N. See `projections.layout` for the key layout.
+
+Durability: writes skip the RocksDB WAL. The projection can be rebuilt from the
+log, and without a WAL a crash loses only the memtable: RocksDB flushes one
+column family's memtables whole and in order, and a WriteBatch never straddles
+two memtables, so what survives is always a prefix of the applied batches —
+including the matching applied offset. After a crash the owner replays the log
+from ``applied_offset + 1``. `flush` and `close` persist the memtable, so a clean
+shutdown loses nothing.
+
+A `Projection` has a single writer; reads (`get`, `scan`) may interleave with
+writes, and each scan sees a consistent snapshot taken when it starts.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from typing import Any, Iterable, Iterator, Mapping
+
+import orjson
+from rocksdict import BlockBasedOptions, Checkpoint, Options, ReadOptions, Rdict, WriteBatch, WriteOptions
+
+from engine.values import decode_doc, table_of
+from log.record import Record
+
+from .errors import ProjectionError, ProjectionFormatError
+from .index_catalog import Catalog, TableIndexes, normalize_catalog
+from .index_catalog import tail as _tail
+from .keys import (
+    _ENCODERS,
+    UNDEFINED,
+    _NUL,
+    _NUL_ESC,
+    _P_STRING,
+    _STR_END,
+    encode_float_key,
+    encode_string_key,
+    encode_value_key,
+    prefix_successor,
+)
+from .layout import (
+    BY_ID,
+    DOC,
+    DOC_RANGE,
+    FORMAT_VERSION,
+    META,
+    META_APPLIED_OFFSET,
+    META_APPLIED_TS,
+    META_CATALOG,
+    META_COUNT,
+    META_FORMAT,
+    count_key,
+    index_prefix,
+    pack_int,
+    unpack_int,
+)
+
+Bound = tuple[Any, bool]
+"""A range bound on one index field: (value, inclusive)."""
+
+
+def _options() -> Options:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    opts.set_max_background_jobs(2)
+    opts.set_write_buffer_size(64 << 20)
+    opts.set_memtable_whole_key_filtering(True)
+    opts.set_memtable_prefix_bloom_ratio(0.05)
+    table = BlockBasedOptions()
+    table.set_bloom_filter(10, False)
+    opts.set_block_based_table_factory(table)
+    return opts
+
+
+class Projection:
+    """Documents and indexes materialized from the commit log, in one RocksDB directory.
+
+    `indexes` is the user index catalog ``{table: {name: [field, ...]}}``; when
+    given and different from the stored catalog it is installed with
+    `set_indexes` (backfilling/dropping index entries). When None the stored
+    catalog (empty for a new directory) is kept.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], indexes: Mapping[str, Mapping[str, list[str]]] | None = None
+    ) -> None:
+        self.path = os.fspath(path)
+        self._db: Rdict | None = Rdict(self.path, _options())
+        self._wo = WriteOptions()
+        self._wo.disable_wal = True
+        try:
+            self._load_meta()
+        except BaseException:
+            self._db.close()
+            self._db = None
+            raise
+        if indexes is not None and normalize_catalog(indexes) != self._catalog:
+            self.set_indexes(indexes)
+
+    def _load_meta(self) -> None:
+        db = self._db
+        assert db is not None
+        raw = db.get(META_FORMAT)
+        if raw is None:
+            if db.get(META_APPLIED_OFFSET) is not None or db.get(META_CATALOG) is not None:
+                raise ProjectionFormatError(
+                    f"{self.path}: projection has no format version marker; rebuild it from the log"
+                )
+            wb = WriteBatch(raw_mode=True)
+            wb.put(META_FORMAT, pack_int(FORMAT_VERSION))
+            wb.put(META_CATALOG, orjson.dumps({}))
+            db.write(wb, self._wo)
+        else:
+            version = unpack_int(raw) if len(raw) == 8 else -1
+            if version != FORMAT_VERSION:
+                newer = "newer than" if version > FORMAT_VERSION else "unknown to"
+                raise ProjectionFormatError(
+                    f"{self.path}: projection format version {version} is {newer} this build "
+                    f"(supports {FORMAT_VERSION}); upgrade Tape or rebuild the projection from the log"
+                )
+        raw = db.get(META_APPLIED_OFFSET)
+        self._applied_offset = unpack_int(raw) if raw is not None else -1
+        raw = db.get(META_APPLIED_TS)
+        self._applied_ts = unpack_int(raw) if raw is not None else 0
+        raw = db.get(META_CATALOG)
+        self._catalog: Catalog = normalize_catalog(orjson.loads(raw)) if raw is not None else {}
+        self._tables: dict[str, TableIndexes] = {}
+        self._counts: dict[str, int] = {}
+        lo = META_COUNT
+        for key, value in db.items(from_key=lo):
+            if not key.startswith(lo):
+                break
+            self._counts[key[len(lo):].decode()] = unpack_int(value)
+
+    # --- properties ---------------------------------------------------------------
+
+    @property
+    def applied_offset(self) -> int:
+        """Offset of the last applied record (-1 when nothing was applied)."""
+        return self._applied_offset
+
+    @property
+    def applied_ts(self) -> int:
+        """Commit timestamp (ns) of the last applied record (0 when nothing was applied)."""
+        return self._applied_ts
+
+    @property
+    def indexes(self) -> Catalog:
+        """A copy of the current user index catalog."""
+        return {t: {n: list(f) for n, f in per.items()} for t, per in self._catalog.items()}
+
+    def _db_open(self) -> Rdict:
+        if self._db is None:
+            raise ProjectionError(f"{self.path}: projection is closed")
+        return self._db
+
+    def _table(self, table: str) -> TableIndexes:
+        ti = self._tables.get(table)
+        if ti is None:
+            ti = self._tables[table] = TableIndexes(table, self._catalog.get(table))
+        return ti
+
+    # --- writing --------------------------------------------------------------------
+
+    def apply(self, records: Iterable[Record]) -> None:
+        """Apply `records` in order as one atomic RocksDB write (with the new applied offset/ts).
+
+        Records at or below `applied_offset` are skipped, so re-applying is harmless.
+        For each write the old index keys come from `Write.prev` (or, when that
+        is None, from the stored document), so only changed keys are rewritten.
+        """
+        built = self._build(records)
+        if built is None:
+            return
+        batch, offset, ts, counts = built
+        self._db_open().write(batch, self._wo)
+        self._counts = counts
+        self._applied_ts = ts
+        self._applied_offset = offset
+
+    def _build(self, records: Iterable[Record]) -> tuple[WriteBatch, int, int, dict[str, int]] | None:
+        """The WriteBatch `apply` writes, with the new offset, ts and counts; None if nothing is new.
+
+        Operations are collected per key space (documents, each index), then
+        added in key order: RocksDB inserts sorted keys into its memtable
+        several times faster than scattered ones.
+        """
+        db = self._db_open()
+        db_get = db.get
+        encoders = _ENCODERS  # decoded documents hold only Convex types, all of which have an encoder
+        base_off = last_off = self._applied_offset
+        last_ts = self._applied_ts
+        counts = self._counts
+        docs: dict[bytes, bytes | None] = {}  # doc key -> new document (None: deleted)
+        per_table: dict[str, _TableOps] = {}
+        deltas: dict[str, int] = {}
+        for rec in records:
+            off = rec.offset
+            if off <= last_off:
+                if off < 0:
+                    raise ValueError(f"{self.path}: record has no log offset ({off})")
+                continue
+            w = None
+            try:
+                for w in rec.writes:
+                    table = w.table
+                    t = per_table.get(table)
+                    if t is None:
+                        t = per_table[table] = _TableOps(self._tables.get(table) or self._table(table))
+                    idb = w.id.encode()
+                    dkey = DOC + idb
+                    new_raw = w.doc
+                    old_raw = w.prev
+                    if old_raw is None:
+                        old_raw = docs[dkey] if dkey in docs else db_get(dkey)
+                    docs[dkey] = new_raw
+                    idk = _P_STRING + idb.replace(_NUL, _NUL_ESC) + _STR_END
+                    if new_raw is not None:
+                        new_doc = decode_doc(new_raw) if 36 in new_raw else _json_loads(new_raw)
+                        ct = new_doc.get("_creationTime", UNDEFINED)
+                        new_tail = (encode_float_key(ct) if type(ct) is float else encode_value_key(ct)) + idk
+                        if old_raw is None:
+                            t.ids[t.by_id + idk] = idb
+                            t.cts[t.by_ct + new_tail] = idb
+                            if t.simple is not None:
+                                get = new_doc.get
+                                for prefix, field, ops in t.simple:
+                                    v = get(field, UNDEFINED)
+                                    ops[prefix + encoders[type(v)](v) + new_tail] = idb
+                            elif t.user:
+                                for key, ops in zip(t.ti.user_keys(new_doc, new_tail), t.user):
+                                    ops[key] = idb
+                            deltas[table] = deltas.get(table, 0) + 1
+                            continue
+                        old_doc = decode_doc(old_raw) if 36 in old_raw else _json_loads(old_raw)
+                        old_ct = old_doc.get("_creationTime", UNDEFINED)
+                        if old_ct == ct and type(old_ct) is float and type(ct) is float and ct != 0.0:
+                            old_tail = new_tail  # the usual case: _creationTime never changes
+                        else:
+                            if type(old_ct) is float:
+                                old_tail = encode_float_key(old_ct) + idk
+                            else:
+                                old_tail = encode_value_key(old_ct) + idk
+                            if old_tail != new_tail:
+                                t.cts[t.by_ct + old_tail] = None
+                                t.cts[t.by_ct + new_tail] = idb
+                        if t.simple is not None:
+                            get = new_doc.get
+                            old_get = old_doc.get
+                            for prefix, field, ops in t.simple:
+                                v = get(field, UNDEFINED)
+                                old_v = old_get(field, UNDEFINED)
+                                if old_tail is new_tail and (
+                                    v is old_v or (type(v) is type(old_v) and type(v) in _EXACT_EQ and v == old_v)
+                                ):
+                                    continue  # same field value (hence same key)
+                                new_key = prefix + encoders[type(v)](v) + new_tail
+                                old_key = prefix + encoders[type(old_v)](old_v) + old_tail
+                                if old_key != new_key:
+                                    ops[old_key] = None
+                                    ops[new_key] = idb
+                        elif t.user:
+                            pairs = zip(t.ti.user_keys(old_doc, old_tail), t.ti.user_keys(new_doc, new_tail), t.user)
+                            for old_key, new_key, ops in pairs:
+                                if old_key != new_key:
+                                    ops[old_key] = None
+                                    ops[new_key] = idb
+                    elif old_raw is not None:
+                        old_doc = decode_doc(old_raw) if 36 in old_raw else _json_loads(old_raw)
+                        old_tail = _tail(old_doc, idk)
+                        t.ids[t.by_id + idk] = None
+                        t.cts[t.by_ct + old_tail] = None
+                        for key, ops in zip(t.ti.user_keys(old_doc, old_tail), t.user):
+                            ops[key] = None
+                        deltas[table] = deltas.get(table, 0) - 1
+            except Exception as exc:
+                where = f" ({w.table} {w.id})" if w is not None else ""
+                raise ProjectionError(f"{self.path}: cannot apply record {off}{where}: {exc}") from exc
+            last_off = off
+            last_ts = rec.ts
+        if last_off == base_off:
+            return None
+        meta: dict[bytes, bytes | None] = {
+            META_APPLIED_OFFSET: pack_int(last_off),
+            META_APPLIED_TS: pack_int(last_ts),
+        }
+        if any(deltas.values()):
+            counts = dict(counts)
+            for table, delta in deltas.items():
+                if delta:
+                    n = counts.get(table, 0) + delta
+                    if n:
+                        counts[table] = n
+                        meta[count_key(table)] = pack_int(n)
+                    else:
+                        counts.pop(table, None)
+                        meta[count_key(table)] = None
+        spaces = [(META, meta), (DOC, docs)]
+        for t in per_table.values():
+            spaces.extend(zip(t.ti.prefixes, t.all_ops))
+        spaces.sort(key=_first)
+        wb = WriteBatch(raw_mode=True)
+        put = wb.put
+        delete = wb.delete
+        for _prefix, ops in spaces:
+            for key in sorted(ops):
+                value = ops[key]
+                if value is None:
+                    delete(key)
+                else:
+                    put(key, value)
+        return wb, last_off, last_ts, counts
+
+    def set_indexes(self, indexes: Mapping[str, Mapping[str, list[str]]]) -> None:
+        """Install a new user index catalog.
+
+        Entries of removed (or redefined) indexes are deleted, added ones are
+        backfilled from the stored documents, and the catalog is stored — all
+        in one atomic write.
+        """
+        db = self._db_open()
+        new = normalize_catalog(indexes)
+        old = self._catalog
+        if new == old:
+            return
+        wb = WriteBatch(raw_mode=True)
+        for table, per in old.items():
+            for name, fields in per.items():
+                if new.get(table, {}).get(name) != fields:
+                    prefix = index_prefix(table, name)
+                    wb.delete_range(prefix, prefix_successor(prefix))
+        for table, per in new.items():
+            added = {n: f for n, f in per.items() if old.get(table, {}).get(n) != f}
+            if not added:
+                continue
+            ti = TableIndexes(table, added)
+            for doc_id, raw in self._doc_items(table):
+                doc = decode_doc(raw)
+                idb = doc_id.encode()
+                for key in ti.user_keys(doc, _tail(doc, encode_string_key(doc_id))):
+                    wb.put(key, idb)
+        wb.put(META_CATALOG, orjson.dumps(new, option=orjson.OPT_SORT_KEYS))
+        db.write(wb, self._wo)
+        self._catalog = new
+        self._tables = {}
+
+    # --- reading --------------------------------------------------------------------
+
+    def get(self, doc_id: str) -> bytes | None:
+        """The encoded document `doc_id`, or None."""
+        return self._db_open().get(DOC + doc_id.encode())
+
+    def get_many(self, ids: Iterable[str]) -> list[bytes | None]:
+        """`get` for each of `ids`, in order."""
+        get = self._db_open().get
+        return [get(DOC + i.encode()) for i in ids]
+
+    def index_prefix(self, table: str, index: str) -> bytes:
+        """The key prefix of every entry of `index` on `table`."""
+        return index_prefix(table, index)
+
+    def index_fields(self, table: str, index: str) -> list[str]:
+        """The fields `index` orders by, including the implicit ``_creationTime``/``_id``."""
+        fields = self._table(table).fields.get(index)
+        if fields is None:
+            raise KeyError(f"{table}.{index}: no such index")
+        return list(fields)
+
+    def doc_key(self, doc_id: str, table: str | None = None) -> bytes:
+        """The by_id index key of `doc_id` (its table taken from the id unless given)."""
+        if table is not None:
+            return index_prefix(table, BY_ID) + encode_string_key(doc_id)
+        key = _doc_key_from_id(doc_id)
+        if key is None:
+            raise ValueError(f"{doc_id!r} is not a document id; pass its table explicitly")
+        return key
+
+    def index_keys(self, table: str, doc: dict[str, Any]) -> list[tuple[str, bytes]]:
+        """Every (index name, key) `doc` occupies in `table`, including by_id and by_creation_time."""
+        ti = self._table(table)
+        return list(zip(ti.names, ti.keys(doc, doc["_id"])))
+
+    def index_range(
+        self,
+        table: str,
+        index: str,
+        eq: list[Any] | tuple[Any, ...] = (),
+        lower: Bound | None = None,
+        upper: Bound | None = None,
+    ) -> tuple[bytes, bytes]:
+        """The half-open key range [lo, hi) of `index` entries matching the bounds.
+
+        `eq` fixes the leading fields (``field_i == eq[i]``); `lower`/`upper`
+        are ``(value, inclusive)`` bounds on the field right after them.
+        """
+        ti = self._tables.get(table) or self._table(table)
+        try:
+            prefix, n_fields = ti.by_name[index]
+        except KeyError:
+            raise KeyError(f"{table}.{index}: no such index") from None
+        if eq:
+            if len(eq) + (lower is not None or upper is not None) > n_fields:
+                raise ValueError(f"{table}.{index}: range on more fields than the index has ({ti.fields[index]})")
+            base = prefix + b"".join([encode_value_key(v) for v in eq])
+        else:
+            base = prefix
+        if lower is None:
+            lo = base
+        else:
+            lo = base + encode_value_key(lower[0])
+            if not lower[1]:
+                lo = prefix_successor(lo)
+        if upper is None:
+            hi = prefix_successor(base)
+        else:
+            hi = base + encode_value_key(upper[0])
+            if upper[1]:
+                hi = prefix_successor(hi)
+        return lo, hi
+
+    def scan(self, lo: bytes, hi: bytes, reverse: bool = False) -> Iterator[tuple[bytes, str]]:
+        """Lazily yield (index key, document id) for keys in [lo, hi), ascending or descending.
+
+        The snapshot is taken when `scan` is called, not at the first `next`.
+        """
+        db = self._db_open()
+        if lo >= hi:
+            return iter(())
+        # Only the upper bound goes to RocksDB: rocksdict 0.3.29's
+        # ReadOptions.set_iterate_lower_bound sets the *upper* bound, so the
+        # lower end of a reverse scan is checked here instead. The iterator
+        # does not own its bound: `ro` must outlive it (the walkers hold it).
+        ro = ReadOptions()
+        ro.set_iterate_upper_bound(hi)
+        it = db.iter(ro)
+        if reverse:
+            it.seek_to_last()
+            return _walk_back(it, lo, ro)
+        it.seek(lo)
+        return _walk(it, ro)
+
+    def iter_documents(self, table: str | None = None) -> Iterator[bytes]:
+        """Yield encoded documents: of `table` in by_id order, or of every table in id order."""
+        for _doc_id, raw in self._doc_items(table):
+            yield raw
+
+    def _doc_items(self, table: str | None) -> Iterator[tuple[str, bytes]]:
+        if table is None:
+            for key, value in self._raw_items(*DOC_RANGE):
+                yield key[1:].decode(), value
+            return
+        get = self._db_open().get
+        lo, hi = self.index_range(table, "by_id")
+        for _key, doc_id in self.scan(lo, hi):
+            raw = get(DOC + doc_id.encode())
+            if raw is not None:
+                yield doc_id, raw
+
+    def count(self, table: str) -> int:
+        """The number of documents in `table`."""
+        return self._counts.get(table, 0)
+
+    def tables(self) -> list[str]:
+        """The tables holding at least one document, sorted."""
+        return sorted(self._counts)
+
+    def _raw_items(self, lo: bytes | None = None, hi: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        db = self._db_open()
+        ro = ReadOptions()
+        if hi is not None:
+            ro.set_iterate_upper_bound(hi)
+        it = db.iter(ro)
+        if lo is None:
+            it.seek_to_first()
+        else:
+            it.seek(lo)
+        while it.valid():
+            yield it.key(), it.value()
+            it.next()
+
+    def dump_items(self) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) in the directory, in key order (for comparing projections)."""
+        return list(self._raw_items())
+
+    def content_digest(self) -> str:
+        """SHA-256 over every key/value in key order: equal iff the contents are byte-identical."""
+        h = hashlib.sha256()
+        for key, value in self._raw_items():
+            h.update(len(key).to_bytes(4, "big"))
+            h.update(key)
+            h.update(len(value).to_bytes(4, "big"))
+            h.update(value)
+        return h.hexdigest()
+
+    def meta(self) -> dict[str, Any]:
+        """The meta keys, decoded (format version, applied offset/ts, catalog, counts)."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "applied_offset": self._applied_offset,
+            "applied_ts": self._applied_ts,
+            "indexes": self.indexes,
+            "counts": dict(self._counts),
+        }
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Persist the memtable to SST files (everything applied so far survives a crash)."""
+        self._db_open().flush(True)
+
+    def checkpoint(self, dest_dir: str | os.PathLike[str]) -> None:
+        """Write a consistent copy of the projection (a RocksDB checkpoint) to `dest_dir`.
+
+        `dest_dir` must not exist. The copy carries its applied offset in its
+        meta keys and opens as a normal `Projection`.
+        """
+        db = self._db_open()
+        db.flush(True)
+        Checkpoint(db).create_checkpoint(os.fspath(dest_dir))
+
+    def close(self) -> None:
+        """Flush and close; further calls raise `ProjectionError` (closing twice is fine)."""
+        db = self._db
+        if db is None:
+            return
+        self._db = None
+        db.flush(True)
+        db.close()
+
+    def __enter__(self) -> "Projection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Projection({self.path!r}, applied_offset={self._applied_offset})"
+
+
+_json_loads = orjson.loads
+
+# Types whose == implies identical key encodings (unlike float: -0.0 == 0.0, or list: [1] == [1.0]).
+_EXACT_EQ = frozenset({str, int, bool, type(None)})
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _doc_key_from_id(doc_id: str) -> bytes | None:
+    """`Projection.doc_key` for a Tape id (decoding the table out of an id is slow-ish: cached)."""
+    table = table_of(doc_id)
+    return None if table is None else index_prefix(table, BY_ID) + encode_string_key(doc_id)
+
+
+def _first(pair: tuple[bytes, Any]) -> bytes:
+    return pair[0]
+
+
+class _TableOps:
+    """One table's pending index operations in a batch: key -> id bytes (None: delete), per index."""
+
+    __slots__ = ("ti", "by_id", "by_ct", "ids", "cts", "user", "simple", "all_ops")
+
+    def __init__(self, ti: TableIndexes) -> None:
+        self.ti = ti
+        self.by_id = ti.by_id
+        self.by_ct = ti.by_ct
+        self.ids: dict[bytes, bytes | None] = {}
+        self.cts: dict[bytes, bytes | None] = {}
+        self.user: list[dict[bytes, bytes | None]] = [{} for _ in ti.user]
+        self.simple = None if ti.simple is None else tuple(
+            (prefix, field, ops) for (prefix, field), ops in zip(ti.simple, self.user)
+        )
+        self.all_ops = [self.ids, self.cts, *self.user]
+
+
+def _walk(it: Any, ro: ReadOptions) -> Iterator[tuple[bytes, str]]:
+    # `ro` is only held: it owns the iterator's upper bound.
+    valid = it.valid
+    key = it.key
+    value = it.value
+    step = it.next
+    while valid():
+        yield key(), value().decode()
+        step()
+
+
+def _walk_back(it: Any, lo: bytes, ro: ReadOptions) -> Iterator[tuple[bytes, str]]:
+    # `ro` is only held: it owns the iterator's upper bound.
+    valid = it.valid
+    key = it.key
+    value = it.value
+    step = it.prev
+    while valid():
+        k = key()
+        if k < lo:
+            return
+        yield k, value().decode()
+        step()
