@@ -126,11 +126,11 @@ class DatabaseReader:
 
     async def get(self, doc_id: str) -> dict[str, Any] | None:
         """The document with this id, or None."""
-        self._check_id(doc_id)
+        table = self._check_id(doc_id)
         tx = self._tx
         tx.tick()
         tx.count_read()
-        tx.read_set.add_point(tx.projection.doc_key(doc_id))
+        tx.read_set.add_point(tx.projection.doc_key(doc_id, table))
         raw = tx.load(doc_id)
         return decode_doc(raw) if raw is not None else None
 

@@ -129,7 +129,7 @@ class SubscriptionManager:
                 if write.table.startswith("_"):
                     continue
                 owners = self._ranges.owners_of
-                owners(projection.doc_key(write.id), b"", affected)
+                owners(projection.doc_key(write.id, write.table), b"", affected)
                 for raw in (write.prev, write.doc):
                     if raw is None:
                         continue
