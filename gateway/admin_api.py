@@ -1,0 +1,281 @@
+"""Admin-only HTTP endpoints: time travel, the change stream and checkpoints.
+
+Every endpoint needs ``Authorization: Convex <admin key>`` (or ``Bearer``);
+without it the answer is 401 ``{"code": "Unauthorized", "message"}`` and
+nothing is done.
+
+* ``POST /api/admin/query_at`` — body ``{"path", "args", "ts" | "offset" | "time", "format"?}``:
+  runs a query as of a past point. ``ts``: a commit timestamp (ns, as an
+  integer, a decimal string, or the encoded u64 `/api/query_ts` returns) — the
+  state after every record with ts <= it; ``offset``: the state after log
+  record N; ``time``: an ISO-8601 time. Answers like ``/api/query`` plus
+  ``offset``/``ts``/``time`` of the state used (``ts`` as a decimal string).
+  The live deployment is not disturbed (see `gateway.time_travel`).
+* ``GET /api/admin/changes?from=OFFSET|TIME&table=T&doc_format=json|convex&follow=1&include_system=0``
+  — change events (`log.changes`) from ``from`` (default 0; ``end`` = only new
+  ones), then live as commits happen (``follow=0``: stop at the current end).
+  A WebSocket upgrade gets one text message per event; a plain GET gets
+  NDJSON (``application/x-ndjson``), one event per line.
+* ``GET /api/admin/checkpoints`` — the projection checkpoints of the data directory.
+* ``POST /api/admin/checkpoints`` — take a checkpoint now.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from engine.errors import AppError, EngineError, FunctionNotFound
+from gateway import http_protocol as hp
+from gateway.time_travel import close_time_travel, get_time_travel
+from log.changes import DOC_FORMATS, TableFilter, encode_changes, jsonl_chunk
+from log.errors import LogClosedError, LogError
+
+if TYPE_CHECKING:
+    from gateway.node import Node
+
+log = logging.getLogger("tape.admin_api")
+
+_JSON = "application/json"
+_STREAMS: "web.AppKey[set[asyncio.Task[Any]]]" = web.AppKey("tape.admin.change_streams", set)
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type=_JSON)
+
+
+def _bad(message: str, code: str = "BadRequest", status: int = 400) -> web.Response:
+    return _json({"code": code, "message": message}, status)
+
+
+def _authorized(request: web.Request) -> bool:
+    node: Node = request.app["node"]
+    return bool(node.admin.check(request.headers.get("Authorization")))
+
+
+def _unauthorized() -> web.Response:
+    return _bad("this endpoint needs the admin key: send 'Authorization: Convex <admin key>'",
+                code="Unauthorized", status=401)
+
+
+# ----------------------------------------------------------------- time travel
+
+
+async def _target_offset(node: "Node", body: dict[str, Any]) -> tuple[int, str]:
+    """(offset of the state to use, how it was asked for) from a query_at body."""
+    from ops.restore import RestoreError, iso_to_ns
+    tt = get_time_travel(node)
+    given = [k for k in ("ts", "offset", "time") if body.get(k) is not None]
+    if len(given) != 1:
+        raise hp.HttpApiError("give exactly one of ts, offset or time", code="BadTimestamp")
+    key = given[0]
+    if key == "offset":
+        value = body["offset"]
+        if type(value) is str and value.lstrip("-").isdigit():
+            value = int(value)
+        if type(value) is not int or value < -1:
+            raise hp.HttpApiError(f"offset: expected an integer >= -1, got {value!r}", code="BadOffset")
+        end = node.log.next_offset()
+        if value >= end:
+            raise hp.HttpApiError(f"offset {value} is past the end of the log (last offset {end - 1})",
+                                  code="BadOffset")
+        return value, f"offset {value}"
+    if key == "ts":
+        ts = hp.parse_query_ts(body["ts"])
+    else:
+        if type(body["time"]) is not str:
+            raise hp.HttpApiError("time: expected an ISO-8601 string", code="BadTimestamp")
+        try:
+            ts = iso_to_ns(body["time"])
+        except (ValueError, RestoreError) as exc:
+            raise hp.HttpApiError(f"time: {exc}", code="BadTimestamp") from None
+    return await tt.offset_at_ts(ts), f"ts {ts}"
+
+
+async def query_at(request: web.Request) -> web.Response:
+    """POST /api/admin/query_at (see the module docstring)."""
+    if not _authorized(request):
+        return _unauthorized()
+    node: Node = request.app["node"]
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        return _bad(f"request body is not valid JSON: {exc}", code="BadJsonBody")
+    if type(body) is not dict:
+        return _bad("request body must be a JSON object", code="BadJsonBody")
+    fields = {k: v for k, v in body.items() if k in ("path", "args", "format", "componentPath")}
+    try:
+        call = hp.parse_function_call(fields, endpoint="query", query_format=request.query.get("format"))
+        offset, _asked = await _target_offset(node, body)
+    except hp.HttpApiError as exc:
+        return _json({"code": exc.code, "message": exc.message}, exc.status)
+    fmt = hp.response_format(call.format, request.headers.get("Convex-Client"))
+    tt = get_time_travel(node)
+    try:
+        result = await tt.evaluate(call.path, call.args, offset, identity={"admin": True})
+    except LogError as exc:
+        return _bad(f"cannot read the log: {exc}", code="LogError", status=500)
+    if result.error is not None:
+        exc = result.error
+        if isinstance(exc, FunctionNotFound):
+            return _json(hp.error_body(str(exc), fmt=fmt), 404)
+        if isinstance(exc, AppError):
+            from gateway.sync_session import error_fields
+            text, data = error_fields(exc)
+            return _json(hp.error_body(text, error_data=data, fmt=fmt), hp.FUNCTION_ERROR_STATUS)
+        if isinstance(exc, EngineError):
+            return _json(hp.error_body(str(exc), fmt=fmt), hp.FUNCTION_ERROR_STATUS)
+        raise exc
+    from ops.restore import format_ns
+    body_out = hp.success_body(result.value, fmt=fmt)
+    body_out.update({"offset": result.offset, "ts": str(result.ts), "time": format_ns(result.ts) if result.ts else None})
+    return _json(body_out)
+
+
+# ----------------------------------------------------------------- change stream
+
+
+def _flag(value: str | None, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    return value.lower() not in ("0", "false", "no", "off")
+
+
+async def _start_offset(node: "Node", text: str | None) -> int:
+    from ops.stream_cmd import start_offset
+    return await start_offset(node.log, text)
+
+
+async def changes(request: web.Request) -> web.StreamResponse:
+    """GET /api/admin/changes as a WebSocket or NDJSON stream (see the module docstring)."""
+    if not _authorized(request):
+        return _unauthorized()
+    node: Node = request.app["node"]
+    q = request.query
+    doc_format = q.get("doc_format", "json")
+    if doc_format not in DOC_FORMATS:
+        return _bad(f"doc_format: use one of {', '.join(DOC_FORMATS)}")
+    tables = TableFilter(q.getall("table", []) or None, _flag(q.get("include_system"), False))
+    follow = _flag(q.get("follow"), True)
+    from ops.restore import RestoreError
+    try:
+        start = await _start_offset(node, q.get("from"))
+    except RestoreError as exc:
+        return _bad(str(exc), code="BadOffset")
+    end = None if follow else node.log.next_offset()
+    streams: set[asyncio.Task[Any]] = request.app[_STREAMS]
+    task = asyncio.current_task()
+    if task is not None:
+        streams.add(task)
+    try:
+        ws = web.WebSocketResponse(heartbeat=30.0)
+        if ws.can_prepare(request).ok:
+            await ws.prepare(request)
+            await _pump_websocket(node, ws, start, end, tables, doc_format)
+            return ws
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
+        await resp.prepare(request)
+        try:
+            async for records in _records(node, start, end):
+                chunk, _n = jsonl_chunk(records, tables, doc_format)
+                if chunk:
+                    await resp.write(chunk)
+        except (ConnectionResetError, asyncio.CancelledError):
+            return resp
+        try:
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass
+        return resp
+    finally:
+        if task is not None:
+            streams.discard(task)
+
+
+async def _records(node: "Node", start: int, end: int | None) -> Any:
+    """Batches of records from `start` (to `end`, or forever); ends quietly when the log closes."""
+    batches = node.log.tail(start) if end is None else node.log.read(start, end)
+    try:
+        async for records in batches:
+            yield records
+    except LogClosedError:
+        return
+    finally:
+        aclose = getattr(batches, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _pump_websocket(node: "Node", ws: web.WebSocketResponse, start: int, end: int | None,
+                          tables: TableFilter, doc_format: str) -> None:
+    async def pump() -> None:
+        try:
+            async for records in _records(node, start, end):
+                for _id, _offset, event in encode_changes(records, tables, doc_format):
+                    await ws.send_str(event.decode())
+        except (ConnectionResetError, RuntimeError):
+            return  # the client went away (RuntimeError: sending on a closing socket)
+        await ws.close()
+
+    sender = asyncio.ensure_future(pump())
+    try:
+        async for _msg in ws:  # the client sends nothing we need; this ends when it closes
+            pass
+    finally:
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
+        if not ws.closed:
+            await ws.close()
+
+
+# ----------------------------------------------------------------- checkpoints
+
+
+async def list_checkpoints(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return _unauthorized()
+    from projections.checkpoints import list_checkpoints as listing
+    node: Node = request.app["node"]
+    found = await asyncio.to_thread(listing, node.config.data_dir)
+    return _json({"checkpoints": [c.as_json() for c in found]})
+
+
+async def create_checkpoint(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return _unauthorized()
+    from projections.checkpoints import checkpoint_node
+    node: Node = request.app["node"]
+    info = await checkpoint_node(node)
+    if info is None:
+        return _json({"created": False, "offset": node.runtime.projection.applied_offset})
+    return _json({"created": True, **info.as_json()})
+
+
+# ----------------------------------------------------------------- wiring
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    for task in list(app[_STREAMS]):
+        task.cancel()
+
+
+async def _on_cleanup(app: web.Application) -> None:
+    close_time_travel(app["node"])
+
+
+def add_routes(app: web.Application) -> None:
+    """Install the admin endpoints on the node's aiohttp app."""
+    app[_STREAMS] = set()
+    app.router.add_post("/api/admin/query_at", query_at)
+    app.router.add_get("/api/admin/changes", changes)
+    app.router.add_get("/api/admin/checkpoints", list_checkpoints)
+    app.router.add_post("/api/admin/checkpoints", create_checkpoint)
+    app.on_shutdown.append(_on_shutdown)
+    app.on_cleanup.append(_on_cleanup)
+
+
+__all__ = ["add_routes", "changes", "query_at"]

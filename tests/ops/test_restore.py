@@ -1,0 +1,349 @@
+"""Point-in-time restore: `ops.restore` and `tape restore` (new directory and in place)."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from engine.app import App
+from engine.runtime import Runtime
+from log.errors import LogError
+from log.file_log import FileLog
+from ops import cli
+from ops.restore import (
+    ArchiveLog,
+    Point,
+    RestoreError,
+    format_ns,
+    iso_to_ns,
+    parse_point,
+    restore_in_place,
+    restore_to_dir,
+)
+from projections.checkpoints import list_checkpoints, take_checkpoint
+from projections.rebuild import rebuild
+from projections.store import Projection
+
+APPS = Path(__file__).resolve().parents[1] / "apps"
+
+
+# ----------------------------------------------------------------- helpers
+
+
+async def start(data: Path, app_name: str = "kitchen") -> Runtime:
+    app = App.load(APPS / app_name)
+    log = FileLog(data / "log")
+    await log.open()
+    projection = Projection(data / "projection", app.schema.index_catalog())
+    runtime = Runtime(app, log, projection)
+    await runtime.start()
+    return runtime
+
+
+async def stop(runtime: Runtime) -> None:
+    await runtime.stop()
+    runtime.projection.close()
+    await runtime.log.close()
+
+
+async def kitchen_workload(rt: Runtime, n: int = 30, checkpoint_every: int = 0,
+                           data: Path | None = None) -> tuple[str, list[tuple[int, int, Any]]]:
+    """Create a list and mutate it; returns (list id, [(offset, ts, items query value) after each mutation])."""
+    history: list[tuple[int, int, Any]] = []
+    out = await rt.run_mutation("lists:create", {"name": "groceries"})
+    lid = out.value
+    history.append((out.offset, out.ts, rt.run_query("lists:items", {"list_id": lid}).value))
+    ids: list[str] = []
+    for i in range(n):
+        if i % 5 == 3 and ids:
+            out = await rt.run_mutation("lists:toggle", {"id": ids[i % len(ids)]})
+        elif i % 7 == 6 and ids:
+            out = await rt.run_mutation("lists:remove", {"id": ids.pop(0)})
+        else:
+            out = await rt.run_mutation("lists:add", {"list_id": lid, "text": f"item {i}", "rank": float(i)})
+            ids.append(out.value)
+        history.append((out.offset, out.ts, rt.run_query("lists:items", {"list_id": lid}).value))
+        if checkpoint_every and data is not None and i % checkpoint_every == checkpoint_every - 1:
+            take_checkpoint(rt.projection, data, keep=100)
+    return lid, history
+
+
+async def reference_digest(log_dir: Path, upto: int, tmp: Path, catalog: dict[str, Any]) -> str:
+    """Digest of a fresh replay of records 0..upto of the log in `log_dir`."""
+    log = FileLog(log_dir, read_only=True)
+    await log.open()
+    try:
+        projection = await rebuild(log, tmp, catalog, upto=upto)
+    finally:
+        await log.close()
+    try:
+        return projection.content_digest()
+    finally:
+        projection.close()
+
+
+async def read_all(log_dir: Path) -> list[Any]:
+    log = FileLog(log_dir, read_only=True)
+    await log.open()
+    out = []
+    try:
+        async for batch in log.read(0):
+            out.extend(batch)
+    finally:
+        await log.close()
+    return out
+
+
+def digest_of(projection_dir: Path) -> tuple[str, int]:
+    p = Projection(projection_dir)
+    try:
+        return p.content_digest(), p.applied_offset
+    finally:
+        p.close()
+
+
+def kitchen_catalog() -> dict[str, Any]:
+    return App.load(APPS / "kitchen").schema.index_catalog()
+
+
+# ----------------------------------------------------------------- parsing
+
+
+def test_parse_point_forms() -> None:
+    assert parse_point("offset:12") == Point("offset", 12)
+    assert parse_point("offset:-1") == Point("offset", -1)
+    assert parse_point("ts:1700000000000000001") == Point("ts", 1700000000000000001)
+    assert parse_point("1700000000000000001") == Point("ts", 1700000000000000001)
+    assert parse_point("17", bare="offset") == Point("offset", 17)
+    assert parse_point("end") == Point("end")
+    assert parse_point("2024-05-01T12:00:00.123456789Z") == Point("ts", 1714564800123456789)
+    assert parse_point("2024-05-01T14:00:00.5+02:00") == Point("ts", 1714564800500000000)
+    for bad in ("yesterday", "offset:x", "offset:-5", "ts:-1", "2024-13-01T00:00:00Z"):
+        with pytest.raises(RestoreError):
+            parse_point(bad)
+
+
+def test_iso_round_trip_and_local_time() -> None:
+    ts = 1714564800123456789
+    assert iso_to_ns(format_ns(ts)) == ts
+    naive = dt.datetime(2024, 5, 1, 12, 0, 0)
+    assert iso_to_ns("2024-05-01T12:00:00") == int(naive.astimezone().timestamp()) * 1_000_000_000
+
+
+# ----------------------------------------------------------------- restore into a new directory
+
+
+async def test_restore_to_new_dir_matches_history(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rt = await start(data)
+    lid, history = await kitchen_workload(rt, 30, checkpoint_every=8, data=data)
+    assert len(list_checkpoints(data)) >= 3
+    catalog = kitchen_catalog()
+    # Restore while the deployment keeps running (the source is only read).
+    for k, (offset, ts, items) in enumerate(history):
+        if k % 6 and k != len(history) - 1:
+            continue
+        for point, name in ((Point("offset", offset), "o"), (Point("ts", ts), "t"),
+                            (parse_point(format_ns(ts)), "i")):
+            dest = tmp_path / f"r-{k}-{name}"
+            report = await restore_to_dir(str(data), point, dest)
+            assert report.upto == offset and report.ts == ts
+            digest, applied = digest_of(dest / "projection")
+            assert applied == offset
+            assert digest == await reference_digest(data / "log", offset, tmp_path / f"ref-{k}-{name}", catalog)
+            assert (dest / "admin_key").exists() is (data / "admin_key").exists()
+            # the restored deployment serves the past state and keeps committing after it
+            rt2 = await start(dest)
+            try:
+                assert rt2.run_query("lists:items", {"list_id": lid}).value == items
+                out = await rt2.run_mutation("lists:add", {"list_id": lid, "text": "after restore"})
+                assert out.offset == offset + 1 and out.ts > ts
+            finally:
+                await stop(rt2)
+    # the restored log is a byte-for-byte prefix (same records, offsets and timestamps)
+    src = await read_all(data / "log")
+    dest = tmp_path / "prefix"
+    await restore_to_dir(str(data), Point("offset", 17), dest)
+    assert await read_all(dest / "log") == src[:18]
+    await stop(rt)
+
+
+async def test_checkpoints_and_full_replay_agree(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rt = await start(data)
+    await kitchen_workload(rt, 25, checkpoint_every=5, data=data)
+    await stop(rt)
+    a = await restore_to_dir(str(data), Point("offset", 18), tmp_path / "a")
+    b = await restore_to_dir(str(data), Point("offset", 18), tmp_path / "b", use_checkpoints=False)
+    assert a.projection.base.startswith("checkpoint") and a.projection.replayed < 5
+    assert b.projection.base == "empty" and b.projection.replayed == 19
+    assert digest_of(tmp_path / "a" / "projection") == digest_of(tmp_path / "b" / "projection")
+
+
+async def test_restore_never_splits_a_transaction(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rt = await start(data, "bank")
+    owners = [f"u{i}" for i in range(5)]
+    await rt.run_mutation("accounts:seed", {"owners": owners, "balance": 100.0})
+    stamps = []
+    for i in range(40):
+        out = await rt.run_mutation("accounts:transfer", {"src": owners[i % 5], "dst": owners[(i * 3 + 1) % 5],
+                                                          "amount": float(i % 7 + 1)})
+        stamps.append(out.ts)
+    await stop(rt)
+    for k, ts in enumerate(stamps):
+        if k % 4:
+            continue
+        # a ts between two commits, and exactly at a commit
+        for t in (ts, ts - 1):
+            dest = tmp_path / f"r{k}-{t - ts}"
+            await restore_to_dir(str(data), Point("ts", t), dest)
+            rt2 = await start(dest, "bank")
+            try:
+                assert rt2.run_query("accounts:total", {}).value == 500.0
+            finally:
+                await stop(rt2)
+
+
+async def test_restore_sources_and_errors(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rt = await start(data)
+    await kitchen_workload(rt, 10)
+    await stop(rt)
+    for i, source in enumerate((str(data / "log"), f"file://{data / 'log'}")):
+        report = await restore_to_dir(source, Point("offset", 5), tmp_path / f"s{i}")
+        assert digest_of(tmp_path / f"s{i}" / "projection")[1] == 5 and report.records == 6
+    # empty state
+    await restore_to_dir(str(data), Point("offset", -1), tmp_path / "empty")
+    assert digest_of(tmp_path / "empty" / "projection")[1] == -1
+    assert await read_all(tmp_path / "empty" / "log") == []
+    # a time before the first commit is the empty state too
+    await restore_to_dir(str(data), Point("ts", 1), tmp_path / "before")
+    assert digest_of(tmp_path / "before" / "projection")[1] == -1
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    with pytest.raises(RestoreError, match="not empty"):
+        await restore_to_dir(str(data), Point("end"), tmp_path / "busy")
+    with pytest.raises(RestoreError, match="past the end"):
+        await restore_to_dir(str(data), Point("offset", 999), tmp_path / "far")
+    with pytest.raises(RestoreError, match="does not exist"):
+        await restore_to_dir(str(tmp_path / "nowhere"), Point("end"), tmp_path / "x")
+    assert not (tmp_path / "far").exists() and not (tmp_path / "x").exists()
+    assert not [p for p in tmp_path.iterdir() if ".restoring-" in p.name]
+
+
+# ----------------------------------------------------------------- in place
+
+
+async def test_restore_in_place(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rt = await start(data)
+    lid, history = await kitchen_workload(rt, 30, checkpoint_every=6, data=data)
+    # while the deployment runs, in-place restore refuses
+    with pytest.raises(RestoreError, match="Stop the server"):
+        await restore_in_place(data, Point("offset", 10), lambda plan: True)
+    await stop(rt)
+    full = await read_all(data / "log")
+    target_offset, target_ts, items = history[12]
+    plans = []
+
+    def no(plan: Any) -> bool:
+        plans.append(plan)
+        return False
+    assert await restore_in_place(data, Point("ts", target_ts), no) is None
+    assert plans[0].discarded == len(full) - target_offset - 1
+    assert await read_all(data / "log") == full  # nothing changed
+
+    report = await restore_in_place(data, Point("ts", target_ts), lambda plan: True)
+    assert report is not None and report.discarded == len(full) - target_offset - 1
+    assert await read_all(data / "log") == full[:target_offset + 1]
+    assert digest_of(data / "projection") == (
+        await reference_digest(data / "log", target_offset, tmp_path / "ref", kitchen_catalog()), target_offset)
+    assert all(c.offset <= target_offset for c in list_checkpoints(data))
+    # the discarded tail was saved and reads back as the same records
+    archive = ArchiveLog(report.archive)
+    await archive.open()
+    saved = [r for batch in [b async for b in archive.read(0)] for r in batch]
+    assert saved == full[target_offset + 1:]
+    assert archive.next_offset() == len(full)
+    # the rewound deployment serves the old state and continues from there
+    rt = await start(data)
+    assert rt.run_query("lists:items", {"list_id": lid}).value == items
+    out = await rt.run_mutation("lists:add", {"list_id": lid, "text": "new timeline"})
+    assert out.offset == target_offset + 1
+    await stop(rt)
+    assert not [p for p in data.iterdir() if p.name.startswith(".restore-")]
+
+
+# ----------------------------------------------------------------- CLI
+
+
+def _build(tmp_path: Path, n: int = 12) -> tuple[Path, list[tuple[int, int, Any]]]:
+    async def go() -> list[tuple[int, int, Any]]:
+        rt = await start(tmp_path / "data")
+        _lid, history = await kitchen_workload(rt, n, checkpoint_every=4, data=tmp_path / "data")
+        await stop(rt)
+        return history
+    return tmp_path / "data", asyncio.run(go())
+
+
+def test_cli_restore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, history = _build(tmp_path)
+    offset, ts, _items = history[6]
+    assert cli.main(["restore", "--from", str(data), "--to", str(ts), "--data", str(tmp_path / "new")]) == 0
+    out = capsys.readouterr().out
+    assert "Restored" in out and f"offsets 0..{offset}" in out and "done in" in out
+    assert digest_of(tmp_path / "new" / "projection")[1] == offset
+    assert cli.main(["restore", "--from", str(data), "--to", f"offset:{offset}", "--data", str(tmp_path / "j"),
+                     "--json", "--no-checkpoints"]) == 0
+    info = orjson.loads(capsys.readouterr().out)
+    assert info["offset"] == offset and info["base"] == "empty" and info["replayed"] == offset + 1
+    assert cli.main(["restore", "--from", str(data), "--to", "soon", "--data", str(tmp_path / "z")]) == 1
+    assert "cannot read the time" in " ".join(capsys.readouterr().err.split())
+    assert cli.main(["restore", "--from", str(data), "--to", "end"]) == 1
+
+
+def test_cli_in_place_needs_confirmation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, history = _build(tmp_path)
+    before = sorted(p.name for p in (data / "log").iterdir())
+    size = sum(p.stat().st_size for p in (data / "log").iterdir())
+    offset = history[4][0]
+    # pytest's stdin is not a terminal: without --yes nothing happens
+    assert cli.main(["restore", "--from", str(data), "--to", f"offset:{offset}", "--in-place"]) == 1
+    assert "--yes" in " ".join(capsys.readouterr().err.split())
+    assert sorted(p.name for p in (data / "log").iterdir()) == before
+    assert sum(p.stat().st_size for p in (data / "log").iterdir()) == size
+    assert cli.main(["restore", "--from", str(data), "--to", f"offset:{offset}", "--in-place", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "discarded" in out and "tape stream --log" in " ".join(out.split())
+    assert digest_of(data / "projection")[1] == offset
+    archives = list(data.glob("discarded-*.avro"))
+    assert len(archives) == 1
+    # the archive is readable by `tape stream`
+    assert cli.main(["stream", "--log", str(archives[0]), "--include-system"]) == 0
+    lines = [orjson.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert lines and {e["source"]["offset"] for e in lines} <= set(range(offset + 1, len(history)))
+    assert min(e["source"]["offset"] for e in lines) == offset + 1
+
+
+def test_archive_log_rejects_writes(tmp_path: Path) -> None:
+    data, _history = _build(tmp_path, 4)
+    assert cli.main(["restore", "--from", str(data), "--to", "offset:1", "--in-place", "--yes"]) == 0
+    archive = next(data.glob("discarded-*.avro"))
+
+    async def go() -> None:
+        log = ArchiveLog(archive)
+        await log.open()
+        with pytest.raises(LogError):
+            await log.append([])
+        assert await log.offset_for_timestamp(0) == 2
+        # an archive of a tail cannot be restored on its own
+        with pytest.raises(RestoreError, match="on its own"):
+            await restore_to_dir(str(archive), Point("end"), tmp_path / "from-archive")
+    asyncio.run(go())
+    assert not os.path.exists(tmp_path / "from-archive")
