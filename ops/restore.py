@@ -462,13 +462,25 @@ def copy_segments(src_dir: Path, dest_dir: Path, n: int) -> int:
     return total
 
 
-async def copy_log_prefix(src: Source, dest_dir: Path, n: int, reporter: Reporter) -> FileLog:
-    """A new FileLog in `dest_dir` holding records 0..n-1 of `src` (same offsets, timestamps, contents); open."""
+async def copy_log_prefix(src: Source, dest_dir: Path, upto: int, reporter: Reporter) -> FileLog:
+    """A new FileLog in `dest_dir` holding the records of `src` with offset <= `upto`; returned open.
+
+    From a FileLog the segment bytes are copied (same offsets, timestamps and
+    contents, verified on open). From any other log the records are appended
+    one batch at a time, keeping their timestamps; a source whose offsets have
+    gaps (a KafkaLog skips duplicate copies) gets dense offsets in the copy,
+    so its projection must then be built from the copy (`restore_to_dir` does).
+    """
+    n = upto + 1
     task = reporter.task("copy log", n)
     if src.log_dir is not None and n > 0:
         await asyncio.to_thread(copy_segments, src.log_dir, dest_dir, n)
         dest = FileLog(dest_dir, read_only=False)
         await dest.open()  # scans and verifies every copied frame
+        if dest.next_offset() != n:
+            got = dest.next_offset()
+            await dest.close()
+            raise RestoreError(f"the copied log ends at offset {got - 1}, expected {n - 1}")
     else:
         dest = FileLog(dest_dir, read_only=False)
         await dest.open()
@@ -480,21 +492,19 @@ async def copy_log_prefix(src: Source, dest_dir: Path, n: int, reporter: Reporte
             await dest.close()
             raise RestoreError("an archive of a log tail cannot be restored on its own (it does not start at offset 0)")
         done = 0
-        async for batch in src.log.read(0, n, COPY_BATCH):
-            originals = [(r.offset, r.ts) for r in batch]
-            await dest.append(batch)  # keeps each record's (increasing) ts
-            for r, (off, ts) in zip(batch, originals):
-                if r.offset != off or r.ts != ts:
-                    await dest.close()
-                    raise RestoreError(f"copying offset {off}: the new log assigned offset {r.offset} / ts {r.ts}")
-            done += len(batch)
-            task.update(done)
+        try:
+            async for batch in src.log.read(0, n, COPY_BATCH):
+                stamps = [r.ts for r in batch]
+                await dest.append(batch)  # keeps each record's (increasing) ts; offsets become dense
+                if [r.ts for r in batch] != stamps:
+                    raise RestoreError(f"copying up to offset {batch[-1].offset}: the new log changed a timestamp")
+                done += len(batch)
+                task.update(done)
+        except BaseException:
+            await dest.close()
+            raise
     task.update(n)
     task.finish()
-    if dest.next_offset() != n:
-        got = dest.next_offset()
-        await dest.close()
-        raise RestoreError(f"the copied log ends at offset {got - 1}, expected {n - 1}")
     return dest
 
 
@@ -571,8 +581,11 @@ async def build_projection(
     task.finish()
     if projection.applied_offset != upto:
         got = projection.applied_offset
-        projection.close()
-        raise RestoreError(f"the projection reached offset {got}, expected {upto} (is the log shorter than expected?)")
+        missing = got < upto and not [r async for b in log_.read(got + 1, upto + 1) for r in b]
+        if not missing:  # not merely a gap in the log's offsets (a KafkaLog's skipped copies)
+            projection.close()
+            raise RestoreError(f"the projection reached offset {got}, expected {upto} "
+                               "(is the log shorter than expected?)")
     return projection, info
 
 
@@ -662,29 +675,42 @@ async def restore_to_dir(source: str, point: Point, new_dir: str | os.PathLike[s
 
             async def log_part() -> FileLog:
                 t0 = time.perf_counter()
-                copied = await copy_log_prefix(src, work / "log", upto + 1, reporter)
+                copied = await copy_log_prefix(src, work / "log", upto, reporter)
                 report.log_seconds = time.perf_counter() - t0
                 return copied
 
-            async def projection_part() -> tuple[Projection, ProjectionBuild]:
-                return await build_projection(src.log, work / "projection", upto,
+            async def projection_part(log_: Any, last: int) -> tuple[Projection, ProjectionBuild]:
+                return await build_projection(log_, work / "projection", last,
                                               data_dir=src.data_dir if use_checkpoints else None,
                                               catalog=catalog, reporter=reporter)
 
-            results = await asyncio.gather(log_part(), projection_part(), return_exceptions=True)
-            errors = [r for r in results if isinstance(r, BaseException)]
-            for r in results:
-                if isinstance(r, FileLog):
-                    await r.close()
-                elif isinstance(r, tuple):
-                    r[0].close()
-            if errors:
-                raise errors[0]
-            report.projection = results[1][1]  # type: ignore[index]
+            if src.log_dir is not None:
+                # A FileLog source: copy its bytes while the projection replays from it.
+                results = await asyncio.gather(log_part(), projection_part(src.log, upto), return_exceptions=True)
+                errors = [r for r in results if isinstance(r, BaseException)]
+                for r in results:
+                    if isinstance(r, FileLog):
+                        await r.close()
+                    elif isinstance(r, tuple):
+                        r[0].close()
+                if errors:
+                    raise errors[0]
+                report.projection = results[1][1]  # type: ignore[index]
+            else:
+                # Other logs may have offset gaps: the copy is renumbered, so replay from the copy.
+                copied = await log_part()
+                try:
+                    report.records = copied.next_offset()
+                    report.upto = copied.next_offset() - 1
+                    report.ts = copied.last_ts()
+                    projection, report.projection = await projection_part(copied, report.upto)
+                    projection.close()
+                finally:
+                    await copied.close()
             if src.data_dir is not None and (src.data_dir / ADMIN_KEY_FILE).exists():
                 shutil.copy2(src.data_dir / ADMIN_KEY_FILE, work / ADMIN_KEY_FILE)
                 os.chmod(work / ADMIN_KEY_FILE, 0o600)
-            info = {"restored_from": src.description, "target": point.describe(), "offset": upto,
+            info = {"restored_from": src.description, "target": point.describe(), "offset": report.upto,
                     "ts": report.ts, "restored_at_ns": time.time_ns()}
             (work / RESTORE_INFO_FILE).write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2))
             if dest.exists():

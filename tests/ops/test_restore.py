@@ -347,3 +347,69 @@ def test_archive_log_rejects_writes(tmp_path: Path) -> None:
             await restore_to_dir(str(archive), Point("end"), tmp_path / "from-archive")
     asyncio.run(go())
     assert not os.path.exists(tmp_path / "from-archive")
+
+
+# ----------------------------------------------------------------- logs that are not FileLogs
+
+
+class GappyLog:
+    """A read-only log whose offsets have gaps (like a KafkaLog that skipped duplicate copies)."""
+
+    def __init__(self, records: list[Any]) -> None:
+        from log.record import Record
+        self.records = [Record(writes=r.writes, offset=2 * r.offset + 1, ts=r.ts, session_id=r.session_id,
+                               request_id=r.request_id, function=r.function, result=r.result, extra=dict(r.extra))
+                        for r in records]
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def next_offset(self) -> int:
+        return self.records[-1].offset + 1
+
+    async def read(self, start: int, end: int | None = None, batch: int = 4096):  # type: ignore[no-untyped-def]
+        out = [r for r in self.records if r.offset >= start and (end is None or r.offset < end)]
+        for i in range(0, len(out), batch):
+            yield out[i:i + batch]
+
+    async def offset_for_timestamp(self, ts: int) -> int:
+        return next((r.offset for r in self.records if r.ts >= ts), self.next_offset())
+
+
+async def test_restore_from_a_log_with_offset_gaps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ops.restore as restore_mod
+    data = tmp_path / "data"
+    rt = await start(data)
+    lid, history = await kitchen_workload(rt, 12)
+    await stop(rt)
+    records = await read_all(data / "log")
+    gappy = GappyLog(records)
+
+    async def fake_open(source: str) -> Any:
+        return restore_mod.Source(gappy, None, "gappy log")
+    monkeypatch.setattr(restore_mod, "open_source", fake_open)
+    offset, ts, items = history[7]
+    # a ts, and an offset that falls into a gap: both mean "after the 8th record"
+    for k, point in enumerate((Point("ts", ts), Point("offset", 2 * offset + 2))):
+        report = await restore_to_dir("kafka://broker:9092/topic", point, tmp_path / f"g{k}")
+        assert report.upto == offset and report.records == offset + 1 and report.ts == ts
+        assert await read_all(tmp_path / f"g{k}" / "log") == records[:offset + 1]  # renumbered densely
+        # no data directory, so no index catalog: the server installs the app's indexes when it starts
+        assert digest_of(tmp_path / f"g{k}" / "projection") == (
+            await reference_digest(data / "log", offset, tmp_path / f"ref{k}", {}), offset)
+
+
+async def test_restore_from_a_full_archive(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rt = await start(data)
+    await kitchen_workload(rt, 8)
+    await stop(rt)
+    records = await read_all(data / "log")
+    report = await restore_in_place(data, Point("offset", -1), lambda plan: True)
+    assert report is not None and report.discarded == len(records)
+    assert await read_all(data / "log") == []
+    back = await restore_to_dir(str(report.archive), Point("end"), tmp_path / "back")
+    assert back.records == len(records)
+    assert await read_all(tmp_path / "back" / "log") == records
+    assert digest_of(tmp_path / "back" / "projection")[1] == len(records) - 1
