@@ -42,14 +42,21 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_bench)
 
 
+def _cli_error(message: str) -> Exception:
+    """The CliError that the running `tape` main() catches (``python -m ops.cli`` runs it as __main__)."""
+    cls = getattr(sys.modules.get("__main__"), "CliError", None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        from ops.cli import CliError as cls
+    return cls(message)
+
+
 def _selected(only: str | None) -> list[str]:
     if not only:
         return list(WORKLOADS)
     names = [n.strip() for n in only.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
-        from ops.cli import CliError
-        raise CliError(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
+        raise _cli_error(f"unknown workload(s) {', '.join(unknown)}; choose from {', '.join(WORKLOADS)}")
     return [n for n in WORKLOADS if n in names]
 
 
@@ -76,7 +83,8 @@ def headline(name: str, r: dict[str, Any]) -> str:
     """One line per finished workload for the console."""
     try:
         if name in ("transfer", "baseline"):
-            parts = [f"{c['transport']} α={c['alpha']:g}: {c['tps']:,.0f} TPS p99 {c['p99_ms']:.1f} ms" for c in r["configs"]]
+            parts = [f"{c['transport']} α={c['alpha']:g}: {c['tps']:,.0f} TPS p99 {c['p99_ms']:.1f} ms"
+                     for c in r["configs"]]
             return "; ".join(parts) + f"; total {'unchanged' if r['total_unchanged'] else 'CHANGED'}"
         if name == "reactivity":
             lat, fan, d = r["latency"], r["fanout"], r["distinct"]
@@ -135,14 +143,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from ops.bench import report
     from ops.bench.common import BenchError, Harness
-    from ops.cli import CliError
-
     names = _selected(args.only)
     out_dir = Path(args.out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CliError(f"cannot create the output directory {out_dir}: {exc.strerror or exc}") from None
+        raise _cli_error(f"cannot create the output directory {out_dir}: {exc.strerror or exc}") from None
     console = Console(highlight=False)
     machine = report.machine_info()
     mode = "quick" if args.quick else "full"
@@ -204,4 +210,4 @@ def cmd_bench(args: argparse.Namespace) -> None:
             console.print(f"  {row['section']:<10} {row['metric']}: {report.ratio_text(row['ratio'])} "
                           f"({report.fmt(row['tape'])} vs {report.fmt(row['peer'])} {row['unit']}){met}")
     if results["errors"]:
-        raise CliError("; ".join(f"{k}: {v.splitlines()[0]}" for k, v in results["errors"].items()))
+        raise _cli_error("; ".join(f"{k}: {v.splitlines()[0]}" for k, v in results["errors"].items()))

@@ -64,6 +64,7 @@ class Rounds:
         self._round: list[float] = []
         self._event: asyncio.Event | None = None
         self.late = 0
+        self.acks: list[float] = []          # per round: the writer's own mutation done (response + Transition)
 
     def begin(self, expected: Any) -> None:
         self.expected = expected
@@ -96,6 +97,7 @@ class Rounds:
         out.update(latency_summary(self.receipts, "receipt_"))
         out.update(latency_summary(self.all_have_it, "all_"))
         out.update(latency_summary(self.first, "first_"))
+        out.update(latency_summary(self.acks, "writer_ack_"))
         out["receipt_ms_sorted"] = histogram_ms(self.receipts, 2000)
         out["all_ms_per_round"] = [round(x * 1e3, 4) for x in self.all_have_it]
         return out
@@ -155,11 +157,29 @@ async def _run_rounds(rec: Rounds, writer: SyncClient, rounds: int, hot: str, si
         expected = value - 1.0
         rec.begin(expected)
         future = writer.send_mutation("accounts:transfer", {"src": hot, "dst": owner(r % sink_count), "amount": 1.0})
+        t_send = rec.t_send
+        future.add_done_callback(lambda f, t0=t_send: rec.acks.append(clock() - t0))
         await rec.finish()
         result = await asyncio.wait_for(future, 10)
         value = float(result)
         await asyncio.sleep(0.002)
     return value
+
+
+async def solo_commits(port: int, rounds: int, hot: str, sink_count: int) -> dict[str, Any]:
+    """One writer, nobody subscribed: sequential transfers, send → done (response + Transition)."""
+    writer = await SyncClient.open(HOST, port)
+    try:
+        times = []
+        for r in range(rounds):
+            t0 = clock()
+            await asyncio.wait_for(writer.mutation("accounts:transfer", {"src": hot, "dst": owner(r % sink_count),
+                                                                         "amount": 1.0}), 10)
+            times.append(clock() - t0)
+            await asyncio.sleep(0.002)
+        return latency_summary(times)
+    finally:
+        writer.close()
 
 
 async def floor_rounds(port: int, subscribers: list[SyncClient], add: int, rounds: int, payload: bytes,
@@ -249,6 +269,8 @@ def run(quick: bool = False, harness: Harness | None = None, *, accounts: int | 
         hot = owner(n - 1)
         out: dict[str, Any] = {"settings": s}
 
+        h.reporter.phase("reactivity: one writer alone, sequential transfers")
+        out["solo_commit"] = asyncio.run(solo_commits(tape.port, s["latency_rounds"], hot, n - 2))
         h.reporter.phase(f"reactivity: commit → update, {s['latency_subscribers']} subscribers")
         lat, payload = asyncio.run(tape_rounds(tape.port, s["latency_subscribers"], s["latency_rounds"], hot, n - 2))
         out["latency"] = lat.summary()

@@ -28,7 +28,8 @@ def machine_info() -> dict[str, Any]:
         load = [round(x, 2) for x in os.getloadavg()]
     except OSError:  # pragma: no cover
         load = []
-    return {"cores": os.cpu_count() or 0, "usable_cores": usable, "loadavg_1_5_15": load, "cpu": cpu or platform.processor(),
+    return {"cores": os.cpu_count() or 0, "usable_cores": usable, "loadavg_1_5_15": load,
+            "cpu": cpu or platform.processor(),
             "python": platform.python_version(), "platform": platform.platform(),
             "implementation": platform.python_implementation()}
 
@@ -212,10 +213,10 @@ def markdown(results: dict[str, Any]) -> str:
     if rows:
         out.append("## Comparisons")
         out.append("")
-        out += _table(["Workload", "Metric", "Tape", "vs", "Peer / floor", "Unit", "Ratio (Tape ÷ peer)", "Target", "Met"],
-                      [[r["section"], r["metric"], r["tape"], r["peer_name"], r["peer"], r["unit"],
-                        ratio_text(r["ratio"]), r["target"] or "", "–" if r["met"] is None else ("yes" if r["met"] else "**no**")]
-                       for r in rows])
+        header = ["Workload", "Metric", "Tape", "vs", "Peer / floor", "Unit", "Ratio (Tape ÷ peer)", "Target", "Met"]
+        out += _table(header, [[r["section"], r["metric"], r["tape"], r["peer_name"], r["peer"], r["unit"],
+                                ratio_text(r["ratio"]), r["target"] or "",
+                                "–" if r["met"] is None else ("yes" if r["met"] else "**no**")] for r in rows])
         out.append("")
     if results.get("errors"):
         out.append("## Failed workloads")
@@ -233,10 +234,11 @@ def markdown(results: dict[str, Any]) -> str:
         extra = f", {t['settings']}" if "settings" in t else ""
         out.append(f"{t['accounts']:,} accounts × {t.get('initial_balance', 1_000_000_000):,}; {t['clients']} clients, "
                    f"one transfer in flight each{extra}. accounts:total after the run: {t['total_after']:,.0f} "
-                   f"(expected {t['total_expected']:,.0f}: **{'unchanged' if t['total_unchanged'] else 'CHANGED'}**).")
+                   f"(expected {t['total_expected']:,.0f}: **{'unchanged' if t['total_unchanged'] else 'CHANGED'}**"
+                   + (f"; summed with {t['total_method']}" if t.get("total_method") else "") + ").")
         out.append("")
-        out += _table(["transport", "α", "seconds", "transfers", "TPS", "p50 ms", "p99 ms", "max ms", "refused", "errors",
-                       "server CPU %", "client CPU %"],
+        out += _table(["transport", "α", "seconds", "transfers", "TPS", "p50 ms", "p99 ms", "max ms", "refused",
+                       "errors", "server CPU %", "client CPU %"],
                       [[c["transport"], f"{c['alpha']:g}", c["duration_s"], c["transfers"], c["tps"], c["p50_ms"],
                         c["p99_ms"], c["max_ms"], c["failed"], c["errors"], c.get("server_cpu_pct"),
                         c.get("client_cpu_pct")] for c in t["configs"]])
@@ -258,10 +260,18 @@ def markdown(results: dict[str, Any]) -> str:
             x = r.get(key)
             if x:
                 body.append([label, x["subscribers"], x["rounds"], x["receipt_p50_ms"], x["receipt_p99_ms"],
-                             x["first_p50_ms"], x["all_p50_ms"], x["all_p99_ms"], x["all_max_ms"], x["incomplete_rounds"]])
+                             x["first_p50_ms"], x["all_p50_ms"], x["all_p99_ms"], x["all_max_ms"],
+                             x["incomplete_rounds"]])
         out += _table(["", "subscribers", "rounds", "receipt p50 ms", "receipt p99 ms", "first p50 ms",
                        "all p50 ms", "all p99 ms", "all max ms", "incomplete"], body)
         out.append("")
+        solo = r.get("solo_commit")
+        if solo:
+            lat = r.get("latency") or {}
+            out.append(f"For scale: one writer alone (no subscribers), sequential transfers: send → done p50 "
+                       f"{fmt(solo['p50_ms'])} ms, p99 {fmt(solo['p99_ms'])} ms; with 100 subscribers the writer's "
+                       f"own send → done p50 {fmt(lat.get('writer_ack_p50_ms'))} ms.")
+            out.append("")
         d = r.get("distinct")
         if d:
             out.append(f"Distinct subscriptions: {d['subscriptions']:,} queries over {d['sockets']} sockets "
@@ -270,7 +280,8 @@ def markdown(results: dict[str, Any]) -> str:
                        f"{d.get('drive_s', 0):.1f} s, warm-up and drain included; latency in the window p50 "
                        f"{fmt(d['p50_ms'])} ms, p99 {fmt(d['p99_ms'])} ms), "
                        f"{d['updates_per_s']:,.0f} updates delivered/s ({d['updates_per_commit']:.2f} per commit); "
-                       f"without subscriptions the same writers did {d['no_subscription_commits_per_s']:,.0f} commits/s.")
+                       "without subscriptions the same writers did "
+                       f"{d['no_subscription_commits_per_s']:,.0f} commits/s.")
             out.append("")
 
     p = w.get("polling")
@@ -312,6 +323,7 @@ def markdown(results: dict[str, Any]) -> str:
             out.append("")
             out += _table(["total %", "function"], [[f"{pct:.1f}", f"`{fn}`"] for fn, pct in prof["total"][:15]])
             out.append("")
+    out += METHOD
     plots = results.get("plots") or []
     if plots:
         out.append("## Plots")
@@ -320,6 +332,28 @@ def markdown(results: dict[str, Any]) -> str:
             out.append(f"![{name}]({name})")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+METHOD = [
+    "## Method",
+    "",
+    "* Every server (Tape `tape serve` on `examples/bank`, the aiohttp + SQLite peer, the raw broadcast floor) runs "
+    "in its own process on 127.0.0.1 with uvloop; all clients run in the `tape bench` process, so clients and "
+    "server share the machine's cores. The load average lines above tell how busy the machine was otherwise.",
+    "* Transfer: 64 closed-loop clients, one transfer in flight each; TPS counts transfers that started and "
+    "finished inside the measured window (after a warm-up); latency is client send → done. HTTP: one keep-alive "
+    "aiohttp connection per client. WebSocket: one socket per client with a raw sync-protocol driver; a mutation "
+    "is done when its MutationResponse and the Transition covering its ts have arrived (as the official clients "
+    "wait). SQLite: WAL, synchronous=FULL, BEGIN IMMEDIATE, one transaction (and so one fsync) per transfer. The "
+    "raw fsync rate is 100-byte appends + fdatasync (from `ops.bench.log_bench`).",
+    "* Reactivity: receipt times are taken in the client's `data_received`, before parsing; the floor server "
+    "forwards the exact bytes of a Tape Transition to the same number of sockets, read by the same client code. "
+    "10,000 subscriptions: commits/s over the whole drive, warm-up and drain included.",
+    "* Polling vs push: bytes are counted exactly by minimal raw clients (HTTP/WebSocket level, no TCP/IP "
+    "overhead). Staleness runs from the writer's send of a change to the client first seeing that version or a "
+    "later one. Push query executions are derived (one shared execution, one re-run per change).",
+    "",
+]
 
 
 # --- plots -------------------------------------------------------------------------
@@ -408,7 +442,8 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[str]:
             ax.set_title(title, fontsize=10)
             if key == "staleness_mean_ms":
                 ax.set_yscale("log")
-        fig.suptitle(f"Polling every {p['settings']['interval_s']:g} s vs push, {p['settings']['pollers']:,} clients each")
+        fig.suptitle(f"Polling every {p['settings']['interval_s']:g} s vs push, "
+                     f"{p['settings']['pollers']:,} clients each")
         save(fig, "polling_vs_push.png")
 
     lg = w.get("log") or {}

@@ -27,8 +27,8 @@ from typing import Any, Sequence
 
 import orjson
 
-from ops.bench.common import (BenchError, CpuMeter, HOST, INITIAL_BALANCE, Harness, Zipf, accounts_for, fetch_total,
-                              harness_for, histogram_ms, latency_summary, owner)
+from ops.bench.common import (HOST, INITIAL_BALANCE, BenchError, CpuMeter, Harness, Zipf, accounts_for, harness_for,
+                              histogram_ms, latency_summary, owner, total_and_method)
 from ops.bench.wsdriver import MutationFailed, SyncClient, open_many
 
 CLIENTS = 64
@@ -187,7 +187,7 @@ def run(quick: bool = False, harness: Harness | None = None, *, accounts: int | 
                 res.update(alpha=alpha, hottest_account_share=round(zipf.top_share(), 4))
                 configs.append(res)
         h.reporter.phase("transfer: checking accounts:total")
-        total = asyncio.run(fetch_total(tape.url))
+        total, method = asyncio.run(total_and_method(tape.url, tape.accounts))
     return {
         "system": "tape",
         "accounts": tape.accounts,
@@ -198,6 +198,7 @@ def run(quick: bool = False, harness: Harness | None = None, *, accounts: int | 
         "total_expected": expected,
         "total_after": total,
         "total_unchanged": total == expected,
+        "total_method": method,
         "seed_s": round(tape.extra.get("seed_s", 0.0), 3),
     }
 
