@@ -366,7 +366,8 @@ def register(subparsers: Any) -> None:
 
 def _run(coro: Any) -> Any:
     from log.errors import LogError
-    from ops.cli import CliError
+    from ops.restore_cmd import cli_error_class
+    CliError = cli_error_class()
     from ops.restore import RestoreError
     from ops.restore_cmd import RichReporter
     from projections.errors import ProjectionError

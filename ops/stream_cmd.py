@@ -224,6 +224,11 @@ class KafkaSink(Sink):
         try:
             await self.producer.start()
         except Exception as exc:
+            producer, self.producer = self.producer, None
+            try:
+                await producer.stop()
+            except Exception:
+                pass
             raise StreamError(f"cannot connect to Kafka at {','.join(self.target.servers)}: {exc}") from None
 
     async def write(self, records: list[Record]) -> int:
@@ -370,7 +375,8 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_stream(args: argparse.Namespace) -> None:
-    from ops.cli import CliError
+    from ops.restore_cmd import cli_error_class
+    CliError = cli_error_class()
     from ops.restore import RestoreError
     if args.kafka and args.out:
         raise CliError("use either --out FILE or --to kafka://..., not both")

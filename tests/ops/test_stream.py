@@ -374,3 +374,17 @@ async def test_kafka_avro_values(tmp_path: Path) -> None:
     schema = parse_schema(AVRO_SCHEMA)
     got = [event_from_avro(schemaless_reader(io.BytesIO(v), schema)) for _t, _k, v, _h in sent]
     assert got == list(iter_changes(records))
+
+
+def test_cli_kafka_unreachable_fails_cleanly(tmp_path: Path) -> None:
+    data = build(tmp_path, 2)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with __import__("socket").socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    proc = subprocess.run([sys.executable, "-m", "ops.cli", "stream", "--data", str(data), "--to",
+                           f"kafka://127.0.0.1:{port}/changes", "--state", str(tmp_path / "st.json")],
+                          cwd=ROOT, env=env, capture_output=True, timeout=120)
+    assert proc.returncode == 1
+    assert "cannot connect to Kafka" in " ".join(proc.stderr.decode().split())
+    assert not (tmp_path / "st.json").exists()
