@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tape.admin_api")
 
 _JSON = "application/json"
+DISCONNECT_POLL_SECONDS = 1.0
 _STREAMS: "web.AppKey[set[asyncio.Task[Any]]]" = web.AppKey("tape.admin.change_streams", set)
 
 
@@ -179,13 +180,33 @@ async def changes(request: web.Request) -> web.StreamResponse:
             return ws
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
         await resp.prepare(request)
-        try:
+
+        async def pump() -> None:
             async for records in _records(node, start, end):
                 chunk, _n = jsonl_chunk(records, tables, doc_format)
                 if chunk:
                     await resp.write(chunk)
-        except (ConnectionResetError, asyncio.CancelledError):
+
+        sender = asyncio.ensure_future(pump())
+        try:
+            # An idle stream writes nothing, so watch the connection to notice a client that left.
+            while not sender.done():
+                await asyncio.wait([sender], timeout=DISCONNECT_POLL_SECONDS)
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    break
+        except asyncio.CancelledError:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
             return resp
+        if not sender.done():
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            return resp
+        if sender.exception() is not None:
+            if isinstance(sender.exception(), ConnectionResetError):
+                return resp
+            raise sender.exception()  # type: ignore[misc]
         try:
             await resp.write_eof()
         except ConnectionResetError:

@@ -259,3 +259,20 @@ def test_real_server_time_travel_and_checkpointer(server_factory: Any, tmp_path:
     assert body["value"] == ["x0", "x1", "x2", "x3", "x4", "late"]
     assert server.stop() == 0
     assert not any((data / ".timetravel").glob("*/*"))
+
+
+async def test_changes_ndjson_stream_ends_when_the_client_leaves(deployment: Deployment,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.admin_api as admin_api
+    monkeypatch.setattr(admin_api, "DISCONNECT_POLL_SECONDS", 0.05)
+    d = deployment
+    await history(d, 2)
+    streams = d.client.app[admin_api._STREAMS]  # type: ignore[index]
+    r = await d.client.get("/api/admin/changes?from=0", headers=d.auth)
+    await asyncio.wait_for(r.content.readline(), 10)
+    assert len(streams) == 1
+    r.close()  # the client goes away while nothing new is committed
+    deadline = time.monotonic() + 10
+    while streams and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert not streams
