@@ -413,3 +413,33 @@ async def test_restore_from_a_full_archive(tmp_path: Path) -> None:
     assert back.records == len(records)
     assert await read_all(tmp_path / "back" / "log") == records
     assert digest_of(tmp_path / "back" / "projection")[1] == len(records) - 1
+
+
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_cli_in_place_asks_on_a_terminal(tmp_path: Path, answer: str) -> None:
+    import subprocess
+    import sys
+    data, history = _build(tmp_path, 6)
+    before = asyncio.run(read_all(data / "log"))
+    offset = history[2][0]
+    master, slave = os.openpty()
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "restore", "--from", str(data), "--to",
+                             f"offset:{offset}", "--in-place"], stdin=slave, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)))
+    os.close(slave)
+    try:
+        os.write(master, f"{answer}\n".encode())
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    text = " ".join((out + err).decode().split())
+    assert "Discard" in text
+    after = asyncio.run(read_all(data / "log"))
+    if answer == "n":
+        assert "Aborted" in text and after == before and not list(data.glob("discarded-*.avro"))
+    else:
+        assert after == before[:offset + 1] and len(list(data.glob("discarded-*.avro"))) == 1
