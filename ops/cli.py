@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
-console = Console(stderr=False, highlight=False)
-err = Console(stderr=True, highlight=False)
+console = Console(stderr=False, highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class CliError(Exception):
@@ -59,6 +60,8 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
     from projections.errors import ProjectionError
 
     app = _load_app(args.app)
+    if getattr(args, "admin_key", None):  # read by gateway.replica when forwarding mutations
+        os.environ["TAPE_ADMIN_KEY"] = args.admin_key
     data = Path(args.data) if args.data else Path(args.app) / ".tape"
     _check_data_dir(data)
     config = ServerConfig(app_dir=Path(args.app).resolve(), data_dir=data.resolve(), host=args.host, port=args.port,
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _server_options(serve)
     serve.add_argument("--role", choices=["committer", "replica"], default="committer")
     serve.add_argument("--committer", help="committer URL a replica forwards mutations to")
+    serve.add_argument("--admin-key", help="the committer's admin key, for a replica (default: $TAPE_ADMIN_KEY)")
     serve.add_argument("--checkpoint-interval", type=float, default=0.0, help="seconds between projection checkpoints")
     serve.set_defaults(func=lambda a: cmd_serve(a, dev=False))
 
