@@ -69,16 +69,19 @@
     $("add-item").disabled = !enabled;
   }
 
+  function listIdFromHash() {
+    const match = /^#list=(.+)$/.exec(location.hash);
+    return match ? decodeURIComponent(match[1]) : null;
+  }
+
   client.onUpdate(
     "lists:all",
     {},
     (value) => {
       lists = value;
       if (selectedId === null) {
-        const fromHash = /^#list=(.+)$/.exec(location.hash);
-        if (fromHash && lists.some((l) => l._id === decodeURIComponent(fromHash[1]))) {
-          selectList(decodeURIComponent(fromHash[1]));
-        }
+        const fromHash = listIdFromHash();
+        if (fromHash && lists.some((l) => l._id === fromHash)) selectList(fromHash);
       } else if (!lists.some((l) => l._id === selectedId)) {
         selectList(null);
       }
@@ -87,6 +90,12 @@
     },
     (err) => showError(err),
   );
+
+  // Pasting another "#list=<id>" URL into this tab switches to that list.
+  window.addEventListener("hashchange", () => {
+    const fromHash = listIdFromHash();
+    if (fromHash && fromHash !== selectedId && lists.some((l) => l._id === fromHash)) selectList(fromHash);
+  });
 
   $("new-list-form").addEventListener("submit", async (event) => {
     event.preventDefault();
