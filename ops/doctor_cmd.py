@@ -40,6 +40,7 @@ from rich.markup import escape
 LOCK_FILE = "LOCK"
 COMMITTED_FILE = "COMMITTED"
 FORMAT_FILE = "FORMAT"
+FORMAT_NAME = "tape.filelog"
 _MARK = struct.Struct("<qqqI")
 
 console = Console(highlight=False, soft_wrap=True)
@@ -181,6 +182,7 @@ def scan_log(log_dir: Path) -> LogReport:
     """Verify every frame of every segment of the FileLog in `log_dir`, changing nothing."""
     from log.codec import FrameError, check_frame, decode_frames
     from log.errors import LogError, LogFormatError
+    from log.file_log import FORMAT_VERSION
     from log.segment import list_segments, read_file, scan_buffer, segment_name
 
     rep = LogReport(log_dir)
@@ -196,7 +198,7 @@ def scan_log(log_dir: Path) -> LogReport:
         try:
             import json
             meta = json.loads(fmt.read_text())
-            if meta.get("format") != "tape.filelog" or int(meta.get("version", 0)) > 1:
+            if meta.get("format") != FORMAT_NAME or int(meta.get("version", 0)) > FORMAT_VERSION:
                 rep.damage = LogDamage("format", fmt, 0, 0, f"unknown log format {meta!r}")
                 return rep
         except (ValueError, TypeError, AttributeError) as exc:
