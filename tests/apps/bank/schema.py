@@ -1,5 +1,0 @@
-from engine import define_schema, define_table, v
-
-schema = define_schema({
-    "accounts": define_table({"owner": v.string(), "balance": v.number()}).index("by_owner", ["owner"]),
-})
