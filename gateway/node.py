@@ -70,16 +70,17 @@ class Node:
             session.close(1001, "ServerShutdown")
         if self.subscriptions is not None:
             self.subscriptions.close()
+        from gateway.time_travel import close_time_travel
+        close_time_travel(self)
         if self.projection is not None:
             self.projection.close()
         if self.log is not None:
             await self.log.close()
 
     async def query_at(self, path: str, args: dict[str, Any], ts: int, identity: Any) -> Any:
-        """Run a query as of commit timestamp `ts` (only the current state until time travel lands)."""
-        if ts >= self.runtime.projection.applied_ts:
-            return self.runtime.run_query(path, args, identity=identity).value
-        raise EngineError("query_at_ts for a past timestamp needs the time-travel endpoint (/api/admin/query_at)")
+        """Run a query as of commit timestamp `ts` (any past ts: the log keeps all history)."""
+        from gateway.time_travel import query_at
+        return await query_at(self, path, args, ts, identity)
 
     async def _pinger(self) -> None:
         from gateway.protocol import ping_message
