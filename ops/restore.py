@@ -50,7 +50,6 @@ from projections.checkpoints import (
     copy_projection,
     drop_after,
     list_checkpoints,
-    nearest_valid_checkpoint,
     take_checkpoint,
     verify,
 )
@@ -546,19 +545,27 @@ async def build_projection(
     reporter = reporter or Reporter()
     info = ProjectionBuild()
     started = time.perf_counter()
-    base = await nearest_valid_checkpoint(data_dir, upto, log_) if data_dir is not None else None
-    for extra in extra_bases:
-        if extra.offset <= upto and (base is None or extra.offset > base.offset) and await verify(extra, log_):
-            base = extra
-    if base is not None:
-        await asyncio.to_thread(copy_projection, base.projection_dir, dest)
+    candidates = [c for c in (list_checkpoints(data_dir) if data_dir is not None else []) if c.offset <= upto]
+    candidates += [c for c in extra_bases if c.offset <= upto]
+    candidates.sort(key=lambda c: c.offset, reverse=True)
+    projection: Projection | None = None
+    for base in candidates:
+        if not await verify(base, log_):
+            continue
+        try:
+            # A running server's checkpointer may delete an old checkpoint meanwhile: then try the next one.
+            await asyncio.to_thread(copy_projection, base.projection_dir, dest)
+        except OSError:
+            shutil.rmtree(dest, ignore_errors=True)
+            continue
         projection = Projection(dest, catalog)
         if projection.applied_offset != base.offset:
             projection.close()
             raise RestoreError(f"checkpoint {base.path} holds offset {projection.applied_offset}, "
                                f"not {base.offset} as its metadata says")
         info.base_offset, info.base = base.offset, f"checkpoint {base.path.name}"
-    else:
+        break
+    if projection is None:
         dest.mkdir(parents=True, exist_ok=True)
         projection = Projection(dest, catalog or {})
     info.copy_seconds = time.perf_counter() - started

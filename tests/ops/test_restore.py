@@ -443,3 +443,24 @@ def test_cli_in_place_asks_on_a_terminal(tmp_path: Path, answer: str) -> None:
         assert "Aborted" in text and after == before and not list(data.glob("discarded-*.avro"))
     else:
         assert after == before[:offset + 1] and len(list(data.glob("discarded-*.avro"))) == 1
+
+
+async def test_a_checkpoint_deleted_during_restore_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ops.restore as restore_mod
+    data = tmp_path / "data"
+    rt = await start(data)
+    await kitchen_workload(rt, 12, checkpoint_every=4, data=data)
+    await stop(rt)
+    newest = list_checkpoints(data)[-1]
+    real_copy = restore_mod.copy_projection
+
+    def racing_copy(src: Path, dest: Path) -> None:
+        if Path(src).parent == newest.path:  # pruned by a running server's checkpointer right now
+            Path(dest).mkdir(parents=True)
+            raise FileNotFoundError(src)
+        real_copy(src, dest)
+    monkeypatch.setattr(restore_mod, "copy_projection", racing_copy)
+    report = await restore_to_dir(str(data), Point("end"), tmp_path / "r")
+    assert report.projection.base_offset == list_checkpoints(data)[-2].offset
+    assert digest_of(tmp_path / "r" / "projection") == (
+        await reference_digest(data / "log", report.upto, tmp_path / "ref", kitchen_catalog()), report.upto)
