@@ -6,9 +6,11 @@
     tape stream --data DATA_DIR --to kafka://host:9092/topic --state exporter.json --follow
 
 Events go to stdout, to `--out FILE`, or with `--to kafka://host:port/topic` to
-a Kafka topic (aiokafka producer, acks=all, idempotent; the message key is the
+a Kafka topic (aiokafka producer, acks=all, idempotent — add ``?idempotent=0``
+for brokers without idempotent producers, e.g. Tansu; the message key is the
 document id, the value the JSON event or, with --format avro, the schemaless
-Avro encoding of `log.changes.AVRO_SCHEMA`; header ``tape.offset``).
+Avro encoding of `log.changes.AVRO_SCHEMA`; header ``tape.offset``). The topic
+must exist (or the broker must create topics on first use).
 
 --from: a bare number is a log offset (the first record to export); also
 offset:N, ts:N (commit ts in ns), an ISO-8601 time, or `end` (only new records,
@@ -190,7 +192,7 @@ def _default_producer(target: KafkaTarget) -> Any:
         bootstrap_servers=target.servers,
         client_id=target.options.get("client_id", "tape-stream"),
         acks="all",
-        enable_idempotence=True,
+        enable_idempotence=target.options.get("idempotent", "1") not in ("0", "false", "no"),
         linger_ms=int(target.options.get("linger_ms", "5")),
         max_batch_size=int(target.options.get("max_batch_size", str(1 << 20))),
         max_request_size=int(target.options.get("max_request_size", str(8 << 20))),

