@@ -8,7 +8,7 @@ from typing import Callable
 
 from aiohttp import web
 
-from gateway import http_api
+from gateway import http_api, replica
 from gateway.node import Node
 from gateway.sync_session import handle_sync
 
@@ -24,6 +24,7 @@ def build_app(node: Node) -> web.Application:
     app.router.add_get("/api/sync", handle_sync)
     app.router.add_get("/api/{client_version}/sync", handle_sync)
     http_api.add_routes(app)
+    replica.add_internal_routes(app)  # committer-only, admin-key protected
     try:
         from gateway import admin_api
         admin_api.add_routes(app)
