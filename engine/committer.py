@@ -2,7 +2,7 @@
 
 Mutations queue up while the previous batch is being made durable. Each
 batch runs its mutations one at a time against the latest state plus the
-writes of earlier mutations in the batch (an `Overlay`), appends one log
+writes of earlier, not yet applied mutations (an `Overlay`), appends one log
 record per successful mutation in a single group commit, applies them to the
 projection, and only then answers the callers. Serial execution makes every
 mutation serializable with no conflicts and no retries, however hot the keys.
@@ -75,30 +75,60 @@ class CreationClock:
         return now
 
 
+@dataclass
+class _Staged:
+    """An executed batch waiting to be made durable."""
+
+    seq: int
+    generation: int
+    records: list[Record]
+    owners: list[list[_Pending]]
+    end_mark: int
+    keys: list[tuple[str, int]]
+
+
 class Committer:
-    """Owns the write path of one deployment (the committer role)."""
+    """Owns the write path of one deployment (the committer role).
+
+    Execution is pipelined with durability: while batch N is being appended
+    (fsync), batch N+1 executes on top of N's writes in the overlay. N+1 is
+    appended only after N is durable; if N's append fails, everything
+    executed on top of it is undone and re-queued, so nothing ever depends
+    on a write that did not become durable.
+    """
 
     def __init__(self, runtime: "Runtime", max_batch: int = 1024) -> None:
         self._runtime = runtime
         self._queue: list[_Pending] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Task[bool] | None = None
         self._max_batch = max_batch
         self._last_ts = 0
+        self._next_offset = 0
+        self._seq = 0
+        self._generation = 0
+        self._overlay = Overlay()
+        self._pending_requests: dict[tuple[str, int], list[_Pending]] = {}
         self._creation_clock = CreationClock()
         self.batches = 0
         self.committed = 0
 
     def start(self) -> None:
         if self._task is None:
-            self._last_ts = max(self._runtime.log.last_ts(), self._runtime.projection.applied_ts)
+            self._resync()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="tape-committer")
+
+    def _resync(self) -> None:
+        log_ = self._runtime.log
+        self._last_ts = max(log_.last_ts(), self._runtime.projection.applied_ts)
+        self._next_offset = log_.next_offset()
 
     async def stop(self) -> None:
         """Finish queued mutations, then stop."""
         if self._task is None:
             return
-        while self._queue:
+        while self._queue or (self._inflight is not None and not self._inflight.done()):
             await asyncio.sleep(0.001)
         self._task.cancel()
         try:
@@ -124,12 +154,27 @@ class Committer:
             while self._queue:
                 batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
                 try:
-                    await self._commit_batch(batch)
+                    staged = self._execute(batch)
                 except Exception as exc:  # never let the writer die silently
-                    log.exception("commit batch failed")
-                    for p in batch:
-                        if not p.future.done():
-                            p.future.set_exception(EngineError(f"commit failed: {exc}"))
+                    log.exception("executing a batch failed")
+                    self._fail(batch, EngineError(f"commit failed: {exc}"))
+                    continue
+                if self._inflight is not None:
+                    await self._inflight
+                    self._inflight = None
+                if staged is None:
+                    continue
+                if staged.generation != self._generation:
+                    # The batch below it failed to append: its execution is void. Run it again.
+                    self._queue[:0] = [p for group in staged.owners for p in group]
+                    continue
+                self._inflight = asyncio.get_running_loop().create_task(self._finish(staged))
+
+    @staticmethod
+    def _fail(batch: list[_Pending], error: Exception) -> None:
+        for p in batch:
+            if not p.future.done():
+                p.future.set_exception(error)
 
     def _next_ts(self) -> int:
         ts = max(time.time_ns(), self._last_ts + 1)
@@ -143,27 +188,30 @@ class Committer:
         saved = decode_value(raw)
         return MutationOutcome(saved["result"], saved["ts"], saved["offset"], replayed=True)
 
-    async def _commit_batch(self, batch: list[_Pending]) -> None:
+    def _execute(self, batch: list[_Pending]) -> _Staged | None:
+        """Run a batch serially on top of every pending write; returns the records to append."""
         runtime = self._runtime
         projection = runtime.projection
-        overlay = Overlay()
+        overlay = self._overlay
+        self._seq += 1
+        seq = self._seq
         records: list[Record] = []
         owners: list[list[_Pending]] = []
-        in_batch: dict[tuple[str, int], int] = {}
-        saved_last_ts = self._last_ts
+        keys: list[tuple[str, int]] = []
         for p in batch:
             key = None
             if p.session_id is not None and p.request_id is not None:
                 key = (p.session_id, p.request_id)
-                if key in in_batch:
-                    owners[in_batch[key]].append(p)
+                waiting = self._pending_requests.get(key)
+                if waiting is not None:
+                    waiting.append(p)  # the same request is already executed: share its answer
                     continue
                 previous = self._previous_answer(*key)
                 if previous is not None:
                     p.future.set_result(previous)
                     continue
             mark = overlay.mark()
-            tx = Transaction(projection, runtime.app.schema, runtime.limits, overlay, writable=True)
+            tx = Transaction(projection, runtime.app.schema, runtime.limits, overlay, writable=True, batch=seq)
             ctx = MutationCtx(DatabaseWriter(tx, self._creation_clock), Auth(p.identity))
             try:
                 value = run_handler(p.fn.handler(ctx, **p.args), p.fn.path)
@@ -172,7 +220,6 @@ class Committer:
                 overlay.rollback(mark)
                 p.future.set_exception(exc)
                 continue
-            ts = self._next_ts()
             writes = []
             for doc_id, (table, prev) in tx.touched.items():
                 entry = overlay.get(doc_id)
@@ -180,36 +227,50 @@ class Committer:
                 if doc is None and prev is None:
                     continue  # inserted and deleted inside one transaction
                 writes.append(Write(table, doc_id, doc, prev))
-            record = Record(writes=writes, ts=ts, session_id=p.session_id, request_id=p.request_id,
+            offset = self._next_offset + len(records)
+            record = Record(writes=writes, ts=self._next_ts(), session_id=p.session_id, request_id=p.request_id,
                             function=p.fn.path, result=result)
+            group = [p]
             if key is not None:
-                in_batch[key] = len(records)
+                # Remember the answer durably, inside the same transaction (exactly-once across crashes).
+                memo = {"result": value, "ts": record.ts, "offset": offset}
+                record.writes.append(Write(REQUESTS_TABLE, request_doc_id(*key), encode_value(memo), None))
+                self._pending_requests[key] = group
+                keys.append(key)
             records.append(record)
-            owners.append([p])
-        overlay.release()
+            owners.append(group)
         if not records:
-            return
-        # The request-id documents need the offset, which the log assigns; reserve it now.
-        base = runtime.log.next_offset()
-        for i, record in enumerate(records):
-            if record.session_id is not None and record.request_id is not None:
-                memo = {"result": decode_value(record.result), "ts": record.ts, "offset": base + i}  # type: ignore[arg-type]
-                record.writes.append(Write(REQUESTS_TABLE, request_doc_id(record.session_id, record.request_id),
-                                           encode_value(memo), None))
+            return None
+        self._next_offset += len(records)
+        return _Staged(seq, self._generation, records, owners, overlay.mark(), keys)
+
+    async def _finish(self, staged: _Staged) -> bool:
+        """Append a staged batch, apply it and answer its callers; undo everything on failure."""
+        runtime = self._runtime
         try:
-            await runtime.log.append(records)
+            await runtime.log.append(staged.records)
         except LogError as exc:
-            self._last_ts = saved_last_ts
+            # Every earlier batch is applied, so the overlay holds only this batch and whatever
+            # executed on top of it (the loop re-queues that): drop it all.
+            self._overlay.clear()
+            self._generation += 1
+            for key in list(self._pending_requests):
+                del self._pending_requests[key]
+            self._resync()
             error = EngineError(f"commit failed, nothing was written: {exc}")
-            for group in owners:
-                for p in group:
-                    p.future.set_exception(error)
-            return
-        runtime.apply_committed(records)
+            for group in staged.owners:
+                self._fail(group, error)
+            return False
+        runtime.apply_committed(staged.records)
+        self._overlay.forget((w.id for r in staged.records for w in r.writes), staged.seq)
+        self._overlay.trim(staged.end_mark)
+        for key in staged.keys:
+            self._pending_requests.pop(key, None)
         self.batches += 1
-        self.committed += len(records)
-        for record, group in zip(records, owners):
+        self.committed += len(staged.records)
+        for record, group in zip(staged.records, staged.owners):
             outcome = MutationOutcome(decode_value(record.result), record.ts, record.offset)  # type: ignore[arg-type]
             for p in group:
                 if not p.future.done():
                     p.future.set_result(outcome)
+        return True

@@ -78,12 +78,13 @@ class Transaction:
     """State shared by one function execution: read set, limits, deadline and pending writes."""
 
     def __init__(self, projection: Any, schema: Schema, limits: Limits, overlay: Overlay | None,
-                 writable: bool, clock: Callable[[], float] | None = None) -> None:
+                 writable: bool, clock: Callable[[], float] | None = None, batch: int = 0) -> None:
         self.projection = projection
         self.schema = schema
         self.limits = limits
         self.overlay = overlay if overlay is not None else Overlay()
         self.writable = writable
+        self.batch = batch
         self.read_set = ReadSet()
         self.reads = 0
         self.deadline = time.monotonic() + limits.max_seconds
@@ -229,7 +230,7 @@ class DatabaseWriter(DatabaseReader):
                 raise LimitExceeded(f"transaction wrote more than {tx.limits.max_writes} documents")
             tx.touched[doc_id] = (table, tx.load(doc_id))
         keys = tx.projection.index_keys(table, doc) if doc is not None else []
-        tx.overlay.put(doc_id, table, raw, keys)
+        tx.overlay.put(doc_id, table, raw, keys, tx.batch)
 
     def _require_writable(self) -> None:
         if not self._tx.writable:

@@ -1,16 +1,18 @@
-"""Uncommitted writes of a mutation batch, layered over the projection.
+"""Uncommitted writes, layered over the projection.
 
-Serial execution runs each mutation against the latest durable state plus
-the writes of earlier mutations in the same batch. The overlay holds those
-writes (encoded documents and their index keys, kept sorted so index scans
-can merge them with the projection's own scan) and an undo journal so a
-mutation that raises leaves no trace.
+Serial execution runs each mutation against the latest state plus the
+writes of every earlier mutation that is executed but not yet applied to the
+projection (the same batch, or a batch still being made durable). The
+overlay holds those writes (encoded documents and their index keys, kept
+sorted so index scans can merge them with the projection's own scan), tagged
+with the batch that wrote them, and an undo journal so a mutation that
+raises — or a batch whose append fails — leaves no trace.
 """
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 Keys = list[tuple[str, bytes]]
 
@@ -20,6 +22,7 @@ class Entry:
     table: str
     doc: bytes | None
     keys: Keys
+    batch: int = 0
 
 
 @dataclass
@@ -29,15 +32,16 @@ class Overlay:
     entries: dict[str, Entry] = field(default_factory=dict)
     sorted_keys: list[tuple[bytes, str]] = field(default_factory=list)
     _journal: list[tuple[str, Entry | None]] = field(default_factory=list)
+    _journal_base: int = 0
 
     def get(self, doc_id: str) -> Entry | None:
         return self.entries.get(doc_id)
 
-    def put(self, doc_id: str, table: str, doc: bytes | None, keys: Keys) -> None:
+    def put(self, doc_id: str, table: str, doc: bytes | None, keys: Keys, batch: int = 0) -> None:
         """Record the new state of a document (doc None = deleted) with its index keys."""
         old = self.entries.get(doc_id)
         self._journal.append((doc_id, old))
-        self._set(doc_id, Entry(table, doc, keys if doc is not None else []))
+        self._set(doc_id, Entry(table, doc, keys if doc is not None else [], batch))
 
     def _set(self, doc_id: str, entry: Entry | None) -> None:
         old = self.entries.get(doc_id)
@@ -54,17 +58,35 @@ class Overlay:
             bisect.insort(self.sorted_keys, (key, doc_id))
 
     def mark(self) -> int:
-        """A savepoint: the journal length, to pass to `rollback`."""
-        return len(self._journal)
+        """A savepoint, to pass to `rollback` (or `trim`)."""
+        return self._journal_base + len(self._journal)
 
     def rollback(self, mark: int) -> None:
-        """Undo every put after `mark` (the failing mutation's writes)."""
-        while len(self._journal) > mark:
+        """Undo every put after `mark`."""
+        keep = max(mark - self._journal_base, 0)
+        while len(self._journal) > keep:
             doc_id, old = self._journal.pop()
             self._set(doc_id, old)
 
-    def release(self) -> None:
-        """Forget the undo journal (the batch's writes are committed)."""
+    def trim(self, mark: int) -> None:
+        """Forget the journal up to `mark` (those writes can no longer be undone)."""
+        drop = mark - self._journal_base
+        if drop > 0:
+            del self._journal[:drop]
+            self._journal_base = mark
+
+    def forget(self, doc_ids: Iterable[str], batch: int) -> None:
+        """Drop entries still holding `batch`'s writes: the projection has them now."""
+        for doc_id in doc_ids:
+            entry = self.entries.get(doc_id)
+            if entry is not None and entry.batch == batch:
+                self._set(doc_id, None)
+
+    def clear(self) -> None:
+        """Forget everything (nothing is pending)."""
+        self.entries.clear()
+        self.sorted_keys.clear()
+        self._journal_base += len(self._journal)
         self._journal.clear()
 
     def keys_in(self, lo: bytes, hi: bytes, reverse: bool) -> list[tuple[bytes, str]]:
@@ -79,11 +101,11 @@ class Overlay:
     def merge_scan(self, base: Iterator[tuple[bytes, str]], lo: bytes, hi: bytes,
                    reverse: bool) -> Iterator[tuple[bytes, str]]:
         """Merge a projection scan with overlay keys; overlaid ids hide their projection keys."""
-        extra = self.keys_in(lo, hi, reverse) if self.sorted_keys else []
         entries = self.entries
         if not entries:
             yield from base
             return
+        extra = self.keys_in(lo, hi, reverse) if self.sorted_keys else []
         pos = 0
         for key, doc_id in base:
             if doc_id in entries:
