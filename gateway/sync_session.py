@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tape.sync")
 
+CLOSE_TIMEOUT = 1.0  # seconds a peer gets to answer our close frame
+
 _UPDATED = b'{"type":"QueryUpdated","queryId":%d,"value":%s,"logLines":[],"journal":null}'
 
 
@@ -48,9 +50,10 @@ def error_fields(exc: BaseException) -> tuple[str, Any]:
 class SyncSession:
     """Protocol state and I/O for one WebSocket connection."""
 
-    def __init__(self, node: "Node", ws: web.WebSocketResponse) -> None:
+    def __init__(self, node: "Node", ws: web.WebSocketResponse, transport: Any = None) -> None:
         self.node = node
         self.ws = ws
+        self._transport = transport
         self.versions = p.VersionTracker()
         self.session_id: str | None = None
         self.identity: dict[str, Any] | None = None
@@ -99,9 +102,25 @@ class SyncSession:
             return
         self._closed = True
         self._wake.set()
-        task = asyncio.get_running_loop().create_task(self.ws.close(code=code, message=reason.encode()[:120]))
+        self._release_queries()
+        task = asyncio.get_running_loop().create_task(self._close(code, reason))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Close politely, but abort the connection if the peer does not complete the handshake."""
+        try:
+            await asyncio.wait_for(self.ws.close(code=code, message=reason.encode()[:120]), CLOSE_TIMEOUT)
+            return
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            pass
+        if self._transport is not None:
+            self._transport.abort()  # a peer that never reads would hold the close handshake forever
+
+    def _release_queries(self) -> None:
+        for qid, shared in list(self.queries.items()):
+            self.node.subscriptions.unsubscribe(self, shared, qid)
+        self.queries.clear()
 
     def fatal(self, error: str) -> None:
         """Send FatalError and close, as the protocol prescribes for a broken client."""
@@ -163,9 +182,7 @@ class SyncSession:
             self._closed = True
             self._wake.set()
             self.node.sessions.discard(self)
-            for qid, shared in list(self.queries.items()):
-                self.node.subscriptions.unsubscribe(self, shared, qid)
-            self.queries.clear()
+            self._release_queries()
             writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
 
@@ -293,6 +310,6 @@ async def handle_sync(request: web.Request) -> web.StreamResponse:
         raise web.HTTPServiceUnavailable(text="Overloaded: too many connections")
     ws = web.WebSocketResponse(max_msg_size=node.config.max_message_bytes, heartbeat=None, compress=False)
     await ws.prepare(request)
-    session = SyncSession(node, ws)
+    session = SyncSession(node, ws, request.transport)
     await session.run()
     return ws
