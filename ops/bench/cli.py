@@ -158,7 +158,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     t0 = time.monotonic()
     results: dict[str, Any] = {
         "mode": mode, "started": started.isoformat(timespec="seconds"), "machine": machine,
-        "command": " ".join(["tape bench", *(sys.argv[sys.argv.index("bench") + 1:] if "bench" in sys.argv else [])]),
+        "command": " ".join(["tape bench", *sys.argv[(sys.argv.index("bench") + 1) if "bench" in sys.argv else 1:]]),
         "workloads": {}, "errors": {}, "timings_s": {},
     }
     work_dir = Path(args.work_dir) if args.work_dir else None
