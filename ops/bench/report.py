@@ -148,7 +148,8 @@ def comparisons(w: dict[str, Any]) -> list[dict[str, Any]]:
                              float(log["target_append_per_s"]), "records/s", f"≥ {log['target_append_per_s']:,}",
                              log["append_per_s"] >= log["target_append_per_s"]))
     if proj:
-        rows.append(_row("log", "projection replay records/s ÷ raw RocksDB puts/s", float(proj["replay_records_per_s"]),
+        rows.append(_row("log", "projection replay records/s ÷ raw RocksDB puts/s",
+                         float(proj["replay_records_per_s"]),
                          "raw RocksDB WriteBatch put", float(proj["raw_puts_per_s"]), "per s"))
         if "target_records_per_s" in proj:
             rows.append(_row("log", "projection replay records/s vs target", float(proj["replay_records_per_s"]),
@@ -232,7 +233,8 @@ def markdown(results: dict[str, Any]) -> str:
         out.append(f"## {title}")
         out.append("")
         extra = f", {t['settings']}" if "settings" in t else ""
-        out.append(f"{t['accounts']:,} accounts × {t.get('initial_balance', 1_000_000_000):,}; {t['clients']} clients, "
+        out.append(f"{t['accounts']:,} accounts × {t.get('initial_balance', 1_000_000_000):,}; "
+                   f"{t['clients']} clients, "
                    f"one transfer in flight each{extra}. accounts:total after the run: {t['total_after']:,.0f} "
                    f"(expected {t['total_expected']:,.0f}: **{'unchanged' if t['total_unchanged'] else 'CHANGED'}**"
                    + (f"; summed with {t['total_method']}" if t.get("total_method") else "") + ").")
