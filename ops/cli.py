@@ -67,7 +67,8 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
     config = ServerConfig(app_dir=Path(args.app).resolve(), data_dir=data.resolve(), host=args.host, port=args.port,
                           log_url=args.log, role=getattr(args, "role", "committer"),
                           committer_url=getattr(args, "committer", None), reload=dev,
-                          checkpoint_interval=getattr(args, "checkpoint_interval", 0.0) or 0.0)
+                          checkpoint_interval=getattr(args, "checkpoint_interval", 0.0) or 0.0,
+                          checkpoint_keep=getattr(args, "checkpoint_keep", 3))
     node = Node(config, app)
 
     def ready() -> None:
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--committer", help="committer URL a replica forwards mutations to")
     serve.add_argument("--admin-key", help="the committer's admin key, for a replica (default: $TAPE_ADMIN_KEY)")
     serve.add_argument("--checkpoint-interval", type=float, default=0.0, help="seconds between projection checkpoints")
+    serve.add_argument("--checkpoint-keep", type=int, default=3, help="how many checkpoints to keep")
     serve.set_defaults(func=lambda a: cmd_serve(a, dev=False))
 
     for extra in _extra_commands():
@@ -153,4 +155,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's `main`, so sub-commands that import `ops.cli` share its CliError.
+    from ops.cli import main as _main
+    sys.exit(_main())
