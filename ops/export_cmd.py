@@ -366,8 +366,7 @@ def register(subparsers: Any) -> None:
 
 def _run(coro: Any) -> Any:
     from log.errors import LogError
-    from ops.restore_cmd import cli_error_class
-    CliError = cli_error_class()
+    from ops.cli import CliError
     from ops.restore import RestoreError
     from ops.restore_cmd import RichReporter
     from projections.errors import ProjectionError

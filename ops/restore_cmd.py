@@ -58,21 +58,6 @@ class RichReporter(Reporter):
         self.progress.stop()
 
 
-def cli_error_class() -> type[Exception]:
-    """`ops.cli.CliError` as the running `main` knows it.
-
-    Under ``python -m ops.cli`` the running module is ``__main__``, and
-    ``from ops.cli import CliError`` would load a second copy of ops.cli whose
-    CliError that `main` does not catch; use the running module's class then.
-    """
-    running = sys.modules.get("__main__")
-    spec = getattr(running, "__spec__", None)
-    if spec is not None and spec.name == "ops.cli" and hasattr(running, "CliError"):
-        return running.CliError  # type: ignore[no-any-return,union-attr]
-    from ops.cli import CliError
-    return CliError
-
-
 def register(subparsers: Any) -> None:
     """Add the `restore` sub-command (called by ops.cli)."""
     p = subparsers.add_parser("restore", help="point-in-time restore: a data directory as of a past time",
@@ -116,7 +101,7 @@ def _summary(report: RestoreReport) -> list[str]:
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
-    CliError = cli_error_class()
+    from ops.cli import CliError
 
     out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)

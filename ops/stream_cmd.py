@@ -377,8 +377,7 @@ def register(subparsers: Any) -> None:
 
 
 def cmd_stream(args: argparse.Namespace) -> None:
-    from ops.restore_cmd import cli_error_class
-    CliError = cli_error_class()
+    from ops.cli import CliError
     from ops.restore import RestoreError
     if args.kafka and args.out:
         raise CliError("use either --out FILE or --to kafka://..., not both")
