@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import gc
 import json
-import os
 import shutil
 import tempfile
 import time

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from engine.app import App
 from engine.committer import CreationClock
-from engine.context import Auth, MutationCtx, QueryCtx
+from engine.context import Auth, QueryCtx
 from engine.db import DatabaseReader, DatabaseWriter, Transaction
 from engine.execution import drive
 from engine.limits import DEFAULT_LIMITS

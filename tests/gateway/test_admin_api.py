@@ -204,7 +204,7 @@ async def test_changes_websocket_live(deployment: Deployment) -> None:
     finally:
         await ws.close()
     # NDJSON follows live too
-    r = await d.client.get(f"/api/admin/changes?from=end", headers=d.auth)
+    r = await d.client.get("/api/admin/changes?from=end", headers=d.auth)
     await d.mutate("lists:add", {"list_id": lid, "text": "streamed"})
     line = await asyncio.wait_for(r.content.readline(), 10)
     assert orjson.loads(line)["after"]["text"] == "streamed"

@@ -162,7 +162,7 @@ def test_cli_stream_stdout_filters(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "_requests" in {e["source"]["table"] for e in _lines(capsys.readouterr().out)}
     # --from as an offset, a ts, an ISO time; --until
     mid = records[10]
-    for start in ("10", f"offset:10", f"ts:{mid.ts}", format_ns(mid.ts)):
+    for start in ("10", "offset:10", f"ts:{mid.ts}", format_ns(mid.ts)):
         assert cli.main(["stream", "--data", str(data), "--from", start, "--until", "offset:12"]) == 0
         got = _lines(capsys.readouterr().out)
         assert {e["source"]["offset"] for e in got} <= {10, 11, 12} and got[0]["source"]["offset"] == 10
