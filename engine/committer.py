@@ -85,6 +85,7 @@ class _Staged:
     owners: list[list[_Pending]]
     end_mark: int
     keys: list[tuple[str, int]]
+    first_offset: int
 
 
 class Committer:
@@ -241,8 +242,9 @@ class Committer:
             owners.append(group)
         if not records:
             return None
+        first_offset = self._next_offset
         self._next_offset += len(records)
-        return _Staged(seq, self._generation, records, owners, overlay.mark(), keys)
+        return _Staged(seq, self._generation, records, owners, overlay.mark(), keys, first_offset)
 
     async def _finish(self, staged: _Staged) -> bool:
         """Append a staged batch, apply it and answer its callers; undo everything on failure."""
@@ -257,10 +259,12 @@ class Committer:
             for key in list(self._pending_requests):
                 del self._pending_requests[key]
             self._resync()
-            error = EngineError(f"commit failed, nothing was written: {exc}")
+            error = EngineError(f"commit failed: {exc}")
             for group in staged.owners:
                 self._fail(group, error)
             return False
+        # Offsets come from the log (a Kafka log may skip a duplicate's offset): follow it.
+        self._next_offset += staged.records[-1].offset + 1 - (staged.first_offset + len(staged.records))
         runtime.apply_committed(staged.records)
         self._overlay.forget((w.id for r in staged.records for w in r.writes), staged.seq)
         self._overlay.trim(staged.end_mark)

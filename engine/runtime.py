@@ -50,6 +50,12 @@ class Runtime:
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
         """Install the app's schema (checking existing data) and start the committer."""
+        if self.projection.applied_offset >= self.log.next_offset():
+            raise EngineError(
+                f"the projection has applied up to offset {self.projection.applied_offset} but the log ends at "
+                f"offset {self.log.next_offset() - 1}: the log was lost, truncated or replaced. Refusing to "
+                "start a new history over it; restore the log, or rebuild the projection from the log "
+                "(tape doctor --rebuild-projection)")
         self.install_app(self.app)
         if self.role == "committer":
             await self.catch_up()

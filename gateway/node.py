@@ -40,8 +40,17 @@ class Node:
 
     async def start(self) -> None:
         """Open storage, catch the projection up with the log, start the writer and background tasks."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()  # release the log and projection before reporting the failure
+            raise
+
+    async def _start(self) -> None:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.log = open_log(self.config.log_location)
+        location = self.config.log_location
+        replica_of_file_log = self.config.role == "replica" and not location.startswith("kafka://")
+        self.log = open_log(location, read_only=True) if replica_of_file_log else open_log(location)
         await self.log.open()
         self.projection = Projection(self.config.projection_dir, self.app.schema.index_catalog())
         self.runtime = Runtime(self.app, self.log, self.projection, self.config.limits, role=self.config.role)
@@ -75,7 +84,8 @@ class Node:
         if self.projection is not None:
             self.projection.close()
         if self.log is not None:
-            await self.log.close()
+            log_, self.log = self.log, None
+            await log_.close()
 
     async def query_at(self, path: str, args: dict[str, Any], ts: int, identity: Any) -> Any:
         """Run a query as of commit timestamp `ts` (any past ts: the log keeps all history)."""

@@ -229,7 +229,7 @@ async def test_broker_outage_fails_mutations_in_time_and_queries_keep_serving(
         assert await items(server, list_id) == ["before"]
     # a replica restarted now refuses to follow the (empty) new topic
     r2.stop()
-    with pytest.raises(RuntimeError, match="Refusing to follow a different history"):
+    with pytest.raises(RuntimeError, match="Refusing to (follow a different|start a new) history"):
         ServerProcess(KITCHEN, r2.data_dir, port=r2.port, command="serve", extra=r2.extra).start(40)
 
 
