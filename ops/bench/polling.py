@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from ops.bench.common import HOST, Harness, accounts_for, harness_for, latency_summary, owner
+from ops.bench.common import HOST, BenchError, Harness, accounts_for, harness_for, latency_summary, owner
 from ops.bench.wsdriver import SyncClient, open_many
 
 clock = time.perf_counter
@@ -131,6 +131,8 @@ async def measure(port: int, hot: str, sink_count: int, s: dict[str, Any], repor
     subs: list[SyncClient] = await open_many(s["subscribers"], HOST, port)
     writer = await SyncClient.open(HOST, port)
     status, data = await pollers[0].post("/api/query", body)
+    if status != 200:
+        raise BenchError(f"accounts:balance of {hot}: HTTP {status}: {data[:200]!r}")
     b0 = float(orjson.loads(data)["value"])
     pollers[0].bytes_in = pollers[0].bytes_out = pollers[0].requests = 0
 
