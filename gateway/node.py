@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from typing import Any
@@ -19,6 +20,7 @@ log = logging.getLogger("tape.node")
 
 VERSION = "0.1.0"
 PING_AFTER_SECONDS = 15.0
+GC_GEN0_THRESHOLD = 20_000
 
 
 class Node:
@@ -61,6 +63,10 @@ class Node:
             await start_replica(self)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._pinger(), name="tape-pinger"))
+        # Long-lived state (app, indexes, caches) is built: keep the collector off it, and run the
+        # young generation less often (request handling allocates many short-lived objects).
+        gc.freeze()
+        gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
         if self.config.checkpoint_interval > 0:
             from projections.checkpoints import run_checkpointer  # periodic RocksDB checkpoints
             self._tasks.append(loop.create_task(run_checkpointer(self), name="tape-checkpointer"))

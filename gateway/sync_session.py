@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tape.sync")
 
 CLOSE_TIMEOUT = 1.0  # seconds a peer gets to answer our close frame
+DIRECT_WRITE_LIMIT = 64 << 10  # write frames directly while the socket's buffer is below this
 
 _UPDATED = b'{"type":"QueryUpdated","queryId":%d,"value":%s,"logLines":[],"journal":null}'
 
@@ -61,14 +62,22 @@ class SyncSession:
         self._out: deque[bytes] = deque()
         self._out_bytes = 0
         self._wake = asyncio.Event()
+        self._sending = False
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self.last_sent = time.monotonic()
 
     # -- outgoing ---------------------------------------------------------------
     def send(self, data: bytes) -> None:
-        """Queue a message; disconnects the client if its queue passes the bound."""
+        """Send a message: straight to the socket when it keeps up, else through the bounded queue.
+
+        Disconnects the client if its queue passes the bound.
+        """
         if self._closed:
+            return
+        if not self._out and not self._sending and self._transport is not None \
+                and self._transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
+            self._write_now(data)
             return
         self._out.append(data)
         self._out_bytes += len(data)
@@ -79,6 +88,26 @@ class SyncSession:
             self.close(4008, "SlowClient: send buffer exceeded; reconnect to resync")
             return
         self._wake.set()
+
+    def _write_now(self, data: bytes) -> None:
+        """Write a frame without a task switch.
+
+        With compression off, aiohttp writes the frame synchronously and only
+        suspends to wait for a drain once its buffer is over the limit; the
+        frame is already written then, so that wait is left to the writer task.
+        """
+        coro = self.ws.send_frame(data, WSMsgType.TEXT)
+        try:
+            coro.send(None)
+        except StopIteration:
+            pass
+        except (ConnectionError, RuntimeError):
+            self._closed = True
+            self._wake.set()
+            return
+        else:
+            coro.close()
+        self.last_sent = time.monotonic()
 
     def send_message(self, message: dict[str, Any]) -> None:
         self.send(orjson.dumps(message))
@@ -92,7 +121,11 @@ class SyncSession:
                 while self._out:
                     data = self._out.popleft()
                     self._out_bytes -= len(data)
-                    await ws.send_frame(data, WSMsgType.TEXT)
+                    self._sending = True
+                    try:
+                        await ws.send_frame(data, WSMsgType.TEXT)
+                    finally:
+                        self._sending = False
                     self.last_sent = time.monotonic()
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             pass
