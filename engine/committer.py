@@ -215,7 +215,7 @@ class Committer:
             tx = Transaction(projection, runtime.app.schema, runtime.limits, overlay, writable=True, batch=seq)
             ctx = MutationCtx(DatabaseWriter(tx, self._creation_clock), Auth(p.identity))
             try:
-                value = run_handler(p.fn.handler(ctx, **p.args), p.fn.path)
+                value = run_handler(p.fn.handler(ctx, **p.args), p.fn.path, runtime.limits.max_seconds)
                 result = encode_value(value)
             except Exception as exc:
                 overlay.rollback(mark)

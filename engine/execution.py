@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Coroutine
 
-from engine.errors import AppError, EngineError, InternalFunctionError, SuspendedError
+from engine.errors import AppError, EngineError, InternalFunctionError, LimitExceeded, SuspendedError
 from engine.values import ValueError_, check_value
 
 log = logging.getLogger("tape.engine")
@@ -26,8 +27,13 @@ def drive(coro: Coroutine[Any, Any, Any], path: str) -> Any:
                          "queries and mutations must be deterministic — move I/O into an action")
 
 
-def run_handler(coro: Coroutine[Any, Any, Any], path: str) -> Any:
-    """`drive` plus error mapping: AppError and EngineError pass through, other exceptions are hidden."""
+def run_handler(coro: Coroutine[Any, Any, Any], path: str, max_seconds: float | None = None) -> Any:
+    """`drive` plus error mapping: AppError and EngineError pass through, other exceptions are hidden.
+
+    The time bound is checked at every database call (`Transaction.tick`) and once more here, so a
+    handler that computes for too long without touching the database fails instead of committing.
+    """
+    started = time.monotonic()
     try:
         result = drive(coro, path)
     except (AppError, EngineError):
@@ -36,6 +42,8 @@ def run_handler(coro: Coroutine[Any, Any, Any], path: str) -> Any:
         error = InternalFunctionError(path)
         log.error("uncaught exception in %s (request %s)", path, error.request_id, exc_info=exc)
         raise error from None
+    if max_seconds is not None and time.monotonic() - started > max_seconds:
+        raise LimitExceeded(f"{path} ran longer than {max_seconds:g}s")
     check_result(result, path)
     return result
 

@@ -131,7 +131,7 @@ class Runtime:
                 raise EngineError(f"{fn.path} is a {fn.kind}, not a query")
             checked = fn.validate_args(args)
             ctx = QueryCtx(DatabaseReader(tx), Auth(identity))
-            value = run_handler(fn.handler(ctx, **checked), fn.path)
+            value = run_handler(fn.handler(ctx, **checked), fn.path, self.limits.max_seconds)
         except (AppError, EngineError) as exc:
             return QueryResult(None, tx.read_set, offset, ts, exc)
         return QueryResult(value, tx.read_set, offset, ts)
