@@ -160,7 +160,7 @@ async def http_op(url: str, op: Op, ledger: Ledger, http: aiohttp.ClientSession)
 
 
 async def killer(server: Any, rng: random.Random, mode: str, ledger: Ledger, http: aiohttp.ClientSession,
-                 round_no: int) -> None:
+                 round_no: int, first_op: int) -> None:
     await asyncio.sleep(rng.uniform(0.15, 0.6))
     if mode == "commit":
         probe = ledger.new_op("http", "probe", rng, ACCOUNTS)
@@ -169,7 +169,15 @@ async def killer(server: Any, rng: random.Random, mode: str, ledger: Ledger, htt
         await asyncio.sleep(rng.uniform(0, 0.003))
     elif mode == "apply":
         ledger.acked.clear()
-        await asyncio.wait_for(ledger.acked.wait(), 10)
+        try:
+            await asyncio.wait_for(ledger.acked.wait(), 10)
+        except asyncio.TimeoutError:
+            counts: dict[str, int] = defaultdict(int)
+            for op in ledger.ops[first_op:]:
+                counts[op.status] += 1
+            alive = server.proc is not None and server.proc.poll() is None
+            raise AssertionError(f"round {round_no}: no mutation acknowledged for 10 s (ops this round by status: "
+                                 f"{dict(counts)}, server alive: {alive}); server output:\n{server.output()[-3000:]}")
         await asyncio.sleep(rng.uniform(0, 0.0005))
     server.kill()
     if mode == "commit":
@@ -188,7 +196,7 @@ async def run_round(server: Any, round_no: int, seed: int, ledger: Ledger, ws_se
         workers += [http_worker(server.url, f"h{i:02d}", random.Random(rng.random()), ledger, stop, http)
                     for i in range(N_HTTP)]
         tasks = [asyncio.get_running_loop().create_task(w) for w in workers]
-        await killer(server, rng, mode, ledger, http, round_no)
+        await killer(server, rng, mode, ledger, http, round_no, first_new)
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
     new_ops = ledger.ops[first_new:]
