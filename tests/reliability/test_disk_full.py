@@ -192,32 +192,48 @@ async def test_disk_full_over_http_and_websocket(node_server: tuple[Node, str]) 
 async def test_projection_write_failure_does_not_split_the_log_and_the_projection(tmp_path: Path) -> None:
     """RocksDB fails (out of space) while applying a batch that is already durable in the log.
 
-    The mutation is committed (it is in the log and will be replayed), so the client must not be
-    told it failed, and no later mutation may run on a projection that is missing it.
+    The mutation is committed (it is in the log and will be replayed), so the client must get an
+    answer that does not say it failed, later mutations must get an answer too (refusing writes
+    until a restart is fine), shutting down must work, and no later mutation may be applied on a
+    projection that is missing it: after a restart the projection must equal a replay of the log.
     """
     runtime = await open_runtime(tmp_path)
-    told_failed = None
+    answers: dict[str, str] = {}
+
+    async def attempt(name: str, args: dict[str, Any]) -> None:
+        try:
+            await asyncio.wait_for(runtime.run_mutation("accounts:transfer", args), 3)
+            answers[name] = "committed"
+        except EngineError as exc:
+            answers[name] = f"failed: {exc}"
+        except asyncio.TimeoutError:
+            answers[name] = "no answer within 3 s"
     try:
         await runtime.run_mutation("accounts:seed", {"owners": OWNERS, "balance": 100.0})
-        real_commit = runtime.projection.commit
+        real_apply = runtime.projection.apply
         calls = {"n": 0}
 
-        def commit_once_full(prepared: Any) -> None:
+        def apply_once_full(records: Any) -> None:  # RocksDB refuses the atomic batch: nothing written
             calls["n"] += 1
             if calls["n"] == 1:
                 raise Exception("IO error: No space left on device: While appending to file: 000012.sst")
-            real_commit(prepared)
-        runtime.projection.commit = commit_once_full  # type: ignore[method-assign]
-        try:
-            await runtime.run_mutation("accounts:transfer", {"src": "a", "dst": "b", "amount": 10.0})
-        except EngineError as exc:
-            told_failed = str(exc)
-        try:
-            await runtime.run_mutation("accounts:transfer", {"src": "a", "dst": "c", "amount": 1.0})
-        except EngineError:
-            pass  # refusing further writes until a restart is a fine answer
+            real_apply(records)
+        runtime.projection.apply = apply_once_full  # type: ignore[method-assign]
+        await attempt("first", {"src": "a", "dst": "b", "amount": 10.0})
+        await attempt("next", {"src": "a", "dst": "c", "amount": 1.0})
     finally:
-        await close_runtime(runtime)
+        try:
+            await asyncio.wait_for(runtime.stop(), 3)
+        except asyncio.TimeoutError:
+            answers["stop"] = "Runtime.stop() did not return within 3 s"
+        except Exception as exc:  # the committer task died of the projection error
+            answers["stop"] = f"Runtime.stop() raised {exc!r}"
+        task = runtime.committer._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        runtime.projection.close()
+        await runtime.log.close()
 
     records = await read_log(tmp_path / "log")
     in_log = [r.function for r in records].count("accounts:transfer")
@@ -228,11 +244,14 @@ async def test_projection_write_failure_does_not_split_the_log_and_the_projectio
         await close_runtime(again)
     digest, applied, catalog = _digest(tmp_path / "projection")
     fresh, fresh_applied = await replay_digest(tmp_path / "log", tmp_path / "replay", catalog)
-    assert (fresh, fresh_applied) == (digest, applied), (
-        f"after a restart the projection ({state}) is not the replay of the log ({in_log} transfers in the "
-        f"log); the first transfer was reported as {'failed: ' + told_failed if told_failed else 'committed'}")
-    assert told_failed is None or in_log == 0, \
-        f"a mutation that is durable in the log was reported as failed: {told_failed}"
+    summary = f"answers {answers}; {in_log} transfer(s) in the log; balances after a restart {state}"
+    hung = [k for k, v in answers.items() if k != "first" and ("3 s" in v or "raised" in v)]
+    hung += ["first"] if "3 s" in answers["first"] else []
+    assert not hung, f"the write path hung after a projection write failure: {summary}"
+    assert (fresh, fresh_applied) == (digest, applied), \
+        f"after a restart the projection is not the replay of the log: {summary}"
+    assert not answers["first"].startswith("failed") or in_log == 0, \
+        f"a mutation that is durable in the log was reported as failed: {summary}"
 
 
 def _digest(path: Path) -> tuple[str, int, dict[str, Any]]:
