@@ -111,6 +111,7 @@ class Committer:
         self._generation = 0
         self._overlay = Overlay()
         self._pending_requests: dict[tuple[str, int], list[_Pending]] = {}
+        self._broken: str | None = None  # set when committed records could not be applied here
         self._creation_clock = CreationClock()
         self.batches = 0
         self.committed = 0
@@ -143,6 +144,8 @@ class Committer:
         """Queue a validated mutation; resolves once its transaction is durable and applied."""
         if self._task is None:
             raise EngineError("the committer is not running on this node")
+        if self._broken is not None:
+            raise EngineError(self._broken)
         pending = _Pending(fn, args, identity, session_id, request_id)
         self._queue.append(pending)
         self._wakeup.set()
@@ -154,6 +157,9 @@ class Committer:
             self._wakeup.clear()
             while self._queue:
                 batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
+                if self._broken is not None:
+                    self._fail(batch, EngineError(self._broken))
+                    continue
                 try:
                     staged = self._execute(batch)
                 except Exception as exc:  # never let the writer die silently
@@ -265,7 +271,18 @@ class Committer:
             return False
         # Offsets come from the log (a Kafka log may skip a duplicate's offset): follow it.
         self._next_offset += staged.records[-1].offset + 1 - (staged.first_offset + len(staged.records))
-        runtime.apply_committed(staged.records)
+        try:
+            runtime.apply_committed(staged.records)
+        except Exception as exc:
+            # The batch is durable in the log (it is committed and a restart replays it), but this
+            # node's projection does not have it: no later mutation may execute on top of that.
+            log.exception("applying committed records %d..%d to the projection failed",
+                          staged.records[0].offset, staged.records[-1].offset)
+            self._broken = (f"writes are refused until the server restarts: applying committed records to the "
+                            f"projection failed ({exc}); the log has them and a restart replays them")
+            self._overlay.clear()
+            self._generation += 1
+            self._pending_requests.clear()
         self._overlay.forget((w.id for r in staged.records for w in r.writes), staged.seq)
         self._overlay.trim(staged.end_mark)
         for key in staged.keys:

@@ -24,14 +24,16 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 
 async def _read_body(request: web.Request, node: "Node") -> bytes:
+    """The whole request body, refusing one over the message size limit before reading it all."""
     limit = node.config.max_message_bytes
     if request.content_length is not None and request.content_length > limit:
         raise hp.HttpApiError(f"request body is {request.content_length} bytes, over the {limit} byte limit",
                               code="PayloadTooLarge", status=413)
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise hp.HttpApiError(f"request body is over the {limit} byte limit", code="PayloadTooLarge", status=413)
-    return body
+    try:
+        return await request.read()  # bounded by the application's client_max_size (= the same limit)
+    except web.HTTPRequestEntityTooLarge:
+        raise hp.HttpApiError(f"request body is over the {limit} byte limit", code="PayloadTooLarge",
+                              status=413) from None
 
 
 def _identity(request: web.Request, node: "Node") -> dict[str, Any] | None:

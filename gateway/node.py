@@ -14,6 +14,7 @@ from gateway.admin import AdminKey
 from gateway.config import ServerConfig
 from gateway.subscriptions import SubscriptionManager
 from log import open_log
+from projections.errors import ProjectionError
 from projections.store import Projection
 
 log = logging.getLogger("tape.node")
@@ -54,7 +55,14 @@ class Node:
         replica_of_file_log = self.config.role == "replica" and not location.startswith("kafka://")
         self.log = open_log(location, read_only=True) if replica_of_file_log else open_log(location)
         await self.log.open()
-        self.projection = Projection(self.config.projection_dir, self.app.schema.index_catalog())
+        try:
+            self.projection = Projection(self.config.projection_dir, self.app.schema.index_catalog())
+        except ProjectionError:
+            raise
+        except Exception as exc:  # RocksDB reports damage as a plain Exception
+            raise ProjectionError(
+                f"{self.config.projection_dir}: the projection cannot be opened ({exc}). It is rebuildable "
+                f"from the log: tape doctor --data {self.config.data_dir} --rebuild-projection") from None
         self.runtime = Runtime(self.app, self.log, self.projection, self.config.limits, role=self.config.role)
         self.subscriptions = SubscriptionManager(self.runtime)
         await self.runtime.start()
