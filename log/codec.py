@@ -602,6 +602,214 @@ def decode_frames(
     return out, pos, False
 
 
+# _VARINT_LEN[n.bit_length()]: the bytes taken by the varint of (zigzagged) n
+_VARINT_LEN = [(bits + 6) // 7 or 1 for bits in range(65)]
+
+FlatWrite = tuple[int, str, bytes, "bytes | None", "bytes | None"]
+"""One write as `decode_frame_writes` collects it: (record offset, table, id as UTF-8, doc, prev)."""
+
+
+def decode_frame_writes(
+    buf: bytes, pos: int, end: int, start: int, stop: int, limit: int, out: list[FlatWrite]
+) -> tuple[int, int, int, int, bool]:
+    """`decode_frames`, keeping only the writes: appends one `FlatWrite` per write to `out`.
+
+    For replaying the log into a projection, which needs nothing else of a
+    record: no `Record`/`Write` objects are built, the document id stays
+    bytes, and the rest of a version-1 body is only walked over (checking
+    its structure, as the CRC already vouches for its content). Frames are
+    checked exactly as by `decode_frames`, and the same positions and
+    `start`/`stop`/`limit` rules apply. Returns (records consumed, offset and
+    ts of the last one (-1 and 0 if none), position of the first frame not
+    consumed, done).
+    """
+    append = out.append
+    unpack = HEADER.unpack_from
+    crc32 = zlib.crc32
+    long_ = _long
+    view = memoryview(buf)
+    hsize = HEADER_SIZE
+    tables: dict[bytes, str] = {}
+    good_tails: set[bytes] = set()
+    vlen = _VARINT_LEN
+    count = 0
+    last_off = -1
+    last_ts = 0
+    while pos + hsize <= end:
+        magic, version, length, offset, ts, crc = unpack(buf, pos)
+        if magic != MAGIC:
+            raise FrameError(f"bad frame magic {magic!r}", pos)
+        if offset >= stop:
+            return count, last_off, last_ts, pos, True
+        body = pos + hsize
+        nxt = body + length
+        if nxt > end:
+            break
+        if offset >= start:
+            if crc32(view[body:nxt], crc32(view[pos:pos + 24])) != crc:
+                raise FrameError("frame CRC mismatch", pos)
+            if version != 1:
+                _flat_writes(buf, pos, body, nxt, version, offset, ts, out)
+            else:
+                p = body
+                try:
+                    # The body's own offset and ts (the header's, if their lengths agree).
+                    p += vlen[((offset << 1) ^ (offset >> 63)).bit_length()]
+                    if buf[p - 1] & 0x80:
+                        raise FrameError("record body offset disagrees with the frame header", pos)
+                    p += vlen[((ts << 1) ^ (ts >> 63)).bit_length()]
+                    if buf[p - 1] & 0x80:
+                        raise FrameError("record body ts disagrees with the frame header", pos)
+                    b = buf[p]
+                    if b < 0x80:
+                        n_items = (b >> 1) ^ -(b & 1)
+                        p += 1
+                    else:
+                        n_items, p = long_(buf, p)
+                    while n_items:
+                        if n_items < 0:  # a block that carries its byte size: skip the size
+                            n_items = -n_items
+                            _, p = long_(buf, p)
+                        while n_items:
+                            n_items -= 1
+                            b = buf[p]
+                            if b < 0x80:
+                                n = b >> 1
+                                p += 1
+                            else:
+                                n, p = long_(buf, p)
+                            raw = buf[p:p + n]
+                            table = tables.get(raw)
+                            if table is None:
+                                table = tables[raw] = raw.decode()
+                            p += n
+                            b = buf[p]
+                            if b < 0x80:
+                                n = b >> 1
+                                p += 1
+                            else:
+                                n, p = long_(buf, p)
+                            ident = buf[p:p + n]
+                            if not ident.isascii():
+                                ident.decode()  # only to check it is UTF-8
+                            p += n
+                            # doc and prev: a union index, then a length of one or two bytes (inlined) or more
+                            if buf[p]:
+                                b = buf[p + 1]
+                                if b < 0x80:
+                                    n = b >> 1
+                                    p += 2
+                                elif buf[p + 2] < 0x80:
+                                    n = ((b & 0x7F) | (buf[p + 2] << 7)) >> 1
+                                    p += 3
+                                else:
+                                    n, p = long_(buf, p + 1)
+                                doc: bytes | None = buf[p:p + n]
+                                p += n
+                            else:
+                                doc = None
+                                p += 1
+                            if buf[p]:
+                                b = buf[p + 1]
+                                if b < 0x80:
+                                    n = b >> 1
+                                    p += 2
+                                elif buf[p + 2] < 0x80:
+                                    n = ((b & 0x7F) | (buf[p + 2] << 7)) >> 1
+                                    p += 3
+                                else:
+                                    n, p = long_(buf, p + 1)
+                                append((offset, table, ident, doc, buf[p:p + n]))
+                                p += n
+                            else:
+                                append((offset, table, ident, doc, None))
+                                p += 1
+                        b = buf[p]
+                        if b < 0x80:
+                            n_items = (b >> 1) ^ -(b & 1)
+                            p += 1
+                        else:
+                            n_items, p = long_(buf, p)
+                    # session_id, request_id, function, result and extra: walked over,
+                    # or recognised as a tail already seen intact in this buffer
+                    tail = buf[p:nxt]
+                    if tail in good_tails:
+                        p = nxt
+                    else:
+                        if buf[p]:
+                            b = buf[p + 1]
+                            if b < 0x80:
+                                p += 2 + (b >> 1)
+                            else:
+                                n, p = long_(buf, p + 1)
+                                p += n
+                        else:
+                            p += 1
+                        if buf[p]:
+                            _, p = long_(buf, p + 1)
+                        else:
+                            p += 1
+                        if buf[p]:
+                            b = buf[p + 1]
+                            if b < 0x80:
+                                p += 2 + (b >> 1)
+                            else:
+                                n, p = long_(buf, p + 1)
+                                p += n
+                        else:
+                            p += 1
+                        if buf[p]:
+                            b = buf[p + 1]
+                            if b < 0x80:
+                                p += 2 + (b >> 1)
+                            else:
+                                n, p = long_(buf, p + 1)
+                                p += n
+                        else:
+                            p += 1
+                        if buf[p]:  # extra: a map of string -> string
+                            n_items, p = long_(buf, p)
+                            while n_items:
+                                if n_items < 0:
+                                    n_items = -n_items
+                                    _, p = long_(buf, p)
+                                for _ in range(n_items):
+                                    n, p = long_(buf, p)
+                                    p += n
+                                    n, p = long_(buf, p)
+                                    p += n
+                                n_items, p = long_(buf, p)
+                        else:
+                            p += 1
+                        if p == nxt and len(good_tails) < 64:
+                            good_tails.add(tail)
+                except (IndexError, UnicodeDecodeError) as exc:
+                    raise FrameError(f"undecodable record body: {exc}", pos) from exc
+                if p != nxt:
+                    raise FrameError(f"record body has {nxt - p} stray trailing bytes", pos)
+            count += 1
+            last_off = offset
+            last_ts = ts
+            if count >= limit:
+                return count, last_off, last_ts, nxt, True
+        pos = nxt
+    return count, last_off, last_ts, pos, False
+
+
+def _flat_writes(
+    buf: bytes, pos: int, body: int, end: int, version: int, offset: int, ts: int, out: list[FlatWrite]
+) -> None:
+    """`decode_frame_writes` for a body of another schema version: decode it, then flatten."""
+    entry = SCHEMAS.get(version)
+    if entry is None:
+        raise UnknownSchemaError(version, pos)
+    try:
+        rec = entry.decode_body(buf, body, end, offset, ts)
+        out.extend([(offset, w.table, w.id.encode(), w.doc, w.prev) for w in rec.writes])
+    except FrameError as exc:
+        raise FrameError(str(exc), pos) from exc
+
+
 def decode(frame: bytes) -> Record:
     """Decode one complete frame (raises LogCorruptError / LogFormatError)."""
     version, offset, ts, stop = check_frame(frame, 0, len(frame))

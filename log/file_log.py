@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable
 
 from log.base import Log
-from log.codec import encode_payload, frame_from_payload
+from log.codec import FlatWrite, encode_payload, frame_from_payload
 from log.directory import (
     FORMAT_VERSION,
     Marker,
@@ -40,7 +40,7 @@ from log.directory import (
 from log.errors import LogClosedError, LogCorruptError, LogError, LogWriteError
 from log.index import Growth, LogIndex, SegmentView
 from log.record import Record
-from log.segment import list_segments, read_frames, scan_segments, segment_name, walk_headers
+from log.segment import list_segments, read_frames, read_writes, scan_segments, segment_name, walk_headers
 
 logger = logging.getLogger("tape.log")
 
@@ -504,6 +504,48 @@ class FileLog(Log):
             if recs:
                 off = recs[-1].offset + 1
                 yield recs
+            elif done:
+                return
+
+    async def read_writes(
+        self, start: int, end: int | None = None, batch: int = 4096
+    ) -> AsyncIterator[tuple[list[FlatWrite], int, int, int]]:
+        """`read`, for replaying into a projection: each batch as its records' writes, flattened.
+
+        Yields (writes, number of records, offset of the last record, its ts)
+        per batch of up to `batch` records, where `writes` holds each write as
+        ``(record offset, table, document id as UTF-8, doc, prev)`` (see
+        `log.codec.decode_frame_writes`); no `Record` objects are built.
+        """
+        self._check_open()
+        if start < 0 or batch < 1:
+            raise ValueError("read_writes needs start >= 0 and batch >= 1")
+        if not self._writer:
+            await self._refresh()
+        st = self._st
+        stop = st.next_offset if end is None else min(end, st.next_offset)
+        if start >= stop:
+            return
+        i, pos = st.locate(start)
+        off = start
+        while off < stop:
+            self._check_open()
+            st = self._st
+            if i >= len(st.segs):
+                return
+            seg = st.segs[i]
+            if pos >= seg.size:
+                i += 1
+                pos = 0
+                continue
+            args = (seg.path, pos, seg.size, off, stop, batch)
+            if seg.size - pos <= _INLINE_READ_BYTES:
+                writes, count, last_off, last_ts, pos, done = read_writes(*args)
+            else:
+                writes, count, last_off, last_ts, pos, done = await asyncio.to_thread(read_writes, *args)
+            if count:
+                off = last_off + 1
+                yield writes, count, last_off, last_ts
             elif done:
                 return
 

@@ -21,7 +21,9 @@ from log.codec import (
     SCHEMAS,
     FrameError,
     UnknownSchemaError,
+    FlatWrite,
     check_frame,
+    decode_frame_writes,
     decode_frames,
 )
 from log.errors import LogCorruptError, LogFormatError
@@ -227,6 +229,62 @@ def _decode(
     """`decode_frames` over a buffer read from byte `pos` of `path`, errors naming both."""
     try:
         return decode_frames(buf, 0, len(buf), start, stop, limit)
+    except FrameError as exc:
+        raise LogCorruptError(f"{path}: damaged frame at byte {pos + exc.pos}: {exc}") from exc
+    except UnknownSchemaError as exc:
+        raise LogFormatError(f"{path}: at byte {pos + exc.pos}: {exc}") from exc
+
+
+def read_writes(
+    path: Path, pos: int, limit: int, start: int, stop: int, max_records: int
+) -> tuple[list[FlatWrite], int, int, int, int, bool]:
+    """`read_frames`, collecting only the records' writes (see `log.codec.decode_frame_writes`).
+
+    Returns (writes, number of records, offset and ts of the last record (-1
+    and 0 if none), position after the last frame consumed, done); raises
+    like `read_frames`.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _read_writes(fd, str(path), pos, limit, start, stop, max_records)
+    finally:
+        os.close(fd)
+
+
+def _read_writes(
+    fd: int, path: str, pos: int, limit: int, start: int, stop: int, max_records: int
+) -> tuple[list[FlatWrite], int, int, int, int, bool]:
+    out: list[FlatWrite] = []
+    count = 0
+    last_off, last_ts = -1, 0
+    done = False
+    chunk = min(READ_CHUNK, max(64 << 10, max_records << 9))
+    while pos < limit and not done:
+        want = min(limit - pos, chunk)
+        buf = _pread_exactly(fd, path, want, pos, limit)
+        n, off, ts, used, done = _decode_writes(buf, path, pos, start, stop, max_records - count, out)
+        if used == 0 and not done:
+            # One frame larger than the chunk: read exactly that frame.
+            need = HEADER_SIZE + HEADER.unpack_from(buf, 0)[2]
+            if pos + need > limit:
+                raise LogCorruptError(f"{path}: frame at byte {pos} runs past the end of the data")
+            buf = _pread_exactly(fd, path, need, pos, limit)
+            n, off, ts, used, done = _decode_writes(buf, path, pos, start, stop, max_records - count, out)
+            if used == 0:
+                raise LogCorruptError(f"{path}: unreadable frame at byte {pos}")
+        if n:
+            count += n
+            last_off, last_ts = off, ts
+        pos += used
+    return out, count, last_off, last_ts, pos, done
+
+
+def _decode_writes(
+    buf: bytes, path: str, pos: int, start: int, stop: int, limit: int, out: list[FlatWrite]
+) -> tuple[int, int, int, int, bool]:
+    """`decode_frame_writes` over a buffer read from byte `pos` of `path`, errors naming both."""
+    try:
+        return decode_frame_writes(buf, 0, len(buf), start, stop, limit, out)
     except FrameError as exc:
         raise LogCorruptError(f"{path}: damaged frame at byte {pos + exc.pos}: {exc}") from exc
     except UnknownSchemaError as exc:

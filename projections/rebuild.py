@@ -2,9 +2,13 @@
 
 The log is read through its ``read(start, end)`` async batch iterator (``end``
 exclusive) and applied in atomic batches of about `BATCH_RECORDS` records.
+A log that offers ``read_writes(start, end, batch)`` (the FileLog) is read
+through that instead: it yields each batch's writes flattened, straight from
+the frames, without building `Record` objects, for `Projection.apply_writes`.
 (Writing each batch from a worker thread while preparing the next was tried:
 with keys written in sorted order the RocksDB write is a small share of the
-cost, and the GIL hand-offs cost more than the overlap saved.)
+cost, and the GIL hand-offs cost more than the overlap saved. Decoding the
+next batch in a thread meanwhile gains nothing either: both hold the GIL.)
 """
 from __future__ import annotations
 
@@ -60,6 +64,22 @@ async def catch_up(
     start = projection.applied_offset + 1
     if upto is not None and upto < start:
         return 0
+    tracking = projection.track_new_documents()
+    try:
+        read_writes = getattr(log, "read_writes", None)
+        if read_writes is not None:
+            return await _catch_up_writes(projection, read_writes, start, upto, progress, batch_records)
+        return await _catch_up_records(projection, log, start, upto, progress, batch_records)
+    finally:
+        if tracking:
+            projection.track_new_documents(False)
+
+
+async def _catch_up_records(
+    projection: Projection, log: Any, start: int, upto: int | None, progress: Progress | None,
+    batch_records: int,
+) -> int:
+    """`catch_up` through the log's ``read``, in batches of about `batch_records` records."""
     buffer: list[Record] = []
 
     async def flush() -> None:
@@ -85,6 +105,25 @@ async def catch_up(
                 break
         if buffer:
             await flush()
+    finally:
+        aclose = getattr(batches, "aclose", None)
+        if aclose is not None:
+            await aclose()
+    return projection.applied_offset - start + 1
+
+
+async def _catch_up_writes(
+    projection: Projection, read_writes: Any, start: int, upto: int | None, progress: Progress | None,
+    batch_records: int,
+) -> int:
+    """`catch_up` through the log's ``read_writes``: one atomic batch per batch read."""
+    batches = read_writes(start, None if upto is None else upto + 1, batch_records)
+    try:
+        async for writes, _count, last_offset, last_ts in batches:
+            projection.apply_writes(writes, last_offset, last_ts)
+            if progress is not None:
+                progress(projection.applied_offset, projection.applied_offset - start + 1)
+            await asyncio.sleep(0)  # let the event loop breathe between batches
     finally:
         aclose = getattr(batches, "aclose", None)
         if aclose is not None:

@@ -15,18 +15,28 @@ shutdown loses nothing.
 
 A `Projection` has a single writer; reads (`get`, `scan`) may interleave with
 writes, and each scan sees a consistent snapshot taken when it starts.
+
+Replaying the log (`projections.rebuild`) uses `apply_writes`: `apply` for
+records given as their flattened writes, straight from the log's frames; and
+while it replays into an empty projection, `track_new_documents` spares each
+insert the read that would learn its document is new.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
 import os
+import struct
+from collections import deque
+from itertools import compress, repeat
+from operator import is_not, not_
 from typing import Any, Iterable, Iterator, Mapping
 
 import orjson
 from rocksdict import BlockBasedOptions, Checkpoint, Options, ReadOptions, Rdict, WriteBatch, WriteOptions
 
 from engine.values import decode_doc, table_of
+from log.codec import FlatWrite
 from log.record import Record
 
 from .errors import ProjectionError, ProjectionFormatError
@@ -39,6 +49,7 @@ from .keys import (
     _NUL_ESC,
     _P_STRING,
     _STR_END,
+    T_FLOAT,
     encode_float_key,
     encode_string_key,
     encode_value_key,
@@ -70,8 +81,7 @@ def _options() -> Options:
     opts.create_if_missing(True)
     opts.set_max_background_jobs(2)
     opts.set_write_buffer_size(64 << 20)
-    opts.set_memtable_whole_key_filtering(True)
-    opts.set_memtable_prefix_bloom_ratio(0.05)
+    # No memtable bloom filter: filling it costs every write more than it saves the reads.
     table = BlockBasedOptions()
     table.set_bloom_filter(10, False)
     opts.set_block_based_table_factory(table)
@@ -94,6 +104,8 @@ class Projection:
         self._db: Rdict | None = Rdict(self.path, _options())
         self._wo = WriteOptions()
         self._wo.disable_wal = True
+        # While replaying into an empty projection: a filter of the documents added (see `track_new_documents`).
+        self._seen: bytearray | None = None
         try:
             self._load_meta()
         except BaseException:
@@ -175,31 +187,31 @@ class Projection:
         For each write the old index keys come from `Write.prev` (or, when that
         is None, from the stored document), so only changed keys are rewritten.
         """
-        built = self._build(records)
-        if built is None:
-            return
-        batch, offset, ts, counts = built
-        self._db_open().write(batch, self._wo)
-        self._counts = counts
-        self._applied_ts = ts
-        self._applied_offset = offset
+        writes, last_off, last_ts = self._flatten(records)
+        self._apply_flat(writes, last_off, last_ts)
 
-    def _build(self, records: Iterable[Record]) -> tuple[WriteBatch, int, int, dict[str, int]] | None:
-        """The WriteBatch `apply` writes, with the new offset, ts and counts; None if nothing is new.
+    def apply_writes(self, writes: list[FlatWrite], last_offset: int, last_ts: int) -> None:
+        """`apply` for records given as their flattened writes (the replay path: no `Record` objects).
 
-        Operations are collected per key space (documents, each index), then
-        added in key order: RocksDB inserts sorted keys into its memtable
-        several times faster than scattered ones.
+        `writes` holds the writes of consecutive log records, in order, each as
+        ``(record offset, table, document id as UTF-8 bytes, doc, prev)`` (what
+        `log.codec.decode_frame_writes` collects); `last_offset`/`last_ts` are
+        those of the last record (which, like any record, may have no writes).
+        Records at or below `applied_offset` are skipped, as by `apply`.
         """
-        db = self._db_open()
-        db_get = db.get
-        encoders = _ENCODERS  # decoded documents hold only Convex types, all of which have an encoder
-        base_off = last_off = self._applied_offset
+        base = self._applied_offset
+        if last_offset <= base:
+            return
+        if writes and writes[0][0] <= base:
+            writes = [w for w in writes if w[0] > base]
+        self._apply_flat(writes, last_offset, last_ts)
+
+    def _flatten(self, records: Iterable[Record]) -> tuple[list[FlatWrite], int, int]:
+        """The writes of the records after `applied_offset`, flattened, with the last new offset and ts."""
+        last_off = self._applied_offset
         last_ts = self._applied_ts
-        counts = self._counts
-        docs: dict[bytes, bytes | None] = {}  # doc key -> new document (None: deleted)
-        per_table: dict[str, _TableOps] = {}
-        deltas: dict[str, int] = {}
+        out: list[FlatWrite] = []
+        append = out.append
         for rec in records:
             off = rec.offset
             if off <= last_off:
@@ -209,113 +221,192 @@ class Projection:
             w = None
             try:
                 for w in rec.writes:
-                    table = w.table
-                    t = per_table.get(table)
-                    if t is None:
-                        t = per_table[table] = _TableOps(self._tables.get(table) or self._table(table))
-                    idb = w.id.encode()
-                    dkey = DOC + idb
-                    new_raw = w.doc
-                    old_raw = w.prev
-                    if old_raw is None:
-                        old_raw = docs[dkey] if dkey in docs else db_get(dkey)
-                    docs[dkey] = new_raw
-                    idk = _P_STRING + idb.replace(_NUL, _NUL_ESC) + _STR_END
-                    if new_raw is not None:
-                        new_doc = decode_doc(new_raw) if 36 in new_raw else _json_loads(new_raw)
-                        ct = new_doc.get("_creationTime", UNDEFINED)
-                        new_tail = (encode_float_key(ct) if type(ct) is float else encode_value_key(ct)) + idk
-                        if old_raw is None:
-                            t.ids[t.by_id + idk] = idb
-                            t.cts[t.by_ct + new_tail] = idb
-                            if t.simple is not None:
-                                get = new_doc.get
-                                for prefix, field, ops in t.simple:
-                                    v = get(field, UNDEFINED)
-                                    ops[prefix + encoders[type(v)](v) + new_tail] = idb
-                            elif t.user:
-                                for key, ops in zip(t.ti.user_keys(new_doc, new_tail), t.user):
-                                    ops[key] = idb
-                            deltas[table] = deltas.get(table, 0) + 1
-                            continue
-                        old_doc = decode_doc(old_raw) if 36 in old_raw else _json_loads(old_raw)
-                        old_ct = old_doc.get("_creationTime", UNDEFINED)
-                        if old_ct == ct and type(old_ct) is float and type(ct) is float and ct != 0.0:
-                            old_tail = new_tail  # the usual case: _creationTime never changes
-                        else:
-                            if type(old_ct) is float:
-                                old_tail = encode_float_key(old_ct) + idk
-                            else:
-                                old_tail = encode_value_key(old_ct) + idk
-                            if old_tail != new_tail:
-                                t.cts[t.by_ct + old_tail] = None
-                                t.cts[t.by_ct + new_tail] = idb
-                        if t.simple is not None:
-                            get = new_doc.get
-                            old_get = old_doc.get
-                            for prefix, field, ops in t.simple:
-                                v = get(field, UNDEFINED)
-                                old_v = old_get(field, UNDEFINED)
-                                if old_tail is new_tail and (
-                                    v is old_v or (type(v) is type(old_v) and type(v) in _EXACT_EQ and v == old_v)
-                                ):
-                                    continue  # same field value (hence same key)
-                                new_key = prefix + encoders[type(v)](v) + new_tail
-                                old_key = prefix + encoders[type(old_v)](old_v) + old_tail
-                                if old_key != new_key:
-                                    ops[old_key] = None
-                                    ops[new_key] = idb
-                        elif t.user:
-                            pairs = zip(t.ti.user_keys(old_doc, old_tail), t.ti.user_keys(new_doc, new_tail), t.user)
-                            for old_key, new_key, ops in pairs:
-                                if old_key != new_key:
-                                    ops[old_key] = None
-                                    ops[new_key] = idb
-                    elif old_raw is not None:
-                        old_doc = decode_doc(old_raw) if 36 in old_raw else _json_loads(old_raw)
-                        old_tail = _tail(old_doc, idk)
-                        t.ids[t.by_id + idk] = None
-                        t.cts[t.by_ct + old_tail] = None
-                        for key, ops in zip(t.ti.user_keys(old_doc, old_tail), t.user):
-                            ops[key] = None
-                        deltas[table] = deltas.get(table, 0) - 1
+                    append((off, w.table, w.id.encode(), w.doc, w.prev))
             except Exception as exc:
                 where = f" ({w.table} {w.id})" if w is not None else ""
                 raise ProjectionError(f"{self.path}: cannot apply record {off}{where}: {exc}") from exc
             last_off = off
             last_ts = rec.ts
-        if last_off == base_off:
-            return None
+        return out, last_off, last_ts
+
+    def _apply_flat(self, writes: list[FlatWrite], last_off: int, last_ts: int) -> None:
+        if last_off == self._applied_offset:
+            return
+        batch, counts = self._build(writes, last_off, last_ts)
+        self._db_open().write(batch, self._wo)
+        self._counts = counts
+        self._applied_ts = last_ts
+        self._applied_offset = last_off
+        if self._seen is not None and sum(counts.values()) > _SEEN_MAX:
+            self._seen = None
+
+    def _build(self, writes: list[FlatWrite], last_off: int, last_ts: int) -> tuple[WriteBatch, dict[str, int]]:
+        """The WriteBatch applying `writes` and moving the applied offset/ts on, with the new counts.
+
+        Operations are collected per key space (documents, each index), then
+        added in key order: RocksDB inserts sorted keys into its memtable
+        several times faster than scattered ones.
+        """
+        db = self._db_open()
+        db_get = db.get
+        encoders = _ENCODERS  # decoded documents hold only Convex types, all of which have an encoder
+        loads = _json_loads
+        tables = self._tables
+        absent = _ABSENT
+        docs: dict[bytes, bytes | None] = {}  # doc key -> new document (None: deleted)
+        docs_get = docs.get
+        per_table: dict[str, _TableOps] = {}
+        doc_dels = False  # whether `docs` holds a delete
+        pack_d = _pack_d
+        float_pos = _FLOAT_POS
+        seen = self._seen
+        seen_mask = _SEEN_MASK
+        off = table = idb = None
+        try:
+            for off, table, idb, new_raw, old_raw in writes:
+                t = per_table.get(table)
+                if t is None:
+                    t = per_table[table] = _TableOps(tables.get(table) or self._table(table))
+                dkey = DOC + idb
+                if old_raw is None:
+                    old_raw = docs_get(dkey, absent)
+                    if old_raw is absent:
+                        old_raw = db_get(dkey) if seen is None or seen[hash(dkey) & seen_mask] else None
+                docs[dkey] = new_raw
+                idk = _ID_KEY % idb if 0 not in idb else _P_STRING + idb.replace(_NUL, _NUL_ESC) + _STR_END
+                if new_raw is not None:
+                    new_doc = decode_doc(new_raw) if 36 in new_raw else loads(new_raw)
+                    ct = new_doc.get("_creationTime", UNDEFINED)
+                    if type(ct) is float and ct > 0.0:  # encode_float_key, inlined for the usual case
+                        raw = pack_d(ct)
+                        new_tail = float_pos[raw[0]] + raw[1:] + idk
+                    else:
+                        new_tail = encode_value_key(ct) + idk
+                    if old_raw is None:
+                        t.ids[t.by_id + idk] = idb
+                        t.cts[t.by_ct + new_tail] = idb
+                        if t.simple is not None:
+                            get = new_doc.get
+                            for prefix, field, ops in t.simple:
+                                v = get(field, UNDEFINED)
+                                ops[prefix + encoders[type(v)](v) + new_tail] = idb
+                        elif t.user:
+                            for key, ops in zip(t.ti.user_keys(new_doc, new_tail), t.user):
+                                ops[key] = idb
+                        t.delta += 1
+                        if seen is not None:
+                            seen[hash(dkey) & seen_mask] = 1
+                        continue
+                    old_doc = decode_doc(old_raw) if 36 in old_raw else loads(old_raw)
+                    old_ct = old_doc.get("_creationTime", UNDEFINED)
+                    if old_ct == ct and type(old_ct) is float and type(ct) is float and ct != 0.0:
+                        old_tail = new_tail  # the usual case: _creationTime never changes
+                    else:
+                        if type(old_ct) is float:
+                            old_tail = encode_float_key(old_ct) + idk
+                        else:
+                            old_tail = encode_value_key(old_ct) + idk
+                        if old_tail != new_tail:
+                            t.cts[t.by_ct + old_tail] = None
+                            t.cts[t.by_ct + new_tail] = idb
+                            t.ct_dels = True
+                    if t.simple is not None:
+                        get = new_doc.get
+                        old_get = old_doc.get
+                        for prefix, field, ops in t.simple:
+                            v = get(field, UNDEFINED)
+                            old_v = old_get(field, UNDEFINED)
+                            if old_tail is new_tail and (
+                                v is old_v or (type(v) is type(old_v) and type(v) in _EXACT_EQ and v == old_v)
+                            ):
+                                continue  # same field value (hence same key)
+                            new_key = prefix + encoders[type(v)](v) + new_tail
+                            old_key = prefix + encoders[type(old_v)](old_v) + old_tail
+                            if old_key != new_key:
+                                ops[old_key] = None
+                                ops[new_key] = idb
+                                t.user_dels = True
+                    elif t.user:
+                        pairs = zip(t.ti.user_keys(old_doc, old_tail), t.ti.user_keys(new_doc, new_tail), t.user)
+                        for old_key, new_key, ops in pairs:
+                            if old_key != new_key:
+                                ops[old_key] = None
+                                ops[new_key] = idb
+                                t.user_dels = True
+                else:
+                    doc_dels = True
+                    if old_raw is not None:
+                        old_doc = decode_doc(old_raw) if 36 in old_raw else loads(old_raw)
+                        old_tail = _tail(old_doc, idk)
+                        t.ids[t.by_id + idk] = None
+                        t.cts[t.by_ct + old_tail] = None
+                        for key, ops in zip(t.ti.user_keys(old_doc, old_tail), t.user):
+                            ops[key] = None
+                        t.delta -= 1
+                        t.id_dels = t.ct_dels = t.user_dels = True
+        except Exception as exc:
+            if idb is None:
+                where = ""
+            else:
+                where = f" ({table} {idb.decode(errors='replace') if type(idb) is bytes else idb})"
+            raise ProjectionError(f"{self.path}: cannot apply record {off}{where}: {exc}") from exc
         meta: dict[bytes, bytes | None] = {
             META_APPLIED_OFFSET: pack_int(last_off),
             META_APPLIED_TS: pack_int(last_ts),
         }
-        if any(deltas.values()):
+        counts = self._counts
+        changed = [t for t in per_table.values() if t.delta]
+        if changed:
             counts = dict(counts)
-            for table, delta in deltas.items():
-                if delta:
-                    n = counts.get(table, 0) + delta
-                    if n:
-                        counts[table] = n
-                        meta[count_key(table)] = pack_int(n)
-                    else:
-                        counts.pop(table, None)
-                        meta[count_key(table)] = None
-        spaces = [(META, meta), (DOC, docs)]
+            for t in changed:
+                table = t.ti.table
+                n = counts.get(table, 0) + t.delta
+                if n:
+                    counts[table] = n
+                    meta[count_key(table)] = pack_int(n)
+                else:
+                    counts.pop(table, None)
+                    meta[count_key(table)] = None
+        # (prefix, operations, whether any is a delete), in key order
+        spaces = [(META, meta, True), (DOC, docs, doc_dels)]
         for t in per_table.values():
-            spaces.extend(zip(t.ti.prefixes, t.all_ops))
+            prefixes = t.ti.prefixes
+            spaces.append((prefixes[0], t.ids, t.id_dels))
+            spaces.append((prefixes[1], t.cts, t.ct_dels))
+            spaces.extend([(prefix, ops, t.user_dels) for prefix, ops in zip(prefixes[2:], t.user)])
         spaces.sort(key=_first)
         wb = WriteBatch(raw_mode=True)
         put = wb.put
         delete = wb.delete
-        for _prefix, ops in spaces:
-            for key in sorted(ops):
-                value = ops[key]
-                if value is None:
-                    delete(key)
-                else:
-                    put(key, value)
-        return wb, last_off, last_ts, counts
+        for _prefix, ops, dels in spaces:
+            if not ops:
+                continue
+            keys = sorted(ops)
+            if not dels:
+                _consume(map(put, keys, map(ops.__getitem__, keys)))
+                continue
+            values = list(map(ops.__getitem__, keys))
+            live = list(map(is_not, values, repeat(None)))
+            _consume(map(put, compress(keys, live), compress(values, live)))
+            _consume(map(delete, compress(keys, map(not_, live))))
+        return wb, counts
+
+    def track_new_documents(self, on: bool = True) -> bool:
+        """Start (or stop) remembering, in a 16 MiB filter, the documents this projection adds.
+
+        For replaying the log into an empty projection: a write without
+        `prev` must learn whether its document exists, and while every
+        document came from this replay the filter answers "no" for most new
+        ones without a read. Starts only when the projection holds no
+        document; returns whether the filter is on. (It turns itself off once
+        it holds too many documents to answer "no" often.)
+        """
+        if not on:
+            self._seen = None
+        elif self._seen is None and self._applied_offset < 0 and not self._counts:
+            if next(self._raw_items(*DOC_RANGE), None) is None:
+                self._seen = bytearray(_SEEN_MASK + 1)
+        return self._seen is not None
 
     def set_indexes(self, indexes: Mapping[str, Mapping[str, list[str]]]) -> None:
         """Install a new user index catalog.
@@ -544,6 +635,14 @@ class Projection:
 
 
 _json_loads = orjson.loads
+_consume = deque(maxlen=0).extend  # run an iterator to its end (at C speed)
+_ABSENT = object()
+_SEEN_MASK = (1 << 24) - 1  # `Projection._seen`: one byte per slot of hash(doc key) & mask
+_SEEN_MAX = 1 << 22  # documents in the projection beyond which the filter says "maybe" too often
+_ID_KEY = _P_STRING + b"%b" + _STR_END  # encode_string_key of an id (as bytes) without NUL
+_pack_d = struct.Struct(">d").pack
+# _FLOAT_POS[b]: the tag and first byte of encode_float_key(x) for x > 0 whose big-endian bits start with b
+_FLOAT_POS = [bytes((T_FLOAT, b | 0x80)) for b in range(128)]
 
 # Types whose == implies identical key encodings (unlike float: -0.0 == 0.0, or list: [1] == [1.0]).
 _EXACT_EQ = frozenset({str, int, bool, type(None)})
@@ -563,7 +662,8 @@ def _first(pair: tuple[bytes, Any]) -> bytes:
 class _TableOps:
     """One table's pending index operations in a batch: key -> id bytes (None: delete), per index."""
 
-    __slots__ = ("ti", "by_id", "by_ct", "ids", "cts", "user", "simple", "all_ops")
+    __slots__ = ("ti", "by_id", "by_ct", "ids", "cts", "user", "simple", "delta",
+                 "id_dels", "ct_dels", "user_dels")
 
     def __init__(self, ti: TableIndexes) -> None:
         self.ti = ti
@@ -575,7 +675,9 @@ class _TableOps:
         self.simple = None if ti.simple is None else tuple(
             (prefix, field, ops) for (prefix, field), ops in zip(ti.simple, self.user)
         )
-        self.all_ops = [self.ids, self.cts, *self.user]
+        self.delta = 0  # documents added minus documents removed
+        # whether any operation on by_id, by_creation_time, the user indexes is a delete
+        self.id_dels = self.ct_dels = self.user_dels = False
 
 
 def _walk(it: Any, ro: ReadOptions) -> Iterator[tuple[bytes, str]]:

@@ -199,6 +199,54 @@ async def test_reads_across_segment_rolls(tmp_path: Path) -> None:
     await reopened.close()
 
 
+def flat(recs: list[Record]) -> list[tuple]:
+    return [(r.offset, w.table, w.id.encode(), w.doc, w.prev) for r in recs for w in r.writes]
+
+
+async def read_writes_all(log: FileLog, start: int = 0, end: int | None = None, batch: int = 4096) -> list[tuple]:
+    out: list[tuple] = []
+    async for writes, count, last_off, last_ts in log.read_writes(start, end, batch):
+        assert 1 <= count <= batch
+        assert not writes or writes[-1][0] <= last_off
+        out.extend(writes)
+    return out
+
+
+async def test_read_writes_matches_read(tmp_path: Path) -> None:
+    log = FileLog(tmp_path, segment_bytes=2_000, index_bytes=512)
+    await log.open()
+    recs = [Record([Write("t", f"d{i}", b"x" * (i % 90), b"p" if i % 3 else None)] * (i % 3), session_id="s")
+            for i in range(300)]
+    for i in range(0, 300, 7):
+        await log.append(recs[i:i + 7])
+    assert len(list_segments(tmp_path)) > 10
+    for start, end, batch in [(0, None, 4096), (0, None, 1), (5, 6, 3), (13, 200, 9), (299, None, 2), (300, None, 5),
+                              (40, 10, 4)]:
+        assert await read_writes_all(log, start, end, batch) == flat(recs[start:end if end is not None else 300])
+    batches = [(n, last_off, last_ts) async for _, n, last_off, last_ts in log.read_writes(3, 100, batch=9)]
+    offsets = [last_off for _, last_off, _ in batches]
+    assert offsets == sorted(offsets) and offsets[-1] == 99 and sum(n for n, _, _ in batches) == 97
+    assert all(last_ts == recs[last_off].ts for _, last_off, last_ts in batches)
+    with pytest.raises(ValueError):
+        await read_writes_all(log, -1)
+    await log.close()
+    follower = FileLog(tmp_path, segment_bytes=2_000, index_bytes=512, read_only=True)
+    await follower.open()
+    assert await read_writes_all(follower, 123, 256) == flat(recs[123:256])
+    await follower.close()
+
+
+async def test_read_writes_of_a_record_larger_than_the_read_chunk(tmp_path: Path) -> None:
+    log = FileLog(tmp_path)
+    await log.open()
+    big = Record([Write("blobs", "b", os.urandom(3 << 20))])
+    recs = [rec(0), big, rec(2)]
+    await log.append(recs)
+    assert await read_writes_all(log, 1, 2) == flat([big])
+    assert await read_writes_all(log, batch=1) == flat(recs)
+    await log.close()
+
+
 async def test_read_of_a_record_larger_than_the_read_chunk(tmp_path: Path) -> None:
     log = FileLog(tmp_path)
     await log.open()
@@ -522,6 +570,7 @@ def test_property_reads_match_appends(
         assert await read_all(log) == model
         for a, b in ranges:
             assert await read_all(log, a, b, batch=3) == model[a:b]
+            assert await read_writes_all(log, a, b, batch=3) == flat(model[a:b])
         for r in model[:: max(1, len(model) // 10)]:
             assert await log.offset_for_timestamp(r.ts) == r.offset
         await log.close()

@@ -194,6 +194,82 @@ def test_encode_payload_rejects_wrong_types() -> None:
         codec.encode_payload(Record([Write("t", 5, None)]))  # type: ignore[arg-type]
 
 
+# ------------------------------------------------ decode_frame_writes (the replay path)
+
+
+def flat(recs: list[Record]) -> list[tuple]:
+    return [(r.offset, w.table, w.id.encode(), w.doc, w.prev) for r in recs for w in r.writes]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(records_st, min_size=1, max_size=8), st.data())
+def test_property_decode_frame_writes_agrees_with_decode_frames(recs: list[Record], data: st.DataObject) -> None:
+    for i, rec in enumerate(recs):
+        rec.offset = i
+    buf = b"".join(codec.encode(r) for r in recs)
+    start = data.draw(st.integers(0, len(recs)))
+    stop = data.draw(st.integers(start, len(recs) + 1))
+    limit = data.draw(st.integers(1, 10))
+    cut = data.draw(st.integers(0, len(buf)))  # the read buffer may end inside a frame
+    want, want_pos, want_done = codec.decode_frames(buf, 0, cut, start, stop, limit)
+    out: list[tuple] = [("already", "there")]
+    n, last_off, last_ts, pos, done = codec.decode_frame_writes(buf, 0, cut, start, stop, limit, out)
+    assert out[1:] == flat(want)
+    assert (n, pos, done) == (len(want), want_pos, want_done)
+    assert (last_off, last_ts) == ((want[-1].offset, want[-1].ts) if want else (-1, 0))
+
+
+def test_decode_frame_writes_of_wide_records() -> None:
+    """Long lengths and counts (multi-byte varints), tails it has seen before and not."""
+    recs = [sample(offset=i) for i in range(3)]
+    recs.append(Record([Write("t" * 70, "\u00e9" * 100, b"d" * 70, b"p" * 9000)] * 70, 3, 5, "s" * 100, -(1 << 40),
+                       "f" * 64, b"r" * 200, {f"k{i}": "v" * 70 for i in range(70)}))
+    recs.append(Record([], 4, 6, extra={"a": "b"}))
+    recs.append(sample(offset=5))
+    buf = b"".join(codec.encode(r) for r in recs)
+    out: list[tuple] = []
+    assert codec.decode_frame_writes(buf, 0, len(buf), 0, 100, 100, out) == (6, 5, recs[5].ts, len(buf), False)
+    assert out == flat(recs)
+
+
+def test_decode_frame_writes_checks_frames() -> None:
+    good = codec.encode(sample(offset=0))
+    bad = bytearray(codec.encode(sample(offset=1)))
+    bad[codec.HEADER_SIZE + 20] ^= 0x01
+    buf = good + bytes(bad)
+    with pytest.raises(codec.FrameError, match="CRC") as info:
+        codec.decode_frame_writes(buf, 0, len(buf), 0, 10, 10, [])
+    assert info.value.pos == len(good)
+    # frames skipped (below `start`) are not checked; as in decode_frames
+    assert codec.decode_frame_writes(buf, 0, len(buf), 2, 10, 10, [])[:3] == (0, -1, 0)
+    with pytest.raises(LogCorruptError, match="magic"):
+        codec.decode_frame_writes(b"XX" + good[2:], 0, len(good), 0, 10, 10, [])
+    body = codec.encode(Record([], 0, 1))[codec.HEADER_SIZE:]
+    with pytest.raises(LogFormatError, match="version 99"):
+        frame = _frame_with_version(99, body)
+        codec.decode_frame_writes(frame, 0, len(frame), 0, 10, 10, [])
+    # a body that does not parse, or does not fill its frame, is corruption
+    for broken in (body[:-1], body + b"\x00", body[:2] + b"\x02\x7f" + body[3:]):
+        frame = _frame_with_version(1, broken)
+        with pytest.raises(codec.FrameError):
+            codec.decode(frame)
+        with pytest.raises(codec.FrameError):
+            codec.decode_frame_writes(frame, 0, len(frame), 0, 10, 10, [])
+    with pytest.raises(LogCorruptError):  # a body disagreeing with its header
+        frame = _frame_with_version(1, codec.encode(sample(offset=3, ts=9))[codec.HEADER_SIZE:], 300, 9)
+        codec.decode_frame_writes(frame, 0, len(frame), 0, 1000, 10, [])
+
+
+def test_decode_frame_writes_reads_other_versions_generically(monkeypatch: pytest.MonkeyPatch) -> None:
+    schema = codec.load_schema(1)
+    monkeypatch.setitem(codec.SCHEMAS, 7, codec.SchemaVersion(7, schema, codec._generic_decoder(schema)))
+    rec = sample(offset=3, ts=9)
+    frame = _frame_with_version(7, codec.encode(rec)[codec.HEADER_SIZE:], 3, 9)
+    out: list[tuple] = []
+    assert codec.decode_frame_writes(frame, 0, len(frame), 0, 10, 10, out) == (1, 3, 9, len(frame), False)
+    assert out == flat([rec])
+
+
 # ------------------------------------------------ the hand-written encoder vs fastavro
 
 # Wider than `records_st`: lengths and counts past 63 (multi-byte varints),

@@ -470,3 +470,49 @@ def test_a_bad_record_fails_the_whole_batch(proj: Projection, history: Any) -> N
         proj.apply(history.records)
     assert proj.applied_offset == 0
     assert proj.dump_items() == before
+
+
+def _flat(records: list[Record]) -> list[tuple]:
+    return [(r.offset, w.table, w.id.encode(), w.doc, w.prev) for r in records for w in r.writes]
+
+
+def test_apply_writes_is_apply_without_records(tmp_path: Path, history: Any) -> None:
+    ids = [history.insert("items", n=i % 4, tag="t", meta={"rank": i}) for i in range(30)]
+    for i in ids[::3]:
+        history.update(i, n=9, tag="u")
+    for i in ids[1::4]:
+        history.update(i, with_prev=False, n=7)
+    for i in ids[::5]:
+        history.delete(i, with_prev=i != ids[5])
+    history.commit()  # a record without writes
+    history.commit(history.insert_write("other", {"x": 1}), history.update_write(ids[2], {"n": 1}))
+    recs = history.records
+    with Projection(tmp_path / "a", INDEXES) as a, Projection(tmp_path / "b", INDEXES) as b:
+        a.apply(recs)
+        for i in range(0, len(recs), 7):
+            chunk = recs[i:i + 7]
+            b.apply_writes(_flat(chunk), chunk[-1].offset, chunk[-1].ts)
+        assert (b.applied_offset, b.applied_ts) == (a.applied_offset, a.applied_ts) == (recs[-1].offset, recs[-1].ts)
+        assert a.dump_items() == b.dump_items()
+        before = b.dump_items()
+        b.apply_writes(_flat(recs[-10:]), recs[-1].offset, recs[-1].ts)  # all applied already
+        b.apply_writes([], recs[-1].offset, recs[-1].ts)
+        assert b.dump_items() == before and b.applied_offset == recs[-1].offset
+        # a batch straddling the applied offset applies only the new records
+        history.insert("items", n=77)
+        b.apply_writes(_flat(history.records[-3:]), len(history.records) - 1, history.records[-1].ts)
+        assert b.applied_offset == len(history.records) - 1
+        assert [d["n"] for d in docs_in(b, "items", "by_n", [77])] == [77]
+
+
+def test_apply_writes_names_the_bad_record(proj: Projection, history: Any) -> None:
+    history.insert("items", n=1)
+    proj.apply(history.records)
+    before = proj.dump_items()
+    history.insert("items", n=2)
+    bad_id = new_id("items")
+    history.commit(Write("items", bad_id, b'{"_id":"%s","_creationTime":1.0,"n":18446744073709551615}' % bad_id.encode()))
+    with pytest.raises(ProjectionError, match=f"record 2 \\(items {bad_id}\\)"):
+        proj.apply_writes(_flat(history.records[1:]), 2, history.records[-1].ts)
+    assert proj.applied_offset == 0
+    assert proj.dump_items() == before
