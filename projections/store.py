@@ -261,12 +261,15 @@ class Projection:
         float_pos = _FLOAT_POS
         seen = self._seen
         seen_mask = _SEEN_MASK
-        off = table = idb = None
+        off = table = idb = last_table = None
         try:
             for off, table, idb, new_raw, old_raw in writes:
-                t = per_table.get(table)
-                if t is None:
-                    t = per_table[table] = _TableOps(tables.get(table) or self._table(table))
+                if table is not last_table:
+                    t = per_table.get(table)
+                    if t is None:
+                        t = per_table[table] = _TableOps(tables.get(table) or self._table(table))
+                    ids, by_id, cts, by_ct, simple = t.ids, t.by_id, t.cts, t.by_ct, t.simple
+                    last_table = table
                 dkey = DOC + idb
                 if old_raw is None:
                     old_raw = docs_get(dkey, absent)
@@ -283,11 +286,11 @@ class Projection:
                     else:
                         new_tail = encode_value_key(ct) + idk
                     if old_raw is None:
-                        t.ids[t.by_id + idk] = idb
-                        t.cts[t.by_ct + new_tail] = idb
-                        if t.simple is not None:
+                        ids[by_id + idk] = idb
+                        cts[by_ct + new_tail] = idb
+                        if simple is not None:
                             get = new_doc.get
-                            for prefix, field, ops in t.simple:
+                            for prefix, field, ops in simple:
                                 v = get(field, UNDEFINED)
                                 ops[prefix + encoders[type(v)](v) + new_tail] = idb
                         elif t.user:
@@ -307,13 +310,13 @@ class Projection:
                         else:
                             old_tail = encode_value_key(old_ct) + idk
                         if old_tail != new_tail:
-                            t.cts[t.by_ct + old_tail] = None
-                            t.cts[t.by_ct + new_tail] = idb
+                            cts[by_ct + old_tail] = None
+                            cts[by_ct + new_tail] = idb
                             t.ct_dels = True
-                    if t.simple is not None:
+                    if simple is not None:
                         get = new_doc.get
                         old_get = old_doc.get
-                        for prefix, field, ops in t.simple:
+                        for prefix, field, ops in simple:
                             v = get(field, UNDEFINED)
                             old_v = old_get(field, UNDEFINED)
                             if old_tail is new_tail and (
@@ -338,8 +341,8 @@ class Projection:
                     if old_raw is not None:
                         old_doc = decode_doc(old_raw) if 36 in old_raw else loads(old_raw)
                         old_tail = _tail(old_doc, idk)
-                        t.ids[t.by_id + idk] = None
-                        t.cts[t.by_ct + old_tail] = None
+                        ids[by_id + idk] = None
+                        cts[by_ct + old_tail] = None
                         for key, ops in zip(t.ti.user_keys(old_doc, old_tail), t.user):
                             ops[key] = None
                         t.delta -= 1
@@ -574,6 +577,7 @@ class Projection:
         while it.valid():
             yield it.key(), it.value()
             it.next()
+        _check_iterator(it)
 
     def dump_items(self) -> list[tuple[bytes, bytes]]:
         """Every (key, value) in the directory, in key order (for comparing projections)."""
@@ -689,6 +693,7 @@ def _walk(it: Any, ro: ReadOptions) -> Iterator[tuple[bytes, str]]:
     while valid():
         yield key(), value().decode()
         step()
+    _check_iterator(it)
 
 
 def _walk_back(it: Any, lo: bytes, ro: ReadOptions) -> Iterator[tuple[bytes, str]]:
@@ -703,3 +708,14 @@ def _walk_back(it: Any, lo: bytes, ro: ReadOptions) -> Iterator[tuple[bytes, str
             return
         yield k, value().decode()
         step()
+    _check_iterator(it)
+
+
+def _check_iterator(it: Any) -> None:
+    """RocksDB ends an iteration quietly at a damaged block; turn that into a loud error."""
+    try:
+        it.status()
+    except Exception as exc:
+        raise ProjectionError(
+            f"the projection is damaged ({exc}); it is rebuildable from the log: "
+            "tape doctor --data DATA_DIR --rebuild-projection") from None
