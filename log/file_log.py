@@ -172,7 +172,8 @@ class FileLog(Log):
         try:
             check_format(self.directory, self._writer, bool(list_segments(self.directory)))
             if self._writer:
-                self._load(repair=True, stop=None)
+                mark = read_marker(self.directory)
+                self._load(repair=True, stop=None, durable_end=mark.next_offset if mark else None)
                 self._start_writer_side()
             else:
                 mark = read_marker(self.directory)
@@ -183,9 +184,9 @@ class FileLog(Log):
             self._writer = False
             raise
 
-    def _load(self, repair: bool, stop: int | None) -> None:
+    def _load(self, repair: bool, stop: int | None, durable_end: int | None = None) -> None:
         st = LogIndex()
-        for g in scan_segments(self.directory, None, 0, -1, self.index_bytes, repair, stop):
+        for g in scan_segments(self.directory, None, 0, -1, self.index_bytes, repair, stop, durable_end):
             st.apply(g)
         self._st = st
 

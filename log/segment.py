@@ -333,6 +333,7 @@ def scan_segments(
     index_bytes: int,
     repair: bool,
     stop: int | None,
+    durable_end: int | None = None,
 ) -> list[Growth]:
     """Verify the frames of `directory` after the known end `tail` (None: from scratch).
 
@@ -341,7 +342,9 @@ def scan_segments(
     LogCorruptError (naming the file, byte position and offset) for damage
     that is not a torn tail of the last segment, and for a missing segment;
     LogFormatError for a frame of an unknown schema version. A torn tail is
-    truncated away (and logged) when `repair`, else just left unread.
+    truncated away (and logged) when `repair`, else just left unread. A damaged
+    frame below `durable_end` (the COMMITTED marker: records up to there were
+    fsynced and acknowledged) is never a torn write: it raises LogCorruptError.
     """
     growth: list[Growth] = []
     disk: list[tuple[int, Path]] | None = None
@@ -379,6 +382,10 @@ def scan_segments(
             follow = valid_frame_after(buf, res.error_pos - cur.size)
             if follow is not None:
                 raise LogCorruptError(f"{where}, followed by intact data at byte {cur.size + follow}")
+            if durable_end is not None and res.next_offset < durable_end:
+                raise LogCorruptError(
+                    f"{where}; the COMMITTED marker says records up to offset {durable_end - 1} were made "
+                    "durable and acknowledged, so this is damage, not a torn write")
             if repair:
                 logger.warning("%s: truncating torn tail at byte %d (offset %d): %s; %d bytes dropped",
                                cur.path, res.error_pos, res.next_offset, res.error,
