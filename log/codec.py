@@ -627,11 +627,13 @@ def decode_frame_writes(
     unpack = HEADER.unpack_from
     crc32 = zlib.crc32
     long_ = _long
-    view = memoryview(buf)
     hsize = HEADER_SIZE
     tables: dict[bytes, str] = {}
+    table = ""
+    table_enc: bytes | tuple[()] = ()  # an empty tuple of prefixes matches nothing
     good_tails: set[bytes] = set()
     vlen = _VARINT_LEN
+    vlen1 = _VARINT_LEN[1:]  # vlen1[n.bit_length()]: the bytes of the varint of n >= 0 (zigzagged: 2n)
     count = 0
     last_off = -1
     last_ts = 0
@@ -646,147 +648,156 @@ def decode_frame_writes(
         if nxt > end:
             break
         if offset >= start:
-            if crc32(view[body:nxt], crc32(view[pos:pos + 24])) != crc:
+            data = buf[body:nxt]  # (positions in a body of its own are mostly small, cached ints)
+            if crc32(data, crc32(buf[pos:pos + 24])) != crc:
                 raise FrameError("frame CRC mismatch", pos)
             if version != 1:
                 _flat_writes(buf, pos, body, nxt, version, offset, ts, out)
             else:
-                p = body
+                p = 0
                 try:
                     # The body's own offset and ts (the header's, if their lengths agree).
-                    p += vlen[((offset << 1) ^ (offset >> 63)).bit_length()]
-                    if buf[p - 1] & 0x80:
+                    if offset >= 0:
+                        p = vlen1[offset.bit_length()]
+                    else:
+                        p = vlen[((offset << 1) ^ (offset >> 63)).bit_length()]
+                    if data[p - 1] & 0x80:
                         raise FrameError("record body offset disagrees with the frame header", pos)
-                    p += vlen[((ts << 1) ^ (ts >> 63)).bit_length()]
-                    if buf[p - 1] & 0x80:
+                    p += vlen1[ts.bit_length()] if ts >= 0 else vlen[((ts << 1) ^ (ts >> 63)).bit_length()]
+                    if data[p - 1] & 0x80:
                         raise FrameError("record body ts disagrees with the frame header", pos)
-                    b = buf[p]
+                    b = data[p]
                     if b < 0x80:
                         n_items = (b >> 1) ^ -(b & 1)
                         p += 1
                     else:
-                        n_items, p = long_(buf, p)
+                        n_items, p = long_(data, p)
                     while n_items:
                         if n_items < 0:  # a block that carries its byte size: skip the size
                             n_items = -n_items
-                            _, p = long_(buf, p)
+                            _, p = long_(data, p)
                         while n_items:
                             n_items -= 1
-                            b = buf[p]
-                            if b < 0x80:
-                                n = b >> 1
-                                p += 1
+                            if data.startswith(table_enc, p):  # the table of the write before
+                                p += len(table_enc)
                             else:
-                                n, p = long_(buf, p)
-                            raw = buf[p:p + n]
-                            table = tables.get(raw)
-                            if table is None:
-                                table = tables[raw] = raw.decode()
-                            p += n
-                            b = buf[p]
+                                b = data[p]
+                                if b < 0x80:
+                                    q = p + 1
+                                    n = b >> 1
+                                else:
+                                    n, q = long_(data, p)
+                                raw = data[q:q + n]
+                                table = tables.get(raw)
+                                if table is None:
+                                    table = tables[raw] = raw.decode()
+                                table_enc = data[p:q + n]  # its length and name, as encoded
+                                p = q + n
+                            b = data[p]
                             if b < 0x80:
-                                n = b >> 1
-                                p += 1
+                                q = p + 1 + (b >> 1)
+                                ident = data[p + 1:q]
                             else:
-                                n, p = long_(buf, p)
-                            ident = buf[p:p + n]
+                                n, p = long_(data, p)
+                                q = p + n
+                                ident = data[p:q]
                             if not ident.isascii():
                                 ident.decode()  # only to check it is UTF-8
-                            p += n
                             # doc and prev: a union index, then a length of one or two bytes (inlined) or more
-                            if buf[p]:
-                                b = buf[p + 1]
+                            if data[q]:
+                                b = data[q + 1]
                                 if b < 0x80:
-                                    n = b >> 1
-                                    p += 2
-                                elif buf[p + 2] < 0x80:
-                                    n = ((b & 0x7F) | (buf[p + 2] << 7)) >> 1
-                                    p += 3
+                                    p = q + 2 + (b >> 1)
+                                    doc: bytes | None = data[q + 2:p]
+                                elif data[q + 2] < 0x80:
+                                    p = q + 3 + (((b & 0x7F) | (data[q + 2] << 7)) >> 1)
+                                    doc = data[q + 3:p]
                                 else:
-                                    n, p = long_(buf, p + 1)
-                                doc: bytes | None = buf[p:p + n]
-                                p += n
+                                    n, q = long_(data, q + 1)
+                                    p = q + n
+                                    doc = data[q:p]
                             else:
                                 doc = None
-                                p += 1
-                            if buf[p]:
-                                b = buf[p + 1]
+                                p = q + 1
+                            if data[p]:
+                                b = data[p + 1]
                                 if b < 0x80:
-                                    n = b >> 1
-                                    p += 2
-                                elif buf[p + 2] < 0x80:
-                                    n = ((b & 0x7F) | (buf[p + 2] << 7)) >> 1
-                                    p += 3
+                                    q = p + 2 + (b >> 1)
+                                    append((offset, table, ident, doc, data[p + 2:q]))
+                                elif data[p + 2] < 0x80:
+                                    q = p + 3 + (((b & 0x7F) | (data[p + 2] << 7)) >> 1)
+                                    append((offset, table, ident, doc, data[p + 3:q]))
                                 else:
-                                    n, p = long_(buf, p + 1)
-                                append((offset, table, ident, doc, buf[p:p + n]))
-                                p += n
+                                    n, p = long_(data, p + 1)
+                                    q = p + n
+                                    append((offset, table, ident, doc, data[p:q]))
+                                p = q
                             else:
                                 append((offset, table, ident, doc, None))
                                 p += 1
-                        b = buf[p]
+                        b = data[p]
                         if b < 0x80:
                             n_items = (b >> 1) ^ -(b & 1)
                             p += 1
                         else:
-                            n_items, p = long_(buf, p)
+                            n_items, p = long_(data, p)
                     # session_id, request_id, function, result and extra: walked over,
                     # or recognised as a tail already seen intact in this buffer
-                    tail = buf[p:nxt]
+                    tail = data[p:length]
                     if tail in good_tails:
-                        p = nxt
+                        p = length
                     else:
-                        if buf[p]:
-                            b = buf[p + 1]
+                        if data[p]:
+                            b = data[p + 1]
                             if b < 0x80:
                                 p += 2 + (b >> 1)
                             else:
-                                n, p = long_(buf, p + 1)
+                                n, p = long_(data, p + 1)
                                 p += n
                         else:
                             p += 1
-                        if buf[p]:
-                            _, p = long_(buf, p + 1)
+                        if data[p]:
+                            _, p = long_(data, p + 1)
                         else:
                             p += 1
-                        if buf[p]:
-                            b = buf[p + 1]
+                        if data[p]:
+                            b = data[p + 1]
                             if b < 0x80:
                                 p += 2 + (b >> 1)
                             else:
-                                n, p = long_(buf, p + 1)
+                                n, p = long_(data, p + 1)
                                 p += n
                         else:
                             p += 1
-                        if buf[p]:
-                            b = buf[p + 1]
+                        if data[p]:
+                            b = data[p + 1]
                             if b < 0x80:
                                 p += 2 + (b >> 1)
                             else:
-                                n, p = long_(buf, p + 1)
+                                n, p = long_(data, p + 1)
                                 p += n
                         else:
                             p += 1
-                        if buf[p]:  # extra: a map of string -> string
-                            n_items, p = long_(buf, p)
+                        if data[p]:  # extra: a map of string -> string
+                            n_items, p = long_(data, p)
                             while n_items:
                                 if n_items < 0:
                                     n_items = -n_items
-                                    _, p = long_(buf, p)
+                                    _, p = long_(data, p)
                                 for _ in range(n_items):
-                                    n, p = long_(buf, p)
+                                    n, p = long_(data, p)
                                     p += n
-                                    n, p = long_(buf, p)
+                                    n, p = long_(data, p)
                                     p += n
-                                n_items, p = long_(buf, p)
+                                n_items, p = long_(data, p)
                         else:
                             p += 1
-                        if p == nxt and len(good_tails) < 64:
+                        if p == length and len(good_tails) < 64:
                             good_tails.add(tail)
                 except (IndexError, UnicodeDecodeError) as exc:
                     raise FrameError(f"undecodable record body: {exc}", pos) from exc
-                if p != nxt:
-                    raise FrameError(f"record body has {nxt - p} stray trailing bytes", pos)
+                if p != length:
+                    raise FrameError(f"record body has {length - p} stray trailing bytes", pos)
             count += 1
             last_off = offset
             last_ts = ts

@@ -261,6 +261,9 @@ class Projection:
         float_pos = _FLOAT_POS
         seen = self._seen
         seen_mask = _SEEN_MASK
+        str_keys = _STRING_KEYS
+        if len(str_keys) > _STRING_KEYS_MAX:
+            str_keys.clear()
         off = table = idb = last_table = None
         try:
             for off, table, idb, new_raw, old_raw in writes:
@@ -292,7 +295,10 @@ class Projection:
                             get = new_doc.get
                             for prefix, field, ops in simple:
                                 v = get(field, UNDEFINED)
-                                ops[prefix + encoders[type(v)](v) + new_tail] = idb
+                                if type(v) is str:
+                                    ops[prefix + str_keys[v] + new_tail] = idb
+                                else:
+                                    ops[prefix + encoders[type(v)](v) + new_tail] = idb
                         elif t.user:
                             for key, ops in zip(t.ti.user_keys(new_doc, new_tail), t.user):
                                 ops[key] = idb
@@ -323,8 +329,9 @@ class Projection:
                                 v is old_v or (type(v) is type(old_v) and type(v) in _EXACT_EQ and v == old_v)
                             ):
                                 continue  # same field value (hence same key)
-                            new_key = prefix + encoders[type(v)](v) + new_tail
-                            old_key = prefix + encoders[type(old_v)](old_v) + old_tail
+                            new_key = prefix + (str_keys[v] if type(v) is str else encoders[type(v)](v)) + new_tail
+                            old_key = prefix + (
+                                str_keys[old_v] if type(old_v) is str else encoders[type(old_v)](old_v)) + old_tail
                             if old_key != new_key:
                                 ops[old_key] = None
                                 ops[new_key] = idb
@@ -641,6 +648,16 @@ class Projection:
 _json_loads = orjson.loads
 _consume = deque(maxlen=0).extend  # run an iterator to its end (at C speed)
 _ABSENT = object()
+class _StringKeys(dict):  # type: ignore[type-arg]
+    """A cache of `encode_string_key` (indexed fields often take few distinct values)."""
+
+    def __missing__(self, value: str) -> bytes:
+        key = self[value] = encode_string_key(value)
+        return key
+
+
+_STRING_KEYS = _StringKeys()
+_STRING_KEYS_MAX = 1 << 14  # cleared when it holds more
 _SEEN_MASK = (1 << 24) - 1  # `Projection._seen`: one byte per slot of hash(doc key) & mask
 _SEEN_MAX = 1 << 22  # documents in the projection beyond which the filter says "maybe" too often
 _ID_KEY = _P_STRING + b"%b" + _STR_END  # encode_string_key of an id (as bytes) without NUL
