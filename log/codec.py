@@ -602,6 +602,8 @@ def decode_frames(
     return out, pos, False
 
 
+# _SMALL_LONG[b]: the long a varint of the single byte b encodes (None: b does not end the varint)
+_SMALL_LONG = [(b >> 1) ^ -(b & 1) for b in range(128)] + [None] * 128
 # _VARINT_LEN[n.bit_length()]: the bytes taken by the varint of (zigzagged) n
 _VARINT_LEN = [(bits + 6) // 7 or 1 for bits in range(65)]
 
@@ -633,6 +635,7 @@ def decode_frame_writes(
     table_enc: bytes | tuple[()] = ()  # an empty tuple of prefixes matches nothing
     good_tails: set[bytes] = set()
     vlen = _VARINT_LEN
+    small_long = _SMALL_LONG
     vlen1 = _VARINT_LEN[1:]  # vlen1[n.bit_length()]: the bytes of the varint of n >= 0 (zigzagged: 2n)
     count = 0
     last_off = -1
@@ -666,9 +669,8 @@ def decode_frame_writes(
                     p += vlen1[ts.bit_length()] if ts >= 0 else vlen[((ts << 1) ^ (ts >> 63)).bit_length()]
                     if data[p - 1] & 0x80:
                         raise FrameError("record body ts disagrees with the frame header", pos)
-                    b = data[p]
-                    if b < 0x80:
-                        n_items = (b >> 1) ^ -(b & 1)
+                    n_items = small_long[data[p]]
+                    if n_items is not None:
                         p += 1
                     else:
                         n_items, p = long_(data, p)
@@ -735,9 +737,8 @@ def decode_frame_writes(
                             else:
                                 append((offset, table, ident, doc, None))
                                 p += 1
-                        b = data[p]
-                        if b < 0x80:
-                            n_items = (b >> 1) ^ -(b & 1)
+                        n_items = small_long[data[p]]
+                        if n_items is not None:
                             p += 1
                         else:
                             n_items, p = long_(data, p)

@@ -648,6 +648,8 @@ class Projection:
 _json_loads = orjson.loads
 _consume = deque(maxlen=0).extend  # run an iterator to its end (at C speed)
 _ABSENT = object()
+
+
 class _StringKeys(dict):  # type: ignore[type-arg]
     """A cache of `encode_string_key` (indexed fields often take few distinct values)."""
 
