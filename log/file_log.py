@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from log.base import Log
 from log.codec import FlatWrite, encode_payload, frame_from_payload
@@ -474,11 +474,16 @@ class FileLog(Log):
 
     # ------------------------------------------------------------ reading
 
-    async def read(self, start: int, end: int | None = None, batch: int = 4096) -> AsyncIterator[list[Record]]:
-        """Yield durable records with start <= offset < end, `batch` at a time."""
+    async def _walk_segments(self, reader: Any, start: int, end: int | None, batch: int,
+                             what: str) -> AsyncIterator[Any]:
+        """Run `reader(path, pos, size, off, stop, batch)` over the durable frames in [start, end).
+
+        `reader` returns `(result, next offset or None, pos, done)`; results with a next offset
+        are yielded. Large reads go to a thread so the event loop keeps serving.
+        """
         self._check_open()
         if start < 0 or batch < 1:
-            raise ValueError("read needs start >= 0 and batch >= 1")
+            raise ValueError(f"{what} needs start >= 0 and batch >= 1")
         if not self._writer:
             await self._refresh()
         st = self._st
@@ -499,14 +504,22 @@ class FileLog(Log):
                 continue
             args = (seg.path, pos, seg.size, off, stop, batch)
             if seg.size - pos <= _INLINE_READ_BYTES:
-                recs, pos, done = read_frames(*args)
+                result, nxt, pos, done = reader(*args)
             else:
-                recs, pos, done = await asyncio.to_thread(read_frames, *args)
-            if recs:
-                off = recs[-1].offset + 1
-                yield recs
+                result, nxt, pos, done = await asyncio.to_thread(reader, *args)
+            if nxt is not None:
+                off = nxt
+                yield result
             elif done:
                 return
+
+    async def read(self, start: int, end: int | None = None, batch: int = 4096) -> AsyncIterator[list[Record]]:
+        """Yield durable records with start <= offset < end, `batch` at a time."""
+        def records(*args: Any) -> tuple[list[Record], int | None, int, bool]:
+            recs, pos, done = read_frames(*args)
+            return recs, (recs[-1].offset + 1 if recs else None), pos, done
+        async for recs in self._walk_segments(records, start, end, batch, "read"):
+            yield recs
 
     async def read_writes(
         self, start: int, end: int | None = None, batch: int = 4096
@@ -518,37 +531,11 @@ class FileLog(Log):
         ``(record offset, table, document id as UTF-8, doc, prev)`` (see
         `log.codec.decode_frame_writes`); no `Record` objects are built.
         """
-        self._check_open()
-        if start < 0 or batch < 1:
-            raise ValueError("read_writes needs start >= 0 and batch >= 1")
-        if not self._writer:
-            await self._refresh()
-        st = self._st
-        stop = st.next_offset if end is None else min(end, st.next_offset)
-        if start >= stop:
-            return
-        i, pos = st.locate(start)
-        off = start
-        while off < stop:
-            self._check_open()
-            st = self._st
-            if i >= len(st.segs):
-                return
-            seg = st.segs[i]
-            if pos >= seg.size:
-                i += 1
-                pos = 0
-                continue
-            args = (seg.path, pos, seg.size, off, stop, batch)
-            if seg.size - pos <= _INLINE_READ_BYTES:
-                writes, count, last_off, last_ts, pos, done = read_writes(*args)
-            else:
-                writes, count, last_off, last_ts, pos, done = await asyncio.to_thread(read_writes, *args)
-            if count:
-                off = last_off + 1
-                yield writes, count, last_off, last_ts
-            elif done:
-                return
+        def flat(*args: Any) -> tuple[tuple[list[FlatWrite], int, int, int], int | None, int, bool]:
+            writes, count, last_off, last_ts, pos, done = read_writes(*args)
+            return (writes, count, last_off, last_ts), (last_off + 1 if count else None), pos, done
+        async for item in self._walk_segments(flat, start, end, batch, "read_writes"):
+            yield item
 
     async def tail(self, start: int, batch: int = 4096) -> AsyncIterator[list[Record]]:
         """Yield records from `start` on, forever, waiting for new ones.
