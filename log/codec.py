@@ -143,6 +143,13 @@ def _long(buf: bytes, pos: int) -> tuple[int, int]:
     return (n >> 1) ^ -(n & 1), pos
 
 
+# _SMALL_LONG[b]: the long a varint of the single byte b encodes (None: b does not end the varint)
+_SMALL_LONG = [(b >> 1) ^ -(b & 1) for b in range(128)] + [None] * 128
+# _VARINT_LEN[n.bit_length()]: the bytes taken by the varint of (zigzagged) n
+_VARINT_LEN = [(bits + 6) // 7 or 1 for bits in range(65)]
+_VARINT_LEN1 = _VARINT_LEN[1:]  # _VARINT_LEN1[n.bit_length()]: the same for the long n >= 0 (zigzagged: 2n)
+
+
 # ---------------------------------------------------------------- decoding
 
 
@@ -159,10 +166,11 @@ def _decode_v1(buf: bytes, pos: int, end: int, offset: int, ts: int) -> Record:
     one-byte fast path; anything longer goes through `_long`.
     """
     try:
-        pos += _varint_len(offset)
+        vlen1 = _VARINT_LEN1
+        pos += vlen1[offset.bit_length()] if offset >= 0 else _varint_len(offset)
         if buf[pos - 1] & 0x80:
             raise FrameError("record body offset disagrees with the frame header", pos)
-        pos += _varint_len(ts)
+        pos += vlen1[ts.bit_length()] if ts >= 0 else _varint_len(ts)
         if buf[pos - 1] & 0x80:
             raise FrameError("record body ts disagrees with the frame header", pos)
         writes: list[Write] = []
@@ -198,6 +206,9 @@ def _decode_v1(buf: bytes, pos: int, end: int, offset: int, ts: int) -> Record:
                     if b < 0x80:
                         n = b >> 1
                         pos += 2
+                    elif buf[pos + 2] < 0x80:  # a two-byte length (inlined)
+                        n = ((b & 0x7F) | (buf[pos + 2] << 7)) >> 1
+                        pos += 3
                     else:
                         n, pos = _long(buf, pos + 1)
                     doc: bytes | None = buf[pos:pos + n]
@@ -210,6 +221,9 @@ def _decode_v1(buf: bytes, pos: int, end: int, offset: int, ts: int) -> Record:
                     if b < 0x80:
                         n = b >> 1
                         pos += 2
+                    elif buf[pos + 2] < 0x80:
+                        n = ((b & 0x7F) | (buf[pos + 2] << 7)) >> 1
+                        pos += 3
                     else:
                         n, pos = _long(buf, pos + 1)
                     prev: bytes | None = buf[pos:pos + n]
@@ -572,7 +586,6 @@ def decode_frames(
     append = out.append
     unpack = HEADER.unpack_from
     crc32 = zlib.crc32
-    view = memoryview(buf)
     hsize = HEADER_SIZE
     schemas = SCHEMAS
     while pos + hsize <= end:
@@ -586,13 +599,14 @@ def decode_frames(
         if nxt > end:
             break
         if offset >= start:
-            if crc32(view[body:nxt], crc32(view[pos:pos + 24])) != crc:
+            data = buf[body:nxt]  # (positions in a body of its own are mostly small, cached ints)
+            if crc32(data, crc32(buf[pos:pos + 24])) != crc:
                 raise FrameError("frame CRC mismatch", pos)
             entry = schemas.get(version)
             if entry is None:
                 raise UnknownSchemaError(version, pos)
             try:
-                rec = entry.decode_body(buf, body, nxt, offset, ts)
+                rec = entry.decode_body(data, 0, length, offset, ts)
             except FrameError as exc:
                 raise FrameError(str(exc), pos) from exc
             append(rec)
@@ -601,11 +615,6 @@ def decode_frames(
         pos = nxt
     return out, pos, False
 
-
-# _SMALL_LONG[b]: the long a varint of the single byte b encodes (None: b does not end the varint)
-_SMALL_LONG = [(b >> 1) ^ -(b & 1) for b in range(128)] + [None] * 128
-# _VARINT_LEN[n.bit_length()]: the bytes taken by the varint of (zigzagged) n
-_VARINT_LEN = [(bits + 6) // 7 or 1 for bits in range(65)]
 
 FlatWrite = tuple[int, str, bytes, "bytes | None", "bytes | None"]
 """One write as `decode_frame_writes` collects it: (record offset, table, id as UTF-8, doc, prev)."""
@@ -636,7 +645,7 @@ def decode_frame_writes(
     good_tails: set[bytes] = set()
     vlen = _VARINT_LEN
     small_long = _SMALL_LONG
-    vlen1 = _VARINT_LEN[1:]  # vlen1[n.bit_length()]: the bytes of the varint of n >= 0 (zigzagged: 2n)
+    vlen1 = _VARINT_LEN1
     count = 0
     last_off = -1
     last_ts = 0

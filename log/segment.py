@@ -17,6 +17,7 @@ from log.codec import (
     HEADER,
     HEADER_SIZE,
     MAGIC,
+    CURRENT_VERSION,
     MAX_BODY,
     SCHEMAS,
     FrameError,
@@ -95,7 +96,6 @@ def scan_buffer(
     res = ScanResult(pos, next_offset, last_ts, last_index_pos)
     index = res.index
     end = len(buf)
-    view = memoryview(buf)
     unpack = HEADER.unpack_from
     crc32 = zlib.crc32
     hsize = HEADER_SIZE
@@ -103,6 +103,7 @@ def scan_buffer(
         stop = 1 << 62
     expect = next_offset
     ix_pos = last_index_pos
+    next_ix = -1 if ix_pos < 0 else ix_pos + index_bytes - shift  # buffer position of the next index entry
     while pos < end and expect < stop:
         if end - pos < hsize:
             res.error, res.error_pos, res.torn = (
@@ -119,10 +120,10 @@ def scan_buffer(
             res.error, res.error_pos, res.torn = (
                 f"short frame body ({end - body} of {length} bytes)", pos, True)
             break
-        if crc32(view[body:nxt], crc32(view[pos:pos + 24])) != crc:
+        if crc32(buf[body:nxt], crc32(buf[pos:pos + 24])) != crc:
             res.error, res.error_pos, res.torn = ("frame CRC mismatch", pos, True)
             break
-        if version not in SCHEMAS:  # intact, but we cannot read it
+        if version != CURRENT_VERSION and version not in SCHEMAS:  # intact, but we cannot read it
             raise UnknownSchemaError(version, pos + shift)
         if offset != expect:
             res.error, res.error_pos = (f"frame carries offset {offset}, expected {expect}", pos)
@@ -131,9 +132,10 @@ def scan_buffer(
             res.error, res.error_pos = (
                 f"frame ts {ts} is not above the previous ts {last_ts}", pos)
             break
-        if ix_pos < 0 or pos + shift - ix_pos >= index_bytes:
+        if pos >= next_ix:
             ix_pos = pos + shift
             index.append((offset, ts, ix_pos))
+            next_ix = ix_pos + index_bytes - shift
         last_ts = ts
         expect += 1
         pos = nxt
