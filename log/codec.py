@@ -666,7 +666,6 @@ def decode_frame_writes(
             if version != 1:
                 _flat_writes(buf, pos, body, nxt, version, offset, ts, out)
             else:
-                p = 0
                 try:
                     # The body's own offset and ts (the header's, if their lengths agree).
                     if offset >= 0:
