@@ -29,6 +29,7 @@ import orjson
 from aiohttp import web
 
 from engine.errors import AppError, EngineError, FunctionNotFound
+from gateway.config import NODE_KEY
 from gateway import http_protocol as hp
 from gateway.time_travel import close_time_travel, get_time_travel
 from log.changes import DOC_FORMATS, TableFilter, encode_changes, jsonl_chunk
@@ -53,7 +54,7 @@ def _bad(message: str, code: str = "BadRequest", status: int = 400) -> web.Respo
 
 
 def _authorized(request: web.Request) -> bool:
-    node: Node = request.app["node"]
+    node: Node = request.app[NODE_KEY]
     return bool(node.admin.check(request.headers.get("Authorization")))
 
 
@@ -100,7 +101,7 @@ async def query_at(request: web.Request) -> web.Response:
     """POST /api/admin/query_at (see the module docstring)."""
     if not _authorized(request):
         return _unauthorized()
-    node: Node = request.app["node"]
+    node: Node = request.app[NODE_KEY]
     raw = await request.read()
     try:
         body = orjson.loads(raw) if raw.strip() else {}
@@ -155,7 +156,7 @@ async def changes(request: web.Request) -> web.StreamResponse:
     """GET /api/admin/changes as a WebSocket or NDJSON stream (see the module docstring)."""
     if not _authorized(request):
         return _unauthorized()
-    node: Node = request.app["node"]
+    node: Node = request.app[NODE_KEY]
     q = request.query
     doc_format = q.get("doc_format", "json")
     if doc_format not in DOC_FORMATS:
@@ -260,7 +261,7 @@ async def list_checkpoints(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _unauthorized()
     from projections.checkpoints import list_checkpoints as listing
-    node: Node = request.app["node"]
+    node: Node = request.app[NODE_KEY]
     found = await asyncio.to_thread(listing, node.config.data_dir)
     return _json({"checkpoints": [c.as_json() for c in found]})
 
@@ -269,7 +270,7 @@ async def create_checkpoint(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _unauthorized()
     from projections.checkpoints import checkpoint_node
-    node: Node = request.app["node"]
+    node: Node = request.app[NODE_KEY]
     info = await checkpoint_node(node)
     if info is None:
         return _json({"created": False, "offset": node.runtime.projection.applied_offset})
@@ -285,7 +286,7 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 async def _on_cleanup(app: web.Application) -> None:
-    close_time_travel(app["node"])
+    close_time_travel(app[NODE_KEY])
 
 
 def add_routes(app: web.Application) -> None:

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
 
 from engine.limits import DEFAULT_LIMITS, Limits
 
@@ -35,3 +38,7 @@ class ServerConfig:
     @property
     def projection_dir(self) -> Path:
         return self.data_dir / "projection"
+
+
+NODE_KEY: web.AppKey[Any] = web.AppKey("node")
+"""Where the aiohttp application keeps its `gateway.node.Node`."""

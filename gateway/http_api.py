@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from engine.errors import AppError, EngineError, FunctionNotFound
+from gateway.config import NODE_KEY
 from gateway import http_protocol as hp
 from gateway.sync_session import error_fields
 
@@ -44,7 +45,7 @@ def _identity(request: web.Request, node: "Node") -> dict[str, Any] | None:
 
 
 async def _call(request: web.Request, endpoint: hp.Endpoint) -> web.Response:
-    node: Node = request.app["node"]
+    node: Node = request.app[NODE_KEY]
     try:
         body = await _read_body(request, node)
         call = hp.parse_function_call(body, endpoint=endpoint, query_format=request.query.get("format"))
@@ -95,13 +96,13 @@ def _endpoint(endpoint: hp.Endpoint) -> Callable[[web.Request], Awaitable[web.Re
 
 
 async def query_ts(request: web.Request) -> web.Response:
-    node: Node = request.app["node"]
+    node: Node = request.app[NODE_KEY]
     return json_response(hp.query_ts_body(node.runtime.projection.applied_ts))
 
 
 async def version(request: web.Request) -> web.Response:
     """Health check: 200 with the server version."""
-    node: Node = request.app["node"]
+    node: Node = request.app[NODE_KEY]
     return web.Response(text=f"tape {node.version} {node.config.role} offset={node.runtime.projection.applied_offset}")
 
 

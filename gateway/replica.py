@@ -31,6 +31,7 @@ import orjson
 from aiohttp import web
 
 from engine.committer import MutationOutcome
+from gateway.config import NODE_KEY
 from engine.errors import AppError, EngineError
 from engine.values import from_wire, to_wire
 from log.errors import LogError
@@ -69,7 +70,7 @@ async def handle_internal_mutation(request: web.Request) -> web.Response:
     kind: "app"|"engine", message[, data]}``; HTTP 401 without the admin key,
     409 on a node that is not the committer.
     """
-    node: Node = request.app["node"]
+    node: Node = request.app[NODE_KEY]
     if not node.admin.check(request.headers.get("Authorization")):
         return _json({"ok": False, "kind": "auth",
                       "message": "this endpoint needs the committer's admin key"}, 401)

@@ -8,6 +8,7 @@ from typing import Callable
 
 from aiohttp import web
 
+from gateway.config import NODE_KEY
 from gateway import http_api, replica
 from gateway.node import Node
 from gateway.sync_session import handle_sync
@@ -20,7 +21,7 @@ BUNDLE_CANDIDATES = ("node_modules/convex/dist/browser.bundle.js",)
 def build_app(node: Node) -> web.Application:
     """The aiohttp app for a node (the node is started/stopped by the app's lifecycle hooks)."""
     app = web.Application(client_max_size=node.config.max_message_bytes)
-    app["node"] = node
+    app[NODE_KEY] = node
     app.router.add_get("/api/sync", handle_sync)
     app.router.add_get("/api/{client_version}/sync", handle_sync)
     http_api.add_routes(app)

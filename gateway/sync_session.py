@@ -18,6 +18,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from engine.errors import AppError, EngineError
+from gateway.config import NODE_KEY
 from gateway import protocol as p
 from gateway.subscriptions import SharedQuery
 
@@ -338,7 +339,7 @@ class SyncSession:
 
 async def handle_sync(request: web.Request) -> web.StreamResponse:
     """aiohttp handler for `/api/sync` and `/api/{version}/sync`."""
-    node: Node = request.app["node"]
+    node: Node = request.app[NODE_KEY]
     if len(node.sessions) >= node.config.max_sessions:
         raise web.HTTPServiceUnavailable(text="Overloaded: too many connections")
     ws = web.WebSocketResponse(max_msg_size=node.config.max_message_bytes, heartbeat=None, compress=False)
