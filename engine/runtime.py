@@ -62,11 +62,13 @@ class Runtime:
             self.committer.start()
 
     async def catch_up(self) -> None:
-        """Apply log records the projection has not seen (after a crash, or on a fresh projection)."""
-        start = self.projection.applied_offset + 1
-        if start < self.log.next_offset():
-            async for batch in self.log.read(start):
-                self.apply_committed(batch)
+        """Apply log records the projection has not seen (after a crash, or on a fresh projection).
+
+        Runs at start-up, before anyone subscribes, so it uses the projection's fast replay path.
+        """
+        from projections.rebuild import catch_up
+        if self.projection.applied_offset + 1 < self.log.next_offset():
+            await catch_up(self.projection, self.log)
 
     async def stop(self) -> None:
         await self.committer.stop()
