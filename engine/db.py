@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from engine.errors import ArgumentError, EngineError, LimitExceeded, ReadOnlyError
 from engine.limits import Limits
@@ -462,5 +462,3 @@ class QueryBuilder:
             return {"page": docs, "isDone": True, "continueCursor": _encode_cursor(final)}
         return {"page": docs, "isDone": False, "continueCursor": _encode_cursor(last)}
 
-
-AwaitableDoc = Awaitable[dict[str, Any] | None]
