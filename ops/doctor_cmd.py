@@ -37,6 +37,8 @@ from typing import Any
 from rich.console import Console
 from rich.markup import escape
 
+from log.directory import fsync_dir
+
 LOCK_FILE = "LOCK"
 COMMITTED_FILE = "COMMITTED"
 FORMAT_FILE = "FORMAT"
@@ -490,14 +492,6 @@ def _aside(path: Path, label: str) -> Path:
     return dest
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _catalog_for_rebuild(data: Path, app_dir: str | None, old: ProjectionReport) -> tuple[dict[str, Any], str]:
     if app_dir:
         from engine.app import App
@@ -549,7 +543,7 @@ def rebuild_projection(data: Path, log_dir: Path | None = None, app_dir: str | N
             if target.exists():
                 moved = _aside(target, "broken")
                 os.rename(target, moved)
-                _fsync_dir(data)
+                fsync_dir(data)
                 out.print(f"moved the old projection to {escape(str(moved))}")
             end = log.next_offset()
             out.print(f"rebuilding {escape(str(target))} from {end} log records with {escape(source)} ...")
@@ -602,7 +596,7 @@ def truncate_log(data: Path, log_dir: Path | None = None, app_dir: str | None = 
         marker = log_dir / COMMITTED_FILE
         if marker.exists():
             shutil.copy2(marker, backup / COMMITTED_FILE)
-        _fsync_dir(backup)
+        fsync_dir(backup)
         seg_fd = os.open(d.segment, os.O_WRONLY)
         try:
             os.ftruncate(seg_fd, d.byte)
@@ -617,7 +611,7 @@ def truncate_log(data: Path, log_dir: Path | None = None, app_dir: str | None = 
             f.write(head + struct.pack("<I", zlib.crc32(head)))
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(log_dir)
+        fsync_dir(log_dir)
     finally:
         os.close(fd)
     out.print(f"[yellow]truncated[/] the log to {rep.records} records (cut at {escape(str(d.segment))} byte "

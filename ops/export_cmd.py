@@ -44,9 +44,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 import orjson
-from fastavro import parse_schema, reader as avro_reader, writer as avro_writer
+from fastavro import parse_schema
+from fastavro import reader as avro_reader
+from fastavro import writer as avro_writer
 
 from engine.values import decode_doc, encode_doc, from_wire, to_wire
+from log.directory import fsync_dir
 from log.record import Record, Write
 
 FORMAT = "tape.export"
@@ -76,14 +79,6 @@ class SnapshotError(Exception):
 def _table_file(table: str) -> str:
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in table)
     return f"{safe}.avro"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------- export
@@ -189,7 +184,7 @@ async def export_snapshot(data_dir: str | os.PathLike[str], out: str | os.PathLi
                 "avro_schema": DOC_SCHEMA,
             }
             (files_dir / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-            _fsync_dir(files_dir)
+            fsync_dir(files_dir)
         finally:
             projection.close()
         if as_zip:
@@ -202,7 +197,7 @@ async def export_snapshot(data_dir: str | os.PathLike[str], out: str | os.PathLi
             if target.exists():
                 target.rmdir()
             os.rename(files_dir, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         await source.close()
@@ -334,7 +329,7 @@ async def import_snapshot(src: str | os.PathLike[str], data_dir: str | os.PathLi
         if dest.exists():
             dest.rmdir()
         os.rename(work, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -365,12 +360,13 @@ def register(subparsers: Any) -> None:
 
 
 def _run(coro: Any) -> Any:
+    from rich.console import Console
+
     from log.errors import LogError
     from ops.cli import CliError
     from ops.restore import RestoreError
     from ops.restore_cmd import RichReporter
     from projections.errors import ProjectionError
-    from rich.console import Console
     reporter = RichReporter(Console(stderr=True, highlight=False))
     try:
         with reporter:

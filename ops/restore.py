@@ -38,11 +38,13 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 import orjson
-from fastavro import parse_schema, reader as avro_reader
+from fastavro import parse_schema
+from fastavro import reader as avro_reader
 from fastavro.write import Writer as AvroWriter
 
 from log import FileLog, Log, LogError, open_log
 from log.codec import HEADER, HEADER_SIZE
+from log.directory import fsync_dir
 from log.record import Record, Write
 from log.segment import list_segments, walk_headers
 from projections.checkpoints import (
@@ -318,7 +320,7 @@ async def write_archive(path: Path, batches: AsyncIterator[list[Record]], metada
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return count
 
 
@@ -390,14 +392,6 @@ class ArchiveLog(Log):
 # ----------------------------------------------------------------- copying a log prefix
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _copy_range(src: Path, dest: Path, length: int) -> None:
     with open(src, "rb") as fin, open(dest, "wb") as fout:
         done = 0
@@ -457,7 +451,7 @@ def copy_segments(src_dir: Path, dest_dir: Path, n: int) -> int:
         length = os.path.getsize(path) if following is not None and following <= n else _frame_end(path, n - 1)
         _copy_range(path, dest_dir / path.name, length)
         total += length
-    _fsync_dir(dest_dir)
+    fsync_dir(dest_dir)
     return total
 
 
@@ -728,7 +722,7 @@ async def restore_to_dir(source: str, point: Point, new_dir: str | os.PathLike[s
             if dest.exists():
                 dest.rmdir()
             os.rename(work, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -827,7 +821,7 @@ async def restore_in_place(data_dir: str | os.PathLike[str], point: Point, confi
             if current.exists():
                 os.rename(current, old)
             os.rename(scratch / "projection", current)
-            _fsync_dir(data)
+            fsync_dir(data)
             if plan.discarded > 0:
                 t0 = time.perf_counter()
                 await log_.truncate(upto + 1)
