@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from engine.context import Auth, MutationCtx
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tape.committer")
 
 REQUESTS_TABLE = "_requests"
+_DOCUMENT_CACHE_MAX = 1 << 18  # committed documents (encoded) the writer keeps in memory; cleared beyond
 
 
 def request_doc_id(session_id: str, request_id: int) -> str:
@@ -55,7 +56,7 @@ class _Pending:
     identity: dict[str, Any] | None
     session_id: str | None
     request_id: int | None
-    future: asyncio.Future[MutationOutcome] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    future: asyncio.Future[MutationOutcome]
 
 
 class CreationClock:
@@ -83,6 +84,7 @@ class _Staged:
     generation: int
     records: list[Record]
     owners: list[list[_Pending]]
+    values: list[Any]  # each record's return value, as the handler returned it
     end_mark: int
     keys: list[tuple[str, int]]
     first_offset: int
@@ -113,13 +115,17 @@ class Committer:
         self._pending_requests: dict[tuple[str, int], list[_Pending]] = {}
         self._broken: str | None = None  # set when committed records could not be applied here
         self._creation_clock = CreationClock()
+        # Committed documents by id, as the projection holds them: read through, updated on every apply.
+        self._documents: dict[str, bytes | None] = {}
+        self._loop_: asyncio.AbstractEventLoop | None = None  # the loop `start` ran on
         self.batches = 0
         self.committed = 0
 
     def start(self) -> None:
         if self._task is None:
             self._resync()
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="tape-committer")
+            self._loop_ = asyncio.get_running_loop()
+            self._task = self._loop_.create_task(self._loop(), name="tape-committer")
 
     def _resync(self) -> None:
         log_ = self._runtime.log
@@ -146,7 +152,8 @@ class Committer:
             raise EngineError("the committer is not running on this node")
         if self._broken is not None:
             raise EngineError(self._broken)
-        pending = _Pending(fn, args, identity, session_id, request_id)
+        assert self._loop_ is not None
+        pending = _Pending(fn, args, identity, session_id, request_id, self._loop_.create_future())
         self._queue.append(pending)
         self._wakeup.set()
         return await pending.future
@@ -200,10 +207,14 @@ class Committer:
         runtime = self._runtime
         projection = runtime.projection
         overlay = self._overlay
+        documents = self._documents
+        if len(documents) > _DOCUMENT_CACHE_MAX:
+            documents.clear()
         self._seq += 1
         seq = self._seq
         records: list[Record] = []
         owners: list[list[_Pending]] = []
+        values: list[Any] = []
         keys: list[tuple[str, int]] = []
         for p in batch:
             key = None
@@ -218,7 +229,8 @@ class Committer:
                     p.future.set_result(previous)
                     continue
             mark = overlay.mark()
-            tx = Transaction(projection, runtime.app.schema, runtime.limits, overlay, writable=True, batch=seq)
+            tx = Transaction(projection, runtime.app.schema, runtime.limits, overlay, writable=True, batch=seq,
+                             loaded=documents)
             ctx = MutationCtx(DatabaseWriter(tx, self._creation_clock), Auth(p.identity))
             try:
                 value = run_handler(p.fn.handler(ctx, **p.args), p.fn.path, runtime.limits.max_seconds)
@@ -246,11 +258,12 @@ class Committer:
                 keys.append(key)
             records.append(record)
             owners.append(group)
+            values.append(value)
         if not records:
             return None
         first_offset = self._next_offset
         self._next_offset += len(records)
-        return _Staged(seq, self._generation, records, owners, overlay.mark(), keys, first_offset)
+        return _Staged(seq, self._generation, records, owners, values, overlay.mark(), keys, first_offset)
 
     async def _finish(self, staged: _Staged) -> bool:
         """Append a staged batch, apply it and answer its callers; undo everything on failure."""
@@ -273,7 +286,12 @@ class Committer:
         self._next_offset += staged.records[-1].offset + 1 - (staged.first_offset + len(staged.records))
         try:
             runtime.apply_committed(staged.records)
+            documents = self._documents
+            for record in staged.records:
+                for w in record.writes:
+                    documents[w.id] = w.doc
         except Exception as exc:
+            self._documents.clear()
             # The batch is durable in the log (it is committed and a restart replays it), but this
             # node's projection does not have it: no later mutation may execute on top of that.
             log.exception("applying committed records %d..%d to the projection failed",
@@ -289,8 +307,8 @@ class Committer:
             self._pending_requests.pop(key, None)
         self.batches += 1
         self.committed += len(staged.records)
-        for record, group in zip(staged.records, staged.owners):
-            outcome = MutationOutcome(decode_value(record.result), record.ts, record.offset)  # type: ignore[arg-type]
+        for record, group, value in zip(staged.records, staged.owners, staged.values):
+            outcome = MutationOutcome(value, record.ts, record.offset)
             for p in group:
                 if not p.future.done():
                     p.future.set_result(outcome)

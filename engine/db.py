@@ -21,6 +21,9 @@ class _Delete:
 
 
 DELETE = _Delete()
+_LOAD: Any = object()  # `_write`: read the document's current encoding itself
+_NO_FIELDS: frozenset[str] = frozenset()
+_MISSING: Any = object()
 
 
 class IndexRange:
@@ -78,7 +81,8 @@ class Transaction:
     """State shared by one function execution: read set, limits, deadline and pending writes."""
 
     def __init__(self, projection: Any, schema: Schema, limits: Limits, overlay: Overlay | None,
-                 writable: bool, clock: Callable[[], float] | None = None, batch: int = 0) -> None:
+                 writable: bool, clock: Callable[[], float] | None = None, batch: int = 0,
+                 loaded: dict[str, bytes | None] | None = None) -> None:
         self.projection = projection
         self.schema = schema
         self.limits = limits
@@ -91,6 +95,8 @@ class Transaction:
         # id -> (table, encoded doc before this transaction) for every doc it wrote
         self.touched: dict[str, tuple[str, bytes | None]] = {}
         self._clock = clock or time.time
+        # projection reads by id: this execution's own, or a cache the caller keeps in step with the projection
+        self._loaded: dict[str, bytes | None] = {} if loaded is None else loaded
 
     def tick(self) -> None:
         if time.monotonic() > self.deadline:
@@ -102,11 +108,19 @@ class Transaction:
             raise LimitExceeded(f"transaction read more than {self.limits.max_reads} documents")
 
     def load(self, doc_id: str) -> bytes | None:
-        """Current encoded document (overlay first, then projection), without read-set bookkeeping."""
+        """Current encoded document (overlay first, then projection), without read-set bookkeeping.
+
+        Projection reads are remembered in `loaded` (the projection does not
+        change while a function runs; a shared cache is updated by its owner).
+        """
         entry = self.overlay.get(doc_id)
         if entry is not None:
             return entry.doc
-        return self.projection.get(doc_id)
+        seen = self._loaded
+        raw = seen.get(doc_id, _MISSING)
+        if raw is _MISSING:
+            raw = seen[doc_id] = self.projection.get(doc_id)
+        return raw
 
     def scan(self, lo: bytes, hi: bytes, reverse: bool) -> Iterator[tuple[bytes, str]]:
         return self.overlay.merge_scan(self.projection.scan(lo, hi, reverse), lo, hi, reverse)
@@ -125,14 +139,18 @@ class DatabaseReader:
             raise ArgumentError(f"invalid document id {doc_id!r}")
         return table
 
-    async def get(self, doc_id: str) -> dict[str, Any] | None:
-        """The document with this id, or None."""
+    def _read(self, doc_id: Any) -> tuple[str, bytes | None]:
+        """(table, encoded document or None) for `doc_id`, counted and added to the read set."""
         table = self._check_id(doc_id)
         tx = self._tx
         tx.tick()
         tx.count_read()
         tx.read_set.add_point(tx.projection.doc_key(doc_id, table))
-        raw = tx.load(doc_id)
+        return table, tx.load(doc_id)
+
+    async def get(self, doc_id: str) -> dict[str, Any] | None:
+        """The document with this id, or None."""
+        raw = self._read(doc_id)[1]
         return decode_doc(raw) if raw is not None else None
 
     def query(self, table: str) -> "QueryBuilder":
@@ -149,11 +167,93 @@ class DatabaseReader:
         raise ReadOnlyError("queries cannot write: ctx.db.insert is only available in mutations")
 
     async def patch(self, doc_id: str, fields: dict[str, Any]) -> None:
+        raise ReadOnlyError("queries cannot write: ctx.db.patch is only available in mutations")
+
+    async def replace(self, doc_id: str, doc: dict[str, Any]) -> None:
+        raise ReadOnlyError("queries cannot write: ctx.db.replace is only available in mutations")
+
+    async def delete(self, doc_id: str) -> None:
+        raise ReadOnlyError("queries cannot write: ctx.db.delete is only available in mutations")
+
+
+class DatabaseWriter(DatabaseReader):
+    """The `ctx.db` of mutations: reads plus insert/patch/replace/delete."""
+
+    def __init__(self, tx: Transaction, creation_clock: Callable[[], float]) -> None:
+        super().__init__(tx)
+        self._creation_clock = creation_clock
+
+    def _validated(self, table: str, doc: dict[str, Any], what: str) -> bytes:
+        tx = self._tx
+        if type(doc) is not dict:
+            raise ArgumentError(f"{what}: document must be a dict, got {type(doc).__name__}")
+        definition = tx.schema.table(table)
+        if definition is not None:
+            doc = definition.validate(table, doc)
+        else:
+            tx.schema.check_table_allowed(table)
+        try:
+            check_value(doc, f"{table} document")
+        except ValueError_ as exc:
+            raise ArgumentError(str(exc)) from None
+        raw = encode_doc(doc)
+        if len(raw) > tx.limits.max_doc_bytes:
+            raise LimitExceeded(f"{what}: document is {len(raw)} bytes, over the {tx.limits.max_doc_bytes} byte limit")
+        return raw
+
+    def _write(self, doc_id: str, table: str, raw: bytes | None, doc: dict[str, Any] | None,
+               current: Any = _LOAD, keys_unchanged: bool = False) -> None:
+        """Stage a write; `current` is the document's encoding before it, when the caller has it.
+
+        `keys_unchanged` says the write leaves every index key of the document as it was.
+        """
+        tx = self._tx
+        if doc_id not in tx.touched:
+            if len(tx.touched) >= tx.limits.max_writes:
+                raise LimitExceeded(f"transaction wrote more than {tx.limits.max_writes} documents")
+            tx.touched[doc_id] = (table, tx.load(doc_id) if current is _LOAD else current)
+        if keys_unchanged:
+            keys = None
+        else:
+            keys = tx.projection.index_keys(table, doc) if doc is not None else []
+        tx.overlay.put(doc_id, table, raw, keys, tx.batch)
+
+    def _require_writable(self) -> None:
+        if not self._tx.writable:
+            raise ReadOnlyError("queries cannot write")
+
+    async def insert(self, table: str, doc: dict[str, Any]) -> str:
+        """Insert a document; returns its new id."""
+        self._require_writable()
+        if not isinstance(table, str) or not table or table.startswith("_"):
+            raise ArgumentError(f"invalid table name {table!r}")
+        if type(doc) is not dict:
+            raise ArgumentError(f"insert into {table!r}: document must be a dict, got {type(doc).__name__}")
+        for key in doc:
+            if isinstance(key, str) and key.startswith("_"):
+                raise ArgumentError(f"insert into {table!r}: field {key!r} is reserved (system fields start with '_')")
+        self._tx.tick()
+        doc_id = new_id(table)
+        full = dict(doc)
+        full["_id"] = doc_id
+        full["_creationTime"] = self._creation_clock()
+        raw = self._validated(table, full, f"insert into {table!r}")
+        self._write(doc_id, table, raw, full)
+        return doc_id
+
+    def _existing(self, doc_id: str, op: str) -> tuple[str, dict[str, Any], bytes]:
+        """(table, decoded document, its encoding) of a document that must exist."""
+        table, raw = self._read(doc_id)
+        if raw is None:
+            raise ArgumentError(f"{op}: document {doc_id!r} does not exist")
+        return table, decode_doc(raw), raw
+
+    async def patch(self, doc_id: str, fields: dict[str, Any]) -> None:
         """Shallow-merge `fields` into the document; a value of `DELETE` removes that field."""
         self._require_writable()
         if type(fields) is not dict:
             raise ArgumentError(f"patch: fields must be a dict, got {type(fields).__name__}")
-        table, current = await self._existing(doc_id, "patch")
+        table, current, before = self._existing(doc_id, "patch")
         tx = self._tx
         definition = tx.schema.table(table)
         field_validators = getattr(definition.validator, "fields", None) if definition is not None else None
@@ -189,114 +289,26 @@ class DatabaseReader:
             if len(raw) > tx.limits.max_doc_bytes:
                 raise LimitExceeded(f"patch of {doc_id!r}: document is {len(raw)} bytes, over the "
                                     f"{tx.limits.max_doc_bytes} byte limit")
-        self._write(doc_id, table, raw, current)
-
-    async def replace(self, doc_id: str, doc: dict[str, Any]) -> None:
-        raise ReadOnlyError("queries cannot write: ctx.db.replace is only available in mutations")
-
-    async def delete(self, doc_id: str) -> None:
-        raise ReadOnlyError("queries cannot write: ctx.db.delete is only available in mutations")
-
-
-class DatabaseWriter(DatabaseReader):
-    """The `ctx.db` of mutations: reads plus insert/patch/replace/delete."""
-
-    def __init__(self, tx: Transaction, creation_clock: Callable[[], float]) -> None:
-        super().__init__(tx)
-        self._creation_clock = creation_clock
-
-    def _validated(self, table: str, doc: dict[str, Any], what: str) -> bytes:
-        tx = self._tx
-        if type(doc) is not dict:
-            raise ArgumentError(f"{what}: document must be a dict, got {type(doc).__name__}")
-        definition = tx.schema.table(table)
-        if definition is not None:
-            doc = definition.validate(table, doc)
-        else:
-            tx.schema.check_table_allowed(table)
-        try:
-            check_value(doc, f"{table} document")
-        except ValueError_ as exc:
-            raise ArgumentError(str(exc)) from None
-        raw = encode_doc(doc)
-        if len(raw) > tx.limits.max_doc_bytes:
-            raise LimitExceeded(f"{what}: document is {len(raw)} bytes, over the {tx.limits.max_doc_bytes} byte limit")
-        return raw
-
-    def _write(self, doc_id: str, table: str, raw: bytes | None, doc: dict[str, Any] | None) -> None:
-        tx = self._tx
-        if doc_id not in tx.touched:
-            if len(tx.touched) >= tx.limits.max_writes:
-                raise LimitExceeded(f"transaction wrote more than {tx.limits.max_writes} documents")
-            tx.touched[doc_id] = (table, tx.load(doc_id))
-        keys = tx.projection.index_keys(table, doc) if doc is not None else []
-        tx.overlay.put(doc_id, table, raw, keys, tx.batch)
-
-    def _require_writable(self) -> None:
-        if not self._tx.writable:
-            raise ReadOnlyError("queries cannot write")
-
-    async def insert(self, table: str, doc: dict[str, Any]) -> str:
-        """Insert a document; returns its new id."""
-        self._require_writable()
-        if not isinstance(table, str) or not table or table.startswith("_"):
-            raise ArgumentError(f"invalid table name {table!r}")
-        if type(doc) is not dict:
-            raise ArgumentError(f"insert into {table!r}: document must be a dict, got {type(doc).__name__}")
-        for key in doc:
-            if isinstance(key, str) and key.startswith("_"):
-                raise ArgumentError(f"insert into {table!r}: field {key!r} is reserved (system fields start with '_')")
-        self._tx.tick()
-        doc_id = new_id(table)
-        full = dict(doc)
-        full["_id"] = doc_id
-        full["_creationTime"] = self._creation_clock()
-        raw = self._validated(table, full, f"insert into {table!r}")
-        self._write(doc_id, table, raw, full)
-        return doc_id
-
-    async def _existing(self, doc_id: str, op: str) -> tuple[str, dict[str, Any]]:
-        table = self._check_id(doc_id)
-        current = await self.get(doc_id)
-        if current is None:
-            raise ArgumentError(f"{op}: document {doc_id!r} does not exist")
-        return table, current
-
-    async def patch(self, doc_id: str, fields: dict[str, Any]) -> None:
-        """Shallow-merge `fields` into the document; a value of `DELETE` removes that field."""
-        self._require_writable()
-        if type(fields) is not dict:
-            raise ArgumentError(f"patch: fields must be a dict, got {type(fields).__name__}")
-        table, current = await self._existing(doc_id, "patch")
-        for key, value in fields.items():
-            if key in ("_id", "_creationTime"):
-                if value != current[key]:
-                    raise ArgumentError(f"patch: system field {key!r} cannot be changed")
-                continue
-            if value is DELETE:
-                current.pop(key, None)
-            else:
-                current[key] = value
-        raw = self._validated(table, current, f"patch of {doc_id!r}")
-        self._write(doc_id, table, raw, current)
+        indexed = definition.indexed_fields if definition is not None else _NO_FIELDS
+        self._write(doc_id, table, raw, current, before, keys_unchanged=indexed.isdisjoint(fields))
 
     async def replace(self, doc_id: str, doc: dict[str, Any]) -> None:
         """Replace the whole document (system fields are kept)."""
         self._require_writable()
         if type(doc) is not dict:
             raise ArgumentError(f"replace: document must be a dict, got {type(doc).__name__}")
-        table, current = await self._existing(doc_id, "replace")
+        table, current, before = self._existing(doc_id, "replace")
         full = {k: v for k, v in doc.items() if k not in ("_id", "_creationTime")}
         full["_id"] = doc_id
         full["_creationTime"] = current["_creationTime"]
         raw = self._validated(table, full, f"replace of {doc_id!r}")
-        self._write(doc_id, table, raw, full)
+        self._write(doc_id, table, raw, full, before)
 
     async def delete(self, doc_id: str) -> None:
         """Delete the document."""
         self._require_writable()
-        table, _ = await self._existing(doc_id, "delete")
-        self._write(doc_id, table, None, None)
+        table, _, before = self._existing(doc_id, "delete")
+        self._write(doc_id, table, None, None, before)
 
 
 def _encode_cursor(key: bytes) -> str:

@@ -7,6 +7,11 @@ overlay holds those writes (encoded documents and their index keys, kept
 sorted so index scans can merge them with the projection's own scan), tagged
 with the batch that wrote them, and an undo journal so a mutation that
 raises — or a batch whose append fails — leaves no trace.
+
+A write that leaves a document's index keys as the projection has them (a
+patch of unindexed fields — most writes) stores no keys at all (`keys` is
+None): scans then keep the projection's keys for that document and only read
+its content from the overlay, so the sorted key list is not touched.
 """
 from __future__ import annotations
 
@@ -19,9 +24,11 @@ Keys = list[tuple[str, bytes]]
 
 @dataclass(slots=True)
 class Entry:
+    """A pending document state: `keys` None means "the same index keys as in the projection"."""
+
     table: str
     doc: bytes | None
-    keys: Keys
+    keys: Keys | None
     batch: int = 0
 
 
@@ -37,25 +44,38 @@ class Overlay:
     def get(self, doc_id: str) -> Entry | None:
         return self.entries.get(doc_id)
 
-    def put(self, doc_id: str, table: str, doc: bytes | None, keys: Keys, batch: int = 0) -> None:
-        """Record the new state of a document (doc None = deleted) with its index keys."""
+    def put(self, doc_id: str, table: str, doc: bytes | None, keys: Keys | None, batch: int = 0) -> None:
+        """Record the new state of a document (doc None = deleted) with its index keys.
+
+        `keys` None says the write keeps the document's index keys unchanged
+        (from the projection's, or from its pending entry's if it has one).
+        """
         old = self.entries.get(doc_id)
         self._journal.append((doc_id, old))
-        self._set(doc_id, Entry(table, doc, keys if doc is not None else [], batch))
+        if doc is None:
+            keys = []
+        elif keys is None and old is not None:
+            keys = old.keys
+        self._set(doc_id, Entry(table, doc, keys, batch))
 
     def _set(self, doc_id: str, entry: Entry | None) -> None:
         old = self.entries.get(doc_id)
-        if old is not None:
+        if old is not None and entry is not None and (old.keys is entry.keys or old.keys == entry.keys):
+            self.entries[doc_id] = entry  # same index keys: the sorted list stays as it is
+            return
+        sorted_keys = self.sorted_keys
+        if old is not None and old.keys:
             for _, key in old.keys:
-                i = bisect.bisect_left(self.sorted_keys, (key, doc_id))
-                if i < len(self.sorted_keys) and self.sorted_keys[i] == (key, doc_id):
-                    del self.sorted_keys[i]
+                i = bisect.bisect_left(sorted_keys, (key, doc_id))
+                if i < len(sorted_keys) and sorted_keys[i] == (key, doc_id):
+                    del sorted_keys[i]
         if entry is None:
             self.entries.pop(doc_id, None)
             return
         self.entries[doc_id] = entry
-        for _, key in entry.keys:
-            bisect.insort(self.sorted_keys, (key, doc_id))
+        if entry.keys:
+            for _, key in entry.keys:
+                bisect.insort(sorted_keys, (key, doc_id))
 
     def mark(self) -> int:
         """A savepoint, to pass to `rollback` (or `trim`)."""
@@ -100,15 +120,17 @@ class Overlay:
 
     def merge_scan(self, base: Iterator[tuple[bytes, str]], lo: bytes, hi: bytes,
                    reverse: bool) -> Iterator[tuple[bytes, str]]:
-        """Merge a projection scan with overlay keys; overlaid ids hide their projection keys."""
+        """Merge a projection scan with overlay keys; overlaid ids with keys hide their projection keys."""
         entries = self.entries
         if not entries:
             yield from base
             return
         extra = self.keys_in(lo, hi, reverse) if self.sorted_keys else []
         pos = 0
+        get = entries.get
         for key, doc_id in base:
-            if doc_id in entries:
+            entry = get(doc_id)
+            if entry is not None and entry.keys is not None:
                 continue
             while pos < len(extra) and ((extra[pos][0] < key) if not reverse else (extra[pos][0] > key)):
                 yield extra[pos]

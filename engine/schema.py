@@ -16,6 +16,11 @@ class TableDefinition:
 
     validator: Validator | None = None
     indexes: dict[str, list[str]] = field(default_factory=dict)
+    #: top-level fields any user index reads (a patch of other fields keeps every index key)
+    indexed_fields: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        self.indexed_fields = frozenset(f.split(".")[0] for fs in self.indexes.values() for f in fs)
 
     def index(self, name: str, fields: list[str]) -> "TableDefinition":
         """Declare an index; chainable like Convex's `.index("by_x", ["x"])`."""
@@ -24,6 +29,7 @@ class TableDefinition:
         if not fields or not all(isinstance(f, str) and f for f in fields):
             raise ValueError(f"index {name!r} needs a non-empty list of field names")
         self.indexes[name] = list(fields)
+        self.indexed_fields = frozenset(f.split(".")[0] for fs in self.indexes.values() for f in fs)
         return self
 
     def validate(self, table: str, doc: dict[str, Any]) -> dict[str, Any]:

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import functools
 import struct
 
 from .keys import encode_string_key, prefix_successor
@@ -44,6 +45,7 @@ def unpack_int(raw: bytes) -> int:
     return _int.unpack(raw)[0]
 
 
+@functools.lru_cache(maxsize=4096)
 def index_prefix(table: str, index: str) -> bytes:
     """The key prefix shared by every entry of `index` on `table`."""
     return INDEX + encode_string_key(table) + encode_string_key(index)
