@@ -21,6 +21,7 @@ from engine.errors import EngineError
 from engine.execution import run_handler
 from engine.functions import FunctionDef
 from engine.overlay import Overlay
+from engine.scan_cache import ScanCache
 from engine.values import decode_value, encode_value
 from log.errors import LogError
 from log.record import Record, Write
@@ -85,6 +86,7 @@ class _Staged:
     records: list[Record]
     owners: list[list[_Pending]]
     values: list[Any]  # each record's return value, as the handler returned it
+    changed_tables: set[str]  # tables whose index keys the batch changes
     end_mark: int
     keys: list[tuple[str, int]]
     first_offset: int
@@ -117,6 +119,8 @@ class Committer:
         self._creation_clock = CreationClock()
         # Committed documents by id, as the projection holds them: read through, updated on every apply.
         self._documents: dict[str, bytes | None] = {}
+        self._scans = ScanCache()  # small committed index scans, dropped per table when its keys change
+        self._app_seen: object = None  # the app the caches were filled under (a reload empties them)
         self._loop_: asyncio.AbstractEventLoop | None = None  # the loop `start` ran on
         self.batches = 0
         self.committed = 0
@@ -210,6 +214,10 @@ class Committer:
         documents = self._documents
         if len(documents) > _DOCUMENT_CACHE_MAX:
             documents.clear()
+        if runtime.app is not self._app_seen:
+            self._scans.clear()
+            self._app_seen = runtime.app
+        changed_tables: set[str] = set()
         self._seq += 1
         seq = self._seq
         records: list[Record] = []
@@ -230,7 +238,7 @@ class Committer:
                     continue
             mark = overlay.mark()
             tx = Transaction(projection, runtime.app.schema, runtime.limits, overlay, writable=True, batch=seq,
-                             loaded=documents)
+                             loaded=documents, scans=self._scans, changed_tables=changed_tables)
             ctx = MutationCtx(DatabaseWriter(tx, self._creation_clock), Auth(p.identity))
             try:
                 value = run_handler(p.fn.handler(ctx, **p.args), p.fn.path, runtime.limits.max_seconds)
@@ -256,6 +264,7 @@ class Committer:
                 record.writes.append(Write(REQUESTS_TABLE, request_doc_id(*key), encode_value(memo), None))
                 self._pending_requests[key] = group
                 keys.append(key)
+                changed_tables.add(REQUESTS_TABLE)
             records.append(record)
             owners.append(group)
             values.append(value)
@@ -263,7 +272,8 @@ class Committer:
             return None
         first_offset = self._next_offset
         self._next_offset += len(records)
-        return _Staged(seq, self._generation, records, owners, values, overlay.mark(), keys, first_offset)
+        return _Staged(seq, self._generation, records, owners, values, changed_tables, overlay.mark(), keys,
+                       first_offset)
 
     async def _finish(self, staged: _Staged) -> bool:
         """Append a staged batch, apply it and answer its callers; undo everything on failure."""
@@ -290,8 +300,10 @@ class Committer:
             for record in staged.records:
                 for w in record.writes:
                     documents[w.id] = w.doc
+            self._scans.invalidate(staged.changed_tables)
         except Exception as exc:
             self._documents.clear()
+            self._scans.clear()
             # The batch is durable in the log (it is committed and a restart replays it), but this
             # node's projection does not have it: no later mutation may execute on top of that.
             log.exception("applying committed records %d..%d to the projection failed",

@@ -9,6 +9,7 @@ from engine.errors import ArgumentError, EngineError, LimitExceeded, ReadOnlyErr
 from engine.limits import Limits
 from engine.overlay import Overlay
 from engine.readset import ReadSet, key_successor
+from engine.scan_cache import ScanCache
 from engine.schema import Schema
 from engine.values import ValueError_, check_value, decode_doc, encode_doc, new_id, table_of
 
@@ -82,7 +83,8 @@ class Transaction:
 
     def __init__(self, projection: Any, schema: Schema, limits: Limits, overlay: Overlay | None,
                  writable: bool, clock: Callable[[], float] | None = None, batch: int = 0,
-                 loaded: dict[str, bytes | None] | None = None) -> None:
+                 loaded: dict[str, bytes | None] | None = None, scans: ScanCache | None = None,
+                 changed_tables: set[str] | None = None) -> None:
         self.projection = projection
         self.schema = schema
         self.limits = limits
@@ -97,6 +99,9 @@ class Transaction:
         self._clock = clock or time.time
         # projection reads by id: this execution's own, or a cache the caller keeps in step with the projection
         self._loaded: dict[str, bytes | None] = {} if loaded is None else loaded
+        self._scans = scans  # the writer's cache of small index scans (see engine.scan_cache)
+        # tables in which this execution changed some index key (inserts, deletes, indexed fields)
+        self.changed_tables: set[str] = set() if changed_tables is None else changed_tables
 
     def tick(self) -> None:
         if time.monotonic() > self.deadline:
@@ -122,8 +127,13 @@ class Transaction:
             raw = seen[doc_id] = self.projection.get(doc_id)
         return raw
 
-    def scan(self, lo: bytes, hi: bytes, reverse: bool) -> Iterator[tuple[bytes, str]]:
-        return self.overlay.merge_scan(self.projection.scan(lo, hi, reverse), lo, hi, reverse)
+    def scan(self, lo: bytes, hi: bytes, reverse: bool, table: str) -> Iterator[tuple[bytes, str]]:
+        """(index key, document id) in [lo, hi) of `table`'s indexes: the projection's, overlaid."""
+        if self._scans is not None:
+            base = self._scans.scan(self.projection, table, lo, hi, reverse)
+        else:
+            base = self.projection.scan(lo, hi, reverse)
+        return self.overlay.merge_scan(base, lo, hi, reverse)
 
 
 class DatabaseReader:
@@ -216,6 +226,7 @@ class DatabaseWriter(DatabaseReader):
             keys = None
         else:
             keys = tx.projection.index_keys(table, doc) if doc is not None else []
+            tx.changed_tables.add(table)
         tx.overlay.put(doc_id, table, raw, keys, tx.batch)
 
     def _require_writable(self) -> None:
@@ -385,7 +396,7 @@ class QueryBuilder:
         exhausted = True
         filters = self._filters
         desc = self._desc
-        for key, doc_id in tx.scan(lo, hi, desc):
+        for key, doc_id in tx.scan(lo, hi, desc, self._table):
             last = key
             tx.count_read()
             raw = tx.load(doc_id)
