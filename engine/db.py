@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import time
 from typing import Any, Callable, Iterator
 
@@ -155,7 +156,7 @@ class DatabaseReader:
         tx = self._tx
         tx.tick()
         tx.count_read()
-        tx.read_set.add_point(tx.projection.doc_key(doc_id, table))
+        tx.read_set.add_point(tx.projection.doc_key(doc_id))  # the table is the id's: a cached key
         return table, tx.load(doc_id)
 
     async def get(self, doc_id: str) -> dict[str, Any] | None:
@@ -322,6 +323,12 @@ class DatabaseWriter(DatabaseReader):
         self._write(doc_id, table, None, None, before)
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _eq_string_range(projection: Any, table: str, index: str, value: str) -> tuple[bytes, bytes]:
+    """`projection.index_range(table, index, [value])` for a string, cached (key encoding is pure)."""
+    return projection.index_range(table, index, [value])
+
+
 def _encode_cursor(key: bytes) -> str:
     return base64.urlsafe_b64encode(key).decode("ascii")
 
@@ -381,9 +388,13 @@ class QueryBuilder:
 
     def _bounds(self) -> tuple[bytes, bytes]:
         r = self._range
+        projection = self._tx.projection
         if r is None:
-            return self._tx.projection.index_range(self._table, self._index, [], None, None)
-        return self._tx.projection.index_range(self._table, self._index, r.eq_values, r.lower, r.upper)
+            return projection.index_range(self._table, self._index, [], None, None)
+        eq = r.eq_values
+        if r.lower is None and r.upper is None and len(eq) == 1 and type(eq[0]) is str:
+            return _eq_string_range(projection, self._table, self._index, eq[0])  # the usual lookup
+        return projection.index_range(self._table, self._index, eq, r.lower, r.upper)
 
     def _walk(self, lo: bytes, hi: bytes, limit: int | None, full_lo: bytes, full_hi: bytes
               ) -> tuple[list[dict[str, Any]], bytes | None, bool]:
@@ -396,10 +407,14 @@ class QueryBuilder:
         exhausted = True
         filters = self._filters
         desc = self._desc
+        max_reads = tx.limits.max_reads
+        load = tx.load
         for key, doc_id in tx.scan(lo, hi, desc, self._table):
             last = key
-            tx.count_read()
-            raw = tx.load(doc_id)
+            tx.reads += 1
+            if tx.reads > max_reads:
+                tx.count_read(0)  # raises the limit error
+            raw = load(doc_id)
             if raw is None:
                 continue
             doc = decode_doc(raw)

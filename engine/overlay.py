@@ -40,6 +40,7 @@ class Overlay:
     sorted_keys: list[tuple[bytes, str]] = field(default_factory=list)
     _journal: list[tuple[str, Entry | None]] = field(default_factory=list)
     _journal_base: int = 0
+    _hiding: int = 0  # entries whose own keys replace the projection's (keys not None)
 
     def get(self, doc_id: str) -> Entry | None:
         return self.entries.get(doc_id)
@@ -63,6 +64,7 @@ class Overlay:
         if old is not None and entry is not None and (old.keys is entry.keys or old.keys == entry.keys):
             self.entries[doc_id] = entry  # same index keys: the sorted list stays as it is
             return
+        self._hiding += (entry is not None and entry.keys is not None) - (old is not None and old.keys is not None)
         sorted_keys = self.sorted_keys
         if old is not None and old.keys:
             for _, key in old.keys:
@@ -106,6 +108,7 @@ class Overlay:
         """Forget everything (nothing is pending)."""
         self.entries.clear()
         self.sorted_keys.clear()
+        self._hiding = 0
         self._journal_base += len(self._journal)
         self._journal.clear()
 
@@ -121,10 +124,13 @@ class Overlay:
     def merge_scan(self, base: Iterator[tuple[bytes, str]], lo: bytes, hi: bytes,
                    reverse: bool) -> Iterator[tuple[bytes, str]]:
         """Merge a projection scan with overlay keys; overlaid ids with keys hide their projection keys."""
+        if not self._hiding:
+            return base  # no pending write moved an index key: the projection's keys are current
+        return self._merged(base, lo, hi, reverse)
+
+    def _merged(self, base: Iterator[tuple[bytes, str]], lo: bytes, hi: bytes,
+                reverse: bool) -> Iterator[tuple[bytes, str]]:
         entries = self.entries
-        if not entries:
-            yield from base
-            return
         extra = self.keys_in(lo, hi, reverse) if self.sorted_keys else []
         pos = 0
         get = entries.get
