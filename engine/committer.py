@@ -253,7 +253,9 @@ class Committer:
                 doc = entry.doc if entry is not None else None
                 if doc is None and prev is None:
                     continue  # inserted and deleted inside one transaction
-                writes.append(Write(table, doc_id, doc, prev))
+                # keys None: the document keeps the index keys the projection has for it (see Overlay)
+                same_keys = entry is not None and entry.keys is None and doc is not None and prev is not None
+                writes.append(Write(table, doc_id, doc, prev, same_keys))
             offset = self._next_offset + len(records)
             record = Record(writes=writes, ts=self._next_ts(), session_id=p.session_id, request_id=p.request_id,
                             function=p.fn.path, result=result)

@@ -18,6 +18,9 @@ class Write:
     id: str
     doc: bytes | None
     prev: bytes | None = None
+    #: in memory only (never encoded): the writer knows this update leaves every index key
+    #: of the document as `prev` had it, so applying it only replaces the stored document
+    same_index_keys: bool = field(default=False, compare=False, repr=False)
 
 
 @dataclass(slots=True)

@@ -221,7 +221,7 @@ class Projection:
             w = None
             try:
                 for w in rec.writes:
-                    append((off, w.table, w.id.encode(), w.doc, w.prev))
+                    append((off, w.table, w.id.encode(), w.doc, _SAME_KEYS if w.same_index_keys else w.prev))
             except Exception as exc:
                 where = f" ({w.table} {w.id})" if w is not None else ""
                 raise ProjectionError(f"{self.path}: cannot apply record {off}{where}: {exc}") from exc
@@ -267,6 +267,9 @@ class Projection:
         off = table = idb = last_table = None
         try:
             for off, table, idb, new_raw, old_raw in writes:
+                if old_raw is _SAME_KEYS:  # an update the writer knows keeps every index key
+                    docs[DOC + idb] = new_raw
+                    continue
                 if table is not last_table:
                     t = per_table.get(table)
                     if t is None:
@@ -648,6 +651,7 @@ class Projection:
 _json_loads = orjson.loads
 _consume = deque(maxlen=0).extend  # run an iterator to its end (at C speed)
 _ABSENT = object()
+_SAME_KEYS: Any = object()  # `_flatten` → `_build`: `Write.same_index_keys` (the document's new state is all that changes)
 
 
 class _StringKeys(dict):  # type: ignore[type-arg]
