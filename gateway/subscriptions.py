@@ -27,7 +27,8 @@ log = logging.getLogger("tape.subscriptions")
 class Subscriber(Protocol):
     """A client session that receives query updates."""
 
-    def deliver(self, updates: list[tuple[int, "SharedQuery"]], ts: int) -> None: ...
+    def deliver(self, updates: list[tuple[int, "SharedQuery"]], ts: int,
+                frames: dict[Any, Any] | None = None) -> None: ...
 
 
 @dataclass(eq=False)
@@ -43,6 +44,8 @@ class SharedQuery:
     error_data_json: bytes | None = None
     offset: int = -1
     ts: int = 0
+    read_ranges: list[tuple[bytes, bytes]] | None = None  # as last indexed, to skip re-indexing an unchanged read set
+    read_buckets: list[bytes] | None = None
     subscribers: dict[tuple[int, int], tuple[Subscriber, int]] = field(default_factory=dict)
 
     def set_result(self, result: QueryResult) -> bool:
@@ -60,6 +63,18 @@ class SharedQuery:
         return changed
 
 
+class _PrefixMap(dict):  # type: ignore[type-arg]
+    """Index name -> key prefix of one table, filled on first use of each index."""
+
+    def __init__(self, projection: Any, table: str) -> None:
+        super().__init__()
+        self._projection, self._table = projection, table
+
+    def __missing__(self, index: str) -> bytes:
+        prefix = self[index] = self._projection.index_prefix(self._table, index)
+        return prefix
+
+
 def query_key(path: str, args: Any, identity: dict[str, Any] | None) -> Hashable:
     """Identity of a query execution: equal paths, args and identities share one execution."""
     ident = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS) if identity else b""
@@ -73,7 +88,7 @@ class SubscriptionManager:
         self.runtime = runtime
         self._queries: dict[Hashable, SharedQuery] = {}
         self._ranges = RangeIndex()
-        self._prefixes: dict[tuple[str, str], bytes] = {}
+        self._prefixes: dict[str, dict[str, bytes]] = {}
         self.reruns = 0
         runtime.add_listener(self.on_applied)
 
@@ -105,18 +120,22 @@ class SubscriptionManager:
     def _run(self, shared: SharedQuery) -> bool:
         result = self.runtime.evaluate_query(shared.path, shared.args, identity=shared.identity)
         self.reruns += 1
-        self._ranges.set(shared.key, result.read_set.ranges, result.read_set.buckets)
+        ranges, buckets = result.read_set.ranges, result.read_set.buckets
+        if ranges != shared.read_ranges or buckets != shared.read_buckets:
+            self._ranges.set(shared.key, ranges, buckets)
+            shared.read_ranges, shared.read_buckets = ranges, buckets
         return shared.set_result(result)
 
     def refresh_all(self) -> list[SharedQuery]:
         """Re-run every live query (after an app reload); returns those whose result changed."""
         return [q for q in list(self._queries.values()) if self._run(q)]
 
-    def _bucket(self, table: str, index: str) -> bytes:
-        prefix = self._prefixes.get((table, index))
-        if prefix is None:
-            prefix = self._prefixes[(table, index)] = self.runtime.projection.index_prefix(table, index)
-        return prefix
+    def _index_prefixes(self, table: str) -> dict[str, bytes]:
+        """Index name -> key prefix for `table` (cached; the catalog only changes with the app)."""
+        prefixes = self._prefixes.get(table)
+        if prefixes is None:
+            prefixes = self._prefixes[table] = _PrefixMap(self.runtime.projection, table)
+        return prefixes
 
     def affected_by(self, records: list[Record]) -> set[Hashable]:
         """Keys of the shared queries whose read sets contain a key written by `records`."""
@@ -124,27 +143,40 @@ class SubscriptionManager:
         if not self._queries:
             return affected
         projection = self.runtime.projection
+        # Every index key written, old and new, once: key -> its index prefix (the bucket of
+        # bounded ranges over that index; ranges in the b"" bucket are checked for every key).
+        written: dict[bytes, bytes] = {}
         for record in records:
             for write in record.writes:
-                if write.table.startswith("_"):
+                table = write.table
+                if table.startswith("_"):
                     continue
-                owners = self._ranges.owners_of
-                owners(projection.doc_key(write.id, write.table), b"", affected)
+                doc_key = projection.doc_key(write.id, table)
+                if doc_key not in written:
+                    written[doc_key] = b""
+                prefixes = self._index_prefixes(table)
                 for raw in (write.prev, write.doc):
                     if raw is None:
                         continue
-                    for index, key in projection.index_keys(write.table, decode_doc(raw)):
-                        owners(key, self._bucket(write.table, index), affected)
+                    for index, key in projection.index_keys(table, decode_doc(raw)):
+                        written[key] = prefixes[index]
+        owners = self._ranges.owners_of
+        for key, bucket in written.items():
+            owners(key, bucket, affected)
         return affected
 
     def on_applied(self, records: list[Record]) -> None:
-        """Projection listener: re-run affected queries and push one update per affected session."""
+        """Projection listener: re-run affected queries and push one update per affected session.
+
+        Sessions whose Transition is byte-identical share one frame (built by the first of them).
+        """
         affected = self.affected_by(records)
         if not affected:
             return
         per_session: dict[int, tuple[Subscriber, list[tuple[int, SharedQuery]]]] = {}
+        queries = self._queries
         for key in affected:
-            shared = self._queries.get(key)
+            shared = queries.get(key)
             if shared is None:
                 continue
             if not self._run(shared):
@@ -155,9 +187,12 @@ class SubscriptionManager:
                     per_session[id(subscriber)] = (subscriber, [(query_id, shared)])
                 else:
                     entry[1].append((query_id, shared))
+        if not per_session:
+            return
         ts = self.runtime.projection.applied_ts
+        frames: dict[Any, Any] = {}  # one batch's shared Transition frames, filled by the sessions
         for subscriber, updates in per_session.values():
             try:
-                subscriber.deliver(updates, ts)
+                subscriber.deliver(updates, ts, frames)
             except Exception:
                 log.exception("delivering an update failed")

@@ -21,6 +21,7 @@ from engine.errors import AppError, EngineError
 from gateway.config import NODE_KEY
 from gateway import protocol as p
 from gateway.subscriptions import SharedQuery
+from gateway.ws_frames import text_frame, transition_payload
 
 if TYPE_CHECKING:
     from gateway.node import Node
@@ -52,10 +53,11 @@ def error_fields(exc: BaseException) -> tuple[str, Any]:
 class SyncSession:
     """Protocol state and I/O for one WebSocket connection."""
 
-    def __init__(self, node: "Node", ws: web.WebSocketResponse, transport: Any = None) -> None:
+    def __init__(self, node: "Node", ws: web.WebSocketResponse, transport: Any = None, protocol: Any = None) -> None:
         self.node = node
         self.ws = ws
         self._transport = transport
+        self._protocol = protocol if hasattr(protocol, "_drain_helper") else None
         self.versions = p.VersionTracker()
         self.session_id: str | None = None
         self.identity: dict[str, Any] | None = None
@@ -70,18 +72,32 @@ class SyncSession:
 
     # -- outgoing ---------------------------------------------------------------
     def send(self, data: bytes) -> None:
-        """Send a message: straight to the socket when it keeps up, else through the bounded queue.
+        """Send one message (a JSON payload)."""
+        self.send_frame(text_frame(data))
 
-        Disconnects the client if its queue passes the bound.
+    def send_message(self, message: dict[str, Any]) -> None:
+        self.send_frame(text_frame(orjson.dumps(message)))
+
+    def send_frame(self, frame: bytes) -> None:
+        """Write complete frame bytes: straight to the socket when it keeps up, else through the bounded queue.
+
+        Frames are built once by the caller (a frame shared by many sessions is
+        the same bytes object). Disconnects the client if its queue passes the bound.
         """
         if self._closed:
             return
-        if not self._out and not self._sending and self._transport is not None \
-                and self._transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
-            self._write_now(data)
+        transport = self._transport
+        if not self._out and not self._sending and transport is not None \
+                and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:
+            if transport.is_closing() or self.ws.closed:
+                self._closed = True
+                self._wake.set()
+                return
+            transport.write(frame)
+            self.last_sent = time.monotonic()
             return
-        self._out.append(data)
-        self._out_bytes += len(data)
+        self._out.append(frame)
+        self._out_bytes += len(frame)
         if self._out_bytes > self.node.config.max_send_buffer_bytes:
             log.warning("disconnecting slow client %s: %d bytes queued", self.session_id, self._out_bytes)
             self._out.clear()
@@ -90,46 +106,43 @@ class SyncSession:
             return
         self._wake.set()
 
-    def _write_now(self, data: bytes) -> None:
-        """Write a frame without a task switch.
-
-        With compression off, aiohttp writes the frame synchronously and only
-        suspends to wait for a drain once its buffer is over the limit; the
-        frame is already written then, so that wait is left to the writer task.
-        """
-        coro = self.ws.send_frame(data, WSMsgType.TEXT)
-        try:
-            coro.send(None)
-        except StopIteration:
-            pass
-        except (ConnectionError, RuntimeError):
-            self._closed = True
-            self._wake.set()
-            return
-        else:
-            coro.close()
-        self.last_sent = time.monotonic()
-
-    def send_message(self, message: dict[str, Any]) -> None:
-        self.send(orjson.dumps(message))
-
     async def _writer(self) -> None:
-        ws = self.ws
+        """Drain the queue: write what is queued, then wait until the socket's buffer drains."""
+        transport = self._transport
         try:
             while not self._closed:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._out:
-                    data = self._out.popleft()
-                    self._out_bytes -= len(data)
+                while self._out and not self._closed:
+                    if transport is None or transport.is_closing() or self.ws.closed:
+                        return
+                    frames: list[bytes] = []
+                    size = 0
+                    while self._out and size < DIRECT_WRITE_LIMIT:
+                        frame = self._out.popleft()
+                        frames.append(frame)
+                        size += len(frame)
+                    self._out_bytes -= size
                     self._sending = True
                     try:
-                        await ws.send_frame(data, WSMsgType.TEXT)
+                        transport.write(b"".join(frames))
+                        self.last_sent = time.monotonic()
+                        if transport.get_write_buffer_size() >= DIRECT_WRITE_LIMIT:
+                            await self._drain()
                     finally:
                         self._sending = False
-                    self.last_sent = time.monotonic()
         except (ConnectionError, RuntimeError, asyncio.CancelledError):
             pass
+
+    async def _drain(self) -> None:
+        """Wait until the transport has resumed writing (aiohttp's protocol tracks pause/resume)."""
+        protocol = self._protocol
+        if protocol is not None:
+            await protocol._drain_helper()
+        else:  # no flow-control hooks: poll the buffer
+            while self._transport is not None and not self._transport.is_closing() \
+                    and self._transport.get_write_buffer_size() >= DIRECT_WRITE_LIMIT:
+                await asyncio.sleep(0.005)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         if self._closed:
@@ -172,19 +185,42 @@ class SyncSession:
         self.close(code, reason[:100])
 
     # -- transitions ---------------------------------------------------------------
-    def _transition(self, ts: int, modifications: list[bytes]) -> None:
+    def _transition_frame(self, ts: int, modifications: list[bytes]) -> bytes:
+        """The next Transition's frame, ending at `ts` (never below the last sent ts); records it as sent."""
         v = self.versions
-        ts = max(ts, v.sent.ts)
-        end = p.StateVersion(v.query_set_version, ts, v.identity_version)
-        data = b"".join((b'{"type":"Transition","startVersion":', orjson.dumps(v.sent.to_json()),
-                         b',"endVersion":', orjson.dumps(end.to_json()),
-                         b',"modifications":[', b",".join(modifications), b"]}"))
-        v.sent = end
-        self.send(data)
+        sent = v.sent
+        start = (sent.query_set, sent.ts, sent.identity)
+        end = (v.query_set_version, max(ts, sent.ts), v.identity_version)
+        if end != start:
+            v.sent = p.StateVersion(*end)
+        return text_frame(transition_payload(start, end, modifications))
 
-    def deliver(self, updates: list[tuple[int, SharedQuery]], ts: int) -> None:
-        """Called by the subscription manager: these queries changed at `ts`."""
-        self._transition(ts, [_modification(qid, shared) for qid, shared in updates])
+    def _transition(self, ts: int, modifications: list[bytes]) -> None:
+        self.send_frame(self._transition_frame(ts, modifications))
+
+    def deliver(self, updates: list[tuple[int, SharedQuery]], ts: int,
+                frames: dict[Any, Any] | None = None) -> None:
+        """Called by the subscription manager: these queries changed at `ts`.
+
+        `frames` is shared by every session updated for one batch of records:
+        sessions whose Transition would be byte-identical (same versions, same
+        query ids and shared results) reuse one frame.
+        """
+        if frames is None:
+            self._transition(ts, [_modification(qid, shared) for qid, shared in updates])
+            return
+        v = self.versions
+        sent = v.sent
+        start = (sent.query_set, sent.ts, sent.identity)
+        end = (v.query_set_version, max(ts, sent.ts), v.identity_version)
+        key = (start, end, *[(qid, id(shared)) for qid, shared in updates])
+        built = frames.get(key)
+        if built is None:
+            built = frames[key] = (text_frame(transition_payload(
+                start, end, [_modification(qid, shared) for qid, shared in updates])), p.StateVersion(*end))
+        if end != start:
+            v.sent = built[1]  # immutable: sessions sharing the frame share the version object
+        self.send_frame(built[0])
 
     def advance_to(self, ts: int) -> None:
         """Send a Transition at ≥ ts after a MutationResponse.
@@ -317,8 +353,10 @@ class SyncSession:
             self.send_message(p.mutation_failure_message(message.request_id, f"Server Error: {type(exc).__name__}"))
             self.confirm()
             return
-        self.send_message(p.mutation_success_message(message.request_id, outcome.value, outcome.ts))
-        self.advance_to(outcome.ts)
+        # The response and the Transition reaching its ts go out in one write.
+        response = text_frame(orjson.dumps(p.mutation_success_message(message.request_id, outcome.value, outcome.ts)))
+        ts = max(outcome.ts, self.node.runtime.projection.applied_ts)
+        self.send_frame(response + self._transition_frame(ts, []))
 
     async def _action(self, message: p.Action) -> None:
         try:
@@ -344,6 +382,6 @@ async def handle_sync(request: web.Request) -> web.StreamResponse:
         raise web.HTTPServiceUnavailable(text="Overloaded: too many connections")
     ws = web.WebSocketResponse(max_msg_size=node.config.max_message_bytes, heartbeat=None, compress=False)
     await ws.prepare(request)
-    session = SyncSession(node, ws, request.transport)
+    session = SyncSession(node, ws, request.transport, request.protocol)
     await session.run()
     return ws
