@@ -67,9 +67,11 @@ async def _run(accounts: int, alpha: float, seconds: float, concurrency: int, da
             done += 1
 
     started = time.perf_counter()
+    cpu0, main0 = time.process_time(), time.thread_time()
     batches0 = runtime.committer.batches
     await asyncio.gather(*(client() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
+    cpu, main_cpu = time.process_time() - cpu0, time.thread_time() - main0
     total = runtime.run_query("accounts:total", {}).value
     batches = runtime.committer.batches - batches0
     await runtime.stop()
@@ -81,6 +83,10 @@ async def _run(accounts: int, alpha: float, seconds: float, concurrency: int, da
         "tps": done / elapsed, "p50_ms": latencies[len(latencies) // 2] * 1000,
         "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000, "mean_batch": done / max(batches, 1),
         "total_ok": total == accounts * 1_000_000_000.0,
+        # CPU per mutation: the whole process (all threads) and the event-loop thread alone; the
+        # loop thread near elapsed/mutation means the run is bound by one core (the GIL), not by fsync
+        "cpu_us_per_mutation": cpu / max(done, 1) * 1e6, "loop_cpu_us_per_mutation": main_cpu / max(done, 1) * 1e6,
+        "loop_busy": main_cpu / elapsed,
     }
 
 
@@ -108,5 +114,6 @@ if __name__ == "__main__":
     result = run(quick="--quick" in sys.argv)
     for r in result["runs"]:
         print(f"alpha={r['alpha']}: {r['tps']:,.0f} mutations/s  p50={r['p50_ms']:.2f} ms  p99={r['p99_ms']:.2f} ms  "
-              f"batch={r['mean_batch']:.0f}  total ok={r['total_ok']}")
+              f"batch={r['mean_batch']:.0f}  loop CPU {r['loop_cpu_us_per_mutation']:.0f} µs/mutation "
+              f"(busy {r['loop_busy']:.0%})  total ok={r['total_ok']}")
     print(f"alpha 1.5 / alpha 0 = {result['contention_ratio']:.2f}")
