@@ -1,6 +1,6 @@
 """`tape bench`: run the benchmark workloads and write results.json, results.md and plots.
 
-    tape bench [--quick] [--out DIR] [--only transfer,baseline,reactivity,polling,log]
+    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling]
                [--profile] [--base-port N] [--work-dir DIR]
 
 Everything runs on loopback: a Tape server on the bank example app, the
@@ -17,9 +17,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-WORKLOADS = ("log", "transfer", "baseline", "reactivity", "polling")
+WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
+    "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
     "transfer": "keynote transfer workload on Tape over HTTP and WebSocket, α = 0 and 1.5",
     "baseline": "the same transfers on aiohttp + SQLite (WAL, synchronous=FULL)",
     "reactivity": "commit → update latency, 1,000-socket fan-out vs raw floor, 10,000 subscriptions",
@@ -70,9 +71,18 @@ def run_log(quick: bool, harness: Any) -> dict[str, Any]:
     return out
 
 
+def run_engine(quick: bool, harness: Any) -> dict[str, Any]:
+    """The engine alone: transfers from 256 in-process callers, with group commit and projection apply."""
+    from ops.bench import engine_bench
+    harness.reporter.phase("engine: in-process transfers, α = 0 and 1.5", 7 if quick else 25)
+    return engine_bench.run(quick)
+
+
 def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
     if name == "log":
         return run_log
+    if name == "engine":
+        return run_engine
     module = {"transfer": "ops.bench.transfer", "baseline": "ops.bench.sqlite_baseline",
               "reactivity": "ops.bench.reactivity", "polling": "ops.bench.polling"}[name]
     mod = __import__(module, fromlist=["run"])
@@ -94,6 +104,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
         if name == "polling":
             return (f"requests {r['polling']['requests']:,} vs {r['push']['requests']:,}; staleness "
                     f"{r['polling']['staleness_mean_ms']:,.0f} ms vs {r['push']['staleness_mean_ms']:,.1f} ms")
+        if name == "engine":
+            return "; ".join(f"α={x['alpha']:g}: {x['tps']:,.0f} mutations/s ({x['loop_cpu_us_per_mutation']:.0f} µs "
+                             f"loop CPU each)" for x in r["runs"])
         if name == "log":
             lg, pj = r["log"], r["projection"]
             return (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "

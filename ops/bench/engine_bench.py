@@ -21,6 +21,7 @@ from log.file_log import FileLog
 from projections.store import Projection
 
 BANK = Path(__file__).resolve().parents[2] / "examples" / "bank"
+TARGET_TPS = 20_000  # the engine issue's goal, in-process, at any contention level
 
 
 def zipf_sampler(n: int, alpha: float, rng: random.Random):  # type: ignore[no-untyped-def]
@@ -94,7 +95,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     """Run both contention levels; returns a dict of results."""
     accounts = 10_000 if quick else 100_000
     seconds = 3.0 if quick else 10.0
-    out: dict[str, Any] = {"runs": []}
+    out: dict[str, Any] = {"runs": [], "target_tps": TARGET_TPS}
     for alpha in (0.0, 1.5):
         with tempfile.TemporaryDirectory(dir=".") as tmp:
             out["runs"].append(asyncio.run(_run(accounts, alpha, seconds, 256, Path(tmp))))
