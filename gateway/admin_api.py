@@ -17,12 +17,17 @@ nothing is done.
   A WebSocket upgrade gets one text message per event; a plain GET gets
   NDJSON (``application/x-ndjson``), one event per line.
 * ``GET /api/admin/checkpoints`` — the projection checkpoints of the data directory.
+* ``GET /api/admin/commit_times`` — the latest applied batches as ``[[ts, t_ns], ...]``: the
+  batch's last commit ts and the server's ``time.perf_counter_ns()`` when the batch was durable
+  and applied, just before subscriptions were updated (``clock`` names the clock, so a client on
+  the same host can time commit → update against its own ``perf_counter``).
 * ``POST /api/admin/checkpoints`` — take a checkpoint now.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -289,12 +294,21 @@ async def _on_cleanup(app: web.Application) -> None:
     close_time_travel(app[NODE_KEY])
 
 
+async def commit_times(request: web.Request) -> web.Response:
+    if not _authorized(request):
+        return _unauthorized()
+    node: Node = request.app[NODE_KEY]
+    clock = time.get_clock_info("perf_counter").implementation
+    return _json({"clock": clock, "commits": [list(c) for c in node.subscriptions.commit_times]})
+
+
 def add_routes(app: web.Application) -> None:
     """Install the admin endpoints on the node's aiohttp app."""
     app[_STREAMS] = set()
     app.router.add_post("/api/admin/query_at", query_at)
     app.router.add_get("/api/admin/changes", changes)
     app.router.add_get("/api/admin/checkpoints", list_checkpoints)
+    app.router.add_get("/api/admin/commit_times", commit_times)
     app.router.add_post("/api/admin/checkpoints", create_checkpoint)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)

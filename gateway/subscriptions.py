@@ -10,6 +10,8 @@ log position.
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Protocol
 
@@ -22,6 +24,8 @@ from gateway.range_index import RangeIndex
 from log.record import Record
 
 log = logging.getLogger("tape.subscriptions")
+
+COMMIT_TIMES_KEPT = 8192
 
 
 class Subscriber(Protocol):
@@ -90,6 +94,9 @@ class SubscriptionManager:
         self._ranges = RangeIndex()
         self._prefixes: dict[str, dict[str, bytes]] = {}
         self.reruns = 0
+        #: (last ts of an applied batch, time.perf_counter_ns() when it reached this listener, i.e. durable
+        #: and applied): lets a benchmark on this host time commit -> update (see /api/admin/commit_times)
+        self.commit_times: deque[tuple[int, int]] = deque(maxlen=COMMIT_TIMES_KEPT)
         runtime.add_listener(self.on_applied)
 
     def close(self) -> None:
@@ -155,7 +162,10 @@ class SubscriptionManager:
                 if doc_key not in written:
                     written[doc_key] = b""
                 prefixes = self._index_prefixes(table)
-                for raw in (write.prev, write.doc):
+                # An update the writer marked as keeping every index key has one key set, not two.
+                olds = (write.prev,) if write.prev is not None and write.doc is not None and write.same_index_keys \
+                    else (write.prev, write.doc)
+                for raw in olds:
                     if raw is None:
                         continue
                     for index, key in projection.index_keys(table, decode_doc(raw)):
@@ -170,6 +180,8 @@ class SubscriptionManager:
 
         Sessions whose Transition is byte-identical share one frame (built by the first of them).
         """
+        if records:
+            self.commit_times.append((records[-1].ts, time.perf_counter_ns()))
         affected = self.affected_by(records)
         if not affected:
             return

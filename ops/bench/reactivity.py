@@ -4,7 +4,11 @@
     ``accounts:balance`` of one owner; a writer socket sends one transfer
     from that owner (amount 1) at a time. Latency = the writer's send → each
     subscriber receiving the Transition carrying the new balance; the next
-    round starts once all 100 have it.
+    round starts once all 100 have it. That figure includes running the
+    mutation and making it durable; ``commit_receipt_*``/``commit_all_*``
+    time the same receipts from the commit itself: the server's
+    ``perf_counter`` when the transfer's batch was durable and applied
+    (``GET /api/admin/commit_times``; same host, same monotonic clock).
 (b) **fan-out**: the same with 1,000 subscribers. Per round, "all have it" is
     the latest of the 1,000 receipts; p50/p99 are taken over rounds (and over
     every receipt).
@@ -23,6 +27,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import sys
 import time
@@ -65,6 +70,9 @@ class Rounds:
         self._event: asyncio.Event | None = None
         self.late = 0
         self.acks: list[float] = []          # per round: the writer's own mutation done (response + Transition)
+        self.raw: list[tuple[float, list[float]]] = []  # per round: (t_send, receipts after t_send)
+        self.commit_ts: list[int | None] = []  # per round: the mutation's commit ts
+        self.from_commit: list[list[float]] = []  # per round: receipts after the server's commit instant
 
     def begin(self, expected: Any) -> None:
         self.expected = expected
@@ -85,11 +93,27 @@ class Rounds:
             await asyncio.wait_for(self._event.wait(), timeout)
         except asyncio.TimeoutError:
             self.late += 1
+        self.raw.append((self.t_send, self._round))
         if self._round:
             self.receipts.extend(self._round)
             self.all_have_it.append(max(self._round))
             self.first.append(min(self._round))
         self._event = None
+
+    def time_from_commits(self, clock_name: str, commits: list[list[int]]) -> None:
+        """Re-time every receipt from its commit instant (server stamps, on this host's monotonic clock)."""
+        if clock_name != time.get_clock_info("perf_counter").implementation or "MONOTONIC" not in clock_name:
+            return  # not the same clock: receipts cannot be compared with server stamps
+        stamps = sorted((ts, t_ns) for ts, t_ns in commits)
+        keys = [ts for ts, _ in stamps]
+        for (t_send, receipts), ts in zip(self.raw, self.commit_ts):
+            if ts is None or not receipts:
+                continue
+            i = bisect.bisect_left(keys, ts)  # the first batch ending at or after this commit holds it
+            if i == len(keys):
+                continue
+            t_commit = stamps[i][1] / 1e9
+            self.from_commit.append([t_send + r - t_commit for r in receipts])
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"subscribers": self.subscribers, "rounds": len(self.all_have_it),
@@ -98,6 +122,10 @@ class Rounds:
         out.update(latency_summary(self.all_have_it, "all_"))
         out.update(latency_summary(self.first, "first_"))
         out.update(latency_summary(self.acks, "writer_ack_"))
+        if self.from_commit:
+            out["commit_rounds"] = len(self.from_commit)
+            out.update(latency_summary([x for r in self.from_commit for x in r], "commit_receipt_"))
+            out.update(latency_summary([max(r) for r in self.from_commit if r], "commit_all_"))
         out["receipt_ms_sorted"] = histogram_ms(self.receipts, 2000)
         out["all_ms_per_round"] = [round(x * 1e3, 4) for x in self.all_have_it]
         return out
@@ -130,10 +158,12 @@ async def _subscribe_all(clients: list[SyncClient], query: tuple[int, str, dict[
 
 
 async def tape_rounds(port: int, subscribers: int, rounds: int, hot: str, sink_count: int,
-                      around: Callable[[], Any] = contextlib.nullcontext) -> tuple[Rounds, bytes]:
+                      around: Callable[[], Any] = contextlib.nullcontext,
+                      admin_key: str | None = None) -> tuple[Rounds, bytes]:
     """Rounds of: writer transfers 1 from `hot`; every subscriber of balance(hot) must see the new value.
 
     `around()` is a context manager entered for the rounds only (not the connection setup).
+    With `admin_key`, receipts are also timed from the server's commit instants.
     """
     subs: list[SyncClient] = await open_many(subscribers, HOST, port)
     writer = await SyncClient.open(HOST, port)
@@ -144,6 +174,9 @@ async def tape_rounds(port: int, subscribers: int, rounds: int, hot: str, sink_c
             c.on_update = _handler(rec)
         with around():
             value = await _run_rounds(rec, writer, rounds, hot, sink_count, value)
+        if admin_key is not None:
+            clock_name, commits = await commit_times(port, admin_key)
+            rec.time_from_commits(clock_name, commits)
         payload = subs[0].last_transition
         return rec, payload
     finally:
@@ -157,13 +190,38 @@ async def _run_rounds(rec: Rounds, writer: SyncClient, rounds: int, hot: str, si
         expected = value - 1.0
         rec.begin(expected)
         future = writer.send_mutation("accounts:transfer", {"src": hot, "dst": owner(r % sink_count), "amount": 1.0})
+        request_id = writer.last_request_id
         t_send = rec.t_send
         future.add_done_callback(lambda f, t0=t_send: rec.acks.append(clock() - t0))
         await rec.finish()
         result = await asyncio.wait_for(future, 10)
+        rec.commit_ts.append(writer.mutation_ts.get(request_id))
         value = float(result)
         await asyncio.sleep(0.002)
     return value
+
+
+async def commit_times(port: int, admin_key: str) -> tuple[str, list[list[int]]]:
+    """The server's recent (batch ts, perf_counter_ns when durable and applied) stamps and its clock's name."""
+    import aiohttp
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://{HOST}:{port}/api/admin/commit_times",
+                            headers={"Authorization": f"Convex {admin_key}"}) as r:
+            if r.status != 200:
+                return "", []
+            body = await r.json()
+    return body.get("clock", ""), body.get("commits", [])
+
+
+def admin_key_of(argv: list[str]) -> str | None:
+    """The admin key a `tape serve ... --data DIR` child wrote into its data directory."""
+    from pathlib import Path
+    if "--data" not in argv:
+        return None
+    try:
+        return (Path(argv[argv.index("--data") + 1]) / "admin_key").read_text().strip()
+    except (OSError, IndexError):
+        return None
 
 
 async def solo_commits(port: int, rounds: int, hot: str, sink_count: int) -> dict[str, Any]:
@@ -272,12 +330,14 @@ def run(quick: bool = False, harness: Harness | None = None, *, accounts: int | 
         h.reporter.phase("reactivity: one writer alone, sequential transfers")
         out["solo_commit"] = asyncio.run(solo_commits(tape.port, s["latency_rounds"], hot, n - 2))
         h.reporter.phase(f"reactivity: commit → update, {s['latency_subscribers']} subscribers")
-        lat, payload = asyncio.run(tape_rounds(tape.port, s["latency_subscribers"], s["latency_rounds"], hot, n - 2))
+        key = admin_key_of(tape.server.argv)
+        lat, payload = asyncio.run(tape_rounds(tape.port, s["latency_subscribers"], s["latency_rounds"], hot, n - 2,
+                                               admin_key=key))
         out["latency"] = lat.summary()
 
         h.reporter.phase(f"reactivity: fan-out to {s['fanout_subscribers']:,} subscribers")
         fan, payload = asyncio.run(tape_rounds(tape.port, s["fanout_subscribers"], s["fanout_rounds"], hot, n - 2,
-                                               lambda: h.profile("fanout", tape.server.pid)))
+                                               lambda: h.profile("fanout", tape.server.pid), admin_key=key))
         out["fanout"] = fan.summary()
         out["transition_bytes"] = len(payload)
 

@@ -203,6 +203,8 @@ class SyncClient:
         self.transitions = 0
         self.updates = 0
         self.last_transition: bytes = b""
+        self.mutation_ts: dict[int, int] = {}  # requestId -> commit ts of each successful mutation
+        self.last_request_id = -1
 
     @classmethod
     async def open(cls, host: str, port: int, path: str = "/api/sync") -> "SyncClient":
@@ -222,7 +224,7 @@ class SyncClient:
 
     def send_mutation(self, path: str, args: dict[str, Any]) -> asyncio.Future[Any]:
         """Send a Mutation now; the future resolves to its result (or raises MutationFailed)."""
-        request_id = self._next_request
+        request_id = self.last_request_id = self._next_request
         self._next_request += 1
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
@@ -270,7 +272,7 @@ class SyncClient:
             if future is None or future.done():
                 return
             if msg.get("success"):
-                ts = decode_ts(msg["ts"])
+                ts = self.mutation_ts[msg["requestId"]] = decode_ts(msg["ts"])
                 if ts <= self.seen_ts:
                     future.set_result(msg.get("result"))
                 else:

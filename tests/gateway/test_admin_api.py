@@ -276,3 +276,23 @@ async def test_changes_ndjson_stream_ends_when_the_client_leaves(deployment: Dep
     while streams and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     assert not streams
+
+
+# ----------------------------------------------------------------- commit times
+
+
+async def test_commit_times_stamp_each_applied_batch_on_the_monotonic_clock(deployment: Deployment) -> None:
+    d = deployment
+    r = await d.client.get("/api/admin/commit_times", headers={"Authorization": "Convex wrong"})
+    assert r.status == 401
+    before = time.perf_counter_ns()
+    await d.mutate("lists:create", {"name": "a"})
+    await d.mutate("lists:create", {"name": "b"})
+    after = time.perf_counter_ns()
+    r = await d.client.get("/api/admin/commit_times", headers=d.auth)
+    body = await r.json()
+    assert r.status == 200
+    assert body["clock"] == time.get_clock_info("perf_counter").implementation
+    ours = [(ts, t) for ts, t in body["commits"] if before <= t <= after]
+    assert len(ours) == 2
+    assert ours[0][0] < ours[1][0] == d.node.runtime.projection.applied_ts
