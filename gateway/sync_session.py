@@ -1,10 +1,14 @@
 """One WebSocket client speaking the Convex sync protocol.
 
 The session reads client messages in order, keeps the client's
-`{querySet, ts, identity}` version, and writes server messages through a
-bounded outgoing queue drained by its own writer task: a client that stops
-reading is disconnected once the queue passes the configured bound, and
-never slows anyone else down.
+`{querySet, ts, identity}` version, and writes complete WebSocket frames
+(`gateway.ws_frames`) straight to its transport while the socket keeps up;
+otherwise through a bounded outgoing queue drained by its own writer task: a
+client that stops reading is disconnected once the queue passes the
+configured bound, and never slows anyone else down. Frames are bytes built
+once, so sessions whose Transition for an applied batch is identical write
+the same frame, and a MutationResponse and the Transition that must follow
+it go out in one write.
 """
 from __future__ import annotations
 
