@@ -64,7 +64,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, OffsetOutOfRangeError
 
 from log.base import Log
 from log.codec import decode, encode_payload, frame_from_payload
-from log.errors import LogClosedError, LogCorruptError, LogError, LogWriteError
+from log.errors import LogClosedError, LogCorruptError, LogError, LogFormatError, LogWriteError
 from log.record import Record
 
 logger = logging.getLogger("tape.log.kafka")
@@ -76,6 +76,7 @@ _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _END_QUIET_MS = 100  # an empty fetch this long after a successful ListOffsets = the end
 _TAIL_CHECK_SECONDS = 2.0
 _OPEN_TAIL_WINDOW = 64
+_NO_STOP = 1 << 62  # `stop` of a tail
 _TRANSIENT = (KafkaError, OSError, asyncio.TimeoutError)
 
 
@@ -571,15 +572,20 @@ class KafkaLog(Log):
         The frame offset is the one the writer expected; a copy left by a
         retried produce sits above it.
         """
-        value = msg.value
-        if not isinstance(value, (bytes, bytearray)):
-            raise LogCorruptError(f"{self._where()}: offset {msg.offset} holds no record frame")
         try:
-            rec = decode(bytes(value))
-        except LogError as exc:
-            raise type(exc)(f"{self._where()}: offset {msg.offset}: {exc}") from exc
+            rec = decode(msg.value)
+        except (LogError, TypeError) as exc:
+            raise self._bad_record(msg.offset, exc) from exc
         framed, rec.offset = rec.offset, msg.offset
         return rec, framed
+
+    def _bad_record(self, offset: int, exc: Exception) -> LogError:
+        """The error for a Kafka message at `offset` that holds no valid record frame."""
+        if not isinstance(exc, LogError):
+            return LogCorruptError(f"{self._where()}: offset {offset} holds no record frame")
+        kind = LogCorruptError if isinstance(exc, LogCorruptError) else (
+            LogFormatError if isinstance(exc, LogFormatError) else LogError)
+        return kind(f"{self._where()}: offset {offset}: {exc}")
 
     async def _records(self, consumer: AIOKafkaConsumer, start: int, stop: int | None,
                        batch: int) -> AsyncIterator[list[Record]]:
@@ -618,20 +624,28 @@ class KafkaLog(Log):
                                    f"for {self.read_timeout:g}s (is the broker up?)")
                 continue
             quiet_since = time.monotonic()
+            if seed:  # the record before `start`: only its ts counts
+                seed = False
+                m = msgs[0]
+                if m.offset < start:
+                    msgs = msgs[1:]
+                    rec, framed = self._decode(m)
+                    high = rec.ts
+                    if framed < m.offset:
+                        high = max([high] + [t for _, t in await self._scan_from(framed, m.offset)])
             out: list[Record] = []
-            for m in msgs:
-                if stop is not None and m.offset >= stop:
-                    pos = stop
+            limit = stop if stop is not None else _NO_STOP
+            for m in msgs:  # the hot loop of every reader: keep it lean
+                off = m.offset
+                if off >= limit:
+                    pos = limit
                     break
-                rec, framed = self._decode(m)
-                if seed:
-                    seed = False
-                    if m.offset < start:
-                        high = rec.ts
-                        if framed < m.offset:
-                            high = max([high] + [t for _, t in await self._scan_from(framed, m.offset)])
-                        continue
-                pos = m.offset + 1
+                try:
+                    rec = decode(m.value)
+                except (LogError, TypeError) as exc:
+                    raise self._bad_record(off, exc) from exc
+                rec.offset = off
+                pos = off + 1
                 if rec.ts <= high:
                     self.duplicates_skipped += 1
                     continue
