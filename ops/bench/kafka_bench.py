@@ -20,8 +20,11 @@ Phases:
    `append` returned in the committer) to the moment the follower has
    applied it to its projection, per record, on the host-wide monotonic
    clock shared by both processes. Target: p99 <= 20 ms. The achieved rate
-   is reported too: a committer that cannot keep up shows it there. Records
-   the follower never applied are counted, not dropped silently.
+   and the callers' commit latency are reported too: a committer that cannot
+   keep up shows it there (its event loop then also notices acknowledgements
+   late, so the lag figure becomes a lower bound). Records the follower never
+   applied are counted, not dropped silently. CPU shares of both processes
+   are reported because the broker, committer and follower share the host.
 
 At the end both projections must hold the same balances.
 
@@ -206,10 +209,10 @@ async def _report(proc: asyncio.subprocess.Process) -> dict[str, Any]:
 
 
 async def _run(bootstrap: str, accounts: int, seconds: float, concurrency: int, paced_rate: int,
-               paced_seconds: float, data: Path) -> dict[str, Any]:
+               paced_seconds: float, data: Path, url_options: str = "") -> dict[str, Any]:
     async with AsyncExitStack() as cleanup:
         app = App.load(BANK)
-        url = f"kafka://{bootstrap}/tape-bench-{uuid.uuid4().hex[:8]}"
+        url = f"kafka://{bootstrap}/tape-bench-{uuid.uuid4().hex[:8]}{url_options}"
         log = KafkaLog(url)
         await log.open()
         cleanup.push_async_callback(log.close)
@@ -333,13 +336,15 @@ async def _run(bootstrap: str, accounts: int, seconds: float, concurrency: int, 
 
 
 def run(quick: bool = False, *, accounts: int | None = None, seconds: float | None = None,
-        concurrency: int = CONCURRENCY, rate: int = TARGET_TPS, paced_seconds: float | None = None) -> dict[str, Any]:
+        concurrency: int = CONCURRENCY, rate: int = TARGET_TPS, paced_seconds: float | None = None,
+        url_options: str = "") -> dict[str, Any]:
     """Start a broker, run the three phases, stop it; returns the results."""
     accounts = accounts or (10_000 if quick else 100_000)
     seconds = seconds or (3.0 if quick else 10.0)
     paced_seconds = paced_seconds or (3.0 if quick else 10.0)
     with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="tape-kafka-bench-") as tmp:
-        result = asyncio.run(_run(bootstrap, accounts, seconds, concurrency, rate, paced_seconds, Path(tmp)))
+        result = asyncio.run(_run(bootstrap, accounts, seconds, concurrency, rate, paced_seconds, Path(tmp),
+                                  url_options))
     lag = result["lag_paced"]
     result["targets"] = {
         "tps_5000": result["throughput"]["tps"] >= TARGET_TPS,
@@ -357,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="closed-loop callers in phase 1")
     parser.add_argument("--rate", type=int, default=TARGET_TPS, help="paced mutations/s in the lag phase")
     parser.add_argument("--paced-seconds", type=float, help="lag phase length (default 10; 3 with --quick)")
+    parser.add_argument("--url-options", default="", help="appended to the log URL, e.g. '?fetch_wait_ms=2'")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--follower", nargs=3, metavar=("URL", "DATA", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -366,7 +372,7 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(_follow(url, Path(data), int(target)))
         return
     r = run(args.quick, accounts=args.accounts, seconds=args.seconds, concurrency=args.concurrency,
-            rate=args.rate, paced_seconds=args.paced_seconds)
+            rate=args.rate, paced_seconds=args.paced_seconds, url_options=args.url_options)
     if args.json:
         print(json.dumps(r, indent=2))
         return
