@@ -12,11 +12,14 @@
 (b) **fan-out**: the same with 1,000 subscribers. Per round, "all have it" is
     the latest of the 1,000 receipts; p50/p99 are taken over rounds (and over
     every receipt).
-(floor) both are repeated against `ops.bench.floor_server`, which forwards
+(floor) both are measured against `ops.bench.floor_server`, which forwards
     the exact bytes of a Tape Transition to the same number of sockets when a
     trigger socket sends them: trigger send → receipt is the cost of moving
     those bytes through aiohttp and the kernel, with no commit and no query.
     Ratios are Tape ÷ floor, measured in the same run with the same client.
+    Tape rounds and floor rounds alternate (each floor round forwards the
+    Transition Tape delivered in the round before), so a burst of load from
+    elsewhere on the machine lands on both sides alike.
 (c) **10,000 subscriptions**: 100 sockets each subscribe to 100 distinct
     ``accounts:balance`` queries (one per account, 10,000 in all), then 64
     writer sockets run uniform random transfers among those accounts (each
@@ -158,47 +161,72 @@ async def _subscribe_all(clients: list[SyncClient], query: tuple[int, str, dict[
 
 
 async def tape_rounds(port: int, subscribers: int, rounds: int, hot: str, sink_count: int,
-                      around: Callable[[], Any] = contextlib.nullcontext,
-                      admin_key: str | None = None) -> tuple[Rounds, bytes]:
+                      around: Callable[[], Any] = contextlib.nullcontext, admin_key: str | None = None,
+                      floor_port: int | None = None) -> tuple[Rounds, Rounds | None, bytes]:
     """Rounds of: writer transfers 1 from `hot`; every subscriber of balance(hot) must see the new value.
 
     `around()` is a context manager entered for the rounds only (not the connection setup).
-    With `admin_key`, receipts are also timed from the server's commit instants.
+    With `admin_key`, receipts are also timed from the server's commit instants. With
+    `floor_port`, as many sockets subscribe to the floor server, and every Tape round is
+    followed by one floor round forwarding the Transition bytes Tape just delivered, so both
+    are measured under the same machine load (returned as the second Rounds).
     """
     subs: list[SyncClient] = await open_many(subscribers, HOST, port)
     writer = await SyncClient.open(HOST, port)
+    floor_subs: list[SyncClient] = []
+    trigger: RawWebSocket | None = None
     try:
         value = await _subscribe_all(subs, (0, BALANCE, {"owner": hot}))
         rec = Rounds(subscribers)
         for c in subs:
             c.on_update = _handler(rec)
+        floor: Rounds | None = None
+        if floor_port is not None:
+            floor_subs = await open_many(subscribers, HOST, floor_port, "/sub")
+            trigger = await RawWebSocket.connect(HOST, floor_port, "/trigger", lambda payload, t: None)
+            await asyncio.sleep(0.2)  # let the floor server register the last sockets
+            floor = Rounds(subscribers)
+            for c in floor_subs:
+                c.on_update = _handler(floor)
         with around():
-            value = await _run_rounds(rec, writer, rounds, hot, sink_count, value)
+            for r in range(rounds):
+                value = await _tape_round(rec, writer, r, hot, sink_count, value)
+                if floor is not None and trigger is not None:
+                    await _floor_round(floor, trigger, subs[0].last_transition)
         if admin_key is not None:
             clock_name, commits = await commit_times(port, admin_key)
             rec.time_from_commits(clock_name, commits)
         payload = subs[0].last_transition
-        return rec, payload
+        return rec, floor, payload
     finally:
         writer.close()
-        for c in subs:
+        if trigger is not None:
+            trigger.close()
+        for c in subs + floor_subs:
             c.close()
 
 
-async def _run_rounds(rec: Rounds, writer: SyncClient, rounds: int, hot: str, sink_count: int, value: float) -> float:
-    for r in range(rounds):
-        expected = value - 1.0
-        rec.begin(expected)
-        future = writer.send_mutation("accounts:transfer", {"src": hot, "dst": owner(r % sink_count), "amount": 1.0})
-        request_id = writer.last_request_id
-        t_send = rec.t_send
-        future.add_done_callback(lambda f, t0=t_send: rec.acks.append(clock() - t0))
-        await rec.finish()
-        result = await asyncio.wait_for(future, 10)
-        rec.commit_ts.append(writer.mutation_ts.get(request_id))
-        value = float(result)
-        await asyncio.sleep(0.002)
-    return value
+async def _tape_round(rec: Rounds, writer: SyncClient, r: int, hot: str, sink_count: int, value: float) -> float:
+    """One transfer from `hot`; returns the new balance once every subscriber has it and the writer is done."""
+    expected = value - 1.0
+    rec.begin(expected)
+    future = writer.send_mutation("accounts:transfer", {"src": hot, "dst": owner(r % sink_count), "amount": 1.0})
+    request_id = writer.last_request_id
+    t_send = rec.t_send
+    future.add_done_callback(lambda f, t0=t_send: rec.acks.append(clock() - t0))
+    await rec.finish()
+    result = await asyncio.wait_for(future, 10)
+    rec.commit_ts.append(writer.mutation_ts.get(request_id))
+    await asyncio.sleep(0.002)
+    return float(result)
+
+
+async def _floor_round(rec: Rounds, trigger: RawWebSocket, payload: bytes) -> None:
+    """The trigger sends `payload`; the floor server forwards it to every subscriber."""
+    rec.begin(_updated_value(payload))
+    trigger.send(payload)
+    await rec.finish()
+    await asyncio.sleep(0.002)
 
 
 async def commit_times(port: int, admin_key: str) -> tuple[str, list[list[int]]]:
@@ -238,27 +266,6 @@ async def solo_commits(port: int, rounds: int, hot: str, sink_count: int) -> dic
         return latency_summary(times)
     finally:
         writer.close()
-
-
-async def floor_rounds(port: int, subscribers: list[SyncClient], add: int, rounds: int, payload: bytes,
-                       value: Any) -> tuple[Rounds, list[SyncClient]]:
-    """Rounds of: the trigger sends `payload`; the floor server forwards it to every subscriber."""
-    if add:
-        subscribers = subscribers + await open_many(add, HOST, port, "/sub")
-    trigger = await RawWebSocket.connect(HOST, port, "/trigger", lambda payload, t: None)
-    try:
-        await asyncio.sleep(0.2)  # let the server register the last sockets
-        rec = Rounds(len(subscribers))
-        for c in subscribers:
-            c.on_update = _handler(rec)
-        for _ in range(rounds):
-            rec.begin(value)
-            trigger.send(payload)
-            await rec.finish()
-            await asyncio.sleep(0.002)
-        return rec, subscribers
-    finally:
-        trigger.close()
 
 
 def _updated_value(payload: bytes) -> Any:
@@ -329,38 +336,26 @@ def run(quick: bool = False, harness: Harness | None = None, *, accounts: int | 
 
         h.reporter.phase("reactivity: one writer alone, sequential transfers")
         out["solo_commit"] = asyncio.run(solo_commits(tape.port, s["latency_rounds"], hot, n - 2))
-        h.reporter.phase(f"reactivity: commit → update, {s['latency_subscribers']} subscribers")
         key = admin_key_of(tape.server.argv)
-        lat, payload = asyncio.run(tape_rounds(tape.port, s["latency_subscribers"], s["latency_rounds"], hot, n - 2,
-                                               admin_key=key))
-        out["latency"] = lat.summary()
-
-        h.reporter.phase(f"reactivity: fan-out to {s['fanout_subscribers']:,} subscribers")
-        fan, payload = asyncio.run(tape_rounds(tape.port, s["fanout_subscribers"], s["fanout_rounds"], hot, n - 2,
-                                               lambda: h.profile("fanout", tape.server.pid), admin_key=key))
-        out["fanout"] = fan.summary()
-        out["transition_bytes"] = len(payload)
-
-        h.reporter.phase("reactivity: raw aiohttp broadcast floor")
         floor = h.start_child("broadcast floor", lambda port: [
             sys.executable, "-m", "ops.bench.floor_server", "--port", str(port)])
         try:
-            value = _updated_value(payload)
-
-            async def floors() -> tuple[Rounds, Rounds]:
-                first, subs = await floor_rounds(floor.port, [], s["latency_subscribers"], s["latency_rounds"],
-                                                 payload, value)
-                try:
-                    second, subs = await floor_rounds(floor.port, subs,
-                                                      s["fanout_subscribers"] - s["latency_subscribers"],
-                                                      s["fanout_rounds"], payload, value)
-                finally:
-                    for c in subs:
-                        c.close()
-                return first, second
-            floor_lat, floor_fan = asyncio.run(floors())
+            h.reporter.phase(f"reactivity: commit → update, {s['latency_subscribers']} subscribers (rounds "
+                             "alternate with the raw broadcast floor)")
+            lat, floor_lat, payload = asyncio.run(tape_rounds(
+                tape.port, s["latency_subscribers"], s["latency_rounds"], hot, n - 2, admin_key=key,
+                floor_port=floor.port))
+            h.reporter.phase(f"reactivity: fan-out to {s['fanout_subscribers']:,} subscribers (rounds alternate "
+                             "with the raw broadcast floor)")
+            fan, floor_fan, payload = asyncio.run(tape_rounds(
+                tape.port, s["fanout_subscribers"], s["fanout_rounds"], hot, n - 2,
+                lambda: h.profile("fanout", tape.server.pid), admin_key=key, floor_port=floor.port))
         finally:
             h.stop_child(floor)
+        assert floor_lat is not None and floor_fan is not None
+        out["latency"] = lat.summary()
+        out["fanout"] = fan.summary()
+        out["transition_bytes"] = len(payload)
         out["floor_latency"] = floor_lat.summary()
         out["floor_fanout"] = floor_fan.summary()
 
