@@ -23,8 +23,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
+from log import forked as log_forked
 from log.base import Log
 from log.codec import FlatWrite, encode_payload, frame_from_payload
 from log.directory import (
@@ -47,6 +48,7 @@ logger = logging.getLogger("tape.log")
 DEFAULT_SEGMENT_BYTES = 64 << 20
 DEFAULT_INDEX_BYTES = 4096
 _INLINE_READ_BYTES = 64 << 10
+_FORKED_READ_RECORDS = 16384  # reads of this many records or more may decode in a child process
 
 
 @dataclass(slots=True)
@@ -475,11 +477,13 @@ class FileLog(Log):
     # ------------------------------------------------------------ reading
 
     async def _walk_segments(self, reader: Any, start: int, end: int | None, batch: int,
-                             what: str) -> AsyncIterator[Any]:
+                             what: str, forked: bool = False) -> AsyncIterator[Any]:
         """Run `reader(path, pos, size, off, stop, batch)` over the durable frames in [start, end).
 
         `reader` returns `(result, next offset or None, pos, done)`; results with a next offset
-        are yielded. Large reads go to a thread so the event loop keeps serving.
+        are yielded. Large reads go to a thread so the event loop keeps serving; with `forked`,
+        reads of at least `_FORKED_READ_RECORDS` records run in a child process instead (see
+        `log.forked`: `reader` then works ahead of the consumer, on another core).
         """
         self._check_open()
         if start < 0 or batch < 1:
@@ -491,6 +495,12 @@ class FileLog(Log):
         if start >= stop:
             return
         i, pos = st.locate(start)
+        if forked and stop - start >= _FORKED_READ_RECORDS and log_forked.available():
+            segs = [(seg.path, seg.size) for seg in st.segs[i:]]
+            async for result in log_forked.forked_items(lambda: _walk(reader, segs, pos, start, stop, batch)):
+                self._check_open()
+                yield result
+            return
         off = start
         while off < stop:
             self._check_open()
@@ -522,19 +532,25 @@ class FileLog(Log):
             yield recs
 
     async def read_writes(
-        self, start: int, end: int | None = None, batch: int = 4096
-    ) -> AsyncIterator[tuple[list[FlatWrite], int, int, int]]:
+        self, start: int, end: int | None = None, batch: int = 4096,
+        prepare: Callable[[list[FlatWrite]], Any] | None = None,
+    ) -> AsyncIterator[tuple[Any, int, int, int]]:
         """`read`, for replaying into a projection: each batch as its records' writes, flattened.
 
         Yields (writes, number of records, offset of the last record, its ts)
         per batch of up to `batch` records, where `writes` holds each write as
         ``(record offset, table, document id as UTF-8, doc, prev)`` (see
-        `log.codec.decode_frame_writes`); no `Record` objects are built.
+        `log.codec.decode_frame_writes`); no `Record` objects are built. With
+        `prepare`, each batch's writes are replaced by ``prepare(writes)``,
+        computed where they are decoded: a large read decodes in a child
+        process (see `log.forked`), ahead of the consumer and off its GIL.
         """
-        def flat(*args: Any) -> tuple[tuple[list[FlatWrite], int, int, int], int | None, int, bool]:
+        def flat(*args: Any) -> tuple[tuple[Any, int, int, int], int | None, int, bool]:
             writes, count, last_off, last_ts, pos, done = read_writes(*args)
+            if prepare is not None:
+                writes = prepare(writes)
             return (writes, count, last_off, last_ts), (last_off + 1 if count else None), pos, done
-        async for item in self._walk_segments(flat, start, end, batch, "read_writes"):
+        async for item in self._walk_segments(flat, start, end, batch, "read_writes", forked=True):
             yield item
 
     async def tail(self, start: int, batch: int = 4096) -> AsyncIterator[list[Record]]:
@@ -646,6 +662,22 @@ class FileLog(Log):
         self._epoch += 1
         self._write_marker(n, last_ts)
         return new
+
+
+
+def _walk(reader: Any, segs: list[tuple[Path, int]], pos: int, off: int, stop: int, batch: int) -> Iterator[Any]:
+    """`FileLog._walk_segments` over a snapshot `segs` of (path, size), from `pos` of the first one."""
+    for path, size in segs:
+        while pos < size and off < stop:
+            result, nxt, pos, done = reader(path, pos, size, off, stop, batch)
+            if nxt is not None:
+                off = nxt
+                yield result
+            elif done:
+                return
+        if off >= stop:
+            return
+        pos = 0
 
 
 __all__ = ["FileLog", "FORMAT_VERSION"]

@@ -2,13 +2,14 @@
 
 The log is read through its ``read(start, end)`` async batch iterator (``end``
 exclusive) and applied in atomic batches of about `BATCH_RECORDS` records.
-A log that offers ``read_writes(start, end, batch)`` (the FileLog) is read
-through that instead: it yields each batch's writes flattened, straight from
-the frames, without building `Record` objects, for `Projection.apply_writes`.
-(Writing each batch from a worker thread while preparing the next was tried:
-with keys written in sorted order the RocksDB write is a small share of the
-cost, and the GIL hand-offs cost more than the overlap saved. Decoding the
-next batch in a thread meanwhile gains nothing either: both hold the GIL.)
+A log that offers ``read_writes(start, end, batch, prepare)`` (the FileLog) is
+read through that instead: it yields each batch's writes flattened, straight
+from the frames, without building `Record` objects, with their index keys
+already computed by the projection's `WritePreparer` where they were decoded —
+for a long replay in a child process (`log.forked`), which works ahead on the
+next batches on another core while `Projection.apply_prepared` folds this one
+in. (Threads do not help here: decoding, key computation and the RocksDB
+write all hold the GIL.)
 """
 from __future__ import annotations
 
@@ -116,11 +117,17 @@ async def _catch_up_writes(
     projection: Projection, read_writes: Any, start: int, upto: int | None, progress: Progress | None,
     batch_records: int,
 ) -> int:
-    """`catch_up` through the log's ``read_writes``: one atomic batch per batch read."""
-    batches = read_writes(start, None if upto is None else upto + 1, batch_records)
+    """`catch_up` through the log's ``read_writes``: one atomic batch per batch read.
+
+    The index keys of the writes are computed where the log decodes them (a
+    child process for a long replay): `Projection.apply_prepared` is left
+    with what depends on the projection's state.
+    """
+    batches = read_writes(start, None if upto is None else upto + 1, batch_records,
+                          prepare=projection.write_preparer())
     try:
         async for writes, _count, last_offset, last_ts in batches:
-            projection.apply_writes(writes, last_offset, last_ts)
+            projection.apply_prepared(writes, last_offset, last_ts)
             if progress is not None:
                 progress(projection.applied_offset, projection.applied_offset - start + 1)
             await asyncio.sleep(0)  # let the event loop breathe between batches

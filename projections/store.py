@@ -42,6 +42,7 @@ from log.record import Record
 from .errors import ProjectionError, ProjectionFormatError
 from .index_catalog import Catalog, TableIndexes, normalize_catalog
 from .index_catalog import tail as _tail
+from .prepare import PreparedWrite, WritePreparer, doc_keys, id_key
 from .keys import (
     _ENCODERS,
     UNDEFINED,
@@ -206,6 +207,23 @@ class Projection:
             writes = [w for w in writes if w[0] > base]
         self._apply_flat(writes, last_offset, last_ts)
 
+    def write_preparer(self) -> WritePreparer:
+        """A `WritePreparer` for this projection's index catalog (see `apply_prepared`)."""
+        return WritePreparer(self._catalog, self.path)
+
+    def apply_prepared(self, writes: list[PreparedWrite], last_offset: int, last_ts: int) -> None:
+        """`apply_writes` for writes a `write_preparer()` has already computed the index keys of.
+
+        The same catalog must be in place: `set_indexes` in between makes the keys stale.
+        """
+        base = self._applied_offset
+        if last_offset <= base:
+            return
+        if writes and writes[0][0] <= base:
+            writes = [w for w in writes if w[0] > base]
+        batch, counts = self._build_prepared(writes, last_offset, last_ts)
+        self._commit(batch, counts, last_offset, last_ts)
+
     def _flatten(self, records: Iterable[Record]) -> tuple[list[FlatWrite], int, int]:
         """The writes of the records after `applied_offset`, flattened, with the last new offset and ts."""
         last_off = self._applied_offset
@@ -233,6 +251,10 @@ class Projection:
         if last_off == self._applied_offset:
             return
         batch, counts = self._build(writes, last_off, last_ts)
+        self._commit(batch, counts, last_off, last_ts)
+
+    def _commit(self, batch: WriteBatch, counts: dict[str, int], last_off: int, last_ts: int) -> None:
+        """Write `batch` (built by `_finish`) and take in its new counts and applied offset/ts."""
         self._db_open().write(batch, self._wo)
         self._counts = counts
         self._applied_ts = last_ts
@@ -363,6 +385,13 @@ class Projection:
             else:
                 where = f" ({table} {idb.decode(errors='replace') if type(idb) is bytes else idb})"
             raise ProjectionError(f"{self.path}: cannot apply record {off}{where}: {exc}") from exc
+        return self._finish(per_table, docs, doc_dels, last_off, last_ts)
+
+    def _finish(
+        self, per_table: dict[str, _TableOps], docs: dict[bytes, bytes | None], doc_dels: bool,
+        last_off: int, last_ts: int,
+    ) -> tuple[WriteBatch, dict[str, int]]:
+        """The WriteBatch of the collected operations (in key order) and the new applied offset/ts, with the new counts."""
         meta: dict[bytes, bytes | None] = {
             META_APPLIED_OFFSET: pack_int(last_off),
             META_APPLIED_TS: pack_int(last_ts),
@@ -403,6 +432,73 @@ class Projection:
             _consume(map(put, compress(keys, live), compress(values, live)))
             _consume(map(delete, compress(keys, map(not_, live))))
         return wb, counts
+
+    def _build_prepared(
+        self, writes: list[PreparedWrite], last_off: int, last_ts: int
+    ) -> tuple[WriteBatch, dict[str, int]]:
+        """`_build` for prepared writes: only what depends on the projection's state is left to do."""
+        db_get = self._db_open().get
+        tables = self._tables
+        absent = _ABSENT
+        docs: dict[bytes, bytes | None] = {}  # doc key -> new document (None: deleted)
+        docs_get = docs.get
+        per_table: dict[str, _TableOps] = {}
+        doc_dels = False  # whether `docs` holds a delete
+        seen = self._seen
+        seen_mask = _SEEN_MASK
+        off = table = idb = last_table = None
+        try:
+            for off, table, idb, new_raw, old_raw, new_keys, old_keys in writes:
+                if table is not last_table:
+                    t = per_table.get(table)
+                    if t is None:
+                        t = per_table[table] = _TableOps(tables.get(table) or self._table(table))
+                    ids, cts, user_ix = t.ids, t.cts, t.user_ix
+                    last_table = table
+                dkey = DOC + idb
+                if old_raw is None:
+                    old_raw = docs_get(dkey, absent)
+                    if old_raw is absent:
+                        old_raw = db_get(dkey) if seen is None or seen[hash(dkey) & seen_mask] else None
+                    if old_raw is not None:
+                        old_keys = doc_keys(t.ti, old_raw, idb, id_key(idb))
+                docs[dkey] = new_raw
+                if new_raw is not None:
+                    if old_raw is None:  # a new document
+                        ids[new_keys[0]] = idb
+                        cts[new_keys[1]] = idb
+                        for i, ops in user_ix:
+                            ops[new_keys[i]] = idb
+                        t.delta += 1
+                        if seen is not None:
+                            seen[hash(dkey) & seen_mask] = 1
+                        continue
+                    old_key = old_keys[1]
+                    new_key = new_keys[1]
+                    if old_key != new_key:
+                        cts[old_key] = None
+                        cts[new_key] = idb
+                        t.ct_dels = True
+                    for i, ops in user_ix:
+                        old_key = old_keys[i]
+                        new_key = new_keys[i]
+                        if old_key != new_key:
+                            ops[old_key] = None
+                            ops[new_key] = idb
+                            t.user_dels = True
+                else:
+                    doc_dels = True
+                    if old_raw is not None:
+                        ids[old_keys[0]] = None
+                        cts[old_keys[1]] = None
+                        for i, ops in user_ix:
+                            ops[old_keys[i]] = None
+                        t.delta -= 1
+                        t.id_dels = t.ct_dels = t.user_dels = True
+        except Exception as exc:
+            where = "" if idb is None else f" ({table} {idb.decode(errors='replace')})"
+            raise ProjectionError(f"{self.path}: cannot apply record {off}{where}: {exc}") from exc
+        return self._finish(per_table, docs, doc_dels, last_off, last_ts)
 
     def track_new_documents(self, on: bool = True) -> bool:
         """Start (or stop) remembering, in a 16 MiB filter, the documents this projection adds.
@@ -689,7 +785,7 @@ def _first(pair: tuple[bytes, Any]) -> bytes:
 class _TableOps:
     """One table's pending index operations in a batch: key -> id bytes (None: delete), per index."""
 
-    __slots__ = ("ti", "by_id", "by_ct", "ids", "cts", "user", "simple", "delta",
+    __slots__ = ("ti", "by_id", "by_ct", "ids", "cts", "user", "user_ix", "simple", "delta",
                  "id_dels", "ct_dels", "user_dels")
 
     def __init__(self, ti: TableIndexes) -> None:
@@ -699,6 +795,7 @@ class _TableOps:
         self.ids: dict[bytes, bytes | None] = {}
         self.cts: dict[bytes, bytes | None] = {}
         self.user: list[dict[bytes, bytes | None]] = [{} for _ in ti.user]
+        self.user_ix = tuple(enumerate(self.user, 2))  # (position in a `DocKeys`, operations) per user index
         self.simple = None if ti.simple is None else tuple(
             (prefix, field, ops) for (prefix, field), ops in zip(ti.simple, self.user)
         )

@@ -580,3 +580,59 @@ def test_property_reads_match_appends(
 
     with tempfile.TemporaryDirectory() as d:
         asyncio.run(scenario(d))
+
+
+@pytest.mark.parametrize("forked", [False, True])
+async def test_read_writes_prepared_in_process_or_in_a_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: bool
+) -> None:
+    """`prepare` maps each batch where it is decoded; large reads decode in a child process."""
+    from log import file_log
+    monkeypatch.setattr(file_log, "_FORKED_READ_RECORDS", 1 if forked else 1 << 40)
+    spawned: list[int] = []
+    real = file_log.log_forked.forked_items
+
+    def counting(produce):  # type: ignore[no-untyped-def]
+        spawned.append(1)
+        return real(produce)
+
+    monkeypatch.setattr(file_log.log_forked, "forked_items", counting)
+    log = FileLog(tmp_path, segment_bytes=2_000, index_bytes=512)
+    await log.open()
+    recs = [Record([Write("t", f"d{i}", b"x" * (i % 90), b"p" if i % 3 else None)] * (i % 3), session_id="s")
+            for i in range(300)]
+    for i in range(0, 300, 7):
+        await log.append(recs[i:i + 7])
+    for start, end, batch in [(0, None, 4096), (0, None, 1), (5, 6, 3), (13, 200, 9), (299, None, 2)]:
+        assert await read_writes_all(log, start, end, batch) == flat(recs[start:end if end is not None else 300])
+        got = [item async for item in log.read_writes(start, end, batch, prepare=lambda ws: [w[2] for w in ws])]
+        assert [i for writes, *_ in got for i in writes] == [w[2] for w in flat(recs[start:end])]
+        assert [(n, last_off, last_ts) for _, n, last_off, last_ts in got] == [
+            (n, last_off, last_ts) async for _, n, last_off, last_ts in log.read_writes(start, end, batch)]
+    assert bool(spawned) == forked
+    await log.close()
+
+
+@pytest.mark.parametrize("forked", [False, True])
+async def test_damage_found_by_read_writes_names_the_segment_and_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: bool
+) -> None:
+    from log import file_log
+    from log.codec import HEADER_SIZE
+    from log.errors import LogCorruptError
+    monkeypatch.setattr(file_log, "_FORKED_READ_RECORDS", 1 if forked else 1 << 40)
+    log = FileLog(tmp_path)
+    await log.open()
+    recs = [rec(i) for i in range(10)]
+    await log.append(recs)
+    seg = list_segments(tmp_path)[-1][1]
+    data = bytearray(seg.read_bytes())
+    pos = 0
+    for _ in range(7):
+        pos += HEADER_SIZE + int.from_bytes(data[pos + 4:pos + 8], "little")
+    data[pos + HEADER_SIZE + 20] ^= 0x10  # bit rot in frame 7, after open
+    seg.write_bytes(bytes(data))
+    with pytest.raises(LogCorruptError, match=rf"{seg.name}: damaged frame at byte {pos}: frame CRC mismatch"):
+        await read_writes_all(log)
+    assert await read_writes_all(log, 0, 7) == flat(recs[:7])
+    await log.close()

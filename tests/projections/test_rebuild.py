@@ -248,3 +248,30 @@ async def test_new_document_filter_starts_only_on_an_empty_projection(tmp_path: 
     with Projection(tmp_path / "q", INDEXES) as proj:
         proj.apply([Record([], offset=0, ts=5)])  # something applied, though no document
         assert not proj.track_new_documents()
+
+
+@pytest.mark.parametrize("forked", [False, True])
+async def test_replay_prepared_in_a_child_process_matches_live(
+    tmp_path: Path, history: Any, monkeypatch: pytest.MonkeyPatch, forked: bool
+) -> None:
+    """The index keys computed where the log is decoded (a child process for a long replay) are the live ones,
+    also for updates and deletes without `prev` of documents the projection held before."""
+    from log import file_log as file_log_module
+    monkeypatch.setattr(file_log_module, "_FORKED_READ_RECORDS", 1 if forked else 1 << 40)
+    churn(history, n=300, seed=21)
+    upto = 80
+    for doc_id in list(history.docs)[:12]:
+        history.update(doc_id, with_prev=False, n=7, tag="late")
+    for doc_id in list(history.docs)[12:16]:
+        history.delete(doc_id, with_prev=False)
+    churn(history, n=100, seed=22)
+    log = await file_log(tmp_path / "log", history)
+    rebuilt = await rebuild(log, tmp_path / "r", INDEXES, upto=upto)
+    try:
+        assert await catch_up(rebuilt, log, batch_records=37) == len(history.records) - upto - 1
+        with live_projection(tmp_path / "live", history) as live:
+            assert rebuilt.content_digest() == live.content_digest()
+            assert rebuilt.meta() == live.meta()
+    finally:
+        rebuilt.close()
+        await log.close()

@@ -1,0 +1,118 @@
+"""The index keys of replayed writes, computed without the projection's state.
+
+Replaying the log, most of the work per write does not depend on what the
+projection holds: parsing the new document and the previous one (which the
+log carries as `Write.prev`) and encoding their index keys. `WritePreparer`
+does just that part, so it can run apart from the projection — in the child
+process that decodes the log (`log.forked`) — and `Projection.apply_prepared`
+folds the result in, resolving what does depend on the state (whether a
+document without `prev` exists, the counts) on its side.
+
+Keys are computed exactly as `Projection.apply` computes them (tests compare
+the resulting projections byte for byte).
+"""
+from __future__ import annotations
+
+import struct
+from typing import Any, Mapping
+
+import orjson
+
+from engine.values import decode_doc
+from log.codec import FlatWrite
+
+from .errors import ProjectionError
+from .index_catalog import TableIndexes, normalize_catalog
+from .keys import _ENCODERS, UNDEFINED, _NUL, _NUL_ESC, _P_STRING, _STR_END, T_FLOAT, encode_string_key, encode_value_key
+
+DocKeys = tuple[bytes, ...]
+"""The keys a document occupies: (by_id key, by_creation_time key, user index keys in `TableIndexes.names[2:]` order)."""
+
+PreparedWrite = tuple[int, str, bytes, "bytes | None", "bytes | None", "DocKeys | None", "DocKeys | None"]
+"""(record offset, table, id as UTF-8, doc, prev, keys of doc, keys of prev); keys are None where the document is."""
+
+
+class WritePreparer:
+    """Computes `PreparedWrite`s for a user index catalog (``{table: {name: [field, ...]}}``)."""
+
+    def __init__(self, catalog: Mapping[str, Mapping[str, list[str]]], where: str = "projection") -> None:
+        self._catalog = normalize_catalog(catalog)
+        self._where = where
+        self._tables: dict[str, TableIndexes] = {}
+
+    def table(self, table: str) -> TableIndexes:
+        """The compiled indexes of `table`."""
+        ti = self._tables.get(table)
+        if ti is None:
+            ti = self._tables[table] = TableIndexes(table, self._catalog.get(table))
+        return ti
+
+    def __call__(self, writes: list[FlatWrite]) -> list[PreparedWrite]:
+        """`writes` (as `log.codec.decode_frame_writes` gives them), each with the keys of its doc and prev."""
+        out: list[PreparedWrite] = []
+        append = out.append
+        tables = self._tables
+        last_table = ti = None
+        off = table = idb = None
+        if len(_STRING_KEYS) > _STRING_KEYS_MAX:
+            _STRING_KEYS.clear()
+        try:
+            for off, table, idb, new_raw, old_raw in writes:
+                if table is not last_table:
+                    ti = tables.get(table) or self.table(table)
+                    last_table = table
+                idk = _ID_KEY % idb if 0 not in idb else _P_STRING + idb.replace(_NUL, _NUL_ESC) + _STR_END
+                append((off, table, idb, new_raw, old_raw,
+                        None if new_raw is None else doc_keys(ti, new_raw, idb, idk),
+                        None if old_raw is None else doc_keys(ti, old_raw, idb, idk)))
+        except Exception as exc:
+            where = "" if idb is None else f" ({table} {idb.decode(errors='replace')})"
+            raise ProjectionError(f"{self._where}: cannot apply record {off}{where}: {exc}") from exc
+        return out
+
+
+def id_key(idb: bytes) -> bytes:
+    """``encode_string_key`` of a document id given as UTF-8 bytes."""
+    return _ID_KEY % idb if 0 not in idb else _P_STRING + idb.replace(_NUL, _NUL_ESC) + _STR_END
+
+
+def doc_keys(ti: TableIndexes, raw: bytes, idb: bytes, idk: bytes) -> DocKeys:
+    """The keys of the encoded document `raw` (id `idb`, whose string key is `idk`) in table `ti`."""
+    doc: dict[str, Any] = decode_doc(raw) if 36 in raw else _loads(raw)
+    ct = doc.get("_creationTime", UNDEFINED)
+    if type(ct) is float and ct > 0.0:  # encode_float_key, inlined for the usual case
+        packed = _pack_d(ct)
+        tail = _FLOAT_POS[packed[0]] + packed[1:] + idk
+    else:
+        tail = encode_value_key(ct) + idk
+    simple = ti.simple
+    if simple is None:
+        return (ti.by_id + idk, ti.by_ct + tail, *ti.user_keys(doc, tail))
+    if len(simple) == 1:
+        prefix, field = simple[0]
+        v = doc.get(field, UNDEFINED)
+        return (ti.by_id + idk, ti.by_ct + tail,
+                prefix + (_STRING_KEYS[v] if type(v) is str else _ENCODERS[type(v)](v)) + tail)
+    get = doc.get
+    keys = [ti.by_id + idk, ti.by_ct + tail]
+    for prefix, field in simple:
+        v = get(field, UNDEFINED)
+        keys.append(prefix + (_STRING_KEYS[v] if type(v) is str else _ENCODERS[type(v)](v)) + tail)
+    return tuple(keys)
+
+
+class _StringKeys(dict):  # type: ignore[type-arg]
+    """A cache of `encode_string_key` (indexed fields often take few distinct values)."""
+
+    def __missing__(self, value: str) -> bytes:
+        key = self[value] = encode_string_key(value)
+        return key
+
+
+_STRING_KEYS = _StringKeys()
+_STRING_KEYS_MAX = 1 << 14  # cleared when it holds more
+_ID_KEY = _P_STRING + b"%b" + _STR_END  # encode_string_key of an id (as bytes) without NUL
+_loads = orjson.loads
+_pack_d = struct.Struct(">d").pack
+# _FLOAT_POS[b]: the tag and first byte of encode_float_key(x) for x > 0 whose big-endian bits start with b
+_FLOAT_POS = [bytes((T_FLOAT, b | 0x80)) for b in range(128)]
