@@ -138,7 +138,7 @@ class SubscriptionManager:
         return [q for q in list(self._queries.values()) if self._run(q)]
 
     def _index_prefixes(self, table: str) -> dict[str, bytes]:
-        """Index name -> key prefix for `table` (cached; the catalog only changes with the app)."""
+        """Index name -> key prefix for `table` (cached: a prefix depends only on the two names)."""
         prefixes = self._prefixes.get(table)
         if prefixes is None:
             prefixes = self._prefixes[table] = _PrefixMap(self.runtime.projection, table)
@@ -163,9 +163,9 @@ class SubscriptionManager:
                     written[doc_key] = b""
                 prefixes = self._index_prefixes(table)
                 # An update the writer marked as keeping every index key has one key set, not two.
-                olds = (write.prev,) if write.prev is not None and write.doc is not None and write.same_index_keys \
+                images = (write.prev,) if write.prev is not None and write.doc is not None and write.same_index_keys \
                     else (write.prev, write.doc)
-                for raw in olds:
+                for raw in images:
                     if raw is None:
                         continue
                     for index, key in projection.index_keys(table, decode_doc(raw)):
