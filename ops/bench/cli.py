@@ -1,6 +1,6 @@
 """`tape bench`: run the benchmark workloads and write results.json, results.md and plots.
 
-    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling]
+    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling,kafka,restore]
                [--profile] [--base-port N] [--work-dir DIR]
 
 Everything runs on loopback: a Tape server on the bank example app, the
@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling")
+WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
     "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
@@ -25,6 +25,8 @@ DESCRIPTIONS = {
     "baseline": "the same transfers on aiohttp + SQLite (WAL, synchronous=FULL)",
     "reactivity": "commit → update latency, 1,000-socket fan-out vs raw floor, 10,000 subscriptions",
     "polling": "1,000 HTTP pollers vs 1,000 WebSocket subscribers",
+    "kafka": "committer on a Kafka topic (local Tansu broker) and a replica's lag at 5,000 commits/s",
+    "restore": "point-in-time restore with and without checkpoints, change export to a file",
 }
 
 
@@ -78,11 +80,29 @@ def run_engine(quick: bool, harness: Any) -> dict[str, Any]:
     return engine_bench.run(quick)
 
 
+def run_kafka(quick: bool, harness: Any) -> dict[str, Any]:
+    """The committer on Kafka with group commit, and a replica process following the topic."""
+    from ops.bench import kafka_bench
+    harness.reporter.phase("kafka: committer throughput, replica catch-up and lag", 20 if quick else 45)
+    return kafka_bench.run(quick)
+
+
+def run_restore(quick: bool, harness: Any) -> dict[str, Any]:
+    """Restore to a point in time (with and without checkpoints) and streaming export."""
+    from ops.bench import restore_bench
+    harness.reporter.phase("restore: build a log, restore it, export it", 30 if quick else 120)
+    return restore_bench.run(quick)
+
+
 def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
     if name == "log":
         return run_log
     if name == "engine":
         return run_engine
+    if name == "kafka":
+        return run_kafka
+    if name == "restore":
+        return run_restore
     module = {"transfer": "ops.bench.transfer", "baseline": "ops.bench.sqlite_baseline",
               "reactivity": "ops.bench.reactivity", "polling": "ops.bench.polling"}[name]
     mod = __import__(module, fromlist=["run"])
@@ -107,6 +127,13 @@ def headline(name: str, r: dict[str, Any]) -> str:
         if name == "engine":
             return "; ".join(f"α={x['alpha']:g}: {x['tps']:,.0f} mutations/s ({x['loop_cpu_us_per_mutation']:.0f} µs "
                              f"loop CPU each)" for x in r["runs"])
+        if name == "kafka":
+            t, lag = r["throughput"], r["lag_paced"]
+            return (f"committer {t['tps']:,.0f} mutations/s; replica lag at {lag['achieved_per_s']:,.0f}/s "
+                    f"p50 {lag['p50_ms']:.1f} ms p99 {lag['p99_ms']:.1f} ms")
+        if name == "restore":
+            return (f"restore to midpoint {r['restore_mid_s']:.2f} s; replay {r['replay_records_per_s']:,.0f} "
+                    f"records/s; export {r['export_jsonl_events_per_s']:,.0f} events/s")
         if name == "log":
             lg, pj = r["log"], r["projection"]
             return (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "

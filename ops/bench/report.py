@@ -50,6 +50,15 @@ def _row(section: str, metric: str, tape: float | None, peer_name: str, peer: fl
             "unit": unit, "ratio": ratio, "target": target, "met": met, "note": note}
 
 
+def _flat_items(x: dict[str, Any], prefix: str = "") -> Iterable[list[Any]]:
+    """(dotted key, value) rows of a nested result dict, lists left out (for the per-workload tables)."""
+    for k, v in x.items():
+        if isinstance(v, dict):
+            yield from _flat_items(v, f"{prefix}{k}.")
+        elif not isinstance(v, (list, tuple)):
+            yield [f"{prefix}{k}", v]
+
+
 def _nan(x: Any) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
@@ -103,12 +112,20 @@ def comparisons(w: dict[str, Any]) -> list[dict[str, Any]]:
     if r:
         lat, flat = r.get("latency"), r.get("floor_latency")
         if lat and flat:
-            rows.append(_row("reactivity", f"commit → update p50, {lat['subscribers']} subscribers",
-                             lat["receipt_p50_ms"], "raw broadcast floor", flat["receipt_p50_ms"], "ms",
-                             "≤ 2 ms", lat["receipt_p50_ms"] <= 2.0))
-            rows.append(_row("reactivity", f"commit → update p99, {lat['subscribers']} subscribers",
-                             lat["receipt_p99_ms"], "raw broadcast floor", flat["receipt_p99_ms"], "ms",
-                             "≤ 10 ms", lat["receipt_p99_ms"] <= 10.0))
+            n = lat["subscribers"]
+            if "commit_receipt_p50_ms" in lat:
+                # The issue's figure: from the commit (the server's instant the transaction was durable and
+                # applied) to each subscriber having the update, on the host's shared monotonic clock.
+                for q, goal in (("p50", 2.0), ("p99", 10.0)):
+                    rows.append(_row("reactivity", f"commit → update {q}, {n} subscribers (from the commit)",
+                                     lat[f"commit_receipt_{q}_ms"], "raw broadcast floor (send → receipt)",
+                                     flat[f"receipt_{q}_ms"], "ms", f"≤ {goal:g} ms",
+                                     lat[f"commit_receipt_{q}_ms"] <= goal))
+            for q, goal in (("p50", 2.0), ("p99", 10.0)):
+                rows.append(_row("reactivity", f"writer's send → update {q}, {n} subscribers (incl. running the "
+                                 "mutation and its fsync)", lat[f"receipt_{q}_ms"], "raw broadcast floor",
+                                 flat[f"receipt_{q}_ms"], "ms", "" if "commit_receipt_p50_ms" in lat else f"≤ {goal:g} ms",
+                                 None if "commit_receipt_p50_ms" in lat else lat[f"receipt_{q}_ms"] <= goal))
         fan, ffan = r.get("fanout"), r.get("floor_fanout")
         if fan and ffan:
             for q in ("p50", "p99"):
@@ -150,6 +167,26 @@ def comparisons(w: dict[str, Any]) -> list[dict[str, Any]]:
         if 0.0 in runs and 1.5 in runs:
             rows.append(_row("engine", "in-process TPS α=1.5 ÷ α=0", runs[1.5]["tps"], "α=0", runs[0.0]["tps"],
                              "mutations/s", "at any contention level", runs[1.5]["tps"] >= 0.9 * runs[0.0]["tps"]))
+    kafka = w.get("kafka")
+    if kafka:
+        t, lag = kafka["throughput"], kafka["lag_paced"]
+        rows.append(_row("kafka", "committer on Kafka, transfer mutations/s", t["tps"], "target", 5000.0,
+                         "mutations/s", "≥ 5,000", t["tps"] >= 5000))
+        rows.append(_row("kafka", f"replica lag p99 at {lag['rate_per_s']:,}/s (broker ack → applied on replica)",
+                         lag["p99_ms"], "target", 20.0, "ms", "≤ 20 ms at 5,000/s",
+                         bool((kafka.get("targets") or {}).get("lag_p99_20ms_at_5000")),
+                         note=f"achieved {lag['achieved_per_s']:,.0f}/s, p50 {lag['p50_ms']:.1f} ms"))
+    rs = w.get("restore")
+    if rs:
+        n = rs.get("records")
+        big = n is None or n >= 1_000_000
+        rows.append(_row("restore", f"restore of a {n or 0:,}-record log to its midpoint, with checkpoints",
+                         rs["restore_mid_s"], "target", 5.0, "s", "≤ 5 s (1M records)",
+                         rs["restore_mid_s"] <= 5.0 if big else None))
+        rows.append(_row("restore", "replay from the log without checkpoints", rs["replay_records_per_s"], "target",
+                         100_000.0, "records/s", "≥ 100,000", rs["replay_records_per_s"] >= 100_000))
+        rows.append(_row("restore", "change export to a file, JSON lines", rs["export_jsonl_events_per_s"], "target",
+                         100_000.0, "events/s", "≥ 100,000", rs["export_jsonl_events_per_s"] >= 100_000))
     if log:
         rows.append(_row("log", "FileLog durable appends/s ÷ raw fsyncs/s (64 appenders)", log["append_per_s"],
                          "raw write+fdatasync", log["fsync_per_s"], "per s"))
@@ -329,6 +366,14 @@ def markdown(results: dict[str, Any]) -> str:
                         r["mean_batch"], r.get("loop_cpu_us_per_mutation"), r.get("cpu_us_per_mutation"),
                         r.get("loop_busy"), r["total_ok"]] for r in eng["runs"]])
         out.append("")
+
+    for name, title in (("kafka", "Kafka: committer and replica"), ("restore", "Restore and export")):
+        x = w.get(name)
+        if x:
+            out.append(f"## {title}")
+            out.append("")
+            out += _table(["figure", "value"], list(_flat_items(x)))
+            out.append("")
 
     lg = w.get("log")
     if lg:
