@@ -37,6 +37,7 @@ from typing import Any, Iterable, Iterator
 import orjson
 
 from engine.values import decode_doc, to_wire
+from log.codec import FlatRecord, FlatWrite
 from log.record import Record
 
 DOC_FORMATS = ("json", "convex")
@@ -185,6 +186,57 @@ def jsonl_chunk(records: Iterable[Record], tables: TableFilter | None = None, do
     return b"\n".join(lines), len(lines) - 1
 
 
+def jsonl_flat_chunk(writes: list[FlatWrite], records: list[FlatRecord], tables: TableFilter | None = None,
+                     doc_format: str = "json") -> tuple[bytes, int]:
+    """`jsonl_chunk` for records given flattened: `log.codec.decode_frame_writes` with its `records`.
+
+    The output is byte-identical to `jsonl_chunk` of the same records; no
+    `Record` objects are needed (the fast path of `tape stream` to a file).
+    """
+    keep = tables or TableFilter()
+    plain = doc_format == "json"
+    render = _doc_renderer(doc_format)
+    dumps = orjson.dumps
+    table_json: dict[str, bytes | None] = {}  # table -> its JSON string, None when filtered out
+    lines: list[bytes] = []
+    append = lines.append
+    i = 0
+    for offset, ts, function, stop in records:
+        if i == stop:
+            continue
+        ts_ms = ts // 1_000_000
+        tail = (b',"offset":%d,"ts_ns":%d,"ts_ms":%d,"txId":%d,"function":%b},"ts_ms":%d}'
+                % (offset, ts, ts_ms, offset, dumps(function), ts_ms))
+        for _off, table, ident, doc, prev in writes[i:stop]:
+            tj = table_json.get(table, b"")
+            if tj == b"":
+                tj = table_json[table] = dumps(table) if keep(table) else None
+            if tj is None:
+                continue
+            if doc is None:
+                head = b'{"op":"d","before":'
+            elif prev is None:
+                head = b'{"op":"c","before":'
+            else:
+                head = b'{"op":"u","before":'
+            if plain:
+                append(b"".join((
+                    head, b"null" if prev is None else prev, b',"after":', b"null" if doc is None else doc,
+                    b',"source":{"table":', tj, b',"id":', dumps(ident.decode()), tail,
+                )))
+            else:
+                append(b"".join((
+                    head, render(prev), b',"after":', render(doc),
+                    b',"source":{"table":', tj, b',"id":', dumps(ident.decode()), tail,
+                )))
+        i = stop
+    if not lines:
+        return b"", 0
+    n = len(lines)
+    lines.append(b"")
+    return b"\n".join(lines), n
+
+
 def avro_events(records: Iterable[Record], tables: TableFilter | None = None,
                 doc_format: str = "json") -> Iterator[dict[str, Any]]:
     """Events shaped for `AVRO_SCHEMA` (before/after as JSON text)."""
@@ -223,4 +275,5 @@ __all__ = [
     "event_from_avro",
     "iter_changes",
     "jsonl_chunk",
+    "jsonl_flat_chunk",
 ]

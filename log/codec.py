@@ -619,9 +619,13 @@ def decode_frames(
 FlatWrite = tuple[int, str, bytes, "bytes | None", "bytes | None"]
 """One write as `decode_frame_writes` collects it: (record offset, table, id as UTF-8, doc, prev)."""
 
+FlatRecord = tuple[int, int, "str | None", int]
+"""One record as `decode_frame_writes` may note it: (offset, ts, function, end of its writes in the write list)."""
+
 
 def decode_frame_writes(
-    buf: bytes, pos: int, end: int, start: int, stop: int, limit: int, out: list[FlatWrite]
+    buf: bytes, pos: int, end: int, start: int, stop: int, limit: int, out: list[FlatWrite],
+    records: list[FlatRecord] | None = None,
 ) -> tuple[int, int, int, int, bool]:
     """`decode_frames`, keeping only the writes: appends one `FlatWrite` per write to `out`.
 
@@ -632,9 +636,11 @@ def decode_frame_writes(
     checked exactly as by `decode_frames`, and the same positions and
     `start`/`stop`/`limit` rules apply. Returns (records consumed, offset and
     ts of the last one (-1 and 0 if none), position of the first frame not
-    consumed, done).
+    consumed, done). With `records`, also appends a `FlatRecord` per record
+    (for exporting changes, which need each record's ts and function too).
     """
     append = out.append
+    noting = records is not None
     unpack = HEADER.unpack_from
     crc32 = zlib.crc32
     long_ = _long
@@ -642,7 +648,8 @@ def decode_frame_writes(
     tables: dict[bytes, str] = {}
     table = ""
     table_enc: bytes | tuple[()] = ()  # an empty tuple of prefixes matches nothing
-    good_tails: set[bytes] = set()
+    good_tails: dict[bytes, str | None] = {}  # tail -> its function (when `noting`)
+    function: str | None = None
     vlen = _VARINT_LEN
     small_long = _SMALL_LONG
     vlen1 = _VARINT_LEN1
@@ -664,7 +671,7 @@ def decode_frame_writes(
             if crc32(data, crc32(buf[pos:pos + 24])) != crc:
                 raise FrameError("frame CRC mismatch", pos)
             if version != 1:
-                _flat_writes(buf, pos, body, nxt, version, offset, ts, out)
+                function = _flat_writes(buf, pos, body, nxt, version, offset, ts, out)
             else:
                 try:
                     # The body's own offset and ts (the header's, if their lengths agree).
@@ -753,7 +760,8 @@ def decode_frame_writes(
                     # session_id, request_id, function, result and extra: walked over,
                     # or recognised as a tail already seen intact in this buffer
                     tail = data[p:length]
-                    if tail in good_tails:
+                    function = good_tails.get(tail, _NOT_SEEN)  # type: ignore[arg-type]
+                    if function is not _NOT_SEEN:
                         p = length
                     else:
                         if data[p]:
@@ -769,14 +777,17 @@ def decode_frame_writes(
                             _, p = long_(data, p + 1)
                         else:
                             p += 1
-                        if data[p]:
+                        if data[p]:  # function
                             b = data[p + 1]
                             if b < 0x80:
-                                p += 2 + (b >> 1)
+                                q = p + 2
+                                p = q + (b >> 1)
                             else:
-                                n, p = long_(data, p + 1)
-                                p += n
+                                n, q = long_(data, p + 1)
+                                p = q + n
+                            function = data[q:p].decode() if noting else None
                         else:
+                            function = None
                             p += 1
                         if data[p]:
                             b = data[p + 1]
@@ -802,11 +813,13 @@ def decode_frame_writes(
                         else:
                             p += 1
                         if p == length and len(good_tails) < 64:
-                            good_tails.add(tail)
+                            good_tails[tail] = function
                 except (IndexError, UnicodeDecodeError) as exc:
                     raise FrameError(f"undecodable record body: {exc}", pos) from exc
                 if p != length:
                     raise FrameError(f"record body has {length - p} stray trailing bytes", pos)
+            if noting:
+                records.append((offset, ts, function, len(out)))  # type: ignore[union-attr]
             count += 1
             last_off = offset
             last_ts = ts
@@ -818,8 +831,8 @@ def decode_frame_writes(
 
 def _flat_writes(
     buf: bytes, pos: int, body: int, end: int, version: int, offset: int, ts: int, out: list[FlatWrite]
-) -> None:
-    """`decode_frame_writes` for a body of another schema version: decode it, then flatten."""
+) -> str | None:
+    """`decode_frame_writes` for a body of another schema version: decode it, flatten; returns its function."""
     entry = SCHEMAS.get(version)
     if entry is None:
         raise UnknownSchemaError(version, pos)
@@ -828,6 +841,10 @@ def _flat_writes(
         out.extend([(offset, w.table, w.id.encode(), w.doc, w.prev) for w in rec.writes])
     except FrameError as exc:
         raise FrameError(str(exc), pos) from exc
+    return rec.function
+
+
+_NOT_SEEN: Any = object()
 
 
 def decode(frame: bytes) -> Record:

@@ -27,7 +27,7 @@ from typing import Any, AsyncIterator, Callable, Iterator
 
 from log import forked as log_forked
 from log.base import Log
-from log.codec import FlatWrite, encode_payload, frame_from_payload
+from log.codec import FlatRecord, FlatWrite, encode_payload, frame_from_payload
 from log.directory import (
     FORMAT_VERSION,
     Marker,
@@ -48,7 +48,7 @@ logger = logging.getLogger("tape.log")
 DEFAULT_SEGMENT_BYTES = 64 << 20
 DEFAULT_INDEX_BYTES = 4096
 _INLINE_READ_BYTES = 64 << 10
-_FORKED_READ_RECORDS = 16384  # reads of this many records or more may decode in a child process
+_FORKED_READ_RECORDS = 16384  # reads of this many records or more may decode in a child process (`reads_forked`)
 
 
 @dataclass(slots=True)
@@ -482,8 +482,8 @@ class FileLog(Log):
 
         `reader` returns `(result, next offset or None, pos, done)`; results with a next offset
         are yielded. Large reads go to a thread so the event loop keeps serving; with `forked`,
-        reads of at least `_FORKED_READ_RECORDS` records run in a child process instead (see
-        `log.forked`: `reader` then works ahead of the consumer, on another core).
+        the reads run in a child process instead (see `log.forked`: `reader` then works ahead
+        of the consumer, on another core).
         """
         self._check_open()
         if start < 0 or batch < 1:
@@ -495,7 +495,7 @@ class FileLog(Log):
         if start >= stop:
             return
         i, pos = st.locate(start)
-        if forked and stop - start >= _FORKED_READ_RECORDS and log_forked.available():
+        if forked and hasattr(os, "fork"):
             segs = [(seg.path, seg.size) for seg in st.segs[i:]]
             async for result in log_forked.forked_items(lambda: _walk(reader, segs, pos, start, stop, batch)):
                 self._check_open()
@@ -523,6 +523,14 @@ class FileLog(Log):
             elif done:
                 return
 
+    def reads_forked(self, start: int, end: int | None = None) -> bool:
+        """Whether `read_writes`/`read_changes` of [start, end) would decode in a child process.
+
+        Yes for reads of at least `_FORKED_READ_RECORDS` records when `log.forked.worthwhile()`.
+        """
+        stop = self._st.next_offset if end is None else min(end, self._st.next_offset)
+        return stop - start >= _FORKED_READ_RECORDS and log_forked.worthwhile()
+
     async def read(self, start: int, end: int | None = None, batch: int = 4096) -> AsyncIterator[list[Record]]:
         """Yield durable records with start <= offset < end, `batch` at a time."""
         def records(*args: Any) -> tuple[list[Record], int | None, int, bool]:
@@ -533,7 +541,7 @@ class FileLog(Log):
 
     async def read_writes(
         self, start: int, end: int | None = None, batch: int = 4096,
-        prepare: Callable[[list[FlatWrite]], Any] | None = None,
+        prepare: Callable[[list[FlatWrite]], Any] | None = None, forked: bool | None = None,
     ) -> AsyncIterator[tuple[Any, int, int, int]]:
         """`read`, for replaying into a projection: each batch as its records' writes, flattened.
 
@@ -542,15 +550,40 @@ class FileLog(Log):
         ``(record offset, table, document id as UTF-8, doc, prev)`` (see
         `log.codec.decode_frame_writes`); no `Record` objects are built. With
         `prepare`, each batch's writes are replaced by ``prepare(writes)``,
-        computed where they are decoded: a large read decodes in a child
-        process (see `log.forked`), ahead of the consumer and off its GIL.
+        computed where they are decoded. With `forked` (by default: when
+        `reads_forked`), they are decoded in a child process (`log.forked`),
+        ahead of the consumer and off its GIL.
         """
         def flat(*args: Any) -> tuple[tuple[Any, int, int, int], int | None, int, bool]:
             writes, count, last_off, last_ts, pos, done = read_writes(*args)
             if prepare is not None:
                 writes = prepare(writes)
             return (writes, count, last_off, last_ts), (last_off + 1 if count else None), pos, done
-        async for item in self._walk_segments(flat, start, end, batch, "read_writes", forked=True):
+        if forked is None:
+            forked = self.reads_forked(start, end)
+        async for item in self._walk_segments(flat, start, end, batch, "read_writes", forked):
+            yield item
+
+    async def read_changes(
+        self, start: int, end: int | None = None, batch: int = 4096,
+        encode: Callable[[list[FlatWrite], list[FlatRecord]], Any] | None = None, forked: bool | None = None,
+    ) -> AsyncIterator[tuple[Any, int, int]]:
+        """`read`, for exporting changes: each batch as ``encode(writes, records)``, computed where decoded.
+
+        `writes` holds the batch's writes flattened (as for `read_writes`) and
+        `records` one `log.codec.FlatRecord` (offset, ts, function, end of its
+        writes) per record. Yields (encoded batch, number of records, offset
+        of the last record); without `encode`, the batch is ``(writes, records)``.
+        `forked` is as for `read_writes` (the encoding then runs in the child too).
+        """
+        def changes(*args: Any) -> tuple[tuple[Any, int, int], int | None, int, bool]:
+            records: list[FlatRecord] = []
+            writes, count, last_off, _last_ts, pos, done = read_writes(*args, records)
+            result = (writes, records) if encode is None else encode(writes, records)
+            return (result, count, last_off), (last_off + 1 if count else None), pos, done
+        if forked is None:
+            forked = self.reads_forked(start, end)
+        async for item in self._walk_segments(changes, start, end, batch, "read_changes", forked):
             yield item
 
     async def tail(self, start: int, batch: int = 4096) -> AsyncIterator[list[Record]]:

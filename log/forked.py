@@ -6,7 +6,8 @@ fork, so the producer needs no pickling and starts at once with every module
 loaded — runs `produce()` and sends each item through a pipe (marshalled:
 several times cheaper than pickle for the tuples, bytes and numbers this is
 for; pickled if it holds anything else); the parent loads them while the
-child works ahead on the next ones.
+child works ahead on the next ones (a thread of the parent drains the pipe
+into a short queue, so the child does not wait for the consumer).
 
 The child only computes and writes to its pipe: it never returns into the
 parent's code (it leaves with ``os._exit``), runs no event loop, takes no lock
@@ -14,9 +15,12 @@ another thread could have held at the fork and ignores the parent's signal
 handlers. An exception in the child is re-raised in the parent (pickled, so
 without its traceback). Closing the iterator early kills the child.
 
-`available()` says whether this works here (POSIX ``fork``; switched off with
-the environment variable ``TAPE_FORKED_READS=0``). Callers keep an in-process
-path for small jobs and for when it does not.
+`worthwhile()` says whether to use it: it needs POSIX ``fork`` and a core to
+spare (the one-minute load average at least half a core below the CPUs this
+process may use: on a busy machine the child's extra work — serialising the
+items — costs more than running beside the consumer saves). The environment
+variable ``TAPE_FORKED_READS`` overrides the guess: ``1`` always, ``0`` never.
+Callers keep an in-process path for small jobs and for when it is not worth it.
 """
 from __future__ import annotations
 
@@ -25,20 +29,34 @@ import gc
 import marshal
 import os
 import pickle
+import queue
 import signal
 import struct
 import sys
+import threading
 import warnings
 from typing import Any, AsyncIterator, Callable, Iterable
 
 _HEAD = struct.Struct("<BQ")  # kind, payload length
 _ITEM, _PICKLED, _ERROR, _END = 0, 1, 2, 3
-_PIPE_BYTES = 1 << 20  # ask for a pipe this large, so the child can work ahead by about a batch
+_PIPE_BYTES = 1 << 20  # ask for a pipe this large (fewer, larger reads and writes)
+_AHEAD = 4  # items read from the pipe ahead of the consumer (beyond those in the pipe)
 
 
-def available() -> bool:
-    """Whether `forked_items` can run here (and is not switched off)."""
-    return hasattr(os, "fork") and os.environ.get("TAPE_FORKED_READS", "1") not in ("0", "false", "no", "off")
+def worthwhile() -> bool:
+    """Whether `forked_items` can run here and is likely to pay off (see the module docstring)."""
+    if not hasattr(os, "fork"):
+        return False
+    setting = os.environ.get("TAPE_FORKED_READS", "").strip().lower()
+    if setting in ("0", "false", "no", "off"):
+        return False
+    if setting in ("1", "true", "yes", "on"):
+        return True
+    try:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return os.getloadavg()[0] <= cpus - 0.5  # (the caller's own busy thread counts about 1)
+    except OSError:
+        return False
 
 
 async def forked_items(produce: Callable[[], Iterable[Any]]) -> AsyncIterator[Any]:
@@ -58,18 +76,46 @@ async def forked_items(produce: Callable[[], Iterable[Any]]) -> AsyncIterator[An
         _child(w, produce)
     os.close(w)
     reader = os.fdopen(r, "rb", buffering=_PIPE_BYTES)
+    messages: queue.Queue[tuple[int, Any]] = queue.Queue(_AHEAD)
+    pump = threading.Thread(target=_pump, args=(reader, messages), name=f"tape-forked-{pid}", daemon=True)
+    pump.start()
     try:
         while True:
-            kind, item = await asyncio.to_thread(_receive, reader)
-            if kind <= _PICKLED:
-                yield item
+            try:
+                kind, data = messages.get_nowait()
+            except queue.Empty:
+                kind, data = await asyncio.to_thread(messages.get)
+            if kind == _ITEM:
+                yield marshal.loads(data)
+            elif kind == _PICKLED:
+                yield pickle.loads(data)
             elif kind == _END:
                 return
             else:
-                raise item
+                raise data if isinstance(data, BaseException) else pickle.loads(data)
     finally:
+        _kill(pid)  # (a child that is done is a zombie by now: the kill is harmless)
+        while pump.is_alive():  # the child's end of the pipe is closed: the pump stops at EOF
+            try:
+                messages.get_nowait()
+            except queue.Empty:
+                pump.join(0.01)
         reader.close()
         _reap(pid)
+
+
+def _pump(reader: Any, messages: queue.Queue[tuple[int, Any]]) -> None:
+    """Read the child's messages into `messages` (raw) as they come, so that it never waits on the consumer."""
+    while True:
+        head = reader.read(_HEAD.size)
+        kind, length = _HEAD.unpack(head) if len(head) == _HEAD.size else (_ERROR, -1)
+        data = reader.read(length) if length > 0 else b""
+        if length < 0 or len(data) < length:
+            messages.put((_ERROR, RuntimeError("the reading child process ended unexpectedly")))
+            return
+        messages.put((kind, data))
+        if kind >= _ERROR:
+            return
 
 
 def _grow_pipe(fd: int) -> None:
@@ -80,20 +126,6 @@ def _grow_pipe(fd: int) -> None:
         fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), _PIPE_BYTES)  # (1031: F_SETPIPE_SZ on Linux)
     except OSError:
         pass  # above /proc/sys/fs/pipe-max-size: the default pipe works too, with less slack
-
-
-def _receive(reader: Any) -> tuple[int, Any]:
-    """The next message from the child: (kind, unpickled payload)."""
-    head = reader.read(_HEAD.size)
-    if len(head) < _HEAD.size:
-        return _ERROR, RuntimeError("the reading child process ended unexpectedly")
-    kind, length = _HEAD.unpack(head)
-    data = reader.read(length)
-    if len(data) < length:
-        return _ERROR, RuntimeError("the reading child process ended unexpectedly")
-    if kind == _ITEM:
-        return kind, marshal.loads(data)
-    return kind, (pickle.loads(data) if length else None)
 
 
 def _child(w: int, produce: Callable[[], Iterable[Any]]) -> None:
@@ -137,12 +169,15 @@ def _write_all(w: int, view: memoryview) -> None:
         view = view[n:]
 
 
-def _reap(pid: int) -> None:
-    """Stop the child (if it is still working) and collect its exit status."""
+def _kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of the (finished or killed) child."""
     try:
         os.waitpid(pid, 0)
     except ChildProcessError:

@@ -22,6 +22,7 @@ from log.codec import (
     SCHEMAS,
     FrameError,
     UnknownSchemaError,
+    FlatRecord,
     FlatWrite,
     check_frame,
     decode_frame_writes,
@@ -238,23 +239,25 @@ def _decode(
 
 
 def read_writes(
-    path: Path, pos: int, limit: int, start: int, stop: int, max_records: int
+    path: Path, pos: int, limit: int, start: int, stop: int, max_records: int,
+    records: list[FlatRecord] | None = None,
 ) -> tuple[list[FlatWrite], int, int, int, int, bool]:
     """`read_frames`, collecting only the records' writes (see `log.codec.decode_frame_writes`).
 
     Returns (writes, number of records, offset and ts of the last record (-1
     and 0 if none), position after the last frame consumed, done); raises
-    like `read_frames`.
+    like `read_frames`. With `records`, a `FlatRecord` per record is appended to it.
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        return _read_writes(fd, str(path), pos, limit, start, stop, max_records)
+        return _read_writes(fd, str(path), pos, limit, start, stop, max_records, records)
     finally:
         os.close(fd)
 
 
 def _read_writes(
-    fd: int, path: str, pos: int, limit: int, start: int, stop: int, max_records: int
+    fd: int, path: str, pos: int, limit: int, start: int, stop: int, max_records: int,
+    records: list[FlatRecord] | None,
 ) -> tuple[list[FlatWrite], int, int, int, int, bool]:
     out: list[FlatWrite] = []
     count = 0
@@ -264,14 +267,14 @@ def _read_writes(
     while pos < limit and not done:
         want = min(limit - pos, chunk)
         buf = _pread_exactly(fd, path, want, pos, limit)
-        n, off, ts, used, done = _decode_writes(buf, path, pos, start, stop, max_records - count, out)
+        n, off, ts, used, done = _decode_writes(buf, path, pos, start, stop, max_records - count, out, records)
         if used == 0 and not done:
             # One frame larger than the chunk: read exactly that frame.
             need = HEADER_SIZE + HEADER.unpack_from(buf, 0)[2]
             if pos + need > limit:
                 raise LogCorruptError(f"{path}: frame at byte {pos} runs past the end of the data")
             buf = _pread_exactly(fd, path, need, pos, limit)
-            n, off, ts, used, done = _decode_writes(buf, path, pos, start, stop, max_records - count, out)
+            n, off, ts, used, done = _decode_writes(buf, path, pos, start, stop, max_records - count, out, records)
             if used == 0:
                 raise LogCorruptError(f"{path}: unreadable frame at byte {pos}")
         if n:
@@ -282,11 +285,12 @@ def _read_writes(
 
 
 def _decode_writes(
-    buf: bytes, path: str, pos: int, start: int, stop: int, limit: int, out: list[FlatWrite]
+    buf: bytes, path: str, pos: int, start: int, stop: int, limit: int, out: list[FlatWrite],
+    records: list[FlatRecord] | None,
 ) -> tuple[int, int, int, int, bool]:
     """`decode_frame_writes` over a buffer read from byte `pos` of `path`, errors naming both."""
     try:
-        return decode_frame_writes(buf, 0, len(buf), start, stop, limit, out)
+        return decode_frame_writes(buf, 0, len(buf), start, stop, limit, out, records)
     except FrameError as exc:
         raise LogCorruptError(f"{path}: damaged frame at byte {pos + exc.pos}: {exc}") from exc
     except UnknownSchemaError as exc:

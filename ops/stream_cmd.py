@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import io
 import os
 import signal
@@ -40,7 +41,16 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 
-from log.changes import AVRO_SCHEMA, DOC_FORMATS, TableFilter, avro_events, encode_changes, jsonl_chunk
+from log.changes import (
+    AVRO_SCHEMA,
+    DOC_FORMATS,
+    TableFilter,
+    avro_events,
+    encode_changes,
+    jsonl_chunk,
+    jsonl_flat_chunk,
+)
+from log.codec import FlatRecord, FlatWrite
 from log.record import Record
 
 FORMATS = ("jsonl", "avro")
@@ -118,6 +128,20 @@ class JsonlSink(Sink):
 
     async def write(self, records: list[Record]) -> int:
         chunk, n = jsonl_chunk(records, self.tables, self.doc_format)
+        if chunk:
+            self.out.write(chunk)
+        return n
+
+    def flat_encoder(self) -> Callable[[list[FlatWrite], list[FlatRecord]], tuple[bytes, int]]:
+        """What turns a batch of flattened records into (lines, events) for `write_encoded`.
+
+        It may run in another process (`FileLog.read_changes`): it only closes over plain settings.
+        """
+        return functools.partial(jsonl_flat_chunk, tables=self.tables, doc_format=self.doc_format)
+
+    async def write_encoded(self, encoded: tuple[bytes, int]) -> int:
+        """Write the events a `flat_encoder()` made; returns how many."""
+        chunk, n = encoded
         if chunk:
             self.out.write(chunk)
         return n
@@ -310,6 +334,21 @@ async def run_stream(
     if end is not None and start >= end:
         stats.seconds = time.perf_counter() - began
         return stats
+    read_changes = getattr(log_, "read_changes", None)
+    flat_encoder = getattr(sink, "flat_encoder", None)
+    if end is not None and read_changes is not None and flat_encoder is not None:
+        # The fast path: records decoded flat and encoded where they are read (see `FileLog.read_changes`).
+        changes = read_changes(start, end, batch, flat_encoder())
+        try:
+            async for encoded, count, last_offset in changes:
+                stats.events += await sink.write_encoded(encoded)
+                stats.records += count
+                if await _batch_done(sink, stats, last_offset + 1, began, state, state_extra, on_batch, end):
+                    break
+        finally:
+            await changes.aclose()
+            stats.seconds = time.perf_counter() - began
+        return stats
     batches = log_.tail(start, batch) if end is None else log_.read(start, end, batch)
     try:
         async for records in batches:
@@ -319,14 +358,7 @@ async def run_stream(
                     break
             stats.events += await sink.write(records)
             stats.records += len(records)
-            await sink.commit()
-            stats.next_offset = records[-1].offset + 1
-            if state is not None:
-                state.save(stats.next_offset, **(state_extra or {}))
-            stats.seconds = time.perf_counter() - began
-            if on_batch is not None:
-                on_batch(stats)
-            if end is not None and stats.next_offset >= end:
+            if await _batch_done(sink, stats, records[-1].offset + 1, began, state, state_extra, on_batch, end):
                 break
     finally:
         aclose = getattr(batches, "aclose", None)
@@ -334,6 +366,21 @@ async def run_stream(
             await aclose()
         stats.seconds = time.perf_counter() - began
     return stats
+
+
+async def _batch_done(
+    sink: Sink, stats: StreamStats, next_offset: int, began: float, state: StreamState | None,
+    state_extra: dict[str, Any] | None, on_batch: Callable[[StreamStats], Any] | None, end: int | None,
+) -> bool:
+    """After a batch was written: commit the sink, save the state, report; returns whether `end` is reached."""
+    await sink.commit()
+    stats.next_offset = next_offset
+    if state is not None:
+        state.save(stats.next_offset, **(state_extra or {}))
+    stats.seconds = time.perf_counter() - began
+    if on_batch is not None:
+        on_batch(stats)
+    return end is not None and stats.next_offset >= end
 
 
 async def start_offset(log_: Any, text: str | None) -> int:

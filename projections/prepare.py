@@ -28,8 +28,10 @@ from .keys import _ENCODERS, UNDEFINED, _NUL, _NUL_ESC, _P_STRING, _STR_END, T_F
 DocKeys = tuple[bytes, ...]
 """The keys a document occupies: (by_id key, by_creation_time key, user index keys in `TableIndexes.names[2:]` order)."""
 
-PreparedWrite = tuple[int, str, bytes, "bytes | None", "bytes | None", "DocKeys | None", "DocKeys | None"]
-"""(record offset, table, id as UTF-8, doc, prev, keys of doc, keys of prev); keys are None where the document is."""
+PreparedWrite = tuple[int, str, bytes, "bytes | None", "DocKeys | None", "DocKeys | None"]
+"""(record offset, table, id as UTF-8, doc, keys of doc, keys of prev): keys are None where doc or prev is.
+
+(The prev itself is left out: its keys are all the projection needs of it.)"""
 
 
 class WritePreparer:
@@ -48,7 +50,7 @@ class WritePreparer:
         return ti
 
     def __call__(self, writes: list[FlatWrite]) -> list[PreparedWrite]:
-        """`writes` (as `log.codec.decode_frame_writes` gives them), each with the keys of its doc and prev."""
+        """`writes` (as `log.codec.decode_frame_writes` gives them) with the keys of their doc and prev."""
         out: list[PreparedWrite] = []
         append = out.append
         tables = self._tables
@@ -62,7 +64,7 @@ class WritePreparer:
                     ti = tables.get(table) or self.table(table)
                     last_table = table
                 idk = _ID_KEY % idb if 0 not in idb else _P_STRING + idb.replace(_NUL, _NUL_ESC) + _STR_END
-                append((off, table, idb, new_raw, old_raw,
+                append((off, table, idb, new_raw,
                         None if new_raw is None else doc_keys(ti, new_raw, idb, idk),
                         None if old_raw is None else doc_keys(ti, old_raw, idb, idk)))
         except Exception as exc:

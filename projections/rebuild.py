@@ -2,14 +2,14 @@
 
 The log is read through its ``read(start, end)`` async batch iterator (``end``
 exclusive) and applied in atomic batches of about `BATCH_RECORDS` records.
-A log that offers ``read_writes(start, end, batch, prepare)`` (the FileLog) is
-read through that instead: it yields each batch's writes flattened, straight
-from the frames, without building `Record` objects, with their index keys
-already computed by the projection's `WritePreparer` where they were decoded —
-for a long replay in a child process (`log.forked`), which works ahead on the
-next batches on another core while `Projection.apply_prepared` folds this one
-in. (Threads do not help here: decoding, key computation and the RocksDB
-write all hold the GIL.)
+A log that offers ``read_writes(start, end, batch, prepare, forked)`` (the
+FileLog) is read through that instead: it yields each batch's writes
+flattened, straight from the frames, without building `Record` objects. For a
+long replay with a core to spare (``reads_forked``) the frames are decoded in
+a child process (`log.forked`), which also computes the writes' index keys
+(the projection's `WritePreparer`) and works ahead on the next batches while
+`Projection.apply_prepared` folds this one in. (Threads do not help here:
+decoding, key computation and the RocksDB write all hold the GIL.)
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ async def catch_up(
     try:
         read_writes = getattr(log, "read_writes", None)
         if read_writes is not None:
-            return await _catch_up_writes(projection, read_writes, start, upto, progress, batch_records)
+            return await _catch_up_writes(projection, log, read_writes, start, upto, progress, batch_records)
         return await _catch_up_records(projection, log, start, upto, progress, batch_records)
     finally:
         if tracking:
@@ -114,20 +114,27 @@ async def _catch_up_records(
 
 
 async def _catch_up_writes(
-    projection: Projection, read_writes: Any, start: int, upto: int | None, progress: Progress | None,
+    projection: Projection, log: Any, read_writes: Any, start: int, upto: int | None, progress: Progress | None,
     batch_records: int,
 ) -> int:
     """`catch_up` through the log's ``read_writes``: one atomic batch per batch read.
 
-    The index keys of the writes are computed where the log decodes them (a
-    child process for a long replay): `Projection.apply_prepared` is left
-    with what depends on the projection's state.
+    When the log decodes in a child process (``reads_forked``), the child also
+    computes the writes' index keys (`Projection.write_preparer`), leaving
+    `Projection.apply_prepared` what depends on the projection's state;
+    otherwise `Projection.apply_writes` does it all (cheaper in one process).
     """
-    batches = read_writes(start, None if upto is None else upto + 1, batch_records,
-                          prepare=projection.write_preparer())
+    end = None if upto is None else upto + 1
+    reads_forked = getattr(log, "reads_forked", None)
+    forked = bool(reads_forked is not None and reads_forked(start, end))
+    prepare = projection.write_preparer() if forked else None
+    batches = read_writes(start, end, batch_records, prepare=prepare, forked=forked)
     try:
         async for writes, _count, last_offset, last_ts in batches:
-            projection.apply_prepared(writes, last_offset, last_ts)
+            if prepare is None:
+                projection.apply_writes(writes, last_offset, last_ts)
+            else:
+                projection.apply_prepared(writes, last_offset, last_ts)
             if progress is not None:
                 progress(projection.applied_offset, projection.applied_offset - start + 1)
             await asyncio.sleep(0)  # let the event loop breathe between batches

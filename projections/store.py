@@ -448,7 +448,7 @@ class Projection:
         seen_mask = _SEEN_MASK
         off = table = idb = last_table = None
         try:
-            for off, table, idb, new_raw, old_raw, new_keys, old_keys in writes:
+            for off, table, idb, new_raw, new_keys, old_keys in writes:
                 if table is not last_table:
                     t = per_table.get(table)
                     if t is None:
@@ -456,7 +456,7 @@ class Projection:
                     ids, cts, user_ix = t.ids, t.cts, t.user_ix
                     last_table = table
                 dkey = DOC + idb
-                if old_raw is None:
+                if old_keys is None:  # no prev: the document is new, unless the batch or the store holds it
                     old_raw = docs_get(dkey, absent)
                     if old_raw is absent:
                         old_raw = db_get(dkey) if seen is None or seen[hash(dkey) & seen_mask] else None
@@ -464,7 +464,7 @@ class Projection:
                         old_keys = doc_keys(t.ti, old_raw, idb, id_key(idb))
                 docs[dkey] = new_raw
                 if new_raw is not None:
-                    if old_raw is None:  # a new document
+                    if old_keys is None:  # a new document
                         ids[new_keys[0]] = idb
                         cts[new_keys[1]] = idb
                         for i, ops in user_ix:
@@ -488,7 +488,7 @@ class Projection:
                             t.user_dels = True
                 else:
                     doc_dels = True
-                    if old_raw is not None:
+                    if old_keys is not None:
                         ids[old_keys[0]] = None
                         cts[old_keys[1]] = None
                         for i, ops in user_ix:

@@ -589,6 +589,7 @@ async def test_read_writes_prepared_in_process_or_in_a_child(
     """`prepare` maps each batch where it is decoded; large reads decode in a child process."""
     from log import file_log
     monkeypatch.setattr(file_log, "_FORKED_READ_RECORDS", 1 if forked else 1 << 40)
+    monkeypatch.setenv("TAPE_FORKED_READS", "1")
     spawned: list[int] = []
     real = file_log.log_forked.forked_items
 
@@ -621,6 +622,7 @@ async def test_damage_found_by_read_writes_names_the_segment_and_byte(
     from log.codec import HEADER_SIZE
     from log.errors import LogCorruptError
     monkeypatch.setattr(file_log, "_FORKED_READ_RECORDS", 1 if forked else 1 << 40)
+    monkeypatch.setenv("TAPE_FORKED_READS", "1")
     log = FileLog(tmp_path)
     await log.open()
     recs = [rec(i) for i in range(10)]

@@ -86,7 +86,13 @@ async def test_closing_early_stops_and_reaps_the_child() -> None:
     assert _children() == before
 
 
-def test_available_can_be_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert forked.available()
+def test_worthwhile_can_be_forced_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TAPE_FORKED_READS", "1")
+    assert forked.worthwhile()
     monkeypatch.setenv("TAPE_FORKED_READS", "0")
-    assert not forked.available()
+    assert not forked.worthwhile()
+    monkeypatch.delenv("TAPE_FORKED_READS")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert forked.worthwhile() == (len(os.sched_getaffinity(0)) > 1)
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 0.0, 0.0))
+    assert not forked.worthwhile()

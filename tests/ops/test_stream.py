@@ -469,3 +469,63 @@ def test_cli_stream_to_a_real_kafka_broker(tansu: str, tmp_path: Path) -> None:
     assert [orjson.loads(m.value) for m in msgs] == expected  # no gap, no duplicate, in order
     assert [m.key.decode() for m in msgs] == [e["source"]["id"] for e in expected]
     assert [dict(m.headers)["tape.offset"] for m in msgs] == [str(e["source"]["offset"]).encode() for e in expected]
+
+
+# ----------------------------------------------------------------- the flat (fast) export path
+
+
+@pytest.mark.parametrize("doc_format", ["json", "convex"])
+def test_flat_jsonl_chunks_equal_record_ones(tmp_path: Path, doc_format: str) -> None:
+    from log.changes import jsonl_flat_chunk
+    data = build(tmp_path, 25)
+
+    async def check() -> None:
+        log = FileLog(data / "log", read_only=True)
+        await log.open()
+        try:
+            records = [r for b in [x async for x in log.read(0)] for r in b]
+            for tables in (TableFilter(), TableFilter(["items"]), TableFilter(include_system=True)):
+                for batch in (1, 4, 4096):
+                    flat = [item async for item in log.read_changes(0, None, batch, forked=False)]
+                    assert sum(count for _, count, _ in flat) == len(records)
+                    got = b"".join(jsonl_flat_chunk(w, r, tables, doc_format)[0] for (w, r), _, _ in flat)
+                    assert got == jsonl_chunk(records, tables, doc_format)[0]
+                    assert [last for _, _, last in flat][-1] == records[-1].offset
+        finally:
+            await log.close()
+
+    asyncio.run(check())
+
+
+@pytest.mark.parametrize("forked", ["0", "1"])
+def test_run_stream_to_a_file_in_process_or_forked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: str
+) -> None:
+    from log import file_log as file_log_module
+    from ops.stream_cmd import JsonlSink
+    monkeypatch.setattr(file_log_module, "_FORKED_READ_RECORDS", 1)
+    monkeypatch.setenv("TAPE_FORKED_READS", forked)
+    data = build(tmp_path, 30)
+    records = asyncio.run(all_records(data))
+    state = StreamState(tmp_path / "state.json")
+    seen: list[int] = []
+
+    async def export() -> Any:
+        log = FileLog(data / "log", read_only=True)
+        await log.open()
+        try:
+            with open(tmp_path / "events.jsonl", "wb") as f:
+                sink = JsonlSink(f, TableFilter(), "json")
+                stats = await run_stream(log, 3, sink, batch=5, until=len(records) - 2, state=state,
+                                         on_batch=lambda s: seen.append(s.next_offset))
+                await sink.close()
+            return stats
+        finally:
+            await log.close()
+
+    stats = asyncio.run(export())
+    expected, n = jsonl_chunk(records[3:-1])
+    assert (tmp_path / "events.jsonl").read_bytes() == expected
+    assert (stats.events, stats.records, stats.next_offset) == (n, len(records) - 4, len(records) - 1)
+    assert seen == sorted(seen) and seen[-1] == len(records) - 1
+    assert orjson.loads((tmp_path / "state.json").read_bytes())["next_offset"] == len(records) - 1
