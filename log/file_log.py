@@ -523,13 +523,15 @@ class FileLog(Log):
             elif done:
                 return
 
-    def reads_forked(self, start: int, end: int | None = None) -> bool:
-        """Whether `read_writes`/`read_changes` of [start, end) would decode in a child process.
+    def reads_forked(self, start: int, end: int | None = None, watched: bool = False) -> bool:
+        """Whether `read_writes`/`read_changes` of [start, end) should decode in a child process.
 
-        Yes for reads of at least `_FORKED_READ_RECORDS` records when `log.forked.worthwhile()`.
+        Yes for reads of at least `_FORKED_READ_RECORDS` records when
+        ``log.forked.worthwhile(watched)`` (`watched`: the caller drops a child
+        that falls behind, so a second CPU is enough).
         """
         stop = self._st.next_offset if end is None else min(end, self._st.next_offset)
-        return stop - start >= _FORKED_READ_RECORDS and log_forked.worthwhile()
+        return stop - start >= _FORKED_READ_RECORDS and log_forked.worthwhile(watched)
 
     async def read(self, start: int, end: int | None = None, batch: int = 4096) -> AsyncIterator[list[Record]]:
         """Yield durable records with start <= offset < end, `batch` at a time."""

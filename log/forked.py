@@ -43,8 +43,12 @@ _PIPE_BYTES = 1 << 20  # ask for a pipe this large (fewer, larger reads and writ
 _AHEAD = 4  # items read from the pipe ahead of the consumer (beyond those in the pipe)
 
 
-def worthwhile() -> bool:
-    """Whether `forked_items` can run here and is likely to pay off (see the module docstring)."""
+def worthwhile(watched: bool = False) -> bool:
+    """Whether `forked_items` can run here and is likely to pay off (see the module docstring).
+
+    `watched`: the caller notices a child that falls behind and carries on
+    without it, so a second CPU is enough (the load is not consulted).
+    """
     if not hasattr(os, "fork"):
         return False
     setting = os.environ.get("TAPE_FORKED_READS", "").strip().lower()
@@ -54,6 +58,8 @@ def worthwhile() -> bool:
         return True
     try:
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if watched:
+            return cpus >= 2
         return os.getloadavg()[0] <= cpus - 0.5  # (the caller's own busy thread counts about 1)
     except OSError:
         return False

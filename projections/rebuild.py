@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any, Callable, Mapping
 
 from log.record import Record
@@ -123,23 +124,68 @@ async def _catch_up_writes(
     computes the writes' index keys (`Projection.write_preparer`), leaving
     `Projection.apply_prepared` what depends on the projection's state;
     otherwise `Projection.apply_writes` does it all (cheaper in one process).
+    A child that cannot keep up (no core to spare after all) is dropped for
+    the in-process path (see `_Pace`).
     """
     end = None if upto is None else upto + 1
     reads_forked = getattr(log, "reads_forked", None)
-    forked = bool(reads_forked is not None and reads_forked(start, end))
-    prepare = projection.write_preparer() if forked else None
-    batches = read_writes(start, end, batch_records, prepare=prepare, forked=forked)
-    try:
-        async for writes, _count, last_offset, last_ts in batches:
-            if prepare is None:
-                projection.apply_writes(writes, last_offset, last_ts)
+    forked = bool(reads_forked is not None and reads_forked(start, end, watched=True))
+    while True:
+        prepare = projection.write_preparer() if forked else None
+        batches = read_writes(projection.applied_offset + 1, end, batch_records, prepare=prepare, forked=forked)
+        pace = _Pace() if forked else None
+        try:
+            async for writes, _count, last_offset, last_ts in batches:
+                if pace is not None:
+                    pace.received()
+                if prepare is None:
+                    projection.apply_writes(writes, last_offset, last_ts)
+                else:
+                    projection.apply_prepared(writes, last_offset, last_ts)
+                if progress is not None:
+                    progress(projection.applied_offset, projection.applied_offset - start + 1)
+                if pace is not None and pace.applied():
+                    break  # the child falls behind: on in this process
+                await asyncio.sleep(0)  # let the event loop breathe between batches
             else:
-                projection.apply_prepared(writes, last_offset, last_ts)
-            if progress is not None:
-                progress(projection.applied_offset, projection.applied_offset - start + 1)
-            await asyncio.sleep(0)  # let the event loop breathe between batches
-    finally:
-        aclose = getattr(batches, "aclose", None)
-        if aclose is not None:
-            await aclose()
+                break
+        finally:
+            aclose = getattr(batches, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        forked = False
     return projection.applied_offset - start + 1
+
+
+class _Pace:
+    """Whether replaying from a child process still pays: how long this side waits for it.
+
+    Applying a prepared batch costs this process about two thirds of doing the
+    whole batch itself, so once the time spent waiting for the child's batches
+    exceeds about half the time spent applying them (over a few batches), the
+    child runs slower than this process would alone: no core is free for it.
+    """
+
+    MIN_BATCHES = 4
+    MAX_WAIT_SHARE = 0.5
+
+    def __init__(self) -> None:
+        self._mark = time.perf_counter()
+        self._waited = 0.0
+        self._applying = 0.0
+        self._batches = 0
+
+    def received(self) -> None:
+        """A batch arrived (the time since the last one was applied was spent waiting)."""
+        now = time.perf_counter()
+        if self._batches:  # (the first wait includes starting the child)
+            self._waited += now - self._mark
+        self._mark = now
+
+    def applied(self) -> bool:
+        """A batch was applied; returns whether to give up on the child."""
+        now = time.perf_counter()
+        self._applying += now - self._mark
+        self._mark = now
+        self._batches += 1
+        return self._batches >= self.MIN_BATCHES and self._waited > self.MAX_WAIT_SHARE * self._applying

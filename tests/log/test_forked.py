@@ -96,3 +96,4 @@ def test_worthwhile_can_be_forced_either_way(monkeypatch: pytest.MonkeyPatch) ->
     assert forked.worthwhile() == (len(os.sched_getaffinity(0)) > 1)
     monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 0.0, 0.0))
     assert not forked.worthwhile()
+    assert forked.worthwhile(watched=True) == (len(os.sched_getaffinity(0)) > 1)

@@ -296,3 +296,31 @@ async def test_prepared_writes_applied_in_process_match_flat_ones(tmp_path: Path
         assert prep_p.content_digest() == flat_p.content_digest()
         assert prep_p.meta() == flat_p.meta()
     await log.close()
+
+
+async def test_replay_leaves_a_child_that_falls_behind(
+    tmp_path: Path, history: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When waiting for the child outweighs applying its batches, the replay goes on in this process."""
+    from log import file_log as file_log_module
+    from projections import rebuild as rebuild_module
+    monkeypatch.setattr(file_log_module, "_FORKED_READ_RECORDS", 1)
+    monkeypatch.setenv("TAPE_FORKED_READS", "1")
+    monkeypatch.setattr(rebuild_module._Pace, "MAX_WAIT_SHARE", -1.0)  # always "behind"
+    reads: list[bool | None] = []
+    real = FileLog.read_writes
+
+    def spy(self: FileLog, *args: Any, **kwargs: Any) -> Any:
+        reads.append(kwargs.get("forked"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FileLog, "read_writes", spy)
+    churn(history, n=300, seed=23)
+    log = await file_log(tmp_path / "log", history)
+    try:
+        with Projection(tmp_path / "p", INDEXES) as proj, live_projection(tmp_path / "live", history) as live:
+            assert await catch_up(proj, log, batch_records=11) == len(history.records)
+            assert proj.content_digest() == live.content_digest()
+    finally:
+        await log.close()
+    assert reads == [True, False]
