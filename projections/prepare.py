@@ -3,7 +3,7 @@
 Replaying the log, most of the work per write does not depend on what the
 projection holds: parsing the new document and the previous one (which the
 log carries as `Write.prev`) and encoding their index keys. `WritePreparer`
-does just that part, so it can run apart from the projection — in the child
+does most of that part (the new document's keys), so it can run apart from the projection — in the child
 process that decodes the log (`log.forked`) — and `Projection.apply_prepared`
 folds the result in, resolving what does depend on the state (whether a
 document without `prev` exists, the counts) on its side.
@@ -26,12 +26,15 @@ from .index_catalog import TableIndexes, normalize_catalog
 from .keys import _ENCODERS, UNDEFINED, _NUL, _NUL_ESC, _P_STRING, _STR_END, T_FLOAT, encode_string_key, encode_value_key
 
 DocKeys = tuple[bytes, ...]
-"""The keys a document occupies: (by_id key, by_creation_time key, user index keys in `TableIndexes.names[2:]` order)."""
+"""The keys a document occupies: (by_creation_time key, user index keys in `TableIndexes.names[2:]` order).
 
-PreparedWrite = tuple[int, str, bytes, "bytes | None", "DocKeys | None", "DocKeys | None"]
-"""(record offset, table, id as UTF-8, doc, keys of doc, keys of prev): keys are None where doc or prev is.
+(Its by_id key depends only on its id: the projection makes that one itself.)"""
 
-(The prev itself is left out: its keys are all the projection needs of it.)"""
+PreparedWrite = tuple[int, str, bytes, "bytes | None", "DocKeys | None", "bytes | None"]
+"""(record offset, table, id as UTF-8, doc, keys of doc (None if doc is), prev).
+
+(The keys of `prev` are left to the projection: that balances the work of a
+child process that prepares writes with that of the projection applying them.)"""
 
 
 class WritePreparer:
@@ -50,7 +53,7 @@ class WritePreparer:
         return ti
 
     def __call__(self, writes: list[FlatWrite]) -> list[PreparedWrite]:
-        """`writes` (as `log.codec.decode_frame_writes` gives them) with the keys of their doc and prev."""
+        """`writes` (as `log.codec.decode_frame_writes` gives them), each with the keys of its doc."""
         out: list[PreparedWrite] = []
         append = out.append
         tables = self._tables
@@ -64,9 +67,7 @@ class WritePreparer:
                     ti = tables.get(table) or self.table(table)
                     last_table = table
                 idk = _ID_KEY % idb if 0 not in idb else _P_STRING + idb.replace(_NUL, _NUL_ESC) + _STR_END
-                append((off, table, idb, new_raw,
-                        None if new_raw is None else doc_keys(ti, new_raw, idb, idk),
-                        None if old_raw is None else doc_keys(ti, old_raw, idb, idk)))
+                append((off, table, idb, new_raw, None if new_raw is None else doc_keys(ti, new_raw, idb, idk), old_raw))
         except Exception as exc:
             where = "" if idb is None else f" ({table} {idb.decode(errors='replace')})"
             raise ProjectionError(f"{self._where}: cannot apply record {off}{where}: {exc}") from exc
@@ -89,14 +90,14 @@ def doc_keys(ti: TableIndexes, raw: bytes, idb: bytes, idk: bytes) -> DocKeys:
         tail = encode_value_key(ct) + idk
     simple = ti.simple
     if simple is None:
-        return (ti.by_id + idk, ti.by_ct + tail, *ti.user_keys(doc, tail))
+        return (ti.by_ct + tail, *ti.user_keys(doc, tail))
     if len(simple) == 1:
         prefix, field = simple[0]
         v = doc.get(field, UNDEFINED)
-        return (ti.by_id + idk, ti.by_ct + tail,
+        return (ti.by_ct + tail,
                 prefix + (_STRING_KEYS[v] if type(v) is str else _ENCODERS[type(v)](v)) + tail)
     get = doc.get
-    keys = [ti.by_id + idk, ti.by_ct + tail]
+    keys = [ti.by_ct + tail]
     for prefix, field in simple:
         v = get(field, UNDEFINED)
         keys.append(prefix + (_STRING_KEYS[v] if type(v) is str else _ENCODERS[type(v)](v)) + tail)

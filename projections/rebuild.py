@@ -160,14 +160,16 @@ async def _catch_up_writes(
 class _Pace:
     """Whether replaying from a child process still pays: how long this side waits for it.
 
-    Applying a prepared batch costs this process about two thirds of doing the
-    whole batch itself, so once the time spent waiting for the child's batches
-    exceeds about half the time spent applying them (over a few batches), the
-    child runs slower than this process would alone: no core is free for it.
+    Applying a prepared batch costs this process a little over half of doing
+    the whole batch itself, so once the time spent waiting for the child's
+    batches exceeds about two thirds of the time spent applying them (over a
+    few batches), the child runs slower than this process would alone: no
+    core is free for it.
     """
 
-    MIN_BATCHES = 4
-    MAX_WAIT_SHARE = 0.5
+    WARMUP_BATCHES = 3  # not judged: the child starts slowly (copy-on-write faults, cold caches)
+    MIN_BATCHES = 6
+    MAX_WAIT_SHARE = 0.6
 
     def __init__(self) -> None:
         self._mark = time.perf_counter()
@@ -178,14 +180,15 @@ class _Pace:
     def received(self) -> None:
         """A batch arrived (the time since the last one was applied was spent waiting)."""
         now = time.perf_counter()
-        if self._batches:  # (the first wait includes starting the child)
+        if self._batches >= self.WARMUP_BATCHES:
             self._waited += now - self._mark
         self._mark = now
 
     def applied(self) -> bool:
         """A batch was applied; returns whether to give up on the child."""
         now = time.perf_counter()
-        self._applying += now - self._mark
+        if self._batches >= self.WARMUP_BATCHES:
+            self._applying += now - self._mark
         self._mark = now
         self._batches += 1
         return self._batches >= self.MIN_BATCHES and self._waited > self.MAX_WAIT_SHARE * self._applying

@@ -448,33 +448,32 @@ class Projection:
         seen_mask = _SEEN_MASK
         off = table = idb = last_table = None
         try:
-            for off, table, idb, new_raw, new_keys, old_keys in writes:
+            for off, table, idb, new_raw, new_keys, old_raw in writes:
                 if table is not last_table:
                     t = per_table.get(table)
                     if t is None:
                         t = per_table[table] = _TableOps(tables.get(table) or self._table(table))
-                    ids, cts, user_ix = t.ids, t.cts, t.user_ix
+                    ids, by_id, cts, user_ix = t.ids, t.by_id, t.cts, t.user_ix
                     last_table = table
                 dkey = DOC + idb
-                if old_keys is None:  # no prev: the document is new, unless the batch or the store holds it
+                if old_raw is None:  # no prev: the document is new, unless the batch or the store holds it
                     old_raw = docs_get(dkey, absent)
                     if old_raw is absent:
                         old_raw = db_get(dkey) if seen is None or seen[hash(dkey) & seen_mask] else None
-                    if old_raw is not None:
-                        old_keys = doc_keys(t.ti, old_raw, idb, id_key(idb))
+                old_keys = None if old_raw is None else doc_keys(t.ti, old_raw, idb, id_key(idb))
                 docs[dkey] = new_raw
                 if new_raw is not None:
                     if old_keys is None:  # a new document
-                        ids[new_keys[0]] = idb
-                        cts[new_keys[1]] = idb
+                        ids[by_id + (_ID_KEY % idb if 0 not in idb else id_key(idb))] = idb
+                        cts[new_keys[0]] = idb
                         for i, ops in user_ix:
                             ops[new_keys[i]] = idb
                         t.delta += 1
                         if seen is not None:
                             seen[hash(dkey) & seen_mask] = 1
                         continue
-                    old_key = old_keys[1]
-                    new_key = new_keys[1]
+                    old_key = old_keys[0]
+                    new_key = new_keys[0]
                     if old_key != new_key:
                         cts[old_key] = None
                         cts[new_key] = idb
@@ -489,8 +488,8 @@ class Projection:
                 else:
                     doc_dels = True
                     if old_keys is not None:
-                        ids[old_keys[0]] = None
-                        cts[old_keys[1]] = None
+                        ids[by_id + id_key(idb)] = None
+                        cts[old_keys[0]] = None
                         for i, ops in user_ix:
                             ops[old_keys[i]] = None
                         t.delta -= 1
@@ -795,7 +794,7 @@ class _TableOps:
         self.ids: dict[bytes, bytes | None] = {}
         self.cts: dict[bytes, bytes | None] = {}
         self.user: list[dict[bytes, bytes | None]] = [{} for _ in ti.user]
-        self.user_ix = tuple(enumerate(self.user, 2))  # (position in a `DocKeys`, operations) per user index
+        self.user_ix = tuple(enumerate(self.user, 1))  # (position in a `DocKeys`, operations) per user index
         self.simple = None if ti.simple is None else tuple(
             (prefix, field, ops) for (prefix, field), ops in zip(ti.simple, self.user)
         )
