@@ -34,6 +34,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 import warnings
 from typing import Any, AsyncIterator, Callable, Iterable
 
@@ -41,6 +42,7 @@ _HEAD = struct.Struct("<BQ")  # kind, payload length
 _ITEM, _PICKLED, _ERROR, _END = 0, 1, 2, 3
 _PIPE_BYTES = 1 << 20  # ask for a pipe this large (fewer, larger reads and writes)
 _AHEAD = 4  # items read from the pipe ahead of the consumer (beyond those in the pipe)
+_PUMP_STOP_SECONDS = 5.0  # (only another fork holding the pipe open could keep the pump from its EOF)
 
 
 def worthwhile(watched: bool = False) -> bool:
@@ -101,12 +103,18 @@ async def forked_items(produce: Callable[[], Iterable[Any]]) -> AsyncIterator[An
                 raise data if isinstance(data, BaseException) else pickle.loads(data)
     finally:
         _kill(pid)  # (a child that is done is a zombie by now: the kill is harmless)
-        while pump.is_alive():  # the child's end of the pipe is closed: the pump stops at EOF
+        give_up = time.monotonic() + _PUMP_STOP_SECONDS
+        while pump.is_alive() and time.monotonic() < give_up:  # the pipe's far end is closed: EOF stops it
             try:
                 messages.get_nowait()
             except queue.Empty:
                 pump.join(0.01)
-        reader.close()
+        try:  # wakes a `messages.get` still waiting in a worker thread (when this generator was cancelled)
+            messages.put_nowait((_END, None))
+        except queue.Full:
+            pass
+        if not pump.is_alive():
+            reader.close()
         _reap(pid)
 
 

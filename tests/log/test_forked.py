@@ -97,3 +97,26 @@ def test_worthwhile_can_be_forced_either_way(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 0.0, 0.0))
     assert not forked.worthwhile()
     assert forked.worthwhile(watched=True) == (len(os.sched_getaffinity(0)) > 1)
+
+
+async def test_cancelling_a_consumer_waiting_for_the_child() -> None:
+    import asyncio
+    import time
+
+    def produce() -> Iterator[int]:
+        yield 1
+        time.sleep(30)  # a child that takes its time
+        yield 2
+
+    before = _children()
+
+    async def consume() -> None:
+        async for _ in forked.forked_items(produce):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert _children() == before
