@@ -35,7 +35,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 import orjson
 from fastavro import parse_schema
@@ -43,6 +43,7 @@ from fastavro import reader as avro_reader
 from fastavro.write import Writer as AvroWriter
 
 from log import FileLog, Log, LogError, open_log
+from log import forked as log_forked
 from log.codec import HEADER, HEADER_SIZE
 from log.directory import fsync_dir
 from log.record import Record, Write
@@ -455,6 +456,45 @@ def copy_segments(src_dir: Path, dest_dir: Path, n: int) -> int:
     return total
 
 
+async def copy_verified_log_prefix(src_dir: Path, dest_dir: Path, upto: int, reporter: Reporter) -> None:
+    """`copy_log_prefix` from the FileLog in `src_dir`, leaving the copy closed.
+
+    The copy is verified by opening it as its writer (which scans every
+    frame); with a second CPU that runs in a forked child process
+    (`log.forked`), so that a projection replaying meanwhile keeps this
+    process's GIL to itself.
+    """
+    n = upto + 1
+    task = reporter.task("copy log", n)
+
+    def copy_and_verify() -> Iterator[int]:
+        copy_segments(src_dir, dest_dir, n)
+        yield asyncio.run(_open_and_close(dest_dir))
+
+    if n > 0:
+        if log_forked.worthwhile(watched=True):
+            got = [item async for item in log_forked.forked_items(copy_and_verify)][0]
+        else:
+            await asyncio.to_thread(copy_segments, src_dir, dest_dir, n)
+            got = await _open_and_close(dest_dir)
+        if got != n:
+            raise RestoreError(f"the copied log ends at offset {got - 1}, expected {n - 1}")
+    else:
+        await _open_and_close(dest_dir)
+    task.update(n)
+    task.finish()
+
+
+async def _open_and_close(log_dir: Path) -> int:
+    """Open the FileLog in `log_dir` as its writer (scanning and verifying it) and close it; its next offset."""
+    log_ = FileLog(log_dir, read_only=False)
+    await log_.open()
+    try:
+        return log_.next_offset()
+    finally:
+        await log_.close()
+
+
 async def copy_log_prefix(src: Source, dest_dir: Path, upto: int, reporter: Reporter) -> FileLog:
     """A new FileLog in `dest_dir` holding the records of `src` with offset <= `upto`; returned open.
 
@@ -692,13 +732,17 @@ async def restore_to_dir(source: str, point: Point, new_dir: str | os.PathLike[s
 
             if src.log_dir is not None:
                 # A FileLog source: copy its bytes while the projection replays from it.
-                results = await asyncio.gather(log_part(), projection_part(src.log, upto), return_exceptions=True)
+                log_dir = src.log_dir
+
+                async def copy_part() -> None:
+                    t0 = time.perf_counter()
+                    await copy_verified_log_prefix(log_dir, work / "log", upto, reporter)
+                    report.log_seconds = time.perf_counter() - t0
+
+                results = await asyncio.gather(copy_part(), projection_part(src.log, upto), return_exceptions=True)
                 errors = [r for r in results if isinstance(r, BaseException)]
-                for r in results:
-                    if isinstance(r, FileLog):
-                        await r.close()
-                    elif isinstance(r, tuple):
-                        r[0].close()
+                if isinstance(results[1], tuple):
+                    results[1][0].close()
                 if errors:
                     raise errors[0]
                 report.projection = results[1][1]  # type: ignore[index]
@@ -846,6 +890,7 @@ __all__ = [
     "Task",
     "build_projection",
     "copy_log_prefix",
+    "copy_verified_log_prefix",
     "copy_segments",
     "format_ns",
     "iso_to_ns",

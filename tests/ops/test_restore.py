@@ -464,3 +464,32 @@ async def test_a_checkpoint_deleted_during_restore_is_skipped(tmp_path: Path, mo
     assert report.projection.base_offset == list_checkpoints(data)[-2].offset
     assert digest_of(tmp_path / "r" / "projection") == (
         await reference_digest(data / "log", report.upto, tmp_path / "ref", kitchen_catalog()), report.upto)
+
+
+@pytest.mark.parametrize("forked", ["0", "1"])
+async def test_a_damaged_log_copy_fails_the_restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: str) -> None:
+    """The copy is verified (in a child process when there is a CPU for it) before the restore is kept."""
+    import ops.restore as restore_module
+    from log.errors import LogCorruptError
+    monkeypatch.setenv("TAPE_FORKED_READS", forked)
+    data = tmp_path / "data"
+    rt = await start(data)
+    await kitchen_workload(rt, 12)
+    await stop(rt)
+    real = restore_module.copy_segments
+
+    def damaging(src_dir: Path, dest_dir: Path, n: int) -> int:
+        copied = real(src_dir, dest_dir, n)
+        seg = sorted(dest_dir.glob("*.seg"))[0]
+        raw = bytearray(seg.read_bytes())
+        raw[60] ^= 0x10  # inside the body of the first frame
+        seg.write_bytes(bytes(raw))
+        return copied
+
+    monkeypatch.setattr(restore_module, "copy_segments", damaging)
+    with pytest.raises(LogCorruptError, match=r"00000000000000000000\.seg"):
+        await restore_to_dir(str(data), Point("offset", 8), tmp_path / "r", use_checkpoints=False)
+    assert not (tmp_path / "r").exists()
+    monkeypatch.setattr(restore_module, "copy_segments", real)
+    report = await restore_to_dir(str(data), Point("offset", 8), tmp_path / "r2", use_checkpoints=False)
+    assert report.upto == 8 and report.projection.replayed == 9
