@@ -160,16 +160,17 @@ async def _catch_up_writes(
 class _Pace:
     """Whether replaying from a child process still pays: how long this side waits for it.
 
-    Applying a prepared batch costs this process a little over half of doing
-    the whole batch itself, so once the time spent waiting for the child's
-    batches exceeds about two thirds of the time spent applying them (over a
-    few batches), the child runs slower than this process would alone: no
-    core is free for it.
+    Applying a prepared batch costs this process a little over half (~57%) of
+    doing the whole batch itself, so once the time spent waiting for the
+    child's batches exceeds about three quarters of the time spent applying
+    them (judged over a dozen batches, as the child may share a CPU for a
+    while, e.g. with a restore's log copy), the child runs slower than this
+    process would alone: no core is free for it.
     """
 
     WARMUP_BATCHES = 3  # not judged: the child starts slowly (copy-on-write faults, cold caches)
-    MIN_BATCHES = 6
-    MAX_WAIT_SHARE = 0.6
+    MIN_BATCHES = 12
+    MAX_WAIT_SHARE = 0.75
 
     def __init__(self) -> None:
         self._mark = time.perf_counter()
