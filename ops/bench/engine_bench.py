@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import gc
 import random
 import statistics
 import tempfile
@@ -17,6 +18,7 @@ from typing import Any
 from engine.app import App
 from engine.errors import AppError
 from engine.runtime import Runtime
+from gateway.node import GC_GEN0_THRESHOLD
 from log.file_log import FileLog
 from projections.store import Projection
 
@@ -38,6 +40,7 @@ def zipf_sampler(n: int, alpha: float, rng: random.Random):  # type: ignore[no-u
 
 
 async def _run(accounts: int, alpha: float, seconds: float, concurrency: int, data: Path) -> dict[str, Any]:
+    thresholds = gc.get_threshold()
     app = App.load(BANK)
     log = FileLog(data / "log")
     await log.open()
@@ -47,6 +50,9 @@ async def _run(accounts: int, alpha: float, seconds: float, concurrency: int, da
     owners = [f"acct{i}" for i in range(accounts)]
     for i in range(0, accounts, 2000):
         await runtime.run_mutation("accounts:seed", {"owners": owners[i:i + 2000], "balance": 1_000_000_000.0})
+    # The collector settings a served node applies once its long-lived state is built (gateway.node).
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
     rng = random.Random(42)
     draw = zipf_sampler(accounts, alpha, rng)
     latencies: list[float] = []
@@ -81,6 +87,8 @@ async def _run(accounts: int, alpha: float, seconds: float, concurrency: int, da
     await runtime.stop()
     projection.close()
     await log.close()
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
     latencies.sort()
     return {
         "alpha": alpha, "accounts": accounts, "concurrency": concurrency, "mutations": done,

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from engine.app import App
+from gateway.node import GC_GEN0_THRESHOLD
 from engine.errors import AppError
 from engine.runtime import Runtime
 from engine.values import decode_doc
@@ -133,6 +135,12 @@ def _install_uvloop() -> None:
 # ---------------------------------------------------------------- the follower process
 
 
+def _tune_gc_like_a_node() -> None:
+    """The collector settings a served node applies once started (`gateway.node.Node.start`)."""
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+
+
 async def _follow(url: str, data: Path, target: int) -> None:
     """Follower process: tail `url` into a projection at `data`, reporting on stdout (JSON lines).
 
@@ -151,6 +159,7 @@ async def _follow(url: str, data: Path, target: int) -> None:
         cleanup.callback(projection.close)
         runtime = Runtime(app, log, projection, role="replica")
         await runtime.start()
+        _tune_gc_like_a_node()
         applied: list[tuple[int, int]] = []
         progress = asyncio.Event()
 
@@ -224,6 +233,7 @@ async def _run(bootstrap: str, accounts: int, seconds: float, concurrency: int, 
         owners = [f"acct{i}" for i in range(accounts)]
         for i in range(0, accounts, 500):
             await runtime.run_mutation("accounts:seed", {"owners": owners[i:i + 500], "balance": 1_000_000_000.0})
+        _tune_gc_like_a_node()
 
         rng = random.Random(7)
         latencies: list[float] = []
@@ -342,9 +352,14 @@ def run(quick: bool = False, *, accounts: int | None = None, seconds: float | No
     accounts = accounts or (10_000 if quick else 100_000)
     seconds = seconds or (3.0 if quick else 10.0)
     paced_seconds = paced_seconds or (3.0 if quick else 10.0)
-    with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="tape-kafka-bench-") as tmp:
-        result = asyncio.run(_run(bootstrap, accounts, seconds, concurrency, rate, paced_seconds, Path(tmp),
-                                  url_options))
+    thresholds = gc.get_threshold()
+    try:
+        with broker() as bootstrap, tempfile.TemporaryDirectory(prefix="tape-kafka-bench-") as tmp:
+            result = asyncio.run(_run(bootstrap, accounts, seconds, concurrency, rate, paced_seconds, Path(tmp),
+                                      url_options))
+    finally:  # (the committer ran in this process: leave the collector as it was)
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
     lag = result["lag_paced"]
     result["targets"] = {
         "tps_5000": result["throughput"]["tps"] >= TARGET_TPS,
