@@ -143,6 +143,18 @@ def change_events(record: Record, tables: TableFilter | None = None, doc_format:
     return list(iter_changes([record], tables, doc_format))
 
 
+_HEAD_CREATE = b'{"op":"c","before":'
+_HEAD_UPDATE = b'{"op":"u","before":'
+_HEAD_DELETE = b'{"op":"d","before":'
+
+
+def _event_tail(offset: int, ts: int, function: str | None) -> bytes:
+    """The end of every JSON event of one record: the rest of ``source`` and the envelope's ``ts_ms``."""
+    ts_ms = ts // 1_000_000
+    return (b',"offset":%d,"ts_ns":%d,"ts_ms":%d,"txId":%d,"function":%b},"ts_ms":%d}'
+            % (offset, ts, ts_ms, offset, orjson.dumps(function), ts_ms))
+
+
 def encode_changes(records: Iterable[Record], tables: TableFilter | None = None,
                    doc_format: str = "json") -> Iterator[tuple[str, int, bytes]]:
     """(document id, offset, event as compact JSON bytes) for each event of `records`.
@@ -157,20 +169,13 @@ def encode_changes(records: Iterable[Record], tables: TableFilter | None = None,
     for record in records:
         offset = record.offset
         ts = record.ts
-        ts_ms = ts // 1_000_000
-        tail = (b',"offset":%d,"ts_ns":%d,"ts_ms":%d,"txId":%d,"function":%b},"ts_ms":%d}'
-                % (offset, ts, ts_ms, offset, dumps(record.function), ts_ms))
+        tail = _event_tail(offset, ts, record.function)
         for w in record.writes:
             table = w.table
             if not keep(table):
                 continue
             doc, prev = w.doc, w.prev
-            if doc is None:
-                head = b'{"op":"d","before":'
-            elif prev is None:
-                head = b'{"op":"c","before":'
-            else:
-                head = b'{"op":"u","before":'
+            head = _HEAD_DELETE if doc is None else _HEAD_CREATE if prev is None else _HEAD_UPDATE
             yield w.id, offset, b"".join((
                 head, render(prev), b',"after":', render(doc),
                 b',"source":{"table":', dumps(table), b',"id":', dumps(w.id), tail,
@@ -204,21 +209,14 @@ def jsonl_flat_chunk(writes: list[FlatWrite], records: list[FlatRecord], tables:
     for offset, ts, function, stop in records:
         if i == stop:
             continue
-        ts_ms = ts // 1_000_000
-        tail = (b',"offset":%d,"ts_ns":%d,"ts_ms":%d,"txId":%d,"function":%b},"ts_ms":%d}'
-                % (offset, ts, ts_ms, offset, dumps(function), ts_ms))
+        tail = _event_tail(offset, ts, function)
         for _off, table, ident, doc, prev in writes[i:stop]:
             tj = table_json.get(table, b"")
             if tj == b"":
                 tj = table_json[table] = dumps(table) if keep(table) else None
             if tj is None:
                 continue
-            if doc is None:
-                head = b'{"op":"d","before":'
-            elif prev is None:
-                head = b'{"op":"c","before":'
-            else:
-                head = b'{"op":"u","before":'
+            head = _HEAD_DELETE if doc is None else _HEAD_CREATE if prev is None else _HEAD_UPDATE
             if plain:
                 append(b"".join((
                     head, b"null" if prev is None else prev, b',"after":', b"null" if doc is None else doc,

@@ -180,6 +180,23 @@ def encode_value_key(v: Any) -> bytes:
 encode_string_key = _enc_str
 """Fast path of `encode_value_key` for a value known to be a `str`."""
 
+
+class StringKeyCache(dict):  # type: ignore[type-arg]
+    """A cache of `encode_string_key` (indexed fields often take few distinct values)."""
+
+    def __missing__(self, value: str) -> bytes:
+        key = self[value] = encode_string_key(value)
+        return key
+
+
+STRING_KEYS = StringKeyCache()
+"""The shared cache the projection's write paths use; they clear it beyond `STRING_KEYS_MAX` entries."""
+STRING_KEYS_MAX = 1 << 14
+ID_KEY_FORMAT = _P_STRING + b"%b" + _STR_END
+"""``ID_KEY_FORMAT % idb`` is `encode_string_key` of an id given as UTF-8 bytes that hold no NUL."""
+FLOAT_POS_HEAD = [bytes((T_FLOAT, b | 0x80)) for b in range(128)]
+"""``FLOAT_POS_HEAD[b]``: the tag and first byte of `encode_float_key(x)` for x > 0 whose big-endian bits start with b."""
+
 encode_float_key = _enc_float
 """Fast path of `encode_value_key` for a value known to be a `float`."""
 

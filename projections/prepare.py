@@ -13,7 +13,6 @@ the resulting projections byte for byte).
 """
 from __future__ import annotations
 
-import struct
 from typing import Any, Mapping
 
 import orjson
@@ -23,7 +22,12 @@ from log.codec import FlatWrite
 
 from .errors import ProjectionError
 from .index_catalog import TableIndexes, normalize_catalog
-from .keys import _ENCODERS, UNDEFINED, _NUL, _NUL_ESC, _P_STRING, _STR_END, T_FLOAT, encode_string_key, encode_value_key
+from .keys import _ENCODERS, UNDEFINED, _NUL, _NUL_ESC, _P_STRING, _STR_END, encode_value_key
+from .keys import FLOAT_POS_HEAD as _FLOAT_POS
+from .keys import ID_KEY_FORMAT as _ID_KEY
+from .keys import STRING_KEYS as _STRING_KEYS
+from .keys import STRING_KEYS_MAX as _STRING_KEYS_MAX
+from .keys import _pack_d
 
 DocKeys = tuple[bytes, ...]
 """The keys a document occupies: (by_creation_time key, user index keys in `TableIndexes.names[2:]` order).
@@ -104,18 +108,4 @@ def doc_keys(ti: TableIndexes, raw: bytes, idb: bytes, idk: bytes) -> DocKeys:
     return tuple(keys)
 
 
-class _StringKeys(dict):  # type: ignore[type-arg]
-    """A cache of `encode_string_key` (indexed fields often take few distinct values)."""
-
-    def __missing__(self, value: str) -> bytes:
-        key = self[value] = encode_string_key(value)
-        return key
-
-
-_STRING_KEYS = _StringKeys()
-_STRING_KEYS_MAX = 1 << 14  # cleared when it holds more
-_ID_KEY = _P_STRING + b"%b" + _STR_END  # encode_string_key of an id (as bytes) without NUL
 _loads = orjson.loads
-_pack_d = struct.Struct(">d").pack
-# _FLOAT_POS[b]: the tag and first byte of encode_float_key(x) for x > 0 whose big-endian bits start with b
-_FLOAT_POS = [bytes((T_FLOAT, b | 0x80)) for b in range(128)]

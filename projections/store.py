@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import struct
 from collections import deque
 from itertools import compress, repeat
 from operator import is_not, not_
@@ -43,14 +42,18 @@ from .errors import ProjectionError, ProjectionFormatError
 from .index_catalog import Catalog, TableIndexes, normalize_catalog
 from .index_catalog import tail as _tail
 from .prepare import PreparedWrite, WritePreparer, doc_keys, id_key
+from .keys import FLOAT_POS_HEAD as _FLOAT_POS
+from .keys import ID_KEY_FORMAT as _ID_KEY
+from .keys import STRING_KEYS as _STRING_KEYS
+from .keys import STRING_KEYS_MAX as _STRING_KEYS_MAX
 from .keys import (
     _ENCODERS,
+    _pack_d,
     UNDEFINED,
     _NUL,
     _NUL_ESC,
     _P_STRING,
     _STR_END,
-    T_FLOAT,
     encode_float_key,
     encode_string_key,
     encode_value_key,
@@ -749,22 +752,8 @@ _ABSENT = object()
 _SAME_KEYS: Any = object()  # `_flatten` → `_build`: `Write.same_index_keys` (the document's new state is all that changes)
 
 
-class _StringKeys(dict):  # type: ignore[type-arg]
-    """A cache of `encode_string_key` (indexed fields often take few distinct values)."""
-
-    def __missing__(self, value: str) -> bytes:
-        key = self[value] = encode_string_key(value)
-        return key
-
-
-_STRING_KEYS = _StringKeys()
-_STRING_KEYS_MAX = 1 << 14  # cleared when it holds more
 _SEEN_MASK = (1 << 24) - 1  # `Projection._seen`: one byte per slot of hash(doc key) & mask
 _SEEN_MAX = 1 << 22  # documents in the projection beyond which the filter says "maybe" too often
-_ID_KEY = _P_STRING + b"%b" + _STR_END  # encode_string_key of an id (as bytes) without NUL
-_pack_d = struct.Struct(">d").pack
-# _FLOAT_POS[b]: the tag and first byte of encode_float_key(x) for x > 0 whose big-endian bits start with b
-_FLOAT_POS = [bytes((T_FLOAT, b | 0x80)) for b in range(128)]
 
 # Types whose == implies identical key encodings (unlike float: -0.0 == 0.0, or list: [1] == [1.0]).
 _EXACT_EQ = frozenset({str, int, bool, type(None)})
