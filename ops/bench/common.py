@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import orjson
 
@@ -147,6 +147,25 @@ class CpuMeter:
 
 
 # --- account draws ---------------------------------------------------------------
+
+async def transfer_loop(runtime: Any, owners: Sequence[str], draw: Callable[[], int], stop_at: float,
+                        latencies: list[float]) -> None:
+    """One closed-loop in-process caller: transfers of 1 between two distinct drawn accounts until `stop_at`.
+
+    Appends each call's duration (refused transfers included) to `latencies`.
+    """
+    from engine.errors import AppError
+    while time.perf_counter() < stop_at:
+        a, b = draw(), draw()
+        while b == a:
+            b = draw()
+        t0 = time.perf_counter()
+        try:
+            await runtime.run_mutation("accounts:transfer", {"src": owners[a], "dst": owners[b], "amount": 1.0})
+        except AppError:
+            pass
+        latencies.append(time.perf_counter() - t0)
+
 
 def owner(rank: int) -> str:
     """The owner name of the account with Zipf rank `rank` (0: the most popular)."""

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from engine.app import App
-from engine.errors import AppError
 from engine.runtime import Runtime
 from gateway.node import GC_GEN0_THRESHOLD
 from log.file_log import FileLog
+from ops.bench.common import transfer_loop
 from projections.store import Projection
 
 BANK = Path(__file__).resolve().parents[2] / "examples" / "bank"
@@ -56,27 +56,13 @@ async def _run(accounts: int, alpha: float, seconds: float, concurrency: int, da
     rng = random.Random(42)
     draw = zipf_sampler(accounts, alpha, rng)
     latencies: list[float] = []
-    done = 0
     stop_at = time.perf_counter() + seconds
-
-    async def client() -> None:
-        nonlocal done
-        while time.perf_counter() < stop_at:
-            a, b = draw(), draw()
-            while b == a:
-                b = draw()
-            t0 = time.perf_counter()
-            try:
-                await runtime.run_mutation("accounts:transfer", {"src": owners[a], "dst": owners[b], "amount": 1.0})
-            except AppError:
-                pass
-            latencies.append(time.perf_counter() - t0)
-            done += 1
 
     started = time.perf_counter()
     cpu0, main0 = time.process_time(), time.thread_time()
     batches0 = runtime.committer.batches
-    await asyncio.gather(*(client() for _ in range(concurrency)))
+    await asyncio.gather(*(transfer_loop(runtime, owners, draw, stop_at, latencies) for _ in range(concurrency)))
+    done = len(latencies)
     elapsed = time.perf_counter() - started
     cpu, main_cpu = time.process_time() - cpu0, time.thread_time() - main0
     # Summed in chunks: one query may read at most 16,384 documents (accounts:total would exceed it).

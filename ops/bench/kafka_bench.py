@@ -51,12 +51,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from engine.app import App
-from gateway.node import GC_GEN0_THRESHOLD
-from engine.errors import AppError
 from engine.runtime import Runtime
 from engine.values import decode_doc
+from gateway.node import GC_GEN0_THRESHOLD
 from log.kafka_log import KafkaLog
 from log.record import Record
+from ops.bench.common import transfer_loop
 from projections.store import Projection
 
 BANK = Path(__file__).resolve().parents[2] / "examples" / "bank"
@@ -237,28 +237,18 @@ async def _run(bootstrap: str, accounts: int, seconds: float, concurrency: int, 
 
         rng = random.Random(7)
         latencies: list[float] = []
-        done = 0
 
-        async def client(stop_at: float) -> None:
-            nonlocal done
-            while time.perf_counter() < stop_at:
-                a, b = rng.randrange(accounts), rng.randrange(accounts)
-                while b == a:
-                    b = rng.randrange(accounts)
-                t0 = time.perf_counter()
-                try:
-                    await runtime.run_mutation("accounts:transfer", {"src": owners[a], "dst": owners[b], "amount": 1.0})
-                except AppError:
-                    pass
-                latencies.append(time.perf_counter() - t0)
-                done += 1
+        def draw() -> int:
+            return rng.randrange(accounts)
 
         # phase 1: committer throughput (no follower yet)
         batches0 = runtime.committer.batches
         cpu0 = time.process_time()
         started = time.perf_counter()
-        await asyncio.gather(*(client(started + seconds) for _ in range(concurrency)))
+        await asyncio.gather(*(transfer_loop(runtime, owners, draw, started + seconds, latencies)
+                               for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        done = len(latencies)
         batches = runtime.committer.batches - batches0
         throughput = {"mutations": done, "seconds": elapsed, "tps": done / elapsed, "batches": batches,
                       "mean_batch": done / max(batches, 1), "p50_ms": _pct(latencies, 0.5) * 1000,
