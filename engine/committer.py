@@ -22,7 +22,7 @@ from engine.execution import run_handler
 from engine.functions import FunctionDef
 from engine.overlay import Overlay
 from engine.scan_cache import ScanCache
-from engine.values import decode_value, encode_value
+from values import decode_value, encode_value
 from log.errors import LogError
 from log.record import Record, Write
 

@@ -12,7 +12,7 @@ from engine.overlay import Overlay
 from engine.readset import ReadSet, key_successor
 from engine.scan_cache import ScanCache
 from engine.schema import Schema
-from engine.values import ValueError_, check_value, decode_doc, encode_doc, new_id, table_of
+from values import ConvexValueError, check_value, decode_doc, encode_doc, new_id, table_of
 
 
 class _Delete:
@@ -205,7 +205,7 @@ class DatabaseWriter(DatabaseReader):
             tx.schema.check_table_allowed(table)
         try:
             check_value(doc, f"{table} document")
-        except ValueError_ as exc:
+        except ConvexValueError as exc:
             raise ArgumentError(str(exc)) from None
         raw = encode_doc(doc)
         if len(raw) > tx.limits.max_doc_bytes:
@@ -289,7 +289,7 @@ class DatabaseWriter(DatabaseReader):
                 value = validator.check(value, f"{table} document.{key}")
             try:
                 check_value(value, f"{table} document.{key}", 1)
-            except ValueError_ as exc:
+            except ConvexValueError as exc:
                 raise ArgumentError(str(exc)) from None
             current[key] = value
         if field_validators is None and definition is not None and definition.validator is not None:

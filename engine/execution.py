@@ -6,7 +6,7 @@ import time
 from typing import Any, Coroutine
 
 from engine.errors import AppError, EngineError, InternalFunctionError, LimitExceeded, SuspendedError
-from engine.values import ValueError_, check_value
+from values import ConvexValueError, check_value
 
 log = logging.getLogger("tape.engine")
 
@@ -52,5 +52,5 @@ def check_result(result: Any, path: str) -> None:
     """Function results must be Convex values."""
     try:
         check_value(result, f"return value of {path}")
-    except ValueError_ as exc:
+    except ConvexValueError as exc:
         raise EngineError(str(exc)) from None

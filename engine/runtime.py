@@ -14,7 +14,7 @@ from engine.errors import AppError, EngineError, InternalFunctionError, SchemaVi
 from engine.execution import check_result, run_handler
 from engine.limits import DEFAULT_LIMITS, Limits
 from engine.readset import ReadSet
-from engine.values import decode_doc
+from values import decode_doc
 from log.record import Record
 
 log = logging.getLogger("tape.runtime")

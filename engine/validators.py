@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from engine.errors import ArgumentError
-from engine.values import INT64_MAX, INT64_MIN, MAX_DEPTH, table_of
+from values import INT64_MAX, INT64_MIN, MAX_DEPTH, table_of
 
 
 class Validator:

@@ -63,7 +63,7 @@ Behaviour, and the choices made where the brief left one open:
 * **State**: `Client.state` is ``"connecting"``, ``"connected"`` or
   ``"disconnected"``; observe it with `Client.on_state_change` or await
   `Client.wait_connected` / `Client.wait_for_state`.
-* Values follow the Convex model (`engine.values`): float64 numbers, int64 as
+* Values follow the Convex model (`values`): float64 numbers, int64 as
   Python ``int``, ``bytes``; args go out through ``to_wire`` and results come
   back through ``from_wire``.
 """
@@ -82,7 +82,7 @@ import orjson
 from aiohttp import WSMsgType
 from yarl import URL
 
-from engine.values import ValueError_
+from values import ConvexValueError
 from gateway.client_state import (
     ClientAppError,
     ClientClosedError,
@@ -488,7 +488,7 @@ class Client:
             log.error("%s; the client stops (no reconnect)", exc)
             self._core.close(exc)
             return "FatalError"
-        except (ProtocolError, ValueError_, ValueError) as exc:
+        except (ProtocolError, ConvexValueError, ValueError) as exc:
             log.error("malformed message from %s (%s); reconnecting", self.ws_url, exc)
             return "ServerProtocolError"
         except (KeyError, TypeError, AttributeError) as exc:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Literal
 
 import orjson
 
-from engine.values import from_wire, to_wire
+from values import from_wire, to_wire
 from gateway.protocol import MISSING, ProtocolError, StateVersion, canonicalize_udf_path, decode_ts, encode_ts
 
 __all__ = [

@@ -22,7 +22,7 @@ Responses (`success_body`, `error_body`): ``{"status": "success", "value",
 "logLines"}`` with HTTP 200; a function error is HTTP **560** with
 ``{"status": "error", "errorMessage", "errorData"?, "logLines"}``. Values are
 encoded per the *response* format (`response_format`): ``convex_encoded_json``
-→ Convex JSON (`engine.values.to_wire`); ``json`` → Convex's lossy "clean"
+→ Convex JSON (`values.to_wire`); ``json`` → Convex's lossy "clean"
 export (int64 → decimal string, bytes → base64 string, NaN/±Infinity →
 ``"NaN"``/``"Infinity"``/``"-Infinity"``). With no format given, official
 clients (``Convex-Client: npm-…``/``python-…``) get Convex JSON and everyone
@@ -42,7 +42,7 @@ from typing import Any, Iterable, Literal, Mapping
 
 import orjson
 
-from engine.values import to_wire
+from values import to_wire
 from gateway.protocol import MISSING, ProtocolError, Wire, canonicalize_udf_path, decode_ts, encode_ts, parse_udf_args
 
 __all__ = [

@@ -132,7 +132,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence, Union
 
 import orjson
 
-from engine.values import ValueError_, from_wire, to_wire
+from values import ConvexValueError, from_wire, to_wire
 
 __all__ = [
     "ProtocolError",
@@ -185,7 +185,7 @@ class ProtocolError(ValueError):
 
     def __init__(self, field_path: str, message: str) -> None:
         self.field = field_path
-        # Messages from engine.values already start with the (deeper) path.
+        # Messages from values already start with the (deeper) path.
         prefixed = not field_path or message.startswith(field_path)
         super().__init__(message if prefixed else f"{field_path}: {message}")
 
@@ -330,7 +330,7 @@ def parse_udf_args(value: Any, field_path: str = "args") -> dict[str, Any]:
         raise ProtocolError(field_path, f"arguments must be an object, got {_type_name(value)}")
     try:
         decoded = from_wire(value, field_path)
-    except ValueError_ as exc:
+    except ConvexValueError as exc:
         raise ProtocolError(field_path, str(exc)) from None
     if type(decoded) is not dict:  # e.g. {"$integer": ...} at the top level
         raise ProtocolError(field_path, f"arguments must be an object, got {type(decoded).__name__}")

@@ -33,7 +33,7 @@ from aiohttp import web
 from engine.committer import MutationOutcome
 from gateway.config import NODE_KEY
 from engine.errors import AppError, EngineError
-from engine.values import from_wire, to_wire
+from values import from_wire, to_wire
 from log.errors import LogError
 from log.file_log import FileLog
 from log.record import Record

@@ -19,7 +19,7 @@ import orjson
 
 from engine.errors import AppError
 from engine.runtime import QueryResult, Runtime
-from engine.values import decode_doc, to_wire
+from values import decode_doc, to_wire
 from gateway.range_index import RangeIndex
 from log.record import Record
 

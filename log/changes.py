@@ -24,7 +24,7 @@ Documents are rendered in one of two encodings (``doc_format``):
   or exponent (``1.0``); bytes are ``{"$bytes": "<base64>"}`` and NaN/±inf
   ``{"$float": "<base64 of 8 LE bytes>"}``. Fast: no re-encoding.
 * ``"convex"``: Convex JSON as the official clients speak it
-  (`engine.values.to_wire`): int64 as ``{"$integer": "<base64>"}``, every JSON
+  (`values.to_wire`): int64 as ``{"$integer": "<base64>"}``, every JSON
   number a float64.
 
 System tables (names starting with ``_``, e.g. ``_requests``) are skipped
@@ -36,7 +36,7 @@ from typing import Any, Iterable, Iterator
 
 import orjson
 
-from engine.values import decode_doc, to_wire
+from values import decode_doc, to_wire
 from log.codec import FlatRecord, FlatWrite
 from log.record import Record
 

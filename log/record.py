@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 class Write:
     """One document written by a transaction.
 
-    `doc` and `prev` are documents encoded with `engine.values.encode_doc`
+    `doc` and `prev` are documents encoded with `values.encode_doc`
     (the storage encoding); `doc is None` marks a delete and `prev is None`
     an insert. Keeping `prev` lets change-data-capture emit before/after
     images without reading any other state.

@@ -14,7 +14,7 @@ holds it, plus a replay). It is a directory (or a zip of one) holding
       {"_id": string, "_creationTime": double, "doc": string}
 
   where ``doc`` is the whole document (with ``_id`` and ``_creationTime``) as
-  Convex JSON (`engine.values.to_wire`: int64 as ``{"$integer": b64}``,
+  Convex JSON (`values.to_wire`: int64 as ``{"$integer": b64}``,
   bytes as ``{"$bytes": b64}``, special floats as ``{"$float": b64}``), so
   every value round-trips exactly;
 * ``manifest.json`` — the format, the position (offset, ts, time), each
@@ -48,7 +48,7 @@ from fastavro import parse_schema
 from fastavro import reader as avro_reader
 from fastavro import writer as avro_writer
 
-from engine.values import decode_doc, encode_doc, from_wire, to_wire
+from values import decode_doc, encode_doc, from_wire, to_wire
 from log.directory import fsync_dir
 from log.record import Record, Write
 

@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 import orjson
 
-from engine.values import decode_doc
+from values import decode_doc
 from log.codec import FlatWrite
 
 from .errors import ProjectionError

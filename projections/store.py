@@ -34,7 +34,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import orjson
 from rocksdict import BlockBasedOptions, Checkpoint, Options, ReadOptions, Rdict, WriteBatch, WriteOptions
 
-from engine.values import decode_doc, table_of
+from values import decode_doc, table_of
 from log.codec import FlatWrite
 from log.record import Record
 

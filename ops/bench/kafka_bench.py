@@ -52,7 +52,7 @@ from typing import Any, Iterator
 
 from engine.app import App
 from engine.runtime import Runtime
-from engine.values import decode_doc
+from values import decode_doc
 from gateway.node import GC_GEN0_THRESHOLD
 from log.kafka_log import KafkaLog
 from log.record import Record

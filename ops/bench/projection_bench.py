@@ -28,7 +28,7 @@ from typing import Any
 
 from rocksdict import Options, Rdict, WriteBatch, WriteOptions
 
-from engine.values import encode_doc, new_id
+from values import encode_doc, new_id
 from log.record import Record, Write
 from projections.rebuild import rebuild
 from projections.store import Projection

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from engine.values import encode_doc, new_id
+from values import encode_doc, new_id
 from log.file_log import FileLog
 from log.record import Record, Write
 

@@ -5,7 +5,7 @@ import pytest
 
 from engine.errors import (AppError, ArgumentError, FunctionNotFound, InternalFunctionError, ReadOnlyError,
                            SuspendedError)
-from engine.values import table_of
+from values import table_of
 
 
 async def test_insert_query_patch_delete(make_runtime):

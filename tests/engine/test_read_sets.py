@@ -46,7 +46,7 @@ class World:
         return value, tx.read_set
 
     def written_keys(self) -> list[bytes]:
-        from engine.values import decode_doc
+        from values import decode_doc
         keys = []
         for w in self.last_writes:
             keys.append(self.projection.doc_key(w.id))

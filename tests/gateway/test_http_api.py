@@ -4,7 +4,7 @@ from __future__ import annotations
 import aiohttp
 import orjson
 
-from engine.values import to_wire
+from values import to_wire
 
 
 async def post(session: aiohttp.ClientSession, url: str, body: object, **kw: object) -> tuple[int, dict]:  # type: ignore[type-arg]

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from engine.values import from_wire, to_wire
+from values import from_wire, to_wire
 from tests.server_process import ServerProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from fastavro import reader as avro_reader
 
 from engine.app import App
 from engine.runtime import Runtime
-from engine.values import decode_doc, from_wire
+from values import decode_doc, from_wire
 from log.file_log import FileLog
 from ops import cli
 from ops.export_cmd import SnapshotError, export_snapshot, import_snapshot

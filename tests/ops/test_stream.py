@@ -16,7 +16,7 @@ from fastavro import reader as avro_reader
 
 from engine.app import App
 from engine.runtime import Runtime
-from engine.values import encode_doc
+from values import encode_doc
 from log.changes import TableFilter, change_events, encode_changes, event_from_avro, iter_changes, jsonl_chunk
 from log.file_log import FileLog
 from log.record import Record, Write

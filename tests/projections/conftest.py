@@ -5,7 +5,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from engine.values import decode_doc, encode_doc, new_id
+from values import decode_doc, encode_doc, new_id
 from log.record import Record, Write
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from rocksdict import Options, Rdict
 
-from engine.values import decode_doc, encode_doc, new_id
+from values import decode_doc, encode_doc, new_id
 from log.record import Record, Write
 from projections.errors import IndexCatalogError, ProjectionError, ProjectionFormatError
 from projections.keys import encode_value_key

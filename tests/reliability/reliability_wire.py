@@ -17,7 +17,7 @@ from typing import Any, Callable
 import aiohttp
 import orjson
 
-from engine.values import from_wire
+from values import from_wire
 from gateway.protocol import decode_ts
 
 ROOT = Path(__file__).parent.parent.parent

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 
 from gateway.protocol import decode_ts
-from engine.values import from_wire
+from values import from_wire
 from tests.reliability.reliability_wire import WsClient, http_call, query
 
 ACCOUNTS = [f"hot{i:02d}" for i in range(32)]

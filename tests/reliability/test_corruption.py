@@ -29,7 +29,7 @@ import pytest
 
 from engine.app import App
 from engine.runtime import Runtime
-from engine.values import encode_doc, encode_value, new_id
+from values import encode_doc, encode_value, new_id
 from log.codec import HEADER, HEADER_SIZE, encode_payload, frame_from_payload
 from log.file_log import FileLog
 from log.record import Record, Write

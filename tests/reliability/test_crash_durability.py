@@ -47,7 +47,7 @@ import aiohttp
 import pytest
 
 from engine.committer import request_doc_id
-from engine.values import decode_doc, decode_value, from_wire
+from values import decode_doc, decode_value, from_wire
 from tests.reliability.reliability_wire import (
     ServerGone,
     WsClient,

@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.app import App
-from engine.values import new_id
+from values import new_id
 from tests.reliability.reliability_wire import APPS, WsClient, connect_message, http_call, ws_url
 from tests.server_process import ServerProcess
 

@@ -1,4 +1,4 @@
-"""The Convex value model in Python, and its two encodings.
+"""The Convex value model in Python, and its two encodings (storage and wire).
 
 Python types map to Convex types as follows: ``None`` → null, ``bool`` →
 boolean, ``int`` → int64, ``float`` → float64 (JSON numbers), ``str`` →
@@ -16,11 +16,8 @@ object.
 from __future__ import annotations
 
 import base64
-import functools
 import math
-import os
 import struct
-import time
 from typing import Any
 
 import orjson
@@ -31,7 +28,7 @@ INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
 
 
-class ValueError_(ValueError):
+class ConvexValueError(ValueError):
     """A value outside the Convex value model; the message names the path to it."""
 
 
@@ -56,11 +53,11 @@ def _storage_default(obj: Any) -> Any:
 def check_value(value: Any, path: str = "value", depth: int = 0) -> bool:
     """Validate `value` against the Convex value model.
 
-    Raises `ValueError_` naming the offending path. Returns True when the value
+    Raises `ConvexValueError` naming the offending path. Returns True when the value
     holds a non-finite float (which the storage encoding must rewrite).
     """
     if depth > MAX_DEPTH:
-        raise ValueError_(f"{path}: nesting deeper than {MAX_DEPTH} levels")
+        raise ConvexValueError(f"{path}: nesting deeper than {MAX_DEPTH} levels")
     t = type(value)
     if value is None or t is bool or t is str or t is bytes:
         return False
@@ -68,7 +65,7 @@ def check_value(value: Any, path: str = "value", depth: int = 0) -> bool:
         return not math.isfinite(value)
     if t is int:
         if not INT64_MIN <= value <= INT64_MAX:
-            raise ValueError_(f"{path}: integer {value} does not fit in int64")
+            raise ConvexValueError(f"{path}: integer {value} does not fit in int64")
         return False
     if t is list or t is tuple:
         special = False
@@ -79,14 +76,14 @@ def check_value(value: Any, path: str = "value", depth: int = 0) -> bool:
         special = False
         for key, item in value.items():
             if type(key) is not str:
-                raise ValueError_(f"{path}: object keys must be strings, got {type(key).__name__}")
+                raise ConvexValueError(f"{path}: object keys must be strings, got {type(key).__name__}")
             if key.startswith("$"):
-                raise ValueError_(f"{path}: field name {key!r} may not start with '$'")
+                raise ConvexValueError(f"{path}: field name {key!r} may not start with '$'")
             special |= check_value(item, f"{path}.{key}", depth + 1)
         return special
     if isinstance(value, (bytearray, memoryview)):
         return False
-    raise ValueError_(f"{path}: {t.__name__} is not a Convex value (use None, bool, int, float, str, bytes, list or dict)")
+    raise ConvexValueError(f"{path}: {t.__name__} is not a Convex value (use None, bool, int, float, str, bytes, list or dict)")
 
 
 def _rewrite_special_floats(value: Any) -> Any:
@@ -175,17 +172,17 @@ def to_wire(value: Any) -> Any:
         return [to_wire(v) for v in value]
     if t is bytes or isinstance(value, (bytearray, memoryview)):
         return {"$bytes": _b64(bytes(value))}
-    raise ValueError_(f"{t.__name__} is not a Convex value")
+    raise ConvexValueError(f"{t.__name__} is not a Convex value")
 
 
 def from_wire(value: Any, path: str = "value", depth: int = 0) -> Any:
     """Convert Convex JSON (as parsed by orjson) into Python Convex values.
 
     JSON numbers become floats; ``$integer``/``$bytes``/``$float`` objects
-    become int/bytes/float. Raises `ValueError_` naming the path on bad input.
+    become int/bytes/float. Raises `ConvexValueError` naming the path on bad input.
     """
     if depth > MAX_DEPTH:
-        raise ValueError_(f"{path}: nesting deeper than {MAX_DEPTH} levels")
+        raise ConvexValueError(f"{path}: nesting deeper than {MAX_DEPTH} levels")
     t = type(value)
     if t is str or t is bool or value is None or t is float:
         return value
@@ -211,50 +208,17 @@ def from_wire(value: Any, path: str = "value", depth: int = 0) -> Any:
                             raise ValueError("need 8 bytes")
                         return struct.unpack("<d", raw)[0]
                 except (ValueError, TypeError, AttributeError) as exc:
-                    raise ValueError_(f"{path}: malformed {key} value ({exc})") from None
-                raise ValueError_(f"{path}: unknown special value {key!r}")
+                    raise ConvexValueError(f"{path}: malformed {key} value ({exc})") from None
+                raise ConvexValueError(f"{path}: unknown special value {key!r}")
         out = {}
         for k, v in value.items():
             if k.startswith("$"):
-                raise ValueError_(f"{path}: field name {k!r} may not start with '$'")
+                raise ConvexValueError(f"{path}: field name {k!r} may not start with '$'")
             out[k] = from_wire(v, f"{path}.{k}", depth + 1)
         return out
-    raise ValueError_(f"{path}: {t.__name__} is not a Convex JSON value")
+    raise ConvexValueError(f"{path}: {t.__name__} is not a Convex JSON value")
 
 
 def wire_dumps(value: Any) -> bytes:
     """Serialise a Python Convex value as Convex JSON bytes."""
     return orjson.dumps(to_wire(value))
-
-
-# --- document ids ------------------------------------------------------------
-
-_ID_RANDOM_BYTES = 10
-
-
-def new_id(table: str) -> str:
-    """A fresh document id: URL-safe, opaque, and encoding its table name."""
-    raw = table.encode() + b"\x00" + time.time_ns().to_bytes(8, "big")[2:] + os.urandom(_ID_RANDOM_BYTES)
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def table_of(doc_id: Any) -> str | None:
-    """The table a document id belongs to, or None if `doc_id` is not a Tape id."""
-    if type(doc_id) is not str or not 8 <= len(doc_id) <= 200:
-        return None
-    return _table_of(doc_id)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _table_of(doc_id: str) -> str | None:
-    try:
-        raw = base64.urlsafe_b64decode(doc_id + "=" * (-len(doc_id) % 4))
-    except (ValueError, TypeError):
-        return None
-    table, sep, rest = raw.partition(b"\x00")
-    if not sep or len(rest) != 6 + _ID_RANDOM_BYTES or not table:
-        return None
-    try:
-        return table.decode()
-    except UnicodeDecodeError:
-        return None
