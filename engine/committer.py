@@ -6,23 +6,37 @@ writes of earlier, not yet applied mutations (an `Overlay`), appends one log
 record per successful mutation in a single group commit, applies them to the
 projection, and only then answers the callers. Serial execution makes every
 mutation serializable with no conflicts and no retries, however hot the keys.
+
+Exactly-once: a mutation sent with a (session id, request id) stores its
+answer in a `_requests` document written in the same record, together with a
+fingerprint of the call (`request_fingerprint`: path, arguments, caller). A
+repeat with the same fingerprint is answered from it without running again; a
+repeat with a different one is refused. Answers are kept for
+`Limits.request_retention_seconds` (24 h): the committer then deletes them with
+logged `_system:expire_requests` records, and a repeat arriving after that runs
+the mutation again.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from engine.context import Auth, MutationCtx
 from engine.db import DatabaseWriter, Transaction
-from engine.errors import EngineError
-from engine.execution import run_handler
+from engine.errors import EngineError, LimitExceeded
+from engine.execution import SliceExpired, run_handler
+from engine.preempt import Preempted, worker_deadline
 from engine.functions import FunctionDef
 from engine.overlay import Overlay
 from engine.scan_cache import ScanCache
-from values import decode_value, encode_value
+from values import decode_value, encode_value, to_wire
 from log.errors import LogError
 from log.record import Record, Write
 
@@ -32,12 +46,46 @@ if TYPE_CHECKING:
 log = logging.getLogger("tape.committer")
 
 REQUESTS_TABLE = "_requests"
+EXPIRE_REQUESTS_FUNCTION = "_system:expire_requests"  # `function` of the records that expire `_requests` docs
+EXPIRY_INTERVAL_MAX = 3600.0  # seconds between expiry sweeps at most (retention / 24 when shorter)
+# Token claims that change when the same caller refreshes its token: not part of who the caller is.
+_VOLATILE_CLAIMS = frozenset({"iat", "exp", "nbf", "auth_time", "jti"})
 _DOCUMENT_CACHE_MAX = 1 << 18  # committed documents (encoded) the writer keeps in memory; cleared beyond
 
 
 def request_doc_id(session_id: str, request_id: int) -> str:
     """Id of the system document that remembers a committed client request."""
     return f"{REQUESTS_TABLE}:{session_id}:{request_id}"
+
+
+def _caller(identity: dict[str, Any] | None) -> Any:
+    """The stable part of an identity: its tokenIdentifier, else the claims that do not change on refresh."""
+    if identity is None:
+        return None
+    token = identity.get("tokenIdentifier")
+    if token is not None:
+        return {"tokenIdentifier": token}
+    return {k: v for k, v in identity.items() if k not in _VOLATILE_CLAIMS}
+
+
+def request_fingerprint(path: str, args: dict[str, Any], identity: dict[str, Any] | None) -> str:
+    """sha256 (hex) of the canonical JSON of (function path, validated arguments in Convex JSON, caller).
+
+    A repeated (session id, request id) is the same call only when this matches.
+    """
+    canonical = orjson.dumps([path, to_wire(args), _caller(identity)], option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def request_reused_error(request_id: int) -> EngineError:
+    """The refusal of a (session, request id) repeated for a different call."""
+    return EngineError(f"requestId {request_id} of this session was already used for a different call "
+                       "(path or arguments or caller differ)")
+
+
+def expiry_interval(retention_seconds: float) -> float:
+    """Seconds between `_requests` expiry sweeps: retention / 24, at most an hour."""
+    return max(min(retention_seconds / 24.0, EXPIRY_INTERVAL_MAX), 0.01)
 
 
 @dataclass
@@ -51,13 +99,25 @@ class MutationOutcome:
 
 
 @dataclass
-class _Pending:
+class _QueuedMutation:
     fn: FunctionDef
     args: dict[str, Any]
     identity: dict[str, Any] | None
     session_id: str | None
     request_id: int | None
     future: asyncio.Future[MutationOutcome]
+    fingerprint: str | None = None  # set when session_id and request_id are (see `request_fingerprint`)
+
+
+@dataclass
+class _ExpiryTask:
+    """Delete these expired `_requests` documents in one system record, in line with mutations."""
+
+    ids: list[str]
+    future: asyncio.Future[MutationOutcome]
+
+
+_Queued = _QueuedMutation | _ExpiryTask
 
 
 class CreationClock:
@@ -84,7 +144,7 @@ class _Staged:
     seq: int
     generation: int
     records: list[Record]
-    owners: list[list[_Pending]]
+    owners: list[list[_Queued]]
     values: list[Any]  # each record's return value, as the handler returned it
     changed_tables: set[str]  # tables whose index keys the batch changes
     end_mark: int
@@ -104,7 +164,7 @@ class Committer:
 
     def __init__(self, runtime: "Runtime", max_batch: int = 1024) -> None:
         self._runtime = runtime
-        self._queue: list[_Pending] = []
+        self._queue: list[_Queued] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[bool] | None = None
@@ -114,33 +174,59 @@ class Committer:
         self._seq = 0
         self._generation = 0
         self._overlay = Overlay()
-        self._pending_requests: dict[tuple[str, int], list[_Pending]] = {}
+        self._pending_requests: dict[tuple[str, int], list[_Queued]] = {}
         self._broken: str | None = None  # set when committed records could not be applied here
         self._creation_clock = CreationClock()
         # Committed documents by id, as the projection holds them: read through, updated on every apply.
         self._documents: dict[str, bytes | None] = {}
         self._scans = ScanCache()  # small committed index scans, dropped per table when its keys change
         self._app_seen: object = None  # the app the caches were filled under (a reload empties them)
-        self._loop_: asyncio.AbstractEventLoop | None = None  # the loop `start` ran on
+        self._owner_loop: asyncio.AbstractEventLoop | None = None  # the loop `start` ran on
+        self._expiry_task: asyncio.Task[None] | None = None
+        self._expiry_lock = asyncio.Lock()  # one expiry sweep at a time (so no id is deleted twice)
+        self.slow_mutations: set[str] = set()  # functions that outran their slice on the loop
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="tape-writer")  # runs them, one at a time
+        self._running_slow = False
         self.batches = 0
         self.committed = 0
 
     def start(self) -> None:
         if self._task is None:
             self._resync()
-            self._loop_ = asyncio.get_running_loop()
-            self._task = self._loop_.create_task(self._loop(), name="tape-committer")
+            self._owner_loop = asyncio.get_running_loop()
+            self._task = self._owner_loop.create_task(self._loop(), name="tape-committer")
+            self._expiry_task = self._owner_loop.create_task(self._expire_periodically(),
+                                                             name="tape-request-expiry")
 
     def _resync(self) -> None:
         log_ = self._runtime.log
         self._last_ts = max(log_.last_ts(), self._runtime.projection.applied_ts)
         self._next_offset = log_.next_offset()
 
-    async def stop(self) -> None:
-        """Finish queued mutations, then stop."""
+    async def stop(self, drain_seconds: float = 0.5) -> None:
+        """Stop: finish what is queued for up to `drain_seconds`, then refuse the rest, never half-run.
+
+        A mutation still queued at the end is failed with a clear error (it did
+        not run, so a client retry is safe); one executing is let finish (its
+        time bound caps the wait).
+        """
         if self._task is None:
             return
-        while self._queue or (self._inflight is not None and not self._inflight.done()):
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            try:
+                await self._expiry_task
+            except asyncio.CancelledError:
+                pass
+            self._expiry_task = None
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + drain_seconds
+        while self._queue and loop.time() < give_up:
+            await asyncio.sleep(0.001)
+        if self._queue:
+            queued, self._queue = self._queue, []
+            self._fail(queued, EngineError("the server is shutting down; this mutation did not run (retry it)"))
+        while self._running_slow or (self._inflight is not None and not self._inflight.done()):
             await asyncio.sleep(0.001)
         self._task.cancel()
         try:
@@ -148,6 +234,7 @@ class Committer:
         except asyncio.CancelledError:
             pass
         self._task = None
+        self._worker.shutdown(wait=False)
 
     async def submit(self, fn: FunctionDef, args: dict[str, Any], identity: dict[str, Any] | None,
                      session_id: str | None, request_id: int | None) -> MutationOutcome:
@@ -156,8 +243,10 @@ class Committer:
             raise EngineError("the committer is not running on this node")
         if self._broken is not None:
             raise EngineError(self._broken)
-        assert self._loop_ is not None
-        pending = _Pending(fn, args, identity, session_id, request_id, self._loop_.create_future())
+        assert self._owner_loop is not None
+        pending = _QueuedMutation(fn, args, identity, session_id, request_id, self._owner_loop.create_future())
+        if session_id is not None and request_id is not None:
+            pending.fingerprint = request_fingerprint(fn.path, args, identity)
         self._queue.append(pending)
         self._wakeup.set()
         return await pending.future
@@ -172,24 +261,72 @@ class Committer:
                     self._fail(batch, EngineError(self._broken))
                     continue
                 try:
-                    staged = self._execute(batch)
+                    staged, rest, slow = self._execute(batch)
                 except Exception as exc:  # never let the writer die silently
                     log.exception("executing a batch failed")
                     self._fail(batch, EngineError(f"commit failed: {exc}"))
                     continue
+                self._queue[:0] = rest  # what the slice had no time for goes first next round
                 if self._inflight is not None:
                     await self._inflight
                     self._inflight = None
-                if staged is None:
-                    continue
-                if staged.generation != self._generation:
-                    # The batch below it failed to append: its execution is void. Run it again.
-                    self._queue[:0] = [p for group in staged.owners for p in group]
-                    continue
-                self._inflight = asyncio.get_running_loop().create_task(self._finish(staged))
+                if staged is not None:
+                    if staged.generation != self._generation:
+                        # The batch below it failed to append: its execution is void. Run it again.
+                        self._queue[:0] = [p for group in staged.owners for p in group]
+                        continue
+                    self._inflight = asyncio.get_running_loop().create_task(self._finish(staged))
+                if slow is not None:
+                    await self._run_slow(slow)
+                else:
+                    await asyncio.sleep(0)  # a slice ended: let the loop serve I/O before the next one
+
+    async def _run_slow(self, p: _QueuedMutation) -> None:
+        """Run a mutation that outran its slice on a worker thread, with nothing else pending.
+
+        The writer stays serial: every earlier batch is durable and applied
+        first, and later mutations wait in the queue. Only this mutation's
+        caller waits for it; the event loop goes on serving everyone else.
+        """
+        if self._inflight is not None:
+            await self._inflight
+            self._inflight = None
+        if self._broken is not None:
+            self._fail([p], EngineError(self._broken))
+            return
+        loop = asyncio.get_running_loop()
+        self._running_slow = True
+        try:
+            staged = await loop.run_in_executor(self._worker, self._execute_on_worker, p)
+        except Exception as exc:
+            log.exception("executing a mutation off the loop failed")
+            self._fail([p], EngineError(f"commit failed: {exc}"))
+            return
+        finally:
+            self._running_slow = False
+        if staged is not None:
+            self._inflight = loop.create_task(self._finish(staged))
+
+    def _execute_on_worker(self, p: _QueuedMutation) -> _Staged | None:
+        limits = self._runtime.limits
+        try:
+            with worker_deadline(limits.max_seconds):
+                staged, _rest, _slow = self._execute([p], off_loop=True)
+            return staged
+        except Preempted:
+            # The interrupt may have landed anywhere in the writer's state: nothing else is pending
+            # (see `_run_slow`), so drop it all rather than trust a half-made update.
+            self._overlay.clear()
+            self._documents.clear()
+            self._scans.clear()
+            for key in [k for k, group in self._pending_requests.items() if p in group]:
+                del self._pending_requests[key]
+            self._owner_loop.call_soon_threadsafe(  # type: ignore[union-attr]
+                self._fail, [p], LimitExceeded(f"{p.fn.path} ran longer than {limits.max_seconds:g}s"))
+            return None
 
     @staticmethod
-    def _fail(batch: list[_Pending], error: Exception) -> None:
+    def _fail(batch: list[_Queued], error: Exception) -> None:
         for p in batch:
             if not p.future.done():
                 p.future.set_exception(error)
@@ -199,16 +336,35 @@ class Committer:
         self._last_ts = ts
         return ts
 
-    def _previous_answer(self, session_id: str, request_id: int) -> MutationOutcome | None:
+    def _previous_answer(self, session_id: str, request_id: int, fingerprint: str | None) -> MutationOutcome | None:
+        """The stored answer of a committed request; refuses one stored for a different call.
+
+        Memos written before fingerprints existed have none and answer any repeat.
+        """
         raw = self._runtime.projection.get(request_doc_id(session_id, request_id))
         if raw is None:
             return None
         saved = decode_value(raw)
+        stored = saved.get("fingerprint")
+        if stored is not None and stored != fingerprint:
+            raise request_reused_error(request_id)
         return MutationOutcome(saved["result"], saved["ts"], saved["offset"], replayed=True)
 
-    def _execute(self, batch: list[_Pending]) -> _Staged | None:
-        """Run a batch serially on top of every pending write; returns the records to append."""
+    def _execute(self, batch: list[_Queued], off_loop: bool = False
+                 ) -> tuple[_Staged | None, list[_Queued], _QueuedMutation | None]:
+        """Run a batch serially on top of every pending write.
+
+        Returns the records to append, the mutations the slice had no time for,
+        and a mutation that must run off the loop (it outran its slice, or its
+        function is known to). On the loop, a batch stops after
+        `Limits.loop_slice_seconds` / 2 of execution so readers are served.
+        """
         runtime = self._runtime
+        limits = runtime.limits
+        slice_seconds = None if off_loop else limits.loop_slice_seconds
+        slice_end = time.monotonic() + limits.loop_slice_seconds / 2
+        rest: list[_Queued] = []
+        slow: _QueuedMutation | None = None
         projection = runtime.projection
         overlay = self._overlay
         documents = self._documents
@@ -221,31 +377,60 @@ class Committer:
         self._seq += 1
         seq = self._seq
         records: list[Record] = []
-        owners: list[list[_Pending]] = []
+        owners: list[list[_Queued]] = []
         values: list[Any] = []
         keys: list[tuple[str, int]] = []
-        for p in batch:
+        for i, p in enumerate(batch):
+            if not off_loop and (records or i) and time.monotonic() > slice_end:
+                rest = batch[i:]
+                break
+            if isinstance(p, _ExpiryTask):
+                if self._stage_expiry(p, records, owners, values):
+                    changed_tables.add(REQUESTS_TABLE)
+                continue
             key = None
             if p.session_id is not None and p.request_id is not None:
                 key = (p.session_id, p.request_id)
+            if key is not None and not off_loop:  # (off the loop: already checked on it)
                 waiting = self._pending_requests.get(key)
                 if waiting is not None:
+                    first = waiting[0]
+                    if not isinstance(first, _QueuedMutation) or first.fingerprint != p.fingerprint:
+                        p.future.set_exception(request_reused_error(p.request_id))
+                        continue
                     waiting.append(p)  # the same request is already executed: share its answer
                     continue
-                previous = self._previous_answer(*key)
+                try:
+                    previous = self._previous_answer(p.session_id, p.request_id, p.fingerprint)
+                except EngineError as exc:
+                    p.future.set_exception(exc)
+                    continue
                 if previous is not None:
                     p.future.set_result(previous)
                     continue
+            if not off_loop and p.fn.path in self.slow_mutations:
+                slow, rest = p, batch[i + 1:]
+                break
             mark = overlay.mark()
-            tx = Transaction(projection, runtime.app.schema, runtime.limits, overlay, writable=True, batch=seq,
+            tx = Transaction(projection, runtime.app.schema, limits, overlay, writable=True, batch=seq,
                              loaded=documents, scans=self._scans, changed_tables=changed_tables)
             ctx = MutationCtx(DatabaseWriter(tx, self._creation_clock), Auth(p.identity))
             try:
-                value = run_handler(p.fn.handler(ctx, **p.args), p.fn.path, runtime.limits.max_seconds)
+                value = run_handler(p.fn.handler(ctx, **p.args), p.fn.path, limits.max_seconds, slice_seconds)
                 result = encode_value(value)
+            except SliceExpired:
+                overlay.rollback(mark)
+                log.info("mutation %s outran its %.0f ms slice on the event loop: it runs on a worker thread "
+                         "from now on", p.fn.path, limits.loop_slice_seconds * 1000)
+                self.slow_mutations.add(p.fn.path)
+                slow, rest = p, batch[i + 1:]
+                break
             except Exception as exc:
                 overlay.rollback(mark)
-                p.future.set_exception(exc)
+                if off_loop:
+                    self._owner_loop.call_soon_threadsafe(self._fail, [p], exc)  # type: ignore[union-attr]
+                else:
+                    p.future.set_exception(exc)
                 continue
             writes = []
             for doc_id, (table, prev) in tx.touched.items():
@@ -259,10 +444,13 @@ class Committer:
             offset = self._next_offset + len(records)
             record = Record(writes=writes, ts=self._next_ts(), session_id=p.session_id, request_id=p.request_id,
                             function=p.fn.path, result=result)
-            group = [p]
+            group: list[_Queued] = [p]
             if key is not None:
-                # Remember the answer durably, inside the same transaction (exactly-once across crashes).
-                memo = {"result": value, "ts": record.ts, "offset": offset}
+                # Remember the answer durably, inside the same transaction (exactly-once across crashes),
+                # with the call it answers and its commit time (`_creationTime`, ms: the by_creation_time
+                # index then lists memos oldest first for expiry).
+                memo = {"result": value, "ts": record.ts, "offset": offset, "fingerprint": p.fingerprint,
+                        "_creationTime": record.ts / 1e6}
                 record.writes.append(Write(REQUESTS_TABLE, request_doc_id(*key), encode_value(memo), None))
                 self._pending_requests[key] = group
                 keys.append(key)
@@ -271,11 +459,11 @@ class Committer:
             owners.append(group)
             values.append(value)
         if not records:
-            return None
+            return None, rest, slow
         first_offset = self._next_offset
         self._next_offset += len(records)
-        return _Staged(seq, self._generation, records, owners, values, changed_tables, overlay.mark(), keys,
-                       first_offset)
+        return (_Staged(seq, self._generation, records, owners, values, changed_tables, overlay.mark(), keys,
+                        first_offset), rest, slow)
 
     async def _finish(self, staged: _Staged) -> bool:
         """Append a staged batch, apply it and answer its callers; undo everything on failure."""
@@ -327,3 +515,102 @@ class Committer:
                 if not p.future.done():
                     p.future.set_result(outcome)
         return True
+
+    # -- expiry of `_requests` memos ---------------------------------------------------
+    def _stage_expiry(self, task: _ExpiryTask, records: list[Record], owners: list[list[_Queued]],
+                      values: list[Any]) -> bool:
+        """Add the system record deleting `task.ids` to the batch; False (and answered) when none exists."""
+        if task.future.done():  # its sweep was cancelled (the committer is stopping)
+            return False
+        projection = self._runtime.projection
+        writes = []
+        for doc_id in task.ids:
+            prev = projection.get(doc_id)
+            if prev is not None:
+                writes.append(Write(REQUESTS_TABLE, doc_id, None, prev))
+        if not writes:
+            task.future.set_result(MutationOutcome(0, self._last_ts, self._next_offset - 1))
+            return False
+        records.append(Record(writes=writes, ts=self._next_ts(), function=EXPIRE_REQUESTS_FUNCTION,
+                              result=encode_value(len(writes))))
+        owners.append([task])
+        values.append(len(writes))
+        return True
+
+    def _expired_requests(self, cutoff_ns: int, start: bytes | None, limit: int) -> tuple[list[str], bytes | None]:
+        """Ids of up to `limit` `_requests` memos committed before `cutoff_ns`, oldest first.
+
+        Walks the projection's by_creation_time index of `_requests` (memos carry their commit time
+        as `_creationTime`), so only expired entries are visited, plus memos written before they had
+        one (those sort first, by id; their `ts` decides). Returns where to continue, or None when
+        every expired memo has been listed.
+        """
+        projection = self._runtime.projection
+        lo, hi = projection.index_range(REQUESTS_TABLE, "by_creation_time", upper=(cutoff_ns / 1e6, True))
+        if start is not None:
+            lo = max(lo, start)
+        ids: list[str] = []
+        visited = 0
+        for key, doc_id in projection.scan(lo, hi):
+            raw = projection.get(doc_id)
+            if raw is not None:
+                memo = decode_value(raw)
+                if memo.get("ts", 0) < cutoff_ns:
+                    ids.append(doc_id)
+                elif "_creationTime" in memo:
+                    return ids, None  # the rest of the index is newer
+            visited += 1
+            if len(ids) >= limit or visited >= 4 * limit:
+                return ids, key + b"\x00"  # index keys are prefix-free: every later key sorts at or after this
+        return ids, None
+
+    async def expire_requests(self, now_ns: int | None = None) -> int:
+        """Delete the `_requests` memos older than the retention; returns how many were deleted.
+
+        Each chunk of at most `Limits.request_expiry_batch` deletes is one `_system:expire_requests`
+        record, executed in line with mutations (ordered with them, durable before it counts, and
+        replayed, restored and streamed like any record). A request repeated after its memo is
+        deleted runs again: that is what the retention means.
+        """
+        limits = self._runtime.limits
+        retention = limits.request_retention_seconds
+        if retention is None:
+            return 0
+        if self._task is None:
+            raise EngineError("the committer is not running on this node")
+        assert self._owner_loop is not None
+        cutoff = (time.time_ns() if now_ns is None else now_ns) - int(retention * 1e9)
+        limit = max(1, limits.request_expiry_batch)
+        total = 0
+        async with self._expiry_lock:
+            start: bytes | None = None
+            while True:
+                ids, start = self._expired_requests(cutoff, start, limit)
+                if ids:
+                    if self._broken is not None:
+                        raise EngineError(self._broken)
+                    task = _ExpiryTask(ids, self._owner_loop.create_future())
+                    self._queue.append(task)
+                    self._wakeup.set()
+                    total += (await task.future).value
+                if start is None:
+                    break
+                await asyncio.sleep(0)  # let mutations run between chunks
+        if total:
+            log.info("expired %d %s entries committed more than %gs ago", total, REQUESTS_TABLE, retention)
+        return total
+
+    async def _expire_periodically(self) -> None:
+        """Expire old `_requests` memos at start, then every `expiry_interval(retention)` seconds."""
+        while True:
+            retention = self._runtime.limits.request_retention_seconds
+            if retention is None:
+                return
+            try:
+                await self.expire_requests()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # retried at the next sweep
+                log.warning("expiring %s entries failed (%s: %s); retrying in %gs", REQUESTS_TABLE,
+                            type(exc).__name__, exc, expiry_interval(retention))
+            await asyncio.sleep(expiry_interval(retention))

@@ -1,8 +1,9 @@
 """The `ctx` objects handed to queries, mutations and actions."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Coroutine
 
 from engine.db import DatabaseReader, DatabaseWriter
 
@@ -10,14 +11,46 @@ if TYPE_CHECKING:
     from engine.runtime import Runtime
 
 
+ADMIN_IDENTITY: dict[str, Any] = {"admin": True}
+"""The identity of a plain admin-key call: privileged, but no user (`get_user_identity()` is None)."""
+
+
+def is_admin(identity: dict[str, Any] | None) -> bool:
+    """Whether `identity` is the admin marker (a user's claims never are: a user has a tokenIdentifier)."""
+    return identity is not None and "tokenIdentifier" not in identity and identity.get("admin") is True
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a JSON-like value, so user code cannot change the caller's shared identity."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
 @dataclass
 class Auth:
-    """`ctx.auth`: the caller's identity (None when unauthenticated)."""
+    """`ctx.auth`: the caller's identity (None when unauthenticated).
+
+    `identity` is what the gateway verified: a user's Convex ``UserIdentity``
+    (``tokenIdentifier``, ``subject``, ``issuer``, OIDC claims in camelCase,
+    custom claims), the admin marker `ADMIN_IDENTITY`, or None.
+    """
 
     identity: dict[str, Any] | None = None
 
     async def get_user_identity(self) -> dict[str, Any] | None:
-        return self.identity
+        """The calling user's identity (a copy), or None when anonymous or a plain admin call."""
+        identity = self.identity
+        if identity is None or "tokenIdentifier" not in identity:
+            return None
+        return _copy(identity)
+
+    @property
+    def is_admin(self) -> bool:
+        """Whether the caller presented the admin key (and acts as no user)."""
+        return is_admin(self.identity)
 
 
 @dataclass
@@ -33,18 +66,40 @@ class MutationCtx:
 
 
 class ActionCtx:
-    """Actions may do I/O and call other functions through the runtime."""
+    """Actions may do I/O and call other functions through the runtime.
 
-    def __init__(self, runtime: "Runtime", auth: Auth) -> None:
+    An action runs on a worker thread's loop (`engine.action_workers`); every
+    call into the runtime hops back to the server's loop, which owns the
+    projection and the committer.
+    """
+
+    def __init__(self, runtime: "Runtime", auth: Auth, server_loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._runtime = runtime
         self.auth = auth
+        self._server_loop = server_loop
 
-    async def run_query(self, path: str, args: dict[str, Any] | None = None) -> Any:
-        return (self._runtime.run_query(path, args or {}, allow_internal=True, identity=self.auth.identity)).value
+    async def _on_server(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        server = self._server_loop
+        if server is None or asyncio.get_running_loop() is server:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, server))
 
-    async def run_mutation(self, path: str, args: dict[str, Any] | None = None) -> Any:
-        outcome = await self._runtime.run_mutation(path, args or {}, allow_internal=True, identity=self.auth.identity)
+    async def _query(self, path: str, args: dict[str, Any]) -> Any:
+        result = await self._runtime.query(path, args, allow_internal=True, identity=self.auth.identity)
+        if result.error is not None:
+            raise result.error
+        return result.value
+
+    async def _mutation(self, path: str, args: dict[str, Any]) -> Any:
+        outcome = await self._runtime.run_mutation(path, args, allow_internal=True, identity=self.auth.identity)
         return outcome.value
 
+    async def run_query(self, path: str, args: dict[str, Any] | None = None) -> Any:
+        return await self._on_server(self._query(path, args or {}))
+
+    async def run_mutation(self, path: str, args: dict[str, Any] | None = None) -> Any:
+        return await self._on_server(self._mutation(path, args or {}))
+
     async def run_action(self, path: str, args: dict[str, Any] | None = None) -> Any:
-        return await self._runtime.run_action(path, args or {}, allow_internal=True, identity=self.auth.identity)
+        return await self._on_server(
+            self._runtime.run_action(path, args or {}, allow_internal=True, identity=self.auth.identity))

@@ -6,12 +6,14 @@ import functools
 import time
 from typing import Any, Callable, Iterator
 
+from engine.preempt import STATE as PREEMPT_STATE
 from engine.errors import ArgumentError, EngineError, LimitExceeded, ReadOnlyError
 from engine.limits import Limits
 from engine.overlay import Overlay
 from engine.readset import ReadSet, key_successor
 from engine.scan_cache import ScanCache
 from engine.schema import Schema
+from projections.types import DocumentReader
 from values import ConvexValueError, check_value, decode_doc, encode_doc, new_id, table_of
 
 
@@ -82,7 +84,7 @@ class IndexRange:
 class Transaction:
     """State shared by one function execution: read set, limits, deadline and pending writes."""
 
-    def __init__(self, projection: Any, schema: Schema, limits: Limits, overlay: Overlay | None,
+    def __init__(self, projection: DocumentReader, schema: Schema, limits: Limits, overlay: Overlay | None,
                  writable: bool, clock: Callable[[], float] | None = None, batch: int = 0,
                  loaded: dict[str, bytes | None] | None = None, scans: ScanCache | None = None,
                  changed_tables: set[str] | None = None) -> None:
@@ -228,7 +230,12 @@ class DatabaseWriter(DatabaseReader):
         else:
             keys = tx.projection.index_keys(table, doc) if doc is not None else []
             tx.changed_tables.add(table)
-        tx.overlay.put(doc_id, table, raw, keys, tx.batch)
+        guard = PREEMPT_STATE  # a preemption must not land halfway through the overlay's update
+        guard.critical += 1
+        try:
+            tx.overlay.put(doc_id, table, raw, keys, tx.batch)
+        finally:
+            guard.critical -= 1
 
     def _require_writable(self) -> None:
         if not self._tx.writable:
@@ -324,7 +331,7 @@ class DatabaseWriter(DatabaseReader):
 
 
 @functools.lru_cache(maxsize=1 << 14)
-def _eq_string_range(projection: Any, table: str, index: str, value: str) -> tuple[bytes, bytes]:
+def _eq_string_range(projection: DocumentReader, table: str, index: str, value: str) -> tuple[bytes, bytes]:
     """`projection.index_range(table, index, [value])` for a string, cached (key encoding is pure)."""
     return projection.index_range(table, index, [value])
 

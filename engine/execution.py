@@ -5,6 +5,7 @@ import logging
 import time
 from typing import Any, Coroutine
 
+from engine import preempt
 from engine.errors import AppError, EngineError, InternalFunctionError, LimitExceeded, SuspendedError
 from values import ConvexValueError, check_value
 
@@ -27,15 +28,34 @@ def drive(coro: Coroutine[Any, Any, Any], path: str) -> Any:
                          "queries and mutations must be deterministic — move I/O into an action")
 
 
-def run_handler(coro: Coroutine[Any, Any, Any], path: str, max_seconds: float | None = None) -> Any:
+class SliceExpired(Exception):
+    """A handler outran its slice on the event loop; it has no effect and must run again off the loop."""
+
+
+def run_handler(coro: Coroutine[Any, Any, Any], path: str, max_seconds: float | None = None,
+                slice_seconds: float | None = None) -> Any:
     """`drive` plus error mapping: AppError and EngineError pass through, other exceptions are hidden.
 
-    The time bound is checked at every database call (`Transaction.tick`) and once more here, so a
-    handler that computes for too long without touching the database fails instead of committing.
+    With `slice_seconds`, a handler still running after that long is stopped
+    with `SliceExpired` (the caller runs it again off the event loop).
+    The time bound stops the handler wherever it is: on the main thread the
+    watchdog preempts even a pure-Python loop (`engine.preempt`); the bound is
+    also checked at every database call (`Transaction.tick`) and once more
+    here, so a handler that computes for too long never commits.
     """
     started = time.monotonic()
+    bound = max_seconds if slice_seconds is None or max_seconds is None else min(max_seconds, slice_seconds)
     try:
-        result = drive(coro, path)
+        if bound is None:
+            result = drive(coro, path)
+        else:
+            with preempt.deadline(bound):
+                result = drive(coro, path)
+    except preempt.Preempted:
+        coro.close()
+        if bound != max_seconds:
+            raise SliceExpired(path) from None
+        raise LimitExceeded(f"{path} ran longer than {max_seconds:g}s") from None
     except (AppError, EngineError):
         raise
     except Exception as exc:  # app bug: log the traceback, give the client a request id only

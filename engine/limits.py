@@ -15,6 +15,13 @@ class Limits:
     max_seconds: float = 1.0
     max_action_seconds: float = 600.0
     max_args_bytes: int = 8 << 20
+    #: how long a mutation's (session, request id) answer is kept for exactly-once retries; a repeat
+    #: arriving later runs the mutation again. None keeps the answers forever.
+    request_retention_seconds: float | None = 24 * 3600.0
+    request_expiry_batch: int = 1000  # most `_requests` deletes in one `_system:expire_requests` record
+    max_concurrent_actions: int = 16  # actions running at once (each on its own worker thread)
+    loop_slice_seconds: float = 0.02  # user code on the event loop longer than this moves to a worker thread
+    query_workers: int = 4           # threads running slow queries against snapshots
 
 
 DEFAULT_LIMITS = Limits()

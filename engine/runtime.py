@@ -3,19 +3,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from engine.action_workers import ActionWorkers
 from engine.app import App
 from engine.committer import Committer, MutationOutcome
 from engine.context import ActionCtx, Auth, QueryCtx
 from engine.db import DatabaseReader, Transaction
-from engine.errors import AppError, EngineError, InternalFunctionError, SchemaViolation
-from engine.execution import check_result, run_handler
+from engine.errors import AppError, EngineError, InternalFunctionError, LimitExceeded, SchemaViolation
+from engine.execution import SliceExpired, check_result, run_handler
 from engine.limits import DEFAULT_LIMITS, Limits
+from engine.preempt import Preempted, expire_workers, worker_deadline
 from engine.readset import ReadSet
 from values import decode_doc
+from log.base import Log
 from log.record import Record
+from projections.rebuild import catch_up
+from projections.snapshot import SnapshotJournal
+from projections.types import DocumentReader, ProjectionStore, SnapshotReader
 
 log = logging.getLogger("tape.runtime")
 
@@ -36,7 +43,7 @@ class QueryResult:
 class Runtime:
     """Binds an app to a log and a projection. The committer role also owns the write path."""
 
-    def __init__(self, app: App, log_: Any, projection: Any, limits: Limits = DEFAULT_LIMITS,
+    def __init__(self, app: App, log_: Log, projection: ProjectionStore, limits: Limits = DEFAULT_LIMITS,
                  role: str = "committer") -> None:
         self.app = app
         self.log = log_
@@ -44,6 +51,10 @@ class Runtime:
         self.limits = limits
         self.role = role
         self.committer = Committer(self)
+        self.actions = ActionWorkers(limits.max_concurrent_actions)
+        self.query_workers = ThreadPoolExecutor(limits.query_workers, thread_name_prefix="tape-query")
+        self.slow_queries: set[str] = set()  # query paths that outran their slice on the loop
+        self.snapshots = SnapshotJournal()  # read views for queries running off the loop
         self._listeners: list[AppliedListener] = []
         self.mutation_forwarder: Callable[..., Any] | None = None
 
@@ -66,12 +77,15 @@ class Runtime:
 
         Runs at start-up, before anyone subscribes, so it uses the projection's fast replay path.
         """
-        from projections.rebuild import catch_up
         if self.projection.applied_offset + 1 < self.log.next_offset():
             await catch_up(self.projection, self.log)
 
     async def stop(self) -> None:
-        await self.committer.stop()
+        """Stop promptly: queued mutations are refused, user code still running anywhere is interrupted."""
+        expire_workers()  # slow queries and mutations on worker threads: their results are not needed now
+        await self.committer.stop(drain_seconds=0.0)
+        self.actions.close()
+        self.query_workers.shutdown(wait=False, cancel_futures=True)
 
     def install_app(self, app: App) -> None:
         """Switch to `app` (e.g. after a reload), refusing a schema that existing data violates."""
@@ -106,6 +120,7 @@ class Runtime:
 
     def apply_committed(self, records: list[Record]) -> None:
         """Apply durable records to the projection and notify listeners."""
+        self.snapshots.record(records)  # before the projection has them: see projections.snapshot
         self.projection.apply(records)
         for listener in list(self._listeners):
             try:
@@ -123,20 +138,87 @@ class Runtime:
         return result
 
     def evaluate_query(self, path: str, args: Any, *, allow_internal: bool = False,
-                       identity: dict[str, Any] | None = None) -> QueryResult:
-        """Run a query synchronously (so it sees one snapshot); errors are returned with the read set."""
-        tx = Transaction(self.projection, self.app.schema, self.limits, None, writable=False)
-        offset, ts = self.projection.applied_offset, self.projection.applied_ts
+                       identity: dict[str, Any] | None = None, reader: DocumentReader | None = None,
+                       slice_seconds: float | None = None) -> QueryResult:
+        """Run a query synchronously (so it sees one snapshot); errors are returned with the read set.
+
+        `reader` is the state to read (default: the live projection). With
+        `slice_seconds`, a query still running after that long raises
+        `SliceExpired` instead (see `query`, which then runs it off the loop).
+        """
+        source = reader if reader is not None else self.projection
+        tx = Transaction(source, self.app.schema, self.limits, None, writable=False)
+        offset, ts = source.applied_offset, source.applied_ts
         try:
             fn = self.app.function(path, allow_internal=allow_internal)
             if fn.kind != "query":
                 raise EngineError(f"{fn.path} is a {fn.kind}, not a query")
             checked = fn.validate_args(args)
             ctx = QueryCtx(DatabaseReader(tx), Auth(identity))
-            value = run_handler(fn.handler(ctx, **checked), fn.path, self.limits.max_seconds)
+            value = run_handler(fn.handler(ctx, **checked), fn.path, self.limits.max_seconds, slice_seconds)
         except (AppError, EngineError) as exc:
             return QueryResult(None, tx.read_set, offset, ts, exc)
         return QueryResult(value, tx.read_set, offset, ts)
+
+    # -- keeping user code off the event loop -------------------------------------
+    def is_slow(self, path: str) -> bool:
+        """Whether `path` once outran its slice on the loop (it then always runs on a query worker)."""
+        return path in self.slow_queries
+
+    def try_on_loop(self, path: str, args: Any, *, allow_internal: bool = False,
+                    identity: dict[str, Any] | None = None) -> QueryResult | None:
+        """Evaluate on the event loop within one slice; None if the query is (now known to be) slow."""
+        if path in self.slow_queries:
+            return None
+        try:
+            return self.evaluate_query(path, args, allow_internal=allow_internal, identity=identity,
+                                       slice_seconds=self.limits.loop_slice_seconds)
+        except SliceExpired:
+            log.info("query %s outran its %.0f ms slice on the event loop: it runs on query workers from now on",
+                     path, self.limits.loop_slice_seconds * 1000)
+            self.slow_queries.add(path)
+            return None
+
+    async def query(self, path: str, args: Any, *, allow_internal: bool = False,
+                    identity: dict[str, Any] | None = None) -> QueryResult:
+        """Evaluate a query without holding the event loop longer than one slice.
+
+        A query runs on the loop first; one that outruns the slice (or is
+        known to) runs again on a query worker thread, against a snapshot of
+        the projection taken now, with the full time bound.
+        """
+        result = self.try_on_loop(path, args, allow_internal=allow_internal, identity=identity)
+        if result is not None:
+            return result
+        reader = self.snapshots.open(self.projection)
+        return await self.query_at(reader, path, args, allow_internal=allow_internal, identity=identity)
+
+    async def query_at(self, reader: SnapshotReader, path: str, args: Any, *, allow_internal: bool = False,
+                       identity: dict[str, Any] | None = None) -> QueryResult:
+        """Evaluate a query on a query worker against `reader` (a snapshot, which this closes)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.query_workers, self._evaluate_on_worker, reader, path, args,
+                                              allow_internal, identity)
+        finally:
+            reader.close()
+
+    async def query_many_at(self, reader: SnapshotReader, calls: list[tuple[str, Any]], *,
+                            identity: dict[str, Any] | None = None) -> list[QueryResult]:
+        """Evaluate several queries in turn on one query worker, all against `reader` (left open)."""
+        def run_all() -> list[QueryResult]:
+            return [self._evaluate_on_worker(reader, path, args, False, identity) for path, args in calls]
+        return await asyncio.get_running_loop().run_in_executor(self.query_workers, run_all)
+
+    def _evaluate_on_worker(self, reader: SnapshotReader, path: str, args: Any, allow_internal: bool,
+                            identity: dict[str, Any] | None) -> QueryResult:
+        error = LimitExceeded(f"{path} ran longer than {self.limits.max_seconds:g}s")
+        try:
+            with worker_deadline(self.limits.max_seconds):
+                return self.evaluate_query(path, args, allow_internal=allow_internal, identity=identity,
+                                           reader=reader)
+        except Preempted:
+            return QueryResult(None, ReadSet(), reader.applied_offset, reader.applied_ts, error)
 
     async def run_mutation(self, path: str, args: Any, *, allow_internal: bool = False,
                            identity: dict[str, Any] | None = None, session_id: str | None = None,
@@ -159,9 +241,12 @@ class Runtime:
         if fn.kind != "action":
             raise EngineError(f"{fn.path} is a {fn.kind}, not an action")
         checked = fn.validate_args(args)
+        ctx = ActionCtx(self, Auth(identity), asyncio.get_running_loop())
         try:
-            result = await asyncio.wait_for(fn.handler(ActionCtx(self, Auth(identity)), **checked),
-                                            self.limits.max_action_seconds)
+            result = await self.actions.run(lambda: fn.handler(ctx, **checked), self.limits.max_action_seconds,
+                                            fn.path)
+        except Preempted:
+            raise EngineError(f"{fn.path} ran longer than {self.limits.max_action_seconds:g}s") from None
         except (AppError, EngineError):
             raise
         except asyncio.TimeoutError:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator
 
+from projections.types import DocumentReader
+
 Pair = tuple[bytes, str]
 
 _MAX_PAIRS = 4  # scans returning more are not kept
@@ -30,7 +32,7 @@ class ScanCache:
         self.hits = 0
         self.misses = 0
 
-    def scan(self, projection: Any, table: str, lo: bytes, hi: bytes, reverse: bool) -> Iterator[Pair]:
+    def scan(self, projection: DocumentReader, table: str, lo: bytes, hi: bytes, reverse: bool) -> Iterator[Pair]:
         """`projection.scan(lo, hi, reverse)`, from the cache when this range was walked before."""
         ranges = self._tables.get(table)
         if ranges is not None:

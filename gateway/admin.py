@@ -32,8 +32,12 @@ class AdminKey:
         return self._key
 
     def check(self, candidate: str | None) -> bool:
-        """True if `candidate` is the admin key (accepts `Convex <key>` / `Bearer <key>` forms)."""
-        if not candidate:
+        """True if `candidate` is the admin key (accepts `Convex <key>` / `Bearer <key>` forms).
+
+        Anything that is not ASCII (a header aiohttp decoded with surrogate
+        escapes, say) is simply not the key: never an exception.
+        """
+        if not candidate or not candidate.isascii():
             return False
         for prefix in ("Convex ", "Bearer "):
             if candidate.startswith(prefix):

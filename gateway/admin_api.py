@@ -10,7 +10,10 @@ nothing is done.
   state after every record with ts <= it; ``offset``: the state after log
   record N; ``time``: an ISO-8601 time. Answers like ``/api/query`` plus
   ``offset``/``ts``/``time`` of the state used (``ts`` as a decimal string).
-  The live deployment is not disturbed (see `gateway.time_travel`).
+  The live deployment is not disturbed (see `gateway.time_travel`). With
+  ``Authorization: Convex <admin key>:<base64 of a JSON identity>`` the query
+  runs as that user (`ctx.auth.get_user_identity()`). (The admin key calls
+  internal functions through the public routes: ``/api/query``, ``/api/function``, ….)
 * ``GET /api/admin/changes?from=OFFSET|TIME&table=T&doc_format=json|convex&follow=1&include_system=0``
   — change events (`log.changes`) from ``from`` (default 0; ``end`` = only new
   ones), then live as commits happen (``follow=0``: stop at the current end).
@@ -33,12 +36,19 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from engine.context import ADMIN_IDENTITY
 from engine.errors import AppError, EngineError, FunctionNotFound
+from gateway.auth import AuthFailure, decode_acting_as
 from gateway.config import NODE_KEY
 from gateway import http_protocol as hp
+from gateway.sync_session import error_fields
 from gateway.time_travel import close_time_travel, get_time_travel
+from history.errors import RestoreError
+from history.points import format_ns, iso_to_ns
+from history.stream import start_offset
 from log.changes import DOC_FORMATS, TableFilter, encode_changes, jsonl_chunk
 from log.errors import LogClosedError, LogError
+from projections.checkpoints import list_checkpoints as checkpoints_of
 
 if TYPE_CHECKING:
     from gateway.node import Node
@@ -63,6 +73,12 @@ def _authorized(request: web.Request) -> bool:
     return bool(node.admin.check(request.headers.get("Authorization")))
 
 
+def _acting_identity(request: web.Request) -> dict[str, Any]:
+    """The identity an authorized admin call runs with: the user it acts as, else the admin marker."""
+    _scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+    return decode_acting_as(credentials.strip()) or ADMIN_IDENTITY
+
+
 def _unauthorized() -> web.Response:
     return _bad("this endpoint needs the admin key: send 'Authorization: Convex <admin key>'",
                 code="Unauthorized", status=401)
@@ -73,7 +89,6 @@ def _unauthorized() -> web.Response:
 
 async def _target_offset(node: "Node", body: dict[str, Any]) -> tuple[int, str]:
     """(offset of the state to use, how it was asked for) from a query_at body."""
-    from ops.restore import RestoreError, iso_to_ns
     tt = get_time_travel(node)
     given = [k for k in ("ts", "offset", "time") if body.get(k) is not None]
     if len(given) != 1:
@@ -121,9 +136,13 @@ async def query_at(request: web.Request) -> web.Response:
     except hp.HttpApiError as exc:
         return _json({"code": exc.code, "message": exc.message}, exc.status)
     fmt = hp.response_format(call.format, request.headers.get("Convex-Client"))
+    try:
+        identity = _acting_identity(request)
+    except AuthFailure as exc:
+        return _bad(f"Authorization: {exc}", code="Unauthenticated", status=401)
     tt = get_time_travel(node)
     try:
-        result = await tt.evaluate(call.path, call.args, offset, identity={"admin": True})
+        result = await tt.evaluate(call.path, call.args, offset, identity=identity)
     except LogError as exc:
         return _bad(f"cannot read the log: {exc}", code="LogError", status=500)
     if result.error is not None:
@@ -131,13 +150,11 @@ async def query_at(request: web.Request) -> web.Response:
         if isinstance(exc, FunctionNotFound):
             return _json(hp.error_body(str(exc), fmt=fmt), 404)
         if isinstance(exc, AppError):
-            from gateway.sync_session import error_fields
             text, data = error_fields(exc)
             return _json(hp.error_body(text, error_data=data, fmt=fmt), hp.FUNCTION_ERROR_STATUS)
         if isinstance(exc, EngineError):
             return _json(hp.error_body(str(exc), fmt=fmt), hp.FUNCTION_ERROR_STATUS)
         raise exc
-    from ops.restore import format_ns
     body_out = hp.success_body(result.value, fmt=fmt)
     body_out.update({"offset": result.offset, "ts": str(result.ts), "time": format_ns(result.ts) if result.ts else None})
     return _json(body_out)
@@ -152,11 +169,6 @@ def _flag(value: str | None, default: bool) -> bool:
     return value.lower() not in ("0", "false", "no", "off")
 
 
-async def _start_offset(node: "Node", text: str | None) -> int:
-    from ops.stream_cmd import start_offset
-    return await start_offset(node.log, text)
-
-
 async def changes(request: web.Request) -> web.StreamResponse:
     """GET /api/admin/changes as a WebSocket or NDJSON stream (see the module docstring)."""
     if not _authorized(request):
@@ -168,9 +180,8 @@ async def changes(request: web.Request) -> web.StreamResponse:
         return _bad(f"doc_format: use one of {', '.join(DOC_FORMATS)}")
     tables = TableFilter(q.getall("table", []) or None, _flag(q.get("include_system"), False))
     follow = _flag(q.get("follow"), True)
-    from ops.restore import RestoreError
     try:
-        start = await _start_offset(node, q.get("from"))
+        start = await start_offset(node.log, q.get("from"))
     except RestoreError as exc:
         return _bad(str(exc), code="BadOffset")
     end = None if follow else node.log.next_offset()
@@ -263,20 +274,20 @@ async def _pump_websocket(node: "Node", ws: web.WebSocketResponse, start: int, e
 
 
 async def list_checkpoints(request: web.Request) -> web.Response:
+    """GET /api/admin/checkpoints: the projection checkpoints of the data directory."""
     if not _authorized(request):
         return _unauthorized()
-    from projections.checkpoints import list_checkpoints as listing
     node: Node = request.app[NODE_KEY]
-    found = await asyncio.to_thread(listing, node.config.data_dir)
+    found = await asyncio.to_thread(checkpoints_of, node.config.data_dir)
     return _json({"checkpoints": [c.as_json() for c in found]})
 
 
 async def create_checkpoint(request: web.Request) -> web.Response:
+    """POST /api/admin/checkpoints: take a checkpoint now."""
     if not _authorized(request):
         return _unauthorized()
-    from projections.checkpoints import checkpoint_node
     node: Node = request.app[NODE_KEY]
-    info = await checkpoint_node(node)
+    info = await node.checkpoint()
     if info is None:
         return _json({"created": False, "offset": node.runtime.projection.applied_offset})
     return _json({"created": True, **info.as_json()})
@@ -295,6 +306,7 @@ async def _on_cleanup(app: web.Application) -> None:
 
 
 async def commit_times(request: web.Request) -> web.Response:
+    """GET /api/admin/commit_times: the latest applied batches (see the module docstring)."""
     if not _authorized(request):
         return _unauthorized()
     node: Node = request.app[NODE_KEY]

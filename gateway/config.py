@@ -26,10 +26,24 @@ class ServerConfig:
     max_message_bytes: int = 8 << 20     # largest client message accepted
     max_send_buffer_bytes: int = 16 << 20  # a session queueing more than this is disconnected
     max_queries_per_session: int = 10_000
+    max_session_args_bytes: int = 16 << 20  # args (compact JSON) one connection's subscriptions may hold
+    max_total_args_bytes: int = 1 << 30  # args held by all subscriptions; beyond it new ones fail "Overloaded"
     max_sessions: int = 50_000
+    header_timeout: float = 5.0          # seconds a connection may take to send a complete request header
+                                         # (from opening or its last response: also the keep-alive idle time)
+    body_timeout: float = 30.0           # seconds a request may take to send its whole body
+    connect_timeout: float = 10.0        # seconds a new WebSocket may take to send its Connect message
+    max_inflight_requests_per_session: int = 1024  # Mutations/Actions running at once; beyond it reading pauses
+    shutdown_timeout: float = 1.0        # seconds a stopping server waits for running requests
+    switch_interval: float = 0.001       # GIL switch interval while serving (sys.setswitchinterval)
     checkpoint_interval: float = 0.0     # seconds between projection checkpoints (0: off)
     checkpoint_keep: int = 3
     static_dir: Path | None = None       # served at /, defaults to APP_DIR/public
+    query_at_ts_window: float = 300.0    # seconds of history /api/query_at_ts serves without the admin key
+                                         # (a state that was live within that long ago; Convex serves ~30 s)
+    cors_origins: tuple[str, ...] = ("*",)  # browser origins allowed on the public API ("*": any; (): no CORS)
+    cors_max_age: int = 3600             # seconds a browser may cache a CORS preflight answer
+    admin_key: str | None = field(default=None, repr=False)  # a replica's copy of the committer's key
 
     @property
     def log_location(self) -> str:

@@ -43,7 +43,8 @@ from typing import Any, Iterable, Literal, Mapping
 import orjson
 
 from values import to_wire
-from gateway.protocol import MISSING, ProtocolError, Wire, canonicalize_udf_path, decode_ts, encode_ts, parse_udf_args
+from gateway.protocol import (MAX_PATH_CHARS, MISSING, ProtocolError, Wire, canonicalize_udf_path, check_session_id,
+                              decode_ts, encode_ts, parse_udf_args, quote)
 
 __all__ = [
     "FUNCTION_ERROR_STATUS",
@@ -52,6 +53,8 @@ __all__ = [
     "FunctionCall",
     "parse_function_call",
     "parse_query_ts",
+    "parse_idempotency_key",
+    "MAX_REQUEST_ID",
     "response_format",
     "encode_value",
     "clean_json",
@@ -62,6 +65,9 @@ __all__ = [
 
 FUNCTION_ERROR_STATUS = 560
 """HTTP status of a function (UDF) error; clients treat any other non-2xx as a transport error."""
+
+MAX_REQUEST_ID = (1 << 53) - 1
+"""Largest request number in an ``Idempotency-Key`` (exact in a JavaScript number)."""
 
 FORMATS = ("convex_encoded_json", "json")
 """Value formats understood in ``format``."""
@@ -125,7 +131,8 @@ def _check_format(value: Any, where: str) -> str | None:
     if value is None:
         return None
     if type(value) is not str or value not in FORMATS:
-        raise HttpApiError(f"{where}: unsupported format {value!r} (expected one of {', '.join(FORMATS)})", code="BadFormat")
+        raise HttpApiError(f"{where}: unsupported format {quote(value)} (expected one of {', '.join(FORMATS)})",
+                           code="BadFormat")
     return value
 
 
@@ -146,7 +153,28 @@ def parse_query_ts(value: Any, field_path: str = "ts") -> int:
             return decode_ts(value, field_path)
         except ProtocolError as exc:
             raise HttpApiError(str(exc), code="BadTimestamp") from None
-    raise HttpApiError(f"{field_path}: expected an encoded timestamp, got {value!r}", code="BadTimestamp")
+    raise HttpApiError(f"{field_path}: expected an encoded timestamp, got {quote(value)}", code="BadTimestamp")
+
+
+def parse_idempotency_key(value: str) -> tuple[str, int]:
+    """Split an ``Idempotency-Key`` header into (session, request number).
+
+    ``<session>:<n>`` gives request ``n`` (decimal, below 2**53) of that
+    session; a key without ``:`` is a session of its own with request 0. The
+    session follows the sync protocol's ``sessionId`` rules (1-64 characters
+    of ``[A-Za-z0-9_-]``). Raises `HttpApiError` (400) naming the header.
+    """
+    session, sep, number = value.rpartition(":")
+    if not sep:
+        session, number = value, "0"
+    try:
+        check_session_id(session, "Idempotency-Key")
+    except ProtocolError as exc:
+        raise HttpApiError(f"{exc} (expected '<session>:<number>')", code="BadIdempotencyKey") from None
+    if not (number.isascii() and number.isdigit()) or len(number) > 16 or int(number) > MAX_REQUEST_ID:
+        raise HttpApiError(f"Idempotency-Key: the request number must be a decimal integer from 0 to "
+                           f"{MAX_REQUEST_ID}, got {quote(number)}", code="BadIdempotencyKey")
+    return session, int(number)
 
 
 def parse_function_call(
@@ -180,6 +208,9 @@ def parse_function_call(
     component = obj.get("componentPath")
     if component is not None and type(component) is not str:
         raise HttpApiError(f"componentPath: expected a string, got {type(component).__name__}", code="BadRequest")
+    if component is not None and len(component) > MAX_PATH_CHARS:
+        raise HttpApiError(f"componentPath: is {len(component)} characters, over the {MAX_PATH_CHARS} character "
+                           f"limit: {quote(component)}", code="BadRequest")
     ts = None
     if endpoint == "query_at_ts":
         if "ts" not in obj:

@@ -7,13 +7,20 @@ import logging
 import time
 from typing import Any
 
+import orjson
+
 from engine.app import App
 from engine.errors import EngineError
 from engine.runtime import Runtime
 from gateway.admin import AdminKey
 from gateway.config import ServerConfig
+from gateway.protocol import ping_message
+from gateway.replica import start_replica
 from gateway.subscriptions import SubscriptionManager
+from gateway.time_travel import close_time_travel
+from gateway.time_travel import query_at as query_in_the_past
 from log import open_log
+from projections.checkpoints import CheckpointInfo, checkpoint_live, run_checkpointer
 from projections.errors import ProjectionError
 from projections.store import Projection
 
@@ -67,17 +74,17 @@ class Node:
         self.subscriptions = SubscriptionManager(self.runtime)
         await self.runtime.start()
         if self.config.role == "replica":
-            from gateway.replica import start_replica  # tails the log, forwards mutations
-            await start_replica(self)
+            await start_replica(self)  # tails the log, forwards mutations
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._pinger(), name="tape-pinger"))
         # Long-lived state (app, indexes, caches) is built: keep the collector off it, and run the
         # young generation less often (request handling allocates many short-lived objects).
         gc.freeze()
         gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-        if self.config.checkpoint_interval > 0:
-            from projections.checkpoints import run_checkpointer  # periodic RocksDB checkpoints
-            self._tasks.append(loop.create_task(run_checkpointer(self), name="tape-checkpointer"))
+        if self.config.checkpoint_interval > 0:  # periodic RocksDB checkpoints
+            checkpointer = run_checkpointer(self.runtime.projection, self.config.data_dir,
+                                            self.config.checkpoint_interval, self.config.checkpoint_keep)
+            self._tasks.append(loop.create_task(checkpointer, name="tape-checkpointer"))
         if self.config.reload:
             self._tasks.append(loop.create_task(self._watch_app(), name="tape-reloader"))
 
@@ -93,7 +100,6 @@ class Node:
             session.close(1001, "ServerShutdown")
         if self.subscriptions is not None:
             self.subscriptions.close()
-        from gateway.time_travel import close_time_travel
         close_time_travel(self)
         if self.projection is not None:
             self.projection.close()
@@ -101,14 +107,21 @@ class Node:
             log_, self.log = self.log, None
             await log_.close()
 
-    async def query_at(self, path: str, args: dict[str, Any], ts: int, identity: Any) -> Any:
-        """Run a query as of commit timestamp `ts` (any past ts: the log keeps all history)."""
-        from gateway.time_travel import query_at
-        return await query_at(self, path, args, ts, identity)
+    async def query_at(self, path: str, args: dict[str, Any], ts: int, identity: Any, *, admin: bool = False) -> Any:
+        """Run a query as of commit timestamp `ts` (see `gateway.time_travel.query_at`).
+
+        Any past ts for an `admin` caller; otherwise only a state that was live within the last
+        ``config.query_at_ts_window`` seconds (an older one raises `HttpApiError`, HTTP 400).
+        """
+        return await query_in_the_past(self, path, args, ts, identity, admin=admin)
+
+    async def checkpoint(self, *, force: bool = False) -> CheckpointInfo | None:
+        """Checkpoint the live projection now (None if nothing new was applied since the newest one)."""
+        projection = self.runtime.projection if self.runtime is not None else self.projection
+        assert projection is not None, "the node is not started"
+        return await checkpoint_live(projection, self.config.data_dir, self.config.checkpoint_keep, force=force)
 
     async def _pinger(self) -> None:
-        from gateway.protocol import ping_message
-        import orjson
         ping = orjson.dumps(ping_message())
         while True:
             await asyncio.sleep(PING_AFTER_SECONDS / 3)

@@ -9,123 +9,20 @@ Blob and breaks it). `VersionTracker` keeps one connection's
 ``{querySet, ts, identity}`` bookkeeping so every Transition starts where the
 client is.
 
-Facts verified against the official clients (npm ``convex`` 1.48.0,
-``dist/esm/browser/sync/*.js``; the Rust core of PyPI ``convex`` 0.8.1 via
-``convex-backend/crates/convex/sync_types/src/types/json.rs``), beyond those
-in ``/work/shared/convex-protocol-notes.md``:
+Shape limits (a bad value is a `ProtocolError` naming the field): a
+``sessionId`` is 1-64 characters of ``[A-Za-z0-9_-]`` (the clients send a
+uuid4), a ``requestId``/``queryId`` a u32 as in Convex, a function path (and a
+``componentPath``) at most 256 characters. Error messages quote at most 100
+characters of a client's bad value, ending with '…' (`quote`).
 
-Client → server
-
-* ``Connect``: ``sessionId`` (uuid v4 string, stable for the client's life),
-  ``connectionCount`` (0 on the first socket, +1 per reconnect),
-  ``lastCloseReason`` (``"InitialConnect"`` first, then the close reason or
-  null), ``clientTs`` (ms, integer), ``maxObservedTimestamp`` (encoded u64,
-  only once the client has seen a ts; absent keys are dropped by
-  ``JSON.stringify``). Convex refuses the socket when ``maxObservedTimestamp``
-  is ahead of its latest ts (linearizability guard) - so a server's ts must
-  never go backwards across restarts.
-* The Rust client (PyPI ``convex``) connects to ``/api/sync``, sends
-  ``clientTs: 0`` and no ``maxObservedTimestamp``, and puts ``args`` first in
-  its objects (key order is irrelevant).
-* On *every* socket open the JS client sends ``Connect``, then
-  ``Authenticate`` with ``baseVersion: 0`` if it has auth, then a
-  ``ModifyQuerySet`` with ``baseVersion: 0, newVersion: 1`` re-adding every
-  live query under its old ``queryId`` (possibly with an empty
-  ``modifications`` list), then re-sends unfinished mutations. It resets its
-  remote state to ``{querySet: 0, ts: 0, identity: 0}``.
-* ``Add``: ``{type, queryId, udfPath, args: [obj]}`` plus ``journal`` and
-  ``componentPath`` only when set. The JS client canonicalises the path of a
-  *query* (``"mod"`` → ``"mod:default"``, ``"mod.js:f"`` → ``"mod:f"``) but
-  sends mutation/action paths as the caller wrote them; Rust sends them as
-  written. `canonicalize_udf_path` does the same for all.
-* ``Authenticate``: ``{baseVersion, tokenType: "User", value: JWT}``,
-  ``{tokenType: "Admin", value, impersonating?}`` or ``{tokenType: "None"}``.
-  The client bumps its own identity version to ``baseVersion + 1``. The
-  server confirms by a Transition whose ``endVersion.identity`` is
-  ``baseVersion + 1`` (and greater than ``startVersion.identity``); only then
-  is ``setAuth``'s ``onChange(true)`` called. For ``"None"`` (sent by
-  ``clearAuth``) nothing else is expected: just carry the new identity
-  version in the next Transition. ``setAuth`` pauses the socket while it
-  fetches the token, so the first messages are then ``Connect``,
-  ``Authenticate`` (``baseVersion: 0``), ``ModifyQuerySet``.
-* ``Event``: ``{eventType, event}``, telemetry only - ``"ClientConnect"``
-  (performance marks, only with ``reportDebugInfoToConvex``),
-  ``"ClientReceivedTransition"`` ``{transitionTransitTime, messageLength}``
-  and ``"NetworkRecoveryReconnect"`` ``{timeSavedMs}``. Nothing is answered.
-* ``usePaginatedQuery`` / ``onPaginatedUpdate_experimental`` subscribe to the
-  same query once per page with args ``{...args, paginationOpts: {numItems,
-  cursor, id}}``: ``cursor`` is null for the first page then the previous
-  page's ``continueCursor``, ``id`` is a client-side number identifying the
-  paginated query (it keeps page subscriptions of different hook instances
-  apart; the function must ignore it), and when the client splits a page it
-  adds ``endCursor``. The result must be ``{page: [...], isDone: bool,
-  continueCursor: str}`` (the client throws on anything else) with optional
-  ``splitCursor`` and ``pageStatus`` (``"SplitRecommended"`` /
-  ``"SplitRequired"`` ask the client to split the page in two at
-  ``splitCursor``).
-
-Server → client
-
-* ``Transition``: ``{type, startVersion, endVersion, modifications,
-  clientClockSkew?, serverTs?}``, versions ``{querySet, ts: encoded u64,
-  identity}``. The client only checks ``startVersion`` equals its version
-  (else it throws "Invalid start version" and the socket handler dies), then
-  adopts ``endVersion``. Modifications:
-  ``{type: "QueryUpdated", queryId, value: ConvexJSON, logLines: [], journal: null}``,
-  ``{type: "QueryFailed", queryId, errorMessage, logLines: [], journal: null, errorData?}``,
-  ``{type: "QueryRemoved", queryId}``. ``logLines`` must be an array (the client
-  iterates it). After ``QueryFailed``, reading the query (``onUpdate``'s
-  value, ``client.query``) throws ``Error("[CONVEX Q(path)] <errorMessage>\\n
-  Called by client")``, a ``ConvexError`` with ``.data`` when ``errorData`` is
-  present; ``onUpdate`` passes it to its ``onError`` callback.
-* A mutation's promise resolves only once a Transition with ``endVersion.ts``
-  ≥ the MutationResponse ``ts`` arrives *after* that response: the JS client
-  checks completed mutations only when a Transition is processed, so a
-  Transition that reached the client before the MutationResponse does not
-  count (observed: subscribe + mutate on one client hangs forever when the
-  server pushes the query update first and answers second). Send a Transition
-  after every MutationResponse; a no-op one (``startVersion == endVersion``,
-  no modifications) is accepted and is enough. In the JS client failed
-  mutations and all ActionResponses resolve immediately, but the Rust client
-  (PyPI) completes a failed mutation that carries ``errorData`` only on the
-  next Transition - so send one after failures too.
-* The JS client calls ``onUpdate`` listeners for every query named in a
-  ``QueryUpdated``/``QueryFailed`` modification (a new result object, even if
-  the value is equal), and never for queries a Transition omits - so a
-  server may leave unchanged queries out.
-* ``logLines`` entries must look like ``"[LOG] text"`` (``[LEVEL] `` prefix,
-  e.g. LOG/INFO/WARN/ERROR); the client logs "Could not parse console.log"
-  for anything else.
-* ``MutationResponse``: success ``{requestId, success: true, result:
-  ConvexJSON, ts: encoded u64, logLines}``; failure ``{requestId, success:
-  false, result: <error message string>, logLines, errorData?}`` (Convex also
-  sends ``ts: null`` there). The error message is in ``result``, the
-  ConvexError payload in ``errorData``; the client throws
-  ``ConvexError`` with ``.data = errorData`` when present, else ``Error``.
-* ``ActionResponse``: the same without ``ts``.
-* ``AuthError``: ``{error, baseVersion, authUpdateAttempted?}``. The client
-  ignores it when ``baseVersion + 1`` is older than its identity version;
-  otherwise it refetches a token (or reports auth failure). Convex sends it
-  right before closing the socket.
-* ``FatalError``: ``{error}``. The JS client logs ``[CONVEX FATAL ERROR] …``,
-  *terminates* the WebSocket manager (no reconnect, ever) and throws. Convex
-  sends it only for deterministic user errors, then closes the socket.
-* ``Ping``: ``{type: "Ping"}``, ignored by the client except that any message
-  resets its 60 s inactivity timer: with no message for 60 s the client
-  closes and reconnects ("InactiveServer"). Convex's sync worker sends a Ping
-  after 15 s without other messages.
-* ``TransitionChunk`` ``{chunk, partNumber, totalParts, transitionId}`` lets a
-  large Transition's JSON text be split; the npm client reassembles them
-  (Convex only sends them to new npm clients). See `transition_chunks`.
-* Close codes: the JS client reconnects after any close; codes other than
-  1000/1001/1005/4040 are logged. The backoff depends on the close reason
-  prefix (``"InternalServerError"`` → 1 s, overload reasons → 3 s, anything
-  else → 1 s initial, doubling, max 16 s, with jitter).
+How the official clients behave on the wire (what this module must match)
+is written down in docs/protocol.md.
 """
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping, Sequence, Union
@@ -139,6 +36,12 @@ __all__ = [
     "encode_ts",
     "decode_ts",
     "canonicalize_udf_path",
+    "check_session_id",
+    "quote",
+    "elide",
+    "MAX_PATH_CHARS",
+    "MAX_SESSION_ID_CHARS",
+    "MAX_QUOTED_CHARS",
     "parse_udf_args",
     "Connect",
     "AddQuery",
@@ -173,6 +76,14 @@ __all__ = [
 
 U64_MAX = (1 << 64) - 1
 U32_MAX = (1 << 32) - 1
+
+MAX_PATH_CHARS = 256
+"""Longest function path (``udfPath``/``path``, and ``componentPath``) accepted."""
+MAX_SESSION_ID_CHARS = 64
+"""Longest ``sessionId`` accepted (the official clients send a 36-character uuid4)."""
+MAX_QUOTED_CHARS = 100
+"""At most this many characters of a client's bad value are quoted back in an error message."""
+_SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_SESSION_ID_CHARS)
 
 
 class ProtocolError(ValueError):
@@ -227,13 +138,25 @@ def decode_ts(text: Any, field_path: str = "ts") -> int:
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise ProtocolError(field_path, f"not valid base64: {text!r}") from None
+        raise ProtocolError(field_path, f"not valid base64: {quote(text)}") from None
     if len(raw) != 8:
         raise ProtocolError(field_path, f"encoded u64 must be 8 bytes, got {len(raw)}")
     return struct.unpack("<Q", raw)[0]
 
 
 # --- field helpers ----------------------------------------------------------
+
+def quote(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``repr`` of a client-supplied value for an error message, cut to ``limit`` characters plus '…'.
+
+    A string is cut before quoting (``'abc…'``), anything else after ``repr``,
+    so a huge bad input is never echoed back whole.
+    """
+    if type(value) is str:
+        return repr(value if len(value) <= limit else value[:limit] + "…")
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
 
 def _type_name(value: Any) -> str:
     if value is None:
@@ -263,7 +186,7 @@ def _as_int(value: Any, path: str, lo: int = 0, hi: int = U32_MAX) -> int:
     elif type(value) is float and value.is_integer():
         out = int(value)
     else:
-        raise ProtocolError(path, f"expected an integer, got {_type_name(value)} {value!r}")
+        raise ProtocolError(path, f"expected an integer, got {_type_name(value)} {quote(value)}")
     if not lo <= out <= hi:
         raise ProtocolError(path, f"integer {out} out of range [{lo}, {hi}]")
     return out
@@ -302,16 +225,52 @@ def canonicalize_udf_path(path: Any, field_path: str = "udfPath") -> str:
     """
     if type(path) is not str:
         raise ProtocolError(field_path, f"expected a string, got {_type_name(path)}")
+    if len(path) > MAX_PATH_CHARS:
+        raise ProtocolError(field_path, f"function path is {len(path)} characters, over the {MAX_PATH_CHARS} "
+                                        f"character limit: {quote(path)}")
     module, sep, function = path.rpartition(":")
     if not sep:
         module, function = path, "default"
     if module.endswith(".js"):
         module = module[:-3]
     if not module or not function:
-        raise ProtocolError(field_path, f"invalid function path {path!r} (expected 'module:function')")
+        raise ProtocolError(field_path, f"invalid function path {quote(path)} (expected 'module:function')")
     if any(ch.isspace() for ch in path):
-        raise ProtocolError(field_path, f"invalid function path {path!r} (contains whitespace)")
+        raise ProtocolError(field_path, f"invalid function path {quote(path)} (contains whitespace)")
     return f"{module}:{function}"
+
+
+def elide(text: str, value: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``text`` with each occurrence of ``value`` cut to ``limit`` characters plus '…' (when it is longer).
+
+    For messages built elsewhere (the engine's "Could not find public
+    function for '<path>'") that quote a client's long value whole.
+    """
+    if len(value) <= limit or value not in text:
+        return text
+    return text.replace(value, value[:limit] + "…")
+
+
+def check_session_id(value: Any, field_path: str = "sessionId") -> str:
+    """A session id: 1 to `MAX_SESSION_ID_CHARS` characters of ``[A-Za-z0-9_-]`` (the clients send a uuid4).
+
+    The alphabet has no ``:``, so a WebSocket session id never looks like the
+    ``http:…`` ids the HTTP API derives from an ``Idempotency-Key``.
+    """
+    if type(value) is not str:
+        raise ProtocolError(field_path, f"expected a string, got {_type_name(value)}")
+    if not _SESSION_ID_RE.fullmatch(value):
+        raise ProtocolError(field_path, f"must be 1 to {MAX_SESSION_ID_CHARS} characters of A-Z, a-z, 0-9, '-' "
+                                        f"and '_' (e.g. a uuid), got {quote(value)}")
+    return value
+
+
+def _component_path(obj: Mapping[str, Any], ctx: str) -> str | None:
+    value = _opt_str_field(obj, "componentPath", ctx)
+    if value is not None and len(value) > MAX_PATH_CHARS:
+        raise ProtocolError(f"{ctx}.componentPath", f"is {len(value)} characters, over the {MAX_PATH_CHARS} "
+                                                    f"character limit: {quote(value)}")
+    return value or None
 
 
 def parse_udf_args(value: Any, field_path: str = "args") -> dict[str, Any]:
@@ -360,6 +319,8 @@ class AddQuery:
     args: dict[str, Any]
     journal: str | None = None
     component_path: str | None = None
+    #: length of the args as compact JSON (what a subscription's args cost; not part of equality)
+    args_bytes: int = field(default=0, compare=False)
     type: Literal["Add"] = field(default="Add", init=False)
 
 
@@ -438,12 +399,20 @@ def _parse_connect(obj: Mapping[str, Any]) -> Connect:
     mot = obj.get("maxObservedTimestamp")
     client_ts = obj.get("clientTs")
     return Connect(
-        session_id=_str_field(obj, "sessionId", ctx),
+        session_id=check_session_id(_require(obj, "sessionId", ctx), f"{ctx}.sessionId"),
         connection_count=_int_field(obj, "connectionCount", ctx),
         last_close_reason=_opt_str_field(obj, "lastCloseReason", ctx),
         max_observed_timestamp=None if mot is None else decode_ts(mot, f"{ctx}.maxObservedTimestamp"),
         client_ts=None if client_ts is None else _as_int(client_ts, f"{ctx}.clientTs", -(1 << 63), (1 << 63) - 1),
     )
+
+
+def _json_length(raw: Any, decoded: dict[str, Any]) -> int:
+    """Length of ``raw`` (decoded JSON) re-encoded as compact JSON; ``decoded``'s wire form if it will not encode."""
+    try:
+        return len(orjson.dumps(raw))
+    except (TypeError, orjson.JSONEncodeError):  # e.g. an int beyond 64 bits handed in as a Python object
+        return len(orjson.dumps(to_wire(decoded)))
 
 
 def _parse_modification(obj: Any, ctx: str) -> QuerySetModification:
@@ -455,18 +424,22 @@ def _parse_modification(obj: Any, ctx: str) -> QuerySetModification:
         journal = obj.get("journal")
         if journal is not None and type(journal) is not str:
             raise ProtocolError(f"{ctx}.journal", f"expected a string or null, got {_type_name(journal)}")
+        query_id = _int_field(obj, "queryId", ctx)
+        udf_path = canonicalize_udf_path(_require(obj, "udfPath", ctx), f"{ctx}.udfPath")
+        decoded = {} if args is None else parse_udf_args(args, f"{ctx}.args")
         return AddQuery(
-            query_id=_int_field(obj, "queryId", ctx),
-            udf_path=canonicalize_udf_path(_require(obj, "udfPath", ctx), f"{ctx}.udfPath"),
-            args={} if args is None else parse_udf_args(args, f"{ctx}.args"),
+            query_id=query_id,
+            udf_path=udf_path,
+            args=decoded,
             journal=journal,
-            component_path=_opt_str_field(obj, "componentPath", ctx) or None,
+            component_path=_component_path(obj, ctx),
+            args_bytes=0 if args is None else _json_length(args, decoded),
         )
     if kind == "Remove":
         return RemoveQuery(query_id=_int_field(obj, "queryId", ctx))
     if kind is None:
         raise ProtocolError(f"{ctx}.type", "missing required field")
-    raise ProtocolError(f"{ctx}.type", f"unknown query set modification {kind!r} (expected 'Add' or 'Remove')")
+    raise ProtocolError(f"{ctx}.type", f"unknown query set modification {quote(kind)} (expected 'Add' or 'Remove')")
 
 
 def _parse_modify_query_set(obj: Mapping[str, Any]) -> ModifyQuerySet:
@@ -486,7 +459,7 @@ def _parse_request(obj: Mapping[str, Any], kind: str) -> Mutation | Action:
         request_id=_int_field(obj, "requestId", kind),
         udf_path=canonicalize_udf_path(_require(obj, "udfPath", kind), f"{kind}.udfPath"),
         args=parse_udf_args(_require(obj, "args", kind), f"{kind}.args"),
-        component_path=_opt_str_field(obj, "componentPath", kind) or None,
+        component_path=_component_path(obj, kind),
     )
 
 
@@ -503,7 +476,7 @@ def _parse_authenticate(obj: Mapping[str, Any]) -> Authenticate:
         if acting is not None and type(acting) is not dict:
             raise ProtocolError(f"{ctx}.impersonating", f"expected an object, got {_type_name(acting)}")
         return Authenticate(base_version=base, token_type="Admin", value=_str_field(obj, "value", ctx), impersonating=acting)
-    raise ProtocolError(f"{ctx}.tokenType", f"expected 'User', 'Admin' or 'None', got {token_type!r}")
+    raise ProtocolError(f"{ctx}.tokenType", f"expected 'User', 'Admin' or 'None', got {quote(token_type)}")
 
 
 def _parse_event(obj: Mapping[str, Any]) -> Event:
@@ -536,7 +509,7 @@ def parse_client_message(obj: Any) -> ClientMessage:
         raise ProtocolError("type", f"expected a string, got {_type_name(kind)}")
     parser = _PARSERS.get(kind)
     if parser is None:
-        raise ProtocolError("type", f"unknown client message type {kind!r}")
+        raise ProtocolError("type", f"unknown client message type {quote(kind)}")
     return parser(obj)
 
 

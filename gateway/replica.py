@@ -8,12 +8,17 @@ committer's FileLog directory (opened as a read-only follower).
 Mutations are not run here. `Replica.forward` (installed as the runtime's
 ``mutation_forwarder``) sends each one to the committer's internal endpoint
 ``POST /api/internal/mutation`` (admin-key protected: replicas are given the
-committer's key with ``--admin-key`` or ``TAPE_ADMIN_KEY``), together with the
+committer's key with ``--admin-key-file``, ``TAPE_ADMIN_KEY_FILE`` or
+``TAPE_ADMIN_KEY``: see `admin_key_from_env`), together with the
 client's session id and request id, so the committer's exactly-once
 bookkeeping holds across the hop and a retried forward is answered from the
-log instead of running twice. The answer carries the commit's ts and offset;
-the replica answers its client only after its own projection has applied that
-commit, so a client sees its own write through whichever replica it talks to.
+log instead of running twice. The canonical path, the validated arguments and
+the caller's identity travel unchanged: the committer binds a stored answer to
+them (`engine.committer.request_fingerprint`), so a request id reused for
+another call is refused the same way through any node. The answer carries
+the commit's ts and offset; the replica answers its client only after its own
+projection has applied that commit, so a client sees its own write through
+whichever replica it talks to.
 
 Duplicates: a record whose ts is not above the projection's applied ts (a
 copy left by a retried Kafka produce) is never applied.
@@ -45,6 +50,7 @@ log = logging.getLogger("tape.replica")
 
 INTERNAL_MUTATION_PATH = "/api/internal/mutation"
 ADMIN_KEY_ENV = "TAPE_ADMIN_KEY"
+ADMIN_KEY_FILE_ENV = "TAPE_ADMIN_KEY_FILE"
 CONNECT_RETRY_SECONDS = 5.0     # keep trying an unreachable committer this long
 FORWARD_TIMEOUT_SECONDS = 30.0  # the committer answers within its log's append bound
 APPLY_WAIT_SECONDS = 30.0       # how long a forwarded mutation waits for this replica to apply it
@@ -250,8 +256,8 @@ class Replica:
             else:
                 if status == 401:
                     raise EngineError(f"the committer at {self.committer_url} refused this replica's admin key: "
-                                      f"start the replica with --admin-key (or {ADMIN_KEY_ENV}) set to the "
-                                      "committer's admin key")
+                                      f"start the replica with --admin-key-file (or {ADMIN_KEY_FILE_ENV} or "
+                                      f"{ADMIN_KEY_ENV}) set to the committer's admin key")
                 try:
                     data = orjson.loads(raw)
                 except orjson.JSONDecodeError:
@@ -264,8 +270,40 @@ class Replica:
             backoff = min(backoff * 2, 1.0)
 
 
+class AdminKeyFileError(Exception):
+    """An admin key file that cannot be used (missing, unreadable or empty); the message names it."""
+
+
+def read_admin_key_file(path: str | os.PathLike[str]) -> str:
+    """The admin key stored in file `path` (its first line, stripped); `AdminKeyFileError` if unusable.
+
+    A file other local users may read gets a WARNING: the key is as secret as the data.
+    """
+    try:
+        mode = os.stat(path).st_mode
+        with open(path, encoding="utf-8") as f:
+            key = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdminKeyFileError(f"cannot read the admin key file {os.fspath(path)}: "
+                                f"{getattr(exc, 'strerror', None) or exc}") from None
+    if not key:
+        raise AdminKeyFileError(f"the admin key file {os.fspath(path)} is empty")
+    if mode & 0o077:
+        log.warning("the admin key file %s is readable by other users (mode %04o): chmod 600 it",
+                    os.fspath(path), mode & 0o777)
+    return key
+
+
+def admin_key_from_env() -> str | None:
+    """The committer's admin key from ``TAPE_ADMIN_KEY_FILE`` (a file holding it) or ``TAPE_ADMIN_KEY``."""
+    path = os.environ.get(ADMIN_KEY_FILE_ENV)
+    if path:
+        return read_admin_key_file(path)
+    return os.environ.get(ADMIN_KEY_ENV) or None
+
+
 def _admin_key(node: "Node") -> str | None:
-    return getattr(node.config, "admin_key", None) or os.environ.get(ADMIN_KEY_ENV) or None
+    return getattr(node.config, "admin_key", None) or admin_key_from_env()
 
 
 async def _as_follower(node: "Node") -> None:
@@ -288,8 +326,8 @@ async def start_replica(node: "Node") -> Replica:
     if replica.committer_url is None:
         log.warning("replica without --committer: mutations will fail, queries are served")
     elif not replica.admin_key:
-        log.warning("replica without the committer's admin key (--admin-key or %s): forwarded mutations "
-                    "will be refused", ADMIN_KEY_ENV)
+        log.warning("replica without the committer's admin key (--admin-key-file, %s or %s): forwarded "
+                    "mutations will be refused", ADMIN_KEY_FILE_ENV, ADMIN_KEY_ENV)
     node.runtime.mutation_forwarder = replica.forward
     applied, end = node.runtime.projection.applied_offset, node.runtime.log.next_offset()
     if end <= applied:
@@ -305,4 +343,5 @@ async def start_replica(node: "Node") -> Replica:
     return replica
 
 
-__all__ = ["Replica", "start_replica", "add_internal_routes", "INTERNAL_MUTATION_PATH", "ADMIN_KEY_ENV"]
+__all__ = ["Replica", "start_replica", "add_internal_routes", "INTERNAL_MUTATION_PATH", "ADMIN_KEY_ENV",
+           "ADMIN_KEY_FILE_ENV", "AdminKeyFileError", "admin_key_from_env", "read_admin_key_file"]

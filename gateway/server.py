@@ -1,15 +1,27 @@
-"""The aiohttp application: routes, static files, and running a node until Ctrl-C."""
+"""The aiohttp application: routes, static files, and running a node until Ctrl-C.
+
+Slow or broken clients cannot hold the server (see `runner_options`): a
+connection that has not sent a complete request header within
+`ServerConfig.header_timeout` seconds of opening (or of its previous
+response) is closed, a request body that has not arrived within
+`ServerConfig.body_timeout` is answered 408 (`http_api.body_deadline`), and
+requests aiohttp cannot parse or decode are logged as one line, not a traceback.
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
-from typing import Callable
+import sys
+import sys
+from typing import Any, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.config import NODE_KEY
-from gateway import http_api, replica
+from gateway.config import NODE_KEY, ServerConfig
+from gateway.cors import cors_middleware
+from gateway import admin_api, http_api, replica
 from gateway.node import Node
 from gateway.sync_session import handle_sync
 
@@ -20,17 +32,14 @@ BUNDLE_CANDIDATES = ("node_modules/convex/dist/browser.bundle.js",)
 
 def build_app(node: Node) -> web.Application:
     """The aiohttp app for a node (the node is started/stopped by the app's lifecycle hooks)."""
-    app = web.Application(client_max_size=node.config.max_message_bytes)
+    cors = cors_middleware(node.config.cors_origins, node.config.cors_max_age)  # public API routes only
+    app = web.Application(client_max_size=node.config.max_message_bytes, middlewares=[cors, http_api.body_deadline])
     app[NODE_KEY] = node
     app.router.add_get("/api/sync", handle_sync)
     app.router.add_get("/api/{client_version}/sync", handle_sync)
     http_api.add_routes(app)
     replica.add_internal_routes(app)  # committer-only, admin-key protected
-    try:
-        from gateway import admin_api
-        admin_api.add_routes(app)
-    except ImportError:
-        pass
+    admin_api.add_routes(app)
     static = node.config.static_dir or (node.config.app_dir / "public")
     bundle = next((node.config.app_dir / c for c in BUNDLE_CANDIDATES if (node.config.app_dir / c).exists()), None)
     if bundle is not None:
@@ -56,10 +65,52 @@ def build_app(node: Node) -> web.Application:
     return app
 
 
+class ClientFaultLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, with a client's fault logged as one INFO line instead of a traceback.
+
+    aiohttp logs every request it cannot parse or whose body it cannot decode
+    (bad ``Content-Encoding``, say), and every client that vanished mid-request,
+    with ``logger.exception``. Those are the client's doing: one line at INFO
+    (seen with ``tape -v``) says what happened; anything else keeps its traceback.
+    """
+
+    CLIENT_FAULTS = (HttpProcessingError, web.RequestPayloadError, ConnectionError, http_api.BodyTimeout)
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1] if exc_info else None
+        if isinstance(exc, self.CLIENT_FAULTS):
+            self.logger.info(f"{msg}: %s", *args, http_api.one_line(exc))
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+SERVER_LOGGER = ClientFaultLogger(logging.getLogger("aiohttp.server"), {})
+
+
+def runner_options(config: ServerConfig) -> dict[str, Any]:
+    """Keyword arguments for `web.AppRunner` (or `TestServer.start_server`) serving a node with `config`.
+
+    aiohttp arms its keep-alive timer when a connection opens and after each
+    response, and closes the connection when it fires while no complete
+    request has arrived - so `keepalive_timeout` bounds both the idle time of
+    a kept-alive connection and the time to send a request header (a
+    slowloris client trickling a header byte by byte is cut off after it).
+    A WebSocket, once upgraded, is a running request and is not affected.
+    `shutdown_timeout` bounds how long a stopping server waits for requests
+    still running (an action may run for minutes: its caller gets a closed
+    connection and may retry).
+    """
+    return {"keepalive_timeout": config.header_timeout, "logger": SERVER_LOGGER, "access_log": None,
+            "shutdown_timeout": config.shutdown_timeout}
+
+
 async def serve(node: Node, on_ready: Callable[[], None] | None = None) -> None:
     """Run the node's HTTP server until SIGINT/SIGTERM, then shut down cleanly."""
+    # Slow user code runs on worker threads (engine.runtime, engine.committer); while one holds the GIL the
+    # event loop waits for it up to one switch interval per turn: a short interval keeps I/O prompt.
+    sys.setswitchinterval(node.config.switch_interval)
     app = build_app(node)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    runner = web.AppRunner(app, handle_signals=False, **runner_options(node.config))
     await runner.setup()
     site = web.TCPSite(runner, node.config.host, node.config.port, reuse_address=True)
     try:

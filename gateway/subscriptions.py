@@ -20,6 +20,7 @@ import orjson
 from engine.errors import AppError
 from engine.runtime import QueryResult, Runtime
 from values import decode_doc, to_wire
+from gateway.protocol import elide
 from gateway.range_index import RangeIndex
 from log.record import Record
 
@@ -33,6 +34,16 @@ class Subscriber(Protocol):
 
     def deliver(self, updates: list[tuple[int, "SharedQuery"]], ts: int,
                 frames: dict[Any, Any] | None = None) -> None: ...
+
+    def go_off_loop(self) -> None:
+        """One of this session's shared queries turned out slow: serve it from its own lane from now on."""
+
+    def lane_dirty(self, query_id: int) -> None:
+        """A record just applied wrote a key this session's lane query `query_id` read."""
+
+
+class SlowQuery(Exception):
+    """A query outran its slice on the event loop: its subscriber must serve it off the loop (a lane)."""
 
 
 @dataclass(eq=False)
@@ -60,7 +71,7 @@ class SharedQuery:
             changed = self.error_message is not None or value_json != self.value_json
             self.value_json, self.error_message, self.error_data_json = value_json, None, None
             return changed
-        message = str(result.error)
+        message = elide(str(result.error), self.path)
         data = orjson.dumps(to_wire(result.error.data)) if isinstance(result.error, AppError) else None
         changed = message != self.error_message or data != self.error_data_json
         self.error_message, self.error_data_json = message, data
@@ -93,7 +104,11 @@ class SubscriptionManager:
         self._queries: dict[Hashable, SharedQuery] = {}
         self._ranges = RangeIndex()
         self._prefixes: dict[str, dict[str, bytes]] = {}
+        self._lanes: dict[Hashable, tuple[Subscriber, int]] = {}  # range owner -> (session, query id)
         self.reruns = 0
+        #: compact-JSON bytes of the args of all live subscriptions, counted per subscription
+        #: (sessions account theirs with `hold_args` / `release_args`; bounded by max_total_args_bytes)
+        self.args_bytes = 0
         #: (last ts of an applied batch, time.perf_counter_ns() when it reached this listener, i.e. durable
         #: and applied): lets a benchmark on this host time commit -> update (see /api/admin/commit_times)
         self.commit_times: deque[tuple[int, int]] = deque(maxlen=COMMIT_TIMES_KEPT)
@@ -113,10 +128,19 @@ class SubscriptionManager:
         shared = self._queries.get(key)
         if shared is None:
             shared = SharedQuery(key, path, args, identity)
-            self._run(shared)
+            if self._run(shared) is None:
+                raise SlowQuery(path)
             self._queries[key] = shared
         shared.subscribers[(id(subscriber), query_id)] = (subscriber, query_id)
         return shared
+
+    def hold_args(self, size: int) -> None:
+        """A subscription holding `size` bytes of arguments was added."""
+        self.args_bytes += size
+
+    def release_args(self, size: int) -> None:
+        """Subscriptions holding `size` bytes of arguments are gone."""
+        self.args_bytes = max(0, self.args_bytes - size)
 
     def unsubscribe(self, subscriber: Subscriber, shared: SharedQuery, query_id: int) -> None:
         shared.subscribers.pop((id(subscriber), query_id), None)
@@ -124,8 +148,12 @@ class SubscriptionManager:
             self._queries.pop(shared.key, None)
             self._ranges.remove(shared.key)
 
-    def _run(self, shared: SharedQuery) -> bool:
-        result = self.runtime.evaluate_query(shared.path, shared.args, identity=shared.identity)
+    def _run(self, shared: SharedQuery) -> bool | None:
+        """Re-run `shared` on the loop: whether what clients see changed; None when the query is slow
+        (it did not run: the caller moves its subscribers off the loop)."""
+        result = self.runtime.try_on_loop(shared.path, shared.args, identity=shared.identity)
+        if result is None:
+            return None
         self.reruns += 1
         ranges, buckets = result.read_set.ranges, result.read_set.buckets
         if ranges != shared.read_ranges or buckets != shared.read_buckets:
@@ -134,8 +162,43 @@ class SubscriptionManager:
         return shared.set_result(result)
 
     def refresh_all(self) -> list[SharedQuery]:
-        """Re-run every live query (after an app reload); returns those whose result changed."""
-        return [q for q in list(self._queries.values()) if self._run(q)]
+        """Re-run every live query (after an app reload); returns those whose result changed.
+
+        Queries found slow move their subscribers off the loop (`Subscriber.go_off_loop`)."""
+        changed = []
+        for q in list(self._queries.values()):
+            outcome = self._run(q)
+            if outcome:
+                changed.append(q)
+            elif outcome is None:
+                self._move_off_loop(q)
+        for lane_session, _qid in list(self._lanes.values()):
+            lane_session.go_off_loop()  # already off the loop: re-evaluates all its queries
+        return changed
+
+    def _move_off_loop(self, shared: SharedQuery) -> None:
+        """`shared` is slow: every session subscribed to it gets a lane of its own."""
+        for subscriber, _qid in list(shared.subscribers.values()):
+            subscriber.go_off_loop()
+
+    # -- lanes: queries of sessions served off the loop --------------------------------
+    def track_lane(self, subscriber: Subscriber, query_id: int, ranges: list[tuple[bytes, bytes]],
+                   buckets: list[bytes]) -> None:
+        """Watch the read set of a lane query: `subscriber.lane_dirty(query_id)` when a write touches it."""
+        key = ("lane", id(subscriber), query_id)
+        self._lanes[key] = (subscriber, query_id)
+        self._ranges.set(key, ranges, buckets)
+
+    def untrack_lane(self, subscriber: Subscriber, query_id: int) -> None:
+        key = ("lane", id(subscriber), query_id)
+        if self._lanes.pop(key, None) is not None:
+            self._ranges.remove(key)
+
+    def touches(self, records: list[Record], ranges: list[tuple[bytes, bytes]]) -> bool:
+        """Whether `records` wrote a key (old or new) inside any of `ranges`."""
+        if not ranges:
+            return False
+        return any(lo <= key < hi for key in self._written(records) for lo, hi in ranges)
 
     def _index_prefixes(self, table: str) -> dict[str, bytes]:
         """Index name -> key prefix for `table` (cached: a prefix depends only on the two names)."""
@@ -145,10 +208,17 @@ class SubscriptionManager:
         return prefixes
 
     def affected_by(self, records: list[Record]) -> set[Hashable]:
-        """Keys of the shared queries whose read sets contain a key written by `records`."""
+        """Keys of the shared queries (and lane queries) whose read sets contain a key written by `records`."""
         affected: set[Hashable] = set()
-        if not self._queries:
+        if not self._queries and not self._lanes:
             return affected
+        owners = self._ranges.owners_of
+        for key, bucket in self._written(records).items():
+            owners(key, bucket, affected)
+        return affected
+
+    def _written(self, records: list[Record]) -> dict[bytes, bytes]:
+        """Every index key `records` wrote, old and new, once: key -> the bucket (index prefix) it is in."""
         projection = self.runtime.projection
         # Every index key written, old and new, once: key -> its index prefix (the bucket of
         # bounded ranges over that index; ranges in the b"" bucket are checked for every key).
@@ -170,10 +240,7 @@ class SubscriptionManager:
                         continue
                     for index, key in projection.index_keys(table, decode_doc(raw)):
                         written[key] = prefixes[index]
-        owners = self._ranges.owners_of
-        for key, bucket in written.items():
-            owners(key, bucket, affected)
-        return affected
+        return written
 
     def on_applied(self, records: list[Record]) -> None:
         """Projection listener: re-run affected queries and push one update per affected session.
@@ -187,11 +254,18 @@ class SubscriptionManager:
             return
         per_session: dict[int, tuple[Subscriber, list[tuple[int, SharedQuery]]]] = {}
         queries = self._queries
+        lanes = self._lanes
         for key in affected:
             shared = queries.get(key)
             if shared is None:
+                lane = lanes.get(key)
+                if lane is not None:
+                    lane[0].lane_dirty(lane[1])
                 continue
-            if not self._run(shared):
+            outcome = self._run(shared)
+            if not outcome:
+                if outcome is None:  # slow: it did not run on the loop
+                    self._move_off_loop(shared)
                 continue
             for subscriber, query_id in shared.subscribers.values():
                 entry = per_session.get(id(subscriber))

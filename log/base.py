@@ -1,9 +1,15 @@
-"""The commit-log interface shared by the embedded FileLog and a Kafka-backed log."""
+"""The commit-log interface shared by the embedded FileLog and a Kafka-backed log.
+
+`Log` is what every log provides. The optional fast readers a log may add
+(`ReadsFlatWrites` for replay, `ReadsChanges` for change export) are named
+here as protocols, so callers test for a capability with ``isinstance``
+instead of probing attribute names.
+"""
 from __future__ import annotations
 
 import abc
 from types import TracebackType
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable, Protocol, runtime_checkable
 
 from log.record import Record
 
@@ -70,3 +76,26 @@ class Log(abc.ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+@runtime_checkable
+class ReadsFlatWrites(Protocol):
+    """A log that can yield batches of flattened writes for replay, without building `Record`s."""
+
+    def read_writes(
+        self, start: int, end: int | None = None, batch: int = 4096,
+    ) -> AsyncIterator[tuple[Any, int, int, int]]:
+        """Yield (writes, record count, last offset, last ts) per batch (see `FileLog.read_writes`)."""
+        ...
+
+
+@runtime_checkable
+class ReadsChanges(Protocol):
+    """A log that can yield batches of changes encoded where they are decoded (change export)."""
+
+    def read_changes(
+        self, start: int, end: int | None = None, batch: int = 4096,
+        encode: Callable[[list[Any], list[Any]], Any] | None = None,
+    ) -> AsyncIterator[tuple[Any, int, int]]:
+        """Yield (encoded batch, record count, last offset) per batch (see `FileLog.read_changes`)."""
+        ...

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import struct
 import zlib
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ _PREFIX = struct.Struct("<2sHIqq")
 _CRC = struct.Struct("<I")
 MAX_BODY = 1 << 30
 _SCHEMA_DIR = Path(__file__).with_name("schemas")
+
+logger = logging.getLogger("tape.log")
 
 Buffer = bytes | bytearray | memoryview
 BodyDecoder = Callable[[bytes, int, int, int, int], Record]
@@ -372,12 +375,42 @@ def encode_payload(record: Record) -> bytes:
     are encoded, or refused, exactly as fastavro does.
 
     Raises ValueError/TypeError when a field has the wrong type, so a bad
-    record fails its own append and nobody else's.
+    record fails its own append and nobody else's. A record the hand-written
+    encoder declines but the reference encodes is a *fallback*: counted (see
+    `fallback_count`) and, the first time, logged at WARNING, as every
+    record the engine builds is of the plain types.
     """
     try:
         return _encode_payload_v1(record)
-    except Exception:  # _NotPlain, or e.g. a write without a `table`: let fastavro decide
-        return encode_payload_reference(record)
+    except Exception as exc:  # _NotPlain, or e.g. a write without a `table`: let fastavro decide
+        payload = encode_payload_reference(record)  # (raises ValueError for a record it refuses too)
+        _note_fallback(record, exc)
+        return payload
+
+
+_fallbacks = 0
+
+
+def fallback_count() -> int:
+    """How many records `encode_payload` has encoded through the reference encoder in this process.
+
+    Those are records its hand-written fast path declined (fields of other
+    than the plain types, or a fast-path bug) that fastavro's generic writer
+    encoded; records that both refuse are not counted.
+    """
+    return _fallbacks
+
+
+def _note_fallback(record: Record, exc: Exception) -> None:
+    """Count one fallback of `encode_payload`; log the first at WARNING."""
+    global _fallbacks
+    _fallbacks += 1
+    if _fallbacks == 1:
+        reason = "a field of a type it does not handle" if isinstance(exc, _NotPlain) else repr(exc)
+        logger.warning(
+            "log codec: the fast record encoder declined a record (%s; function %r), which the generic "
+            "encoder then wrote; further fallbacks are only counted (log.codec.fallback_count)",
+            reason, record.function)
 
 
 class _NotPlain(Exception):

@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator
 
-from log import forked as log_forked
 from log.base import Log
 from log.codec import FlatRecord, FlatWrite, encode_payload, frame_from_payload
 from log.directory import (
@@ -48,11 +47,10 @@ logger = logging.getLogger("tape.log")
 DEFAULT_SEGMENT_BYTES = 64 << 20
 DEFAULT_INDEX_BYTES = 4096
 _INLINE_READ_BYTES = 64 << 10
-_FORKED_READ_RECORDS = 16384  # reads of this many records or more may decode in a child process (`reads_forked`)
 
 
 @dataclass(slots=True)
-class _Pending:
+class _PendingAppend:
     """One waiting append: its records, their encoded payloads, its future."""
 
     records: list[Record]
@@ -125,7 +123,7 @@ class FileLog(Log):
         self._w_next = 0
         self._w_last_ts = 0
         self._w_ix_pos = -1
-        self._pending: list[_Pending | _Truncate] = []
+        self._pending: list[_PendingAppend | _Truncate] = []
         self._executor: ThreadPoolExecutor | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -290,19 +288,19 @@ class FileLog(Log):
             return
         payloads = [encode_payload(r) for r in records]
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(records, payloads, fut))
+        self._pending.append(_PendingAppend(records, payloads, fut))
         assert self._wake is not None
         self._wake.set()
         await fut
 
-    def _take_batch(self) -> list[_Pending]:
+    def _take_batch(self) -> list[_PendingAppend]:
         """Remove the appends at the head of the queue (up to a truncate)."""
         queue = self._pending
         n = 0
-        while n < len(queue) and isinstance(queue[n], _Pending):
+        while n < len(queue) and isinstance(queue[n], _PendingAppend):
             n += 1
         taken, self._pending = queue[:n], queue[n:]
-        return [p for p in taken if isinstance(p, _Pending) and not p.fut.done()]
+        return [p for p in taken if isinstance(p, _PendingAppend) and not p.fut.done()]
 
     async def _writer_loop(self) -> None:
         """The single writer: one write + one fsync per batch of queued appends.
@@ -315,7 +313,7 @@ class FileLog(Log):
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         inflight: asyncio.Future[list[_Chunk]] | None = None
-        batch: list[_Pending] = []
+        batch: list[_PendingAppend] = []
         while True:
             if inflight is None:
                 while not self._pending:
@@ -347,7 +345,7 @@ class FileLog(Log):
                     self._broken = f"{self.directory}: internal error publishing a commit: {exc!r}"
                     logger.exception("%s", self._broken)
                     error = LogWriteError(self._broken)
-            if self._pending and isinstance(self._pending[0], _Pending) and not isinstance(
+            if self._pending and isinstance(self._pending[0], _PendingAppend) and not isinstance(
                     error, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
                 batch = self._take_batch()
                 if batch:
@@ -383,7 +381,7 @@ class FileLog(Log):
         """Make `fd`'s data durable (a test may replace this to count or fail syncs)."""
         os.fdatasync(fd)
 
-    def _commit_sync(self, batch: list[_Pending]) -> list[_Chunk]:
+    def _commit_sync(self, batch: list[_PendingAppend]) -> list[_Chunk]:
         """Writer thread: assign offsets/ts, write, fsync; all or nothing."""
         if self._broken:
             raise LogWriteError(self._broken)
@@ -477,13 +475,11 @@ class FileLog(Log):
     # ------------------------------------------------------------ reading
 
     async def _walk_segments(self, reader: Any, start: int, end: int | None, batch: int,
-                             what: str, forked: bool = False) -> AsyncIterator[Any]:
+                             what: str) -> AsyncIterator[Any]:
         """Run `reader(path, pos, size, off, stop, batch)` over the durable frames in [start, end).
 
         `reader` returns `(result, next offset or None, pos, done)`; results with a next offset
-        are yielded. Large reads go to a thread so the event loop keeps serving; with `forked`,
-        the reads run in a child process instead (see `log.forked`: `reader` then works ahead
-        of the consumer, on another core).
+        are yielded. Large reads go to a thread so the event loop keeps serving.
         """
         self._check_open()
         if start < 0 or batch < 1:
@@ -495,12 +491,6 @@ class FileLog(Log):
         if start >= stop:
             return
         i, pos = st.locate(start)
-        if forked and hasattr(os, "fork"):
-            segs = [(seg.path, seg.size) for seg in st.segs[i:]]
-            async for result in log_forked.forked_items(lambda: _walk(reader, segs, pos, start, stop, batch)):
-                self._check_open()
-                yield result
-            return
         off = start
         while off < stop:
             self._check_open()
@@ -523,16 +513,6 @@ class FileLog(Log):
             elif done:
                 return
 
-    def reads_forked(self, start: int, end: int | None = None, watched: bool = False) -> bool:
-        """Whether `read_writes`/`read_changes` of [start, end) should decode in a child process.
-
-        Yes for reads of at least `_FORKED_READ_RECORDS` records when
-        ``log.forked.worthwhile(watched)`` (`watched`: the caller drops a child
-        that falls behind, so a second CPU is enough).
-        """
-        stop = self._st.next_offset if end is None else min(end, self._st.next_offset)
-        return stop - start >= _FORKED_READ_RECORDS and log_forked.worthwhile(watched)
-
     async def read(self, start: int, end: int | None = None, batch: int = 4096) -> AsyncIterator[list[Record]]:
         """Yield durable records with start <= offset < end, `batch` at a time."""
         def records(*args: Any) -> tuple[list[Record], int | None, int, bool]:
@@ -543,32 +523,23 @@ class FileLog(Log):
 
     async def read_writes(
         self, start: int, end: int | None = None, batch: int = 4096,
-        prepare: Callable[[list[FlatWrite]], Any] | None = None, forked: bool | None = None,
-    ) -> AsyncIterator[tuple[Any, int, int, int]]:
+    ) -> AsyncIterator[tuple[list[FlatWrite], int, int, int]]:
         """`read`, for replaying into a projection: each batch as its records' writes, flattened.
 
         Yields (writes, number of records, offset of the last record, its ts)
         per batch of up to `batch` records, where `writes` holds each write as
         ``(record offset, table, document id as UTF-8, doc, prev)`` (see
-        `log.codec.decode_frame_writes`); no `Record` objects are built. With
-        `prepare`, each batch's writes are replaced by ``prepare(writes)``,
-        computed where they are decoded. With `forked` (by default: when
-        `reads_forked`), they are decoded in a child process (`log.forked`),
-        ahead of the consumer and off its GIL.
+        `log.codec.decode_frame_writes`); no `Record` objects are built.
         """
-        def flat(*args: Any) -> tuple[tuple[Any, int, int, int], int | None, int, bool]:
+        def flat(*args: Any) -> tuple[tuple[list[FlatWrite], int, int, int], int | None, int, bool]:
             writes, count, last_off, last_ts, pos, done = read_writes(*args)
-            if prepare is not None:
-                writes = prepare(writes)
             return (writes, count, last_off, last_ts), (last_off + 1 if count else None), pos, done
-        if forked is None:
-            forked = self.reads_forked(start, end)
-        async for item in self._walk_segments(flat, start, end, batch, "read_writes", forked):
+        async for item in self._walk_segments(flat, start, end, batch, "read_writes"):
             yield item
 
     async def read_changes(
         self, start: int, end: int | None = None, batch: int = 4096,
-        encode: Callable[[list[FlatWrite], list[FlatRecord]], Any] | None = None, forked: bool | None = None,
+        encode: Callable[[list[FlatWrite], list[FlatRecord]], Any] | None = None,
     ) -> AsyncIterator[tuple[Any, int, int]]:
         """`read`, for exporting changes: each batch as ``encode(writes, records)``, computed where decoded.
 
@@ -576,16 +547,13 @@ class FileLog(Log):
         `records` one `log.codec.FlatRecord` (offset, ts, function, end of its
         writes) per record. Yields (encoded batch, number of records, offset
         of the last record); without `encode`, the batch is ``(writes, records)``.
-        `forked` is as for `read_writes` (the encoding then runs in the child too).
         """
         def changes(*args: Any) -> tuple[tuple[Any, int, int], int | None, int, bool]:
             records: list[FlatRecord] = []
             writes, count, last_off, _last_ts, pos, done = read_writes(*args, records)
             result = (writes, records) if encode is None else encode(writes, records)
             return (result, count, last_off), (last_off + 1 if count else None), pos, done
-        if forked is None:
-            forked = self.reads_forked(start, end)
-        async for item in self._walk_segments(changes, start, end, batch, "read_changes", forked):
+        async for item in self._walk_segments(changes, start, end, batch, "read_changes"):
             yield item
 
     async def tail(self, start: int, batch: int = 4096) -> AsyncIterator[list[Record]]:
@@ -698,21 +666,6 @@ class FileLog(Log):
         self._write_marker(n, last_ts)
         return new
 
-
-
-def _walk(reader: Any, segs: list[tuple[Path, int]], pos: int, off: int, stop: int, batch: int) -> Iterator[Any]:
-    """`FileLog._walk_segments` over a snapshot `segs` of (path, size), from `pos` of the first one."""
-    for path, size in segs:
-        while pos < size and off < stop:
-            result, nxt, pos, done = reader(path, pos, size, off, stop, batch)
-            if nxt is not None:
-                off = nxt
-                yield result
-            elif done:
-                return
-        if off >= stop:
-            return
-        pos = 0
 
 
 __all__ = ["FileLog", "FORMAT_VERSION"]

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import struct
@@ -34,16 +35,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console
 from rich.markup import escape
+from rocksdict import AccessType, Options, Rdict, ReadOptions
 
-from log.directory import fsync_dir
-
-LOCK_FILE = "LOCK"
-COMMITTED_FILE = "COMMITTED"
-FORMAT_FILE = "FORMAT"
-FORMAT_NAME = "tape.filelog"
-_MARK = struct.Struct("<qqqI")
+from engine.app import App
+from log.codec import FrameError, check_frame, decode_frames
+from log.directory import (
+    COMMITTED_FILE,
+    FORMAT_FILE,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    LOCK_FILE,
+    Marker,
+    fsync_dir,
+    read_marker,
+)
+from log.errors import LogCorruptError, LogError, LogFormatError
+from log.file_log import FileLog
+from log.segment import list_segments, read_file, scan_buffer, segment_name, valid_frame_after
+from projections.layout import DOC, META_APPLIED_OFFSET, META_APPLIED_TS, META_CATALOG, META_FORMAT, unpack_int
+from projections.rebuild import rebuild
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -76,7 +89,7 @@ class LogReport:
     records: int = 0  # intact records before the first damage = the offset the log ends at
     last_ts: int = 0
     size: int = 0
-    marker: tuple[int, int, int] | None = None  # COMMITTED: (next offset, last ts, epoch)
+    marker: Marker | None = None  # COMMITTED: next offset, last ts, epoch
     damage: LogDamage | None = None
     server_pid: int | None = None
     lock_unknown: bool = False
@@ -149,26 +162,19 @@ def server_pid(lock_path: Path) -> tuple[int | None, bool]:
     return None, False
 
 
-def read_marker(log_dir: Path) -> tuple[int, int, int] | None:
-    """The writer's COMMITTED marker (next offset, last ts, epoch), None if absent or unreadable."""
+def _marker(log_dir: Path) -> Marker | None:
+    """The writer's COMMITTED marker (`log.directory.read_marker`), None if absent or unreadable.
+
+    Unlike a FileLog, the doctor must not fail on a marker it cannot even open (e.g. no permission).
+    """
     try:
-        raw = (log_dir / COMMITTED_FILE).read_bytes()
+        return read_marker(log_dir)
     except OSError:
         return None
-    if len(raw) < _MARK.size:
-        return None
-    nxt, last_ts, epoch, crc = _MARK.unpack_from(raw)
-    if zlib.crc32(raw[:24]) != crc:
-        return None
-    return nxt, last_ts, epoch
 
 
 def _intact_frames_after(buf: bytes, pos: int) -> int:
     """How many intact frames follow position `pos` of a damaged segment buffer."""
-    from log.codec import check_frame
-    from log.errors import LogError
-    from log.segment import valid_frame_after
-
     count = 0
     at = valid_frame_after(buf, pos)
     while at is not None:
@@ -182,23 +188,17 @@ def _intact_frames_after(buf: bytes, pos: int) -> int:
 
 def scan_log(log_dir: Path) -> LogReport:
     """Verify every frame of every segment of the FileLog in `log_dir`, changing nothing."""
-    from log.codec import FrameError, check_frame, decode_frames
-    from log.errors import LogError, LogFormatError
-    from log.file_log import FORMAT_VERSION
-    from log.segment import list_segments, read_file, scan_buffer, segment_name
-
     rep = LogReport(log_dir)
     if not log_dir.is_dir():
         return rep
     rep.exists = True
     rep.server_pid, rep.lock_unknown = server_pid(log_dir / LOCK_FILE)
-    rep.marker = read_marker(log_dir)
+    rep.marker = _marker(log_dir)
     fmt = log_dir / FORMAT_FILE
     segs = list_segments(log_dir)
     rep.segments = len(segs)
     if fmt.exists():
         try:
-            import json
             meta = json.loads(fmt.read_text())
             if meta.get("format") != FORMAT_NAME or int(meta.get("version", 0)) > FORMAT_VERSION:
                 rep.damage = LogDamage("format", fmt, 0, 0, f"unknown log format {meta!r}")
@@ -251,8 +251,8 @@ def scan_log(log_dir: Path) -> LogReport:
             pass
         elif (follow := _follow(buf, res.error_pos)) is not None:
             damage.reason += f", followed by intact data at byte {follow}, so this is not a torn write"
-        elif rep.marker is not None and rep.marker[0] > res.next_offset:
-            damage.reason += (f"; the COMMITTED marker says {rep.marker[0]} records were durable, so record "
+        elif rep.marker is not None and rep.marker.next_offset > res.next_offset:
+            damage.reason += (f"; the COMMITTED marker says {rep.marker.next_offset} records were durable, so record "
                               f"{res.next_offset} was acknowledged and this is not a torn write")
         else:
             damage.kind = "torn-tail"
@@ -271,7 +271,6 @@ def scan_log(log_dir: Path) -> LogReport:
 
 
 def _follow(buf: bytes, pos: int) -> int | None:
-    from log.segment import valid_frame_after
     return valid_frame_after(buf, pos)
 
 
@@ -279,17 +278,11 @@ def _follow(buf: bytes, pos: int) -> int | None:
 
 
 def _rocks_read_only(path: Path) -> Any:
-    from rocksdict import AccessType, Options, Rdict
     return Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
 
 
 def check_projection(path: Path) -> ProjectionReport:
     """Open the projection read-only and read every key with checksum verification."""
-    import orjson
-    from rocksdict import ReadOptions
-
-    from projections.layout import DOC, META_APPLIED_OFFSET, META_APPLIED_TS, META_CATALOG, META_FORMAT, unpack_int
-
     rep = ProjectionReport(path)
     if not path.is_dir():
         return rep
@@ -338,9 +331,6 @@ def check_projection(path: Path) -> ProjectionReport:
 
 async def _replay_digest(log_dir: Path, upto: int, catalog: dict[str, Any] | None) -> str:
     """Content digest of a fresh projection rebuilt from the log through offset `upto`."""
-    from log.file_log import FileLog
-    from projections.rebuild import rebuild
-
     log = FileLog(log_dir, read_only=True)
     await log.open()
     try:
@@ -442,7 +432,7 @@ def print_report(rep: Report, out: Console = console) -> None:
         out.print("  server: not running")
     if lrep.exists:
         status = ("[red]CORRUPTED[/]" if lrep.corrupt else "[yellow]TORN TAIL[/]" if lrep.damage else "[green]OK[/]")
-        marker = f", COMMITTED marker at {lrep.marker[0]}" if lrep.marker else ""
+        marker = f", COMMITTED marker at {lrep.marker.next_offset}" if lrep.marker else ""
         out.print(f"  log: {status} {escape(str(lrep.directory))}: {lrep.segments} segments, "
                   f"{lrep.size} bytes, {lrep.records} intact records{marker}")
         if lrep.damage is not None:
@@ -494,15 +484,11 @@ def _aside(path: Path, label: str) -> Path:
 
 def _catalog_for_rebuild(data: Path, app_dir: str | None, old: ProjectionReport) -> tuple[dict[str, Any], str]:
     if app_dir:
-        from engine.app import App
         return App.load(Path(app_dir)).schema.index_catalog(), f"the indexes of {app_dir}"
     if old.catalog is not None:
         return old.catalog, "the indexes stored in the old projection"
     if old.exists:
         try:
-            import orjson
-
-            from projections.layout import META_CATALOG
             db = _rocks_read_only(old.directory)
             try:
                 raw = db.get(META_CATALOG)
@@ -518,10 +504,6 @@ def _catalog_for_rebuild(data: Path, app_dir: str | None, old: ProjectionReport)
 def rebuild_projection(data: Path, log_dir: Path | None = None, app_dir: str | None = None,
                        out: Console = console) -> Path | None:
     """Move the projection aside (if any) and rebuild it from the log. Returns where the old one went."""
-    from log.errors import LogCorruptError, LogError, LogFormatError
-    from log.file_log import FileLog
-    from projections.rebuild import rebuild
-
     log_dir = log_dir or data / "log"
     target = data / "projection"
     old = check_projection(target)
@@ -605,8 +587,8 @@ def truncate_log(data: Path, log_dir: Path | None = None, app_dir: str | None = 
             os.close(seg_fd)
         for path in reversed(d.later_segments):
             path.unlink(missing_ok=True)
-        old = read_marker(log_dir)
-        head = struct.pack("<qqq", rep.records, rep.last_ts, (old[2] if old else 0) + 1)
+        old = _marker(log_dir)
+        head = struct.pack("<qqq", rep.records, rep.last_ts, (old.epoch if old else 0) + 1)
         with open(marker, "wb") as f:
             f.write(head + struct.pack("<I", zlib.crc32(head)))
             f.flush()

@@ -34,312 +34,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
 import sys
-import time
-import zipfile
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, Awaitable, Callable
 
-import orjson
-from fastavro import parse_schema
-from fastavro import reader as avro_reader
-from fastavro import writer as avro_writer
+from rich.console import Console
 
-from values import decode_doc, encode_doc, from_wire, to_wire
-from log.directory import fsync_dir
-from log.record import Record, Write
-
-FORMAT = "tape.export"
-VERSION = 1
-MANIFEST = "manifest.json"
-IMPORT_BATCH_DOCS = 1000
-IMPORT_BATCH_BYTES = 4 << 20
-IMPORT_FUNCTION = "_import"
-
-DOC_SCHEMA: dict[str, Any] = {
-    "type": "record",
-    "name": "Document",
-    "namespace": "tape.export.v1",
-    "doc": "One document of a Tape table.",
-    "fields": [
-        {"name": "_id", "type": "string"},
-        {"name": "_creationTime", "type": "double"},
-        {"name": "doc", "type": "string", "doc": "the whole document as Convex JSON"},
-    ],
-}
-
-
-class SnapshotError(Exception):
-    """An export or import that cannot be done as asked."""
-
-
-def _table_file(table: str) -> str:
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in table)
-    return f"{safe}.avro"
-
-
-# ----------------------------------------------------------------- export
-
-
-@dataclass
-class ExportReport:
-    out: Path
-    offset: int
-    ts: int
-    tables: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    base: str = ""
-
-    @property
-    def documents(self) -> int:
-        return sum(self.tables.values())
-
-
-def _avro_rows(projection: Any, table: str, counter: list[int]) -> Iterator[dict[str, Any]]:
-    dumps = orjson.dumps
-    for raw in projection.iter_documents(table):
-        doc = decode_doc(raw)
-        counter[0] += 1
-        yield {"_id": doc["_id"], "_creationTime": float(doc["_creationTime"]), "doc": dumps(to_wire(doc)).decode()}
-
-
-async def export_snapshot(data_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, at: str | None = None,
-                          include_system: bool = False, codec: str = "deflate", reporter: Any = None) -> ExportReport:
-    """Write a snapshot of `data_dir` (as of `at`, default the end of the log) to `out` (a directory or .zip)."""
-    from ops.restore import (
-        Reporter,
-        build_projection,
-        format_ns,
-        is_data_dir,
-        open_source,
-        parse_point,
-        record_at,
-        resolve_point,
-        snapshot_live_projection,
-    )
-    reporter = reporter or Reporter()
-    started = time.perf_counter()
-    data = Path(data_dir).absolute()
-    target = Path(out).absolute()
-    as_zip = target.suffix.lower() == ".zip"
-    if not is_data_dir(data):
-        raise SnapshotError(f"{data} is not a Tape data directory")
-    if target.exists() and (as_zip or not target.is_dir() or any(target.iterdir())):
-        raise SnapshotError(f"{target} exists: export into a new directory or file")
-    source = await open_source(str(data))
-    scratch = data / f".export-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
-    try:
-        upto = await resolve_point(source.log, parse_point(at or "end", bare="ts"))
-        last = await record_at(source.log, upto)
-        extra = []
-        live = await asyncio.to_thread(snapshot_live_projection, data, scratch / "live")
-        if live is not None:
-            extra.append(live)
-        projection, build = await build_projection(source.log, scratch / "projection", upto, data_dir=data,
-                                                   extra_bases=extra, reporter=reporter)
-        report = ExportReport(target, upto, last.ts if last else 0, base=build.base)
-        try:
-            catalog = projection.indexes
-            tables = sorted(set(projection.tables()) | set(catalog))
-            if not include_system:
-                tables = [t for t in tables if not t.startswith("_")]
-            files_dir = scratch / "out" if as_zip else target.parent / f".{target.name}.exporting-{os.getpid()}"
-            shutil.rmtree(files_dir, ignore_errors=True)
-            files_dir.mkdir(parents=True)
-            schema = parse_schema(DOC_SCHEMA)
-            entries = []
-            used_names: set[str] = set()
-            for table in tables:
-                name = _table_file(table)
-                while name in used_names:
-                    name = "_" + name
-                used_names.add(name)
-                count = [0]
-                task = reporter.task(f"export {table}", projection.count(table))
-                with open(files_dir / name, "wb") as f:
-                    avro_writer(f, schema, _avro_rows(projection, table, count), codec=codec,
-                                metadata={"tape.table": table, "tape.offset": str(upto)})
-                    f.flush()
-                    os.fsync(f.fileno())
-                task.update(count[0])
-                task.finish()
-                report.tables[table] = count[0]
-                entries.append({"name": table, "file": name, "documents": count[0],
-                                "indexes": catalog.get(table, {})})
-            manifest = {
-                "format": FORMAT,
-                "version": VERSION,
-                "created_ns": time.time_ns(),
-                "source": str(data),
-                "position": {"offset": upto, "next_offset": upto + 1, "ts": report.ts,
-                             "time": format_ns(report.ts) if report.ts else None},
-                "document_encoding": "convex-json",
-                "tables": entries,
-                "indexes": catalog,
-                "avro_schema": DOC_SCHEMA,
-            }
-            (files_dir / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-            fsync_dir(files_dir)
-        finally:
-            projection.close()
-        if as_zip:
-            tmp_zip = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-            with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_STORED) as zf:
-                for entry in sorted(files_dir.iterdir()):
-                    zf.write(entry, entry.name)
-            os.replace(tmp_zip, target)
-        else:
-            if target.exists():
-                target.rmdir()
-            os.rename(files_dir, target)
-        fsync_dir(target.parent)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        await source.close()
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-# ----------------------------------------------------------------- import
-
-
-class _Snapshot:
-    """A snapshot directory or zip, opened for reading."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.zip: zipfile.ZipFile | None = None
-        if path.is_file():
-            try:
-                self.zip = zipfile.ZipFile(path)
-            except zipfile.BadZipFile:
-                raise SnapshotError(f"{path}: not a snapshot directory or zip file") from None
-        elif not path.is_dir():
-            raise SnapshotError(f"{path} does not exist")
-        try:
-            self.manifest = orjson.loads(self.read_bytes(MANIFEST))
-        except (KeyError, FileNotFoundError):
-            raise SnapshotError(f"{path}: no {MANIFEST} (not a tape export)") from None
-        if self.manifest.get("format") != FORMAT:
-            raise SnapshotError(f"{path}: {MANIFEST} is not a {FORMAT} manifest")
-        if int(self.manifest.get("version", 0)) > VERSION:
-            raise SnapshotError(f"{path}: snapshot format version {self.manifest.get('version')} is newer than this "
-                                f"build reads ({VERSION}); upgrade Tape")
-
-    def read_bytes(self, name: str) -> bytes:
-        if self.zip is not None:
-            return self.zip.read(name)
-        return (self.path / name).read_bytes()
-
-    def open(self, name: str) -> BinaryIO:
-        if self.zip is not None:
-            return self.zip.open(name)  # type: ignore[return-value]
-        return open(self.path / name, "rb")
-
-    def close(self) -> None:
-        if self.zip is not None:
-            self.zip.close()
-
-
-@dataclass
-class ImportReport:
-    data: Path
-    tables: dict[str, int] = field(default_factory=dict)
-    records: int = 0
-    seconds: float = 0.0
-
-    @property
-    def documents(self) -> int:
-        return sum(self.tables.values())
-
-
-def _import_records(snapshot: _Snapshot, entry: dict[str, Any]) -> Iterator[tuple[Record, int]]:
-    """Records of up to IMPORT_BATCH_DOCS documents of one table, with their document counts."""
-    table = entry["name"]
-    writes: list[Write] = []
-    size = 0
-    with snapshot.open(entry["file"]) as f:
-        for row in avro_reader(f):
-            doc = from_wire(orjson.loads(row["doc"]), f"{table}/{row['_id']}")
-            if doc.get("_id") != row["_id"] or doc.get("_creationTime") != row["_creationTime"]:
-                raise SnapshotError(f"{entry['file']}: document {row['_id']} disagrees with its _id/_creationTime")
-            raw = encode_doc(doc)
-            writes.append(Write(table, row["_id"], raw, None))
-            size += len(raw)
-            if len(writes) >= IMPORT_BATCH_DOCS or size >= IMPORT_BATCH_BYTES:
-                yield Record(writes=writes, function=IMPORT_FUNCTION, extra={"tape.import": table}), len(writes)
-                writes, size = [], 0
-    if writes:
-        yield Record(writes=writes, function=IMPORT_FUNCTION, extra={"tape.import": table}), len(writes)
-
-
-async def import_snapshot(src: str | os.PathLike[str], data_dir: str | os.PathLike[str],
-                          reporter: Any = None) -> ImportReport:
-    """Build the new data directory `data_dir` from the snapshot `src` (see the module docstring)."""
-    from log.file_log import FileLog
-    from ops.restore import Reporter
-    from projections.rebuild import rebuild
-    reporter = reporter or Reporter()
-    started = time.perf_counter()
-    dest = Path(data_dir).absolute()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise SnapshotError(f"{dest} exists and is not empty: import into a new data directory")
-    snapshot = _Snapshot(Path(src))
-    work = dest.parent / f".{dest.name}.importing-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    report = ImportReport(dest)
-    try:
-        log_ = FileLog(work / "log", read_only=False)
-        await log_.open()
-        try:
-            for entry in snapshot.manifest.get("tables", []):
-                task = reporter.task(f"import {entry['name']}", entry.get("documents"))
-                done = 0
-                pending: list[Record] = []
-                for record, n in _import_records(snapshot, entry):
-                    pending.append(record)
-                    done += n
-                    if len(pending) >= 16:
-                        await log_.append(pending)
-                        report.records += len(pending)
-                        pending = []
-                        task.update(done)
-                if pending:
-                    await log_.append(pending)
-                    report.records += len(pending)
-                task.update(done)
-                task.finish()
-                expected = entry.get("documents")
-                if expected is not None and expected != done:
-                    raise SnapshotError(f"{entry['file']}: found {done} documents, the manifest says {expected}")
-                report.tables[entry["name"]] = done
-            task = reporter.task("build projection", report.records)
-            projection = await rebuild(log_, work / "projection", snapshot.manifest.get("indexes") or {},
-                                       progress=lambda off, n: task.update(n))
-            task.finish()
-            projection.close()
-        finally:
-            await log_.close()
-        if dest.exists():
-            dest.rmdir()
-        os.rename(work, dest)
-        fsync_dir(dest.parent)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    finally:
-        snapshot.close()
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-# ----------------------------------------------------------------- CLI
+from history.errors import RestoreError, SnapshotError
+from history.points import format_ns
+from history.progress import Reporter
+from history.snapshot import ExportReport, ImportReport, export_snapshot, import_snapshot
+from log.errors import LogError
+from ops.errors import CliError
+from ops.restore_cmd import RichReporter
+from projections.errors import ProjectionError
 
 
 def register(subparsers: Any) -> None:
@@ -359,14 +66,8 @@ def register(subparsers: Any) -> None:
     q.set_defaults(func=cmd_import)
 
 
-def _run(coro: Any) -> Any:
-    from rich.console import Console
-
-    from log.errors import LogError
-    from ops.cli import CliError
-    from ops.restore import RestoreError
-    from ops.restore_cmd import RichReporter
-    from projections.errors import ProjectionError
+def _run(coro: Callable[[Reporter], Awaitable[Any]]) -> Any:
+    """Run `coro(reporter)` with rich progress bars on stderr; library errors become CliErrors."""
     reporter = RichReporter(Console(stderr=True, highlight=False))
     try:
         with reporter:
@@ -376,12 +77,11 @@ def _run(coro: Any) -> Any:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from rich.console import Console
+    """Run `tape export` (see the module docstring)."""
     report: ExportReport = _run(lambda r: export_snapshot(args.data, args.out, at=args.at,
                                                           include_system=args.include_system, codec=args.codec,
                                                           reporter=r))
     out = Console(highlight=False, soft_wrap=True)
-    from ops.restore import format_ns
     when = format_ns(report.ts) if report.ts else "the beginning"
     out.print(f"[bold green]Exported[/] {report.documents} document(s) in {len(report.tables)} table(s) "
               f"at offset {report.offset} ({when}) to {report.out} in {report.seconds:.2f}s (state: {report.base})")
@@ -390,7 +90,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> None:
-    from rich.console import Console
+    """Run `tape import` (see the module docstring)."""
     report: ImportReport = _run(lambda r: import_snapshot(args.snapshot, args.data, reporter=r))
     out = Console(highlight=False, soft_wrap=True)
     out.print(f"[bold green]Imported[/] {report.documents} document(s) in {len(report.tables)} table(s) into "
@@ -401,5 +101,4 @@ def cmd_import(args: argparse.Namespace) -> None:
     sys.stdout.flush()
 
 
-__all__ = ["DOC_SCHEMA", "ExportReport", "ImportReport", "SnapshotError", "export_snapshot", "import_snapshot",
-           "register"]
+__all__ = ["register"]

@@ -1,4 +1,4 @@
-"""`tape restore`: point-in-time restore of a deployment (see `ops.restore` for the semantics).
+"""`tape restore`: point-in-time restore of a deployment (see `history.restore` for the semantics).
 
     tape restore --from DATA_DIR --to TIME --data NEW_DIR     # a new data directory as of TIME
     tape restore --from kafka://host:9092/topic --to TIME --data NEW_DIR
@@ -16,13 +16,23 @@ import asyncio
 import sys
 from typing import Any
 
+import orjson
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.prompt import Confirm
 
-from ops.restore import DiscardPlan, Reporter, RestoreError, RestoreReport, Task, format_ns, parse_point
+from history.errors import RestoreError
+from history.points import format_ns, parse_point
+from history.progress import Reporter, Task
+from history.restore import DiscardPlan, RestoreReport, restore_in_place, restore_to_dir
+from log.errors import LogError
+from ops.errors import CliError
+from projections.errors import ProjectionError
 
 
 class RichTask(Task):
+    """One rich progress bar."""
+
     def __init__(self, progress: Progress, description: str, total: int | None) -> None:
         self._progress = progress
         self._id = progress.add_task(description, total=total)
@@ -45,9 +55,11 @@ class RichReporter(Reporter):
                                  MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=False)
 
     def task(self, description: str, total: int | None) -> Task:
+        """A new progress bar."""
         return RichTask(self.progress, description, total)
 
     def note(self, text: str) -> None:
+        """Print a line above the progress bars."""
         self.progress.console.print(text)
 
     def __enter__(self) -> "RichReporter":
@@ -101,8 +113,7 @@ def _summary(report: RestoreReport) -> list[str]:
 
 
 def cmd_restore(args: argparse.Namespace) -> None:
-    from ops.cli import CliError
-
+    """Run `tape restore` (see the module docstring)."""
     out = Console(highlight=False, soft_wrap=True)
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
@@ -123,23 +134,17 @@ def cmd_restore(args: argparse.Namespace) -> None:
                                "run in a terminal or pass --yes")
         reporter.progress.stop()
         try:
-            from rich.prompt import Confirm
             return Confirm.ask(f"Discard {plan.discarded} transaction(s)? They are saved to a file first",
                                console=err, default=False)
         finally:
             reporter.progress.start()
 
-    from log.errors import LogError
-    from projections.errors import ProjectionError
-
     reporter = RichReporter(err)
     try:
         with reporter:
             if args.in_place:
-                from ops.restore import restore_in_place
                 report = asyncio.run(restore_in_place(args.source, point, confirm, reporter))
             else:
-                from ops.restore import restore_to_dir
                 report = asyncio.run(restore_to_dir(args.source, point, args.data, reporter,
                                                     use_checkpoints=not args.no_checkpoints))
     except (RestoreError, LogError, ProjectionError, OSError) as exc:
@@ -148,7 +153,6 @@ def cmd_restore(args: argparse.Namespace) -> None:
         err.print("Aborted: nothing was changed.")
         return
     if args.json:
-        import orjson
         sys.stdout.write(orjson.dumps(report.as_json()).decode() + "\n")
         return
     for line in _summary(report):

@@ -13,14 +13,14 @@ a directory named by a plain number is always complete. RocksDB checkpoints
 hard-link the immutable SST files, so one costs a memtable flush plus a few
 small file copies, whatever the size of the projection.
 
-Consistency: the projection is applied on the event loop, so `checkpoint_node`
+Consistency: the projection is applied on the event loop, so `checkpoint_live`
 first flushes the memtable in a worker thread (the slow part, concurrent with
 the loop) and then takes the checkpoint synchronously on the loop, where no
 apply can interleave; the offset it is tagged with is the projection's applied
 offset at that instant (and the very same offset is stored inside the copy).
 
 Users: `tape serve --checkpoint-interval S` (`run_checkpointer`), point-in-time
-restore (`ops.restore`), and time travel (`gateway.time_travel`), which start
+restore (`history.restore`), and time travel (`gateway.time_travel`), which start
 from the nearest checkpoint at or before the wanted offset and replay the log
 from there. A checkpoint is only valid for the log it was taken from: the
 recorded `ts` must equal the ts of the log record at `offset` (see `verify`);
@@ -39,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from .store import Projection
 
 log = logging.getLogger("tape.checkpoints")
 
@@ -185,7 +187,7 @@ def _write_json(path: Path, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
-def take_checkpoint(projection: Any, data_dir: str | os.PathLike[str], keep: int | None = None,
+def take_checkpoint(projection: Projection, data_dir: str | os.PathLike[str], keep: int | None = None,
                     *, force: bool = False) -> CheckpointInfo | None:
     """Checkpoint `projection` into DATA_DIR/checkpoints/<applied offset>/ (synchronously).
 
@@ -268,43 +270,46 @@ def clean_partial(data_dir: str | os.PathLike[str]) -> None:
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
-async def checkpoint_node(node: Any, *, force: bool = False) -> CheckpointInfo | None:
-    """Take a checkpoint of a running node's projection without stopping it.
+async def checkpoint_live(projection: Projection, data_dir: str | os.PathLike[str], keep: int | None = None,
+                          *, force: bool = False) -> CheckpointInfo | None:
+    """Take a checkpoint of a projection that is being applied to on this event loop, without stopping it.
 
     The memtable is flushed first in a worker thread (RocksDB flushes are
     thread-safe; applies may continue meanwhile), then the checkpoint itself —
     a flush of whatever was applied since plus hard links — is taken on the
     event loop, so it is exactly the state after the applied offset it is
-    tagged with. The time the loop was blocked is logged and stored.
+    tagged with. The time the loop was blocked is logged and stored. Returns
+    None when nothing new was applied since the newest checkpoint (unless
+    `force`); with `keep`, only the newest `keep` checkpoints are kept.
     """
-    projection = node.runtime.projection if node.runtime is not None else node.projection
-    latest = list_checkpoints(node.config.data_dir)
+    latest = list_checkpoints(data_dir)
     if not force and latest and latest[-1].offset == projection.applied_offset:
         return None
     if projection.applied_offset < 0:
         return None
     await asyncio.to_thread(projection.flush)
-    info = take_checkpoint(projection, node.config.data_dir, node.config.checkpoint_keep, force=force)
+    info = take_checkpoint(projection, data_dir, keep, force=force)
     if info is not None:
         log.info("checkpoint at offset %d (%d documents), event loop blocked %.1f ms",
                  info.offset, info.documents, info.blocked_ms)
     return info
 
 
-async def run_checkpointer(node: Any) -> None:
-    """Background task: checkpoint the node's projection every `config.checkpoint_interval` seconds.
+async def run_checkpointer(projection: Projection, data_dir: str | os.PathLike[str], interval: float,
+                           keep: int) -> None:
+    """Background task: `checkpoint_live` the projection every `interval` seconds (0 or less: off).
 
-    Keeps the newest `config.checkpoint_keep`. Failures are logged and retried
-    at the next interval; cancel the task to stop it.
+    Keeps the newest `keep`. Failures are logged and retried at the next
+    interval; cancel the task to stop it.
     """
-    interval = float(node.config.checkpoint_interval)
+    interval = float(interval)
     if interval <= 0:
         return
-    await asyncio.to_thread(clean_partial, node.config.data_dir)
+    await asyncio.to_thread(clean_partial, data_dir)
     while True:
         await asyncio.sleep(interval)
         try:
-            await checkpoint_node(node)
+            await checkpoint_live(projection, data_dir, keep)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -313,7 +318,7 @@ async def run_checkpointer(node: Any) -> None:
 
 __all__ = [
     "CheckpointInfo",
-    "checkpoint_node",
+    "checkpoint_live",
     "checkpoints_dir",
     "clean_partial",
     "copy_projection",

@@ -40,6 +40,11 @@ __all__ = [
     "encode_tuple",
     "encode_string_key",
     "encode_float_key",
+    "encode_id_key",
+    "FLOAT_KEY",
+    "ID_KEY_FORMAT",
+    "KEY_ENCODERS",
+    "STRING_KEYS",
     "prefix_successor",
     "decode_value_key",
     "decode_tuple",
@@ -99,6 +104,12 @@ _ALL = (1 << 64) - 1
 _K_NAN = _P_FLOAT + b"\xff" * 8  # above +inf (0xfff0... after the flip)
 
 _pack_d = struct.Struct(">d").pack
+
+FLOAT_KEY = struct.Struct(">Bd")
+"""The layout of a float key: its tag, then 8 bytes. For ``v > 0.0``,
+``FLOAT_KEY.pack(T_FLOAT, -v)`` is `encode_float_key(v)`: a positive float's
+key is its IEEE bits with the sign bit set, which are the bits of ``-v``."""
+_pack_pos_float = FLOAT_KEY.pack
 _unpack_Q = struct.Struct(">Q").unpack
 _pack_BQ = struct.Struct(">BQ").pack
 
@@ -112,6 +123,8 @@ def _enc_int(v: int) -> bytes:
 
 
 def _enc_float(v: float) -> bytes:
+    if v > 0.0:  # the usual case (every _creationTime): only the sign bit flips (see `FLOAT_KEY`)
+        return _pack_pos_float(T_FLOAT, -v)
     if v != v:
         return _K_NAN
     (u,) = _unpack_Q(_pack_d(v))
@@ -151,7 +164,7 @@ def _enc_dict(v: dict) -> bytes:
     return b"".join(parts)
 
 
-_ENCODERS: dict[type, Any] = {
+KEY_ENCODERS: dict[type, Any] = {
     str: _enc_str,
     float: _enc_float,
     int: _enc_int,
@@ -165,12 +178,16 @@ _ENCODERS: dict[type, Any] = {
     dict: _enc_dict,
     _Undefined: _enc_undefined,
 }
+"""The encoder of each Python type a Convex value (or `UNDEFINED`) can have.
+
+``KEY_ENCODERS[type(v)](v)`` is `encode_value_key(v)` for a value known to be
+a Convex value, without the call and the error translation (hot paths)."""
 
 
 def encode_value_key(v: Any) -> bytes:
     """The order-preserving, prefix-free key encoding of one Convex value."""
     try:
-        return _ENCODERS[type(v)](v)
+        return KEY_ENCODERS[type(v)](v)
     except KeyError:
         raise TypeError(f"{type(v).__name__} is not a Convex value") from None
     except (OverflowError, struct.error):
@@ -182,23 +199,32 @@ encode_string_key = _enc_str
 
 
 class StringKeyCache(dict):  # type: ignore[type-arg]
-    """A cache of `encode_string_key` (indexed fields often take few distinct values)."""
+    """A cache of `encode_string_key` (indexed fields often take few distinct values).
+
+    It holds at most `STRING_KEYS_MAX` entries: a miss beyond that empties it first.
+    """
 
     def __missing__(self, value: str) -> bytes:
+        if len(self) >= STRING_KEYS_MAX:
+            self.clear()
         key = self[value] = encode_string_key(value)
         return key
 
 
-STRING_KEYS = StringKeyCache()
-"""The shared cache the projection's write paths use; they clear it beyond `STRING_KEYS_MAX` entries."""
 STRING_KEYS_MAX = 1 << 14
-ID_KEY_FORMAT = _P_STRING + b"%b" + _STR_END
-"""``ID_KEY_FORMAT % idb`` is `encode_string_key` of an id given as UTF-8 bytes that hold no NUL."""
-FLOAT_POS_HEAD = [bytes((T_FLOAT, b | 0x80)) for b in range(128)]
-"""``FLOAT_POS_HEAD[b]``: the tag and first byte of `encode_float_key(x)` for x > 0 whose big-endian bits start with b."""
+STRING_KEYS = StringKeyCache()
+"""``STRING_KEYS[s]`` is `encode_string_key(s)`, cached (shared by the projection's key derivation)."""
 
 encode_float_key = _enc_float
 """Fast path of `encode_value_key` for a value known to be a `float`."""
+
+ID_KEY_FORMAT = _P_STRING + b"%b" + _STR_END
+"""``ID_KEY_FORMAT % idb`` is `encode_id_key(idb)` for bytes `idb` that hold no NUL (which needs escaping)."""
+
+
+def encode_id_key(idb: bytes) -> bytes:
+    """`encode_string_key` of a string given as its UTF-8 bytes (a document id, as the log carries it)."""
+    return ID_KEY_FORMAT % idb if 0 not in idb else _P_STRING + idb.replace(_NUL, _NUL_ESC) + _STR_END
 
 
 def encode_tuple(values: Iterable[Any]) -> bytes:

@@ -3,7 +3,8 @@
 The projection is a pure function of the commit log: `apply` folds records into
 it in offset order, and the offset/ts of the last applied record are stored in
 the *same* WriteBatch as the record's effects, so the directory always holds a
-state "after record N" for some N. See `projections.layout` for the key layout.
+state "after record N" for some N. See `projections.layout` for the key layout;
+every index key is derived by `projections.index_catalog`.
 
 Durability: writes skip the RocksDB WAL. The projection can be rebuilt from the
 log, and without a WAL a crash loses only the memtable: RocksDB flushes one
@@ -23,7 +24,6 @@ insert the read that would learn its document is new.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 from collections import deque
@@ -34,37 +34,16 @@ from typing import Any, Iterable, Iterator, Mapping
 import orjson
 from rocksdict import BlockBasedOptions, Checkpoint, Options, ReadOptions, Rdict, WriteBatch, WriteOptions
 
-from values import decode_doc, table_of
 from log.codec import FlatWrite
 from log.record import Record
 
 from .errors import ProjectionError, ProjectionFormatError
-from .index_catalog import Catalog, TableIndexes, normalize_catalog
-from .index_catalog import tail as _tail
-from .prepare import PreparedWrite, WritePreparer, doc_keys, id_key
-from .keys import FLOAT_POS_HEAD as _FLOAT_POS
-from .keys import ID_KEY_FORMAT as _ID_KEY
-from .keys import STRING_KEYS as _STRING_KEYS
-from .keys import STRING_KEYS_MAX as _STRING_KEYS_MAX
-from .keys import (
-    _ENCODERS,
-    _pack_d,
-    UNDEFINED,
-    _NUL,
-    _NUL_ESC,
-    _P_STRING,
-    _STR_END,
-    encode_float_key,
-    encode_string_key,
-    encode_value_key,
-    prefix_successor,
-)
+from .index_catalog import Catalog, TableIndexes, by_id_key, decode_stored, doc_key_from_id, normalize_catalog
+from .keys import encode_value_key, prefix_successor
 from .layout import (
-    BY_ID,
     DOC,
     DOC_RANGE,
     FORMAT_VERSION,
-    META,
     META_APPLIED_OFFSET,
     META_APPLIED_TS,
     META_CATALOG,
@@ -210,23 +189,6 @@ class Projection:
             writes = [w for w in writes if w[0] > base]
         self._apply_flat(writes, last_offset, last_ts)
 
-    def write_preparer(self) -> WritePreparer:
-        """A `WritePreparer` for this projection's index catalog (see `apply_prepared`)."""
-        return WritePreparer(self._catalog, self.path)
-
-    def apply_prepared(self, writes: list[PreparedWrite], last_offset: int, last_ts: int) -> None:
-        """`apply_writes` for writes a `write_preparer()` has already computed the index keys of.
-
-        The same catalog must be in place: `set_indexes` in between makes the keys stale.
-        """
-        base = self._applied_offset
-        if last_offset <= base:
-            return
-        if writes and writes[0][0] <= base:
-            writes = [w for w in writes if w[0] > base]
-        batch, counts = self._build_prepared(writes, last_offset, last_ts)
-        self._commit(batch, counts, last_offset, last_ts)
-
     def _flatten(self, records: Iterable[Record]) -> tuple[list[FlatWrite], int, int]:
         """The writes of the records after `applied_offset`, flattened, with the last new offset and ts."""
         last_off = self._applied_offset
@@ -268,27 +230,23 @@ class Projection:
     def _build(self, writes: list[FlatWrite], last_off: int, last_ts: int) -> tuple[WriteBatch, dict[str, int]]:
         """The WriteBatch applying `writes` and moving the applied offset/ts on, with the new counts.
 
-        Operations are collected per key space (documents, each index), then
-        added in key order: RocksDB inserts sorted keys into its memtable
+        A write's old index keys come from its `prev` (or, without one, from
+        the batch or the stored document); its keys come from the table's
+        `TableIndexes`, and only those that change are written. Operations
+        are collected per key space (documents, each table's index entries),
+        then added in key order: RocksDB inserts sorted keys into its memtable
         several times faster than scattered ones.
         """
-        db = self._db_open()
-        db_get = db.get
-        encoders = _ENCODERS  # decoded documents hold only Convex types, all of which have an encoder
-        loads = _json_loads
+        db_get = self._db_open().get
         tables = self._tables
         absent = _ABSENT
+        decode = decode_stored
         docs: dict[bytes, bytes | None] = {}  # doc key -> new document (None: deleted)
         docs_get = docs.get
         per_table: dict[str, _TableOps] = {}
         doc_dels = False  # whether `docs` holds a delete
-        pack_d = _pack_d
-        float_pos = _FLOAT_POS
         seen = self._seen
         seen_mask = _SEEN_MASK
-        str_keys = _STRING_KEYS
-        if len(str_keys) > _STRING_KEYS_MAX:
-            str_keys.clear()
         off = table = idb = last_table = None
         try:
             for off, table, idb, new_raw, old_raw in writes:
@@ -299,89 +257,34 @@ class Projection:
                     t = per_table.get(table)
                     if t is None:
                         t = per_table[table] = _TableOps(tables.get(table) or self._table(table))
-                    ids, by_id, cts, by_ct, simple = t.ids, t.by_id, t.cts, t.by_ct, t.simple
+                    ops, gone, doc_keys, key_changes = t.ops, t.gone, t.doc_keys, t.key_changes
                     last_table = table
                 dkey = DOC + idb
-                if old_raw is None:
+                if old_raw is None:  # no prev: the document is new, unless the batch or the store holds it
                     old_raw = docs_get(dkey, absent)
                     if old_raw is absent:
                         old_raw = db_get(dkey) if seen is None or seen[hash(dkey) & seen_mask] else None
                 docs[dkey] = new_raw
-                idk = _ID_KEY % idb if 0 not in idb else _P_STRING + idb.replace(_NUL, _NUL_ESC) + _STR_END
                 if new_raw is not None:
-                    new_doc = decode_doc(new_raw) if 36 in new_raw else loads(new_raw)
-                    ct = new_doc.get("_creationTime", UNDEFINED)
-                    if type(ct) is float and ct > 0.0:  # encode_float_key, inlined for the usual case
-                        raw = pack_d(ct)
-                        new_tail = float_pos[raw[0]] + raw[1:] + idk
-                    else:
-                        new_tail = encode_value_key(ct) + idk
-                    if old_raw is None:
-                        ids[by_id + idk] = idb
-                        cts[by_ct + new_tail] = idb
-                        if simple is not None:
-                            get = new_doc.get
-                            for prefix, field, ops in simple:
-                                v = get(field, UNDEFINED)
-                                if type(v) is str:
-                                    ops[prefix + str_keys[v] + new_tail] = idb
-                                else:
-                                    ops[prefix + encoders[type(v)](v) + new_tail] = idb
-                        elif t.user:
-                            for key, ops in zip(t.ti.user_keys(new_doc, new_tail), t.user):
-                                ops[key] = idb
+                    if old_raw is None:  # a new document
+                        for key in doc_keys(decode(new_raw), idb):
+                            ops[key] = idb
                         t.delta += 1
                         if seen is not None:
                             seen[hash(dkey) & seen_mask] = 1
                         continue
-                    old_doc = decode_doc(old_raw) if 36 in old_raw else loads(old_raw)
-                    old_ct = old_doc.get("_creationTime", UNDEFINED)
-                    if old_ct == ct and type(old_ct) is float and type(ct) is float and ct != 0.0:
-                        old_tail = new_tail  # the usual case: _creationTime never changes
-                    else:
-                        if type(old_ct) is float:
-                            old_tail = encode_float_key(old_ct) + idk
-                        else:
-                            old_tail = encode_value_key(old_ct) + idk
-                        if old_tail != new_tail:
-                            cts[by_ct + old_tail] = None
-                            cts[by_ct + new_tail] = idb
-                            t.ct_dels = True
-                    if simple is not None:
-                        get = new_doc.get
-                        old_get = old_doc.get
-                        for prefix, field, ops in simple:
-                            v = get(field, UNDEFINED)
-                            old_v = old_get(field, UNDEFINED)
-                            if old_tail is new_tail and (
-                                v is old_v or (type(v) is type(old_v) and type(v) in _EXACT_EQ and v == old_v)
-                            ):
-                                continue  # same field value (hence same key)
-                            new_key = prefix + (str_keys[v] if type(v) is str else encoders[type(v)](v)) + new_tail
-                            old_key = prefix + (
-                                str_keys[old_v] if type(old_v) is str else encoders[type(old_v)](old_v)) + old_tail
-                            if old_key != new_key:
-                                ops[old_key] = None
-                                ops[new_key] = idb
-                                t.user_dels = True
-                    elif t.user:
-                        pairs = zip(t.ti.user_keys(old_doc, old_tail), t.ti.user_keys(new_doc, new_tail), t.user)
-                        for old_key, new_key, ops in pairs:
-                            if old_key != new_key:
-                                ops[old_key] = None
-                                ops[new_key] = idb
-                                t.user_dels = True
+                    changes = key_changes(decode(old_raw), decode(new_raw), idb)
+                    for old_key, new_key in changes:
+                        ops.pop(old_key, None)
+                        gone.add(old_key)
+                        ops[new_key] = idb
                 else:
                     doc_dels = True
                     if old_raw is not None:
-                        old_doc = decode_doc(old_raw) if 36 in old_raw else loads(old_raw)
-                        old_tail = _tail(old_doc, idk)
-                        ids[by_id + idk] = None
-                        cts[by_ct + old_tail] = None
-                        for key, ops in zip(t.ti.user_keys(old_doc, old_tail), t.user):
-                            ops[key] = None
+                        for key in doc_keys(decode(old_raw), idb):
+                            ops.pop(key, None)
+                            gone.add(key)
                         t.delta -= 1
-                        t.id_dels = t.ct_dels = t.user_dels = True
         except Exception as exc:
             if idb is None:
                 where = ""
@@ -412,20 +315,11 @@ class Projection:
                 else:
                     counts.pop(table, None)
                     meta[count_key(table)] = None
-        # (prefix, operations, whether any is a delete), in key order
-        spaces = [(META, meta, True), (DOC, docs, doc_dels)]
-        for t in per_table.values():
-            prefixes = t.ti.prefixes
-            spaces.append((prefixes[0], t.ids, t.id_dels))
-            spaces.append((prefixes[1], t.cts, t.ct_dels))
-            spaces.extend([(prefix, ops, t.user_dels) for prefix, ops in zip(prefixes[2:], t.user)])
-        spaces.sort(key=_first)
+        # In key order: the meta keys, the documents, then each table's index entries.
         wb = WriteBatch(raw_mode=True)
         put = wb.put
         delete = wb.delete
-        for _prefix, ops, dels in spaces:
-            if not ops:
-                continue
+        for ops, dels in ((meta, True), (docs, doc_dels)):  # key -> value (None: delete)
             keys = sorted(ops)
             if not dels:
                 _consume(map(put, keys, map(ops.__getitem__, keys)))
@@ -434,73 +328,12 @@ class Projection:
             live = list(map(is_not, values, repeat(None)))
             _consume(map(put, compress(keys, live), compress(values, live)))
             _consume(map(delete, compress(keys, map(not_, live))))
+        for t in sorted(per_table.values(), key=_index_order):
+            if t.gone:  # deleted before the puts: a key deleted and then written again ends written
+                _consume(map(delete, sorted(t.gone)))
+            keys = sorted(t.ops)
+            _consume(map(put, keys, map(t.ops.__getitem__, keys)))
         return wb, counts
-
-    def _build_prepared(
-        self, writes: list[PreparedWrite], last_off: int, last_ts: int
-    ) -> tuple[WriteBatch, dict[str, int]]:
-        """`_build` for prepared writes: only what depends on the projection's state is left to do."""
-        db_get = self._db_open().get
-        tables = self._tables
-        absent = _ABSENT
-        docs: dict[bytes, bytes | None] = {}  # doc key -> new document (None: deleted)
-        docs_get = docs.get
-        per_table: dict[str, _TableOps] = {}
-        doc_dels = False  # whether `docs` holds a delete
-        seen = self._seen
-        seen_mask = _SEEN_MASK
-        off = table = idb = last_table = None
-        try:
-            for off, table, idb, new_raw, new_keys, old_raw in writes:
-                if table is not last_table:
-                    t = per_table.get(table)
-                    if t is None:
-                        t = per_table[table] = _TableOps(tables.get(table) or self._table(table))
-                    ids, by_id, cts, user_ix = t.ids, t.by_id, t.cts, t.user_ix
-                    last_table = table
-                dkey = DOC + idb
-                if old_raw is None:  # no prev: the document is new, unless the batch or the store holds it
-                    old_raw = docs_get(dkey, absent)
-                    if old_raw is absent:
-                        old_raw = db_get(dkey) if seen is None or seen[hash(dkey) & seen_mask] else None
-                old_keys = None if old_raw is None else doc_keys(t.ti, old_raw, idb, id_key(idb))
-                docs[dkey] = new_raw
-                if new_raw is not None:
-                    if old_keys is None:  # a new document
-                        ids[by_id + (_ID_KEY % idb if 0 not in idb else id_key(idb))] = idb
-                        cts[new_keys[0]] = idb
-                        for i, ops in user_ix:
-                            ops[new_keys[i]] = idb
-                        t.delta += 1
-                        if seen is not None:
-                            seen[hash(dkey) & seen_mask] = 1
-                        continue
-                    old_key = old_keys[0]
-                    new_key = new_keys[0]
-                    if old_key != new_key:
-                        cts[old_key] = None
-                        cts[new_key] = idb
-                        t.ct_dels = True
-                    for i, ops in user_ix:
-                        old_key = old_keys[i]
-                        new_key = new_keys[i]
-                        if old_key != new_key:
-                            ops[old_key] = None
-                            ops[new_key] = idb
-                            t.user_dels = True
-                else:
-                    doc_dels = True
-                    if old_keys is not None:
-                        ids[by_id + id_key(idb)] = None
-                        cts[old_keys[0]] = None
-                        for i, ops in user_ix:
-                            ops[old_keys[i]] = None
-                        t.delta -= 1
-                        t.id_dels = t.ct_dels = t.user_dels = True
-        except Exception as exc:
-            where = "" if idb is None else f" ({table} {idb.decode(errors='replace')})"
-            raise ProjectionError(f"{self.path}: cannot apply record {off}{where}: {exc}") from exc
-        return self._finish(per_table, docs, doc_dels, last_off, last_ts)
 
     def track_new_documents(self, on: bool = True) -> bool:
         """Start (or stop) remembering, in a 16 MiB filter, the documents this projection adds.
@@ -543,9 +376,8 @@ class Projection:
                 continue
             ti = TableIndexes(table, added)
             for doc_id, raw in self._doc_items(table):
-                doc = decode_doc(raw)
                 idb = doc_id.encode()
-                for key in ti.user_keys(doc, _tail(doc, encode_string_key(doc_id))):
+                for key in ti.doc_keys(decode_stored(raw), idb)[2:]:
                     wb.put(key, idb)
         wb.put(META_CATALOG, orjson.dumps(new, option=orjson.OPT_SORT_KEYS))
         db.write(wb, self._wo)
@@ -577,8 +409,8 @@ class Projection:
     def doc_key(self, doc_id: str, table: str | None = None) -> bytes:
         """The by_id index key of `doc_id` (its table taken from the id unless given)."""
         if table is not None:
-            return index_prefix(table, BY_ID) + encode_string_key(doc_id)
-        key = _doc_key_from_id(doc_id)
+            return by_id_key(table, doc_id)
+        key = doc_key_from_id(doc_id)
         if key is None:
             raise ValueError(f"{doc_id!r} is not a document id; pass its table explicitly")
         return key
@@ -746,50 +578,34 @@ class Projection:
         return f"Projection({self.path!r}, applied_offset={self._applied_offset})"
 
 
-_json_loads = orjson.loads
 _consume = deque(maxlen=0).extend  # run an iterator to its end (at C speed)
 _ABSENT = object()
 _SAME_KEYS: Any = object()  # `_flatten` → `_build`: `Write.same_index_keys` (the document's new state is all that changes)
-
-
 _SEEN_MASK = (1 << 24) - 1  # `Projection._seen`: one byte per slot of hash(doc key) & mask
 _SEEN_MAX = 1 << 22  # documents in the projection beyond which the filter says "maybe" too often
 
-# Types whose == implies identical key encodings (unlike float: -0.0 == 0.0, or list: [1] == [1.0]).
-_EXACT_EQ = frozenset({str, int, bool, type(None)})
 
-
-@functools.lru_cache(maxsize=1 << 16)
-def _doc_key_from_id(doc_id: str) -> bytes | None:
-    """`Projection.doc_key` for a Tape id (decoding the table out of an id is slow-ish: cached)."""
-    table = table_of(doc_id)
-    return None if table is None else index_prefix(table, BY_ID) + encode_string_key(doc_id)
-
-
-def _first(pair: tuple[bytes, Any]) -> bytes:
-    return pair[0]
+def _index_order(t: "_TableOps") -> bytes:
+    """Sorts tables as their index entries do (a table's entries all start with the same table prefix)."""
+    return t.ti.by_id
 
 
 class _TableOps:
-    """One table's pending index operations in a batch: key -> id bytes (None: delete), per index."""
+    """One table's pending index operations in a batch, over all its indexes (whose keys share a prefix).
 
-    __slots__ = ("ti", "by_id", "by_ct", "ids", "cts", "user", "user_ix", "simple", "delta",
-                 "id_dels", "ct_dels", "user_dels")
+    `_finish` writes the deletes first, then the puts: the last operation on a
+    key wins, as a delete takes its key out of `ops` and a put leaves `gone` as it is.
+    """
+
+    __slots__ = ("ti", "doc_keys", "key_changes", "ops", "gone", "delta")
 
     def __init__(self, ti: TableIndexes) -> None:
         self.ti = ti
-        self.by_id = ti.by_id
-        self.by_ct = ti.by_ct
-        self.ids: dict[bytes, bytes | None] = {}
-        self.cts: dict[bytes, bytes | None] = {}
-        self.user: list[dict[bytes, bytes | None]] = [{} for _ in ti.user]
-        self.user_ix = tuple(enumerate(self.user, 1))  # (position in a `DocKeys`, operations) per user index
-        self.simple = None if ti.simple is None else tuple(
-            (prefix, field, ops) for (prefix, field), ops in zip(ti.simple, self.user)
-        )
+        self.doc_keys = ti.doc_keys
+        self.key_changes = ti.key_changes
+        self.ops: dict[bytes, bytes] = {}  # index key -> document id, to write
+        self.gone: set[bytes] = set()  # index keys to delete (unless also in `ops`)
         self.delta = 0  # documents added minus documents removed
-        # whether any operation on by_id, by_creation_time, the user indexes is a delete
-        self.id_dels = self.ct_dels = self.user_dels = False
 
 
 def _walk(it: Any, ro: ReadOptions) -> Iterator[tuple[bytes, str]]:

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
 from engine.app import App
 from engine.runtime import Runtime
+from log import codec
 
 APPS = Path(__file__).parent / "apps"
 ROOT = Path(__file__).parent.parent
@@ -15,6 +16,25 @@ ROOT = Path(__file__).parent.parent
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true", help="run the long soak tests too")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "codec_fallback: the test feeds the log codec records its fast encoder declines on purpose")
+
+
+@pytest.fixture(autouse=True)
+def _no_codec_fallback(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test in which the log codec's fast encoder declined a record the generic one then encoded.
+
+    Every record Tape builds is of the plain types the fast path handles; a
+    test that feeds odd ones on purpose is marked ``codec_fallback``.
+    """
+    before = codec.fallback_count()
+    yield
+    if request.node.get_closest_marker("codec_fallback") is None:
+        fell_back = codec.fallback_count() - before
+        assert not fell_back, f"the log codec's fast encoder fell back to fastavro for {fell_back} valid record(s)"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

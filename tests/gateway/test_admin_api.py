@@ -19,8 +19,8 @@ from gateway.config import ServerConfig
 from gateway.node import Node
 from gateway.server import build_app
 from gateway.time_travel import get_time_travel, query_at
+from history.points import format_ns
 from log.changes import iter_changes
-from ops.restore import format_ns
 from projections.checkpoints import list_checkpoints
 
 APPS = Path(__file__).resolve().parents[1] / "apps"

@@ -317,24 +317,23 @@ async def test_broker_down_fails_appends_within_the_bound_then_resumes(
     async with KafkaLog(broker.url(kafka_topic), append_timeout=1.5) as log:
         await log.append([rec(0), rec(1)])
         proxy.down()
-        t0 = time.monotonic()
-        with pytest.raises(LogWriteError, match="failed"):
-            await log.append([rec(2)])
-        assert time.monotonic() - t0 < 3.0
-        t0 = time.monotonic()
-        with pytest.raises(LogWriteError):
-            await log.append([rec(3)])
-        assert time.monotonic() - t0 < 3.0
+        for i in (2, 3):  # each append during the outage fails on its own (no hang, no stuck lock)
+            lost = [rec(i)]
+            with pytest.raises(LogWriteError, match="failed .* the broker may be down .* not acknowledged"):
+                await log.append(lost)
+            assert lost[0].offset == -1  # nothing was assigned: the caller knows the write did not happen
+            assert log.next_offset() == 2
         assert log.fenced is None
         proxy.up()
-        deadline = time.monotonic() + 20
+        attempts = 0
         while True:  # the node resumes without a restart once the broker is back
+            attempts += 1
             try:
                 again = [rec(4)]
                 await log.append(again)
                 break
             except LogWriteError:
-                assert time.monotonic() < deadline, "appends did not resume"
+                assert attempts < 100, "appends did not resume"
                 await asyncio.sleep(0.2)
         assert again[0].offset == 2
         assert [r.request_id for r in await read_all(log)] == [0, 1, 4]
@@ -346,10 +345,10 @@ async def test_stalled_broker_times_out_and_a_late_landing_fences(
     async with KafkaLog(broker.url(kafka_topic), append_timeout=1.0) as log:
         await log.append([rec(0)])
         proxy.stall()
-        t0 = time.monotonic()
-        with pytest.raises(LogWriteError, match="no acknowledgement within 1s"):
-            await log.append([rec(1)])
-        assert time.monotonic() - t0 < 2.5
+        stalled = [rec(1)]
+        with pytest.raises(LogWriteError, match="no acknowledgement within 1s"):  # the bound fired, not a hang
+            await log.append(stalled)
+        assert stalled[0].offset == -1 and log.next_offset() == 1
         proxy.up()  # the held produce request now reaches the broker: it committed after all
         await asyncio.sleep(0.5)
         outcome: str

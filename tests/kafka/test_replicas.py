@@ -9,7 +9,7 @@ from typing import Any, Awaitable, Callable, Iterator
 import aiohttp
 import pytest
 
-from gateway.client import Client, FunctionError
+from client import Client, FunctionError
 from tests.kafka_broker import TansuBroker, TcpProxy
 from tests.server_process import ServerProcess
 

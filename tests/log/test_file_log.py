@@ -582,22 +582,8 @@ def test_property_reads_match_appends(
         asyncio.run(scenario(d))
 
 
-@pytest.mark.parametrize("forked", [False, True])
-async def test_read_writes_prepared_in_process_or_in_a_child(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: bool
-) -> None:
-    """`prepare` maps each batch where it is decoded; large reads decode in a child process."""
-    from log import file_log
-    monkeypatch.setattr(file_log, "_FORKED_READ_RECORDS", 1 if forked else 1 << 40)
-    monkeypatch.setenv("TAPE_FORKED_READS", "1")
-    spawned: list[int] = []
-    real = file_log.log_forked.forked_items
-
-    def counting(produce):  # type: ignore[no-untyped-def]
-        spawned.append(1)
-        return real(produce)
-
-    monkeypatch.setattr(file_log.log_forked, "forked_items", counting)
+async def test_read_changes_encoded_where_decoded(tmp_path: Path) -> None:
+    """`encode` maps each batch of changes where it is decoded."""
     log = FileLog(tmp_path, segment_bytes=2_000, index_bytes=512)
     await log.open()
     recs = [Record([Write("t", f"d{i}", b"x" * (i % 90), b"p" if i % 3 else None)] * (i % 3), session_id="s")
@@ -606,23 +592,17 @@ async def test_read_writes_prepared_in_process_or_in_a_child(
         await log.append(recs[i:i + 7])
     for start, end, batch in [(0, None, 4096), (0, None, 1), (5, 6, 3), (13, 200, 9), (299, None, 2)]:
         assert await read_writes_all(log, start, end, batch) == flat(recs[start:end if end is not None else 300])
-        got = [item async for item in log.read_writes(start, end, batch, prepare=lambda ws: [w[2] for w in ws])]
-        assert [i for writes, *_ in got for i in writes] == [w[2] for w in flat(recs[start:end])]
-        assert [(n, last_off, last_ts) for _, n, last_off, last_ts in got] == [
-            (n, last_off, last_ts) async for _, n, last_off, last_ts in log.read_writes(start, end, batch)]
-    assert bool(spawned) == forked
+        writes = [(n, last_off) async for _, n, last_off, _ts in log.read_writes(start, end, batch)]
+        got = [item async for item in log.read_changes(start, end, batch, encode=lambda ws, rs: [w[2] for w in ws])]
+        assert [i for ids, *_ in got for i in ids] == [w[2] for w in flat(recs[start:end])]
+        assert [(n, last_off) for _, n, last_off in got] == writes
     await log.close()
 
 
-@pytest.mark.parametrize("forked", [False, True])
-async def test_damage_found_by_read_writes_names_the_segment_and_byte(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forked: bool
-) -> None:
-    from log import file_log
+async def test_damage_found_by_read_writes_names_the_segment_and_byte(tmp_path: Path) -> None:
+    """… and by `read_changes`."""
     from log.codec import HEADER_SIZE
     from log.errors import LogCorruptError
-    monkeypatch.setattr(file_log, "_FORKED_READ_RECORDS", 1 if forked else 1 << 40)
-    monkeypatch.setenv("TAPE_FORKED_READS", "1")
     log = FileLog(tmp_path)
     await log.open()
     recs = [rec(i) for i in range(10)]
@@ -636,5 +616,7 @@ async def test_damage_found_by_read_writes_names_the_segment_and_byte(
     seg.write_bytes(bytes(data))
     with pytest.raises(LogCorruptError, match=rf"{seg.name}: damaged frame at byte {pos}: frame CRC mismatch"):
         await read_writes_all(log)
+    with pytest.raises(LogCorruptError, match=rf"{seg.name}: damaged frame at byte {pos}: frame CRC mismatch"):
+        [item async for item in log.read_changes(0, None)]
     assert await read_writes_all(log, 0, 7) == flat(recs[:7])
     await log.close()

@@ -4,12 +4,11 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from log.file_log import FileLog
 from projections.checkpoints import (
-    checkpoint_node,
+    checkpoint_live,
     checkpoints_dir,
     clean_partial,
     copy_projection,
@@ -119,12 +118,10 @@ async def test_retention_and_drop_after(make_runtime: Any, tmp_path: Path) -> No
     assert [c.offset for c in list_checkpoints(data)] == [11]
 
 
-async def test_checkpoint_node_while_applying(make_runtime: Any, tmp_path: Path) -> None:
+async def test_checkpoint_live_while_applying(make_runtime: Any, tmp_path: Path) -> None:
     """Checkpoints taken while mutations stream in each hold exactly the state at their tagged offset."""
     data = tmp_path / "node"
     rt = await make_runtime("kitchen", data)
-    node = SimpleNamespace(runtime=rt, projection=rt.projection,
-                           config=SimpleNamespace(data_dir=data, checkpoint_keep=100, checkpoint_interval=0.0))
     lid = await mutate(rt, 1)
     stop = asyncio.Event()
 
@@ -139,7 +136,7 @@ async def test_checkpoint_node_while_applying(make_runtime: Any, tmp_path: Path)
     taken = []
     for _ in range(6):
         await asyncio.sleep(0.02)
-        info = await checkpoint_node(node)
+        info = await checkpoint_live(rt.projection, data, keep=100)
         if info is not None:
             taken.append(info)
     stop.set()
@@ -156,10 +153,8 @@ async def test_checkpoint_node_while_applying(make_runtime: Any, tmp_path: Path)
 async def test_run_checkpointer(make_runtime: Any, tmp_path: Path) -> None:
     data = tmp_path / "node"
     rt = await make_runtime("kitchen", data)
-    node = SimpleNamespace(runtime=rt, projection=rt.projection,
-                           config=SimpleNamespace(data_dir=data, checkpoint_keep=2, checkpoint_interval=0.03))
     (checkpoints_dir(data) / ".tmp-1-2-3").mkdir(parents=True)
-    task = asyncio.create_task(run_checkpointer(node))
+    task = asyncio.create_task(run_checkpointer(rt.projection, data, interval=0.03, keep=2))
     lid = await mutate(rt, 1)
     for _ in range(6):
         await mutate(rt, 3, lid)
@@ -172,8 +167,7 @@ async def test_run_checkpointer(make_runtime: Any, tmp_path: Path) -> None:
     assert found[-1].offset == rt.projection.applied_offset
     assert not (checkpoints_dir(data) / ".tmp-1-2-3").exists()
     # an interval of 0 means off
-    off = SimpleNamespace(runtime=rt, config=SimpleNamespace(data_dir=data, checkpoint_keep=2, checkpoint_interval=0))
-    await asyncio.wait_for(run_checkpointer(off), 1)
+    await asyncio.wait_for(run_checkpointer(rt.projection, data, interval=0, keep=2), 1)
 
 
 async def test_verify_rejects_out_of_range(make_runtime: Any, tmp_path: Path) -> None:

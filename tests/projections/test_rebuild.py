@@ -250,15 +250,9 @@ async def test_new_document_filter_starts_only_on_an_empty_projection(tmp_path: 
         assert not proj.track_new_documents()
 
 
-@pytest.mark.parametrize("forked", [False, True])
-async def test_replay_prepared_in_a_child_process_matches_live(
-    tmp_path: Path, history: Any, monkeypatch: pytest.MonkeyPatch, forked: bool
-) -> None:
-    """The index keys computed where the log is decoded (a child process for a long replay) are the live ones,
-    also for updates and deletes without `prev` of documents the projection held before."""
-    from log import file_log as file_log_module
-    monkeypatch.setattr(file_log_module, "_FORKED_READ_RECORDS", 1)
-    monkeypatch.setenv("TAPE_FORKED_READS", "1" if forked else "0")
+async def test_replay_of_writes_without_prev_matches_live(tmp_path: Path, history: Any) -> None:
+    """Catching up from the log's flat writes gives the live projection, also for updates and deletes
+    without `prev` of documents the projection held before."""
     churn(history, n=300, seed=21)
     upto = 80
     for doc_id in list(history.docs)[:12]:
@@ -276,51 +270,3 @@ async def test_replay_prepared_in_a_child_process_matches_live(
     finally:
         rebuilt.close()
         await log.close()
-
-
-async def test_prepared_writes_applied_in_process_match_flat_ones(tmp_path: Path, history: Any) -> None:
-    """`apply_prepared` with keys a `WritePreparer` computed here equals `apply_writes`, batch by batch."""
-    churn(history, n=250, seed=5)
-    for doc_id in list(history.docs)[:8]:
-        history.update(doc_id, with_prev=False, n=3, tag="x")
-    for doc_id in list(history.docs)[8:12]:
-        history.delete(doc_id, with_prev=False)
-    log = await file_log(tmp_path / "log", history)
-    with Projection(tmp_path / "flat", INDEXES) as flat_p, Projection(tmp_path / "prep", INDEXES) as prep_p:
-        async for writes, _n, last_off, last_ts in log.read_writes(0, None, 23, forked=False):
-            flat_p.apply_writes(writes, last_off, last_ts)
-        prepare = prep_p.write_preparer()
-        async for writes, _n, last_off, last_ts in log.read_writes(0, None, 31, prepare=prepare, forked=False):
-            prep_p.apply_prepared(writes, last_off, last_ts)
-            prep_p.apply_prepared(writes, last_off, last_ts)  # re-applying is harmless
-        assert prep_p.content_digest() == flat_p.content_digest()
-        assert prep_p.meta() == flat_p.meta()
-    await log.close()
-
-
-async def test_replay_leaves_a_child_that_falls_behind(
-    tmp_path: Path, history: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """When waiting for the child outweighs applying its batches, the replay goes on in this process."""
-    from log import file_log as file_log_module
-    from projections import rebuild as rebuild_module
-    monkeypatch.setattr(file_log_module, "_FORKED_READ_RECORDS", 1)
-    monkeypatch.setenv("TAPE_FORKED_READS", "1")
-    monkeypatch.setattr(rebuild_module._Pace, "MAX_WAIT_SHARE", -1.0)  # always "behind"
-    reads: list[bool | None] = []
-    real = FileLog.read_writes
-
-    def spy(self: FileLog, *args: Any, **kwargs: Any) -> Any:
-        reads.append(kwargs.get("forked"))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(FileLog, "read_writes", spy)
-    churn(history, n=300, seed=23)
-    log = await file_log(tmp_path / "log", history)
-    try:
-        with Projection(tmp_path / "p", INDEXES) as proj, live_projection(tmp_path / "live", history) as live:
-            assert await catch_up(proj, log, batch_records=11) == len(history.records)
-            assert proj.content_digest() == live.content_digest()
-    finally:
-        await log.close()
-    assert reads == [True, False]

@@ -45,6 +45,11 @@ INITIAL = 100.0
 # ------------------------------------------------------------------ helpers
 
 
+def transfer_args(i: int, owners: list[str] = OWNERS) -> dict[str, Any]:
+    """The arguments of `build_bank`'s i-th transfer (a retry must repeat them: requests are bound to their call)."""
+    return {"src": owners[i % len(owners)], "dst": owners[(i * 3 + 1) % len(owners)], "amount": 1.0 + i % 5}
+
+
 async def build_bank(data: Path, transfers: int = 30, owners: list[str] = OWNERS) -> dict[tuple[str, int], Any]:
     """A bank data directory with acknowledged mutations; returns {(session, request): result}."""
     app = App.load(APPS / "bank")
@@ -59,8 +64,7 @@ async def build_bank(data: Path, transfers: int = 30, owners: list[str] = OWNERS
                                          session_id="setup", request_id=0)
         acked[("setup", 0)] = out.value
         for i in range(transfers):
-            src, dst = owners[i % len(owners)], owners[(i * 3 + 1) % len(owners)]
-            out = await runtime.run_mutation("accounts:transfer", {"src": src, "dst": dst, "amount": 1.0 + i % 5},
+            out = await runtime.run_mutation("accounts:transfer", transfer_args(i, owners),
                                              session_id="http:bank", request_id=i)  # = Idempotency-Key bank:<i>
             acked[("http:bank", i)] = out.value
     finally:
@@ -197,8 +201,8 @@ async def test_torn_tail_is_cut_off_and_nothing_acknowledged_is_lost(tmp_path: P
     assert await balances(server.url) == expected_balances(20)
     # Every acknowledged mutation is still remembered: a retry is answered from the log, not re-run.
     for (_session, rid), value in list(acked.items())[-3:]:
-        status, body = await post(server.url, "mutation", "accounts:transfer",
-                                  {"src": "o00", "dst": "o01", "amount": 1.0}, key=f"bank:{rid}")
+        status, body = await post(server.url, "mutation", "accounts:transfer", transfer_args(rid),
+                                  key=f"bank:{rid}")
         assert (status, body["value"]) == (200, value)
     assert await balances(server.url) == expected_balances(20)
     status, body = await post(server.url, "mutation", "accounts:transfer",

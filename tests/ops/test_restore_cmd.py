@@ -1,0 +1,117 @@
+"""`tape restore`: the command line over `history.restore` (new directory, in place, confirmation)."""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from history.archive import ArchiveLog
+from history.errors import RestoreError
+from history.points import Point
+from history.restore import restore_to_dir
+from log.errors import LogError
+from ops import cli
+from tests.history.test_restore import digest_of, kitchen_workload, read_all, start, stop
+
+
+# ----------------------------------------------------------------- CLI
+
+
+def _build(tmp_path: Path, n: int = 12) -> tuple[Path, list[tuple[int, int, Any]]]:
+    async def go() -> list[tuple[int, int, Any]]:
+        rt = await start(tmp_path / "data")
+        _lid, history = await kitchen_workload(rt, n, checkpoint_every=4, data=tmp_path / "data")
+        await stop(rt)
+        return history
+    return tmp_path / "data", asyncio.run(go())
+
+
+def test_cli_restore(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, history = _build(tmp_path)
+    offset, ts, _items = history[6]
+    assert cli.main(["restore", "--from", str(data), "--to", str(ts), "--data", str(tmp_path / "new")]) == 0
+    out = capsys.readouterr().out
+    assert "Restored" in out and f"offsets 0..{offset}" in out and "done in" in out
+    assert digest_of(tmp_path / "new" / "projection")[1] == offset
+    assert cli.main(["restore", "--from", str(data), "--to", f"offset:{offset}", "--data", str(tmp_path / "j"),
+                     "--json", "--no-checkpoints"]) == 0
+    info = orjson.loads(capsys.readouterr().out)
+    assert info["offset"] == offset and info["base"] == "empty" and info["replayed"] == offset + 1
+    assert cli.main(["restore", "--from", str(data), "--to", "soon", "--data", str(tmp_path / "z")]) == 1
+    assert "cannot read the time" in " ".join(capsys.readouterr().err.split())
+    assert cli.main(["restore", "--from", str(data), "--to", "end"]) == 1
+
+
+def test_cli_in_place_needs_confirmation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data, history = _build(tmp_path)
+    before = sorted(p.name for p in (data / "log").iterdir())
+    size = sum(p.stat().st_size for p in (data / "log").iterdir())
+    offset = history[4][0]
+    # pytest's stdin is not a terminal: without --yes nothing happens
+    assert cli.main(["restore", "--from", str(data), "--to", f"offset:{offset}", "--in-place"]) == 1
+    assert "--yes" in " ".join(capsys.readouterr().err.split())
+    assert sorted(p.name for p in (data / "log").iterdir()) == before
+    assert sum(p.stat().st_size for p in (data / "log").iterdir()) == size
+    assert cli.main(["restore", "--from", str(data), "--to", f"offset:{offset}", "--in-place", "--yes"]) == 0
+    out = capsys.readouterr().out
+    assert "discarded" in out and "tape stream --log" in " ".join(out.split())
+    assert digest_of(data / "projection")[1] == offset
+    archives = list(data.glob("discarded-*.avro"))
+    assert len(archives) == 1
+    # the archive is readable by `tape stream`
+    assert cli.main(["stream", "--log", str(archives[0]), "--include-system"]) == 0
+    lines = [orjson.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert lines and {e["source"]["offset"] for e in lines} <= set(range(offset + 1, len(history)))
+    assert min(e["source"]["offset"] for e in lines) == offset + 1
+
+
+def test_archive_log_rejects_writes(tmp_path: Path) -> None:
+    data, _history = _build(tmp_path, 4)
+    assert cli.main(["restore", "--from", str(data), "--to", "offset:1", "--in-place", "--yes"]) == 0
+    archive = next(data.glob("discarded-*.avro"))
+
+    async def go() -> None:
+        log = ArchiveLog(archive)
+        await log.open()
+        with pytest.raises(LogError):
+            await log.append([])
+        assert await log.offset_for_timestamp(0) == 2
+        # an archive of a tail cannot be restored on its own
+        with pytest.raises(RestoreError, match="on its own"):
+            await restore_to_dir(str(archive), Point("end"), tmp_path / "from-archive")
+    asyncio.run(go())
+    assert not os.path.exists(tmp_path / "from-archive")
+
+
+@pytest.mark.parametrize("answer", ["n", "y"])
+def test_cli_in_place_asks_on_a_terminal(tmp_path: Path, answer: str) -> None:
+    import subprocess
+    import sys
+    data, history = _build(tmp_path, 6)
+    before = asyncio.run(read_all(data / "log"))
+    offset = history[2][0]
+    master, slave = os.openpty()
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "restore", "--from", str(data), "--to",
+                             f"offset:{offset}", "--in-place"], stdin=slave, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=root, env=dict(os.environ, PYTHONPATH=str(root)))
+    os.close(slave)
+    try:
+        os.write(master, f"{answer}\n".encode())
+        out, err = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    text = " ".join((out + err).decode().split())
+    assert "Discard" in text
+    after = asyncio.run(read_all(data / "log"))
+    if answer == "n":
+        assert "Aborted" in text and after == before and not list(data.glob("discarded-*.avro"))
+    else:
+        assert after == before[:offset + 1] and len(list(data.glob("discarded-*.avro"))) == 1
