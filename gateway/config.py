@@ -29,7 +29,7 @@ class ServerConfig:
     max_session_args_bytes: int = 16 << 20  # args (compact JSON) one connection's subscriptions may hold
     max_total_args_bytes: int = 1 << 30  # args held by all subscriptions; beyond it new ones fail "Overloaded"
     max_sessions: int = 50_000
-    header_timeout: float = 5.0          # seconds a connection may take to send a complete request header
+    header_timeout: float = 15.0         # seconds a connection may sit idle or take to send a complete header
                                          # (from opening or its last response: also the keep-alive idle time)
     body_timeout: float = 30.0           # seconds a request may take to send its whole body
     connect_timeout: float = 10.0        # seconds a new WebSocket may take to send its Connect message

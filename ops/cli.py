@@ -17,12 +17,14 @@ import logging
 import os
 import stat
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
 
 from engine.app import App
 from engine.errors import AppLoadError, EngineError
+from engine.limits import DEFAULT_LIMITS
 from gateway.config import ServerConfig
 from gateway.node import Node
 from gateway.replica import (ADMIN_KEY_ENV, ADMIN_KEY_FILE_ENV, AdminKeyFileError, admin_key_from_env,
@@ -164,7 +166,9 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
                           checkpoint_interval=getattr(args, "checkpoint_interval", 0.0) or 0.0,
                           checkpoint_keep=getattr(args, "checkpoint_keep", 3), admin_key=admin_key,
                           cors_origins=_cors_origins(args.cors_origin),
-                          query_at_ts_window=args.query_at_ts_window)
+                          query_at_ts_window=args.query_at_ts_window, header_timeout=args.header_timeout,
+                          limits=replace(DEFAULT_LIMITS, max_seconds=args.function_timeout,
+                                         max_action_seconds=args.action_timeout))
     node = Node(config, app)
 
     def ready() -> None:
@@ -228,6 +232,13 @@ def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query-at-ts-window", type=float, default=ServerConfig.query_at_ts_window, metavar="SECONDS",
                    help="how far back /api/query_at_ts serves without the admin key "
                         f"(default {ServerConfig.query_at_ts_window:g})")
+    p.add_argument("--header-timeout", type=float, default=ServerConfig.header_timeout, metavar="SECONDS",
+                   help="close a connection that is idle, or has not sent a complete request header, this long "
+                        f"(default {ServerConfig.header_timeout:g})")
+    p.add_argument("--function-timeout", type=float, default=DEFAULT_LIMITS.max_seconds, metavar="SECONDS",
+                   help=f"stop a query or mutation after this long (default {DEFAULT_LIMITS.max_seconds:g})")
+    p.add_argument("--action-timeout", type=float, default=DEFAULT_LIMITS.max_action_seconds, metavar="SECONDS",
+                   help=f"stop an action after this long (default {DEFAULT_LIMITS.max_action_seconds:g})")
 
 
 def main(argv: list[str] | None = None) -> int:
