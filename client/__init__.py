@@ -14,7 +14,7 @@
 It builds on `values` (the Convex value model) and third-party libraries
 only, never on the server packages. Modules: `client.session` (`Client`, the
 socket loop), `client.subscription` (`Subscription`), `client.state` (the
-protocol state machine, no I/O), `client.errors` and `client.wire` (the few
+protocol state machine, no I/O), `client.errors` and `values.sync_wire` (the few
 wire-format helpers it needs).
 
 Behaviour:

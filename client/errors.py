@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from client.wire import MISSING
+from values.sync_wire import MISSING
 from values import from_wire
 
 __all__ = [

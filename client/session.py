@@ -16,7 +16,7 @@ from yarl import URL
 from client.errors import ClientClosedError, FatalServerError
 from client.state import ClientCore, QueryInfo, StartVersionMismatch
 from client.subscription import Subscription
-from client.wire import ProtocolError
+from values.sync_wire import ProtocolError
 from values import ConvexValueError
 
 __all__ = ["Client", "ConnectionState", "sync_url"]

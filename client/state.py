@@ -35,7 +35,8 @@ from client.errors import (
     FunctionError,
     function_error,
 )
-from client.wire import MISSING, ProtocolError, StateVersion, canonical_path, decode_ts, encode_ts
+from values.sync_wire import MISSING, ProtocolError, StateVersion, decode_ts, encode_ts
+from values.sync_wire import canonicalize_udf_path as canonical_path
 from values import from_wire, to_wire
 
 __all__ = [

@@ -20,16 +20,18 @@ is written down in docs/protocol.md.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-import struct
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Literal, Mapping, Sequence, Union
 
 import orjson
 
 from values import ConvexValueError, from_wire, to_wire
+from values.sync_wire import (
+    MAX_QUOTED_CHARS, MISSING, U32_MAX, U64_MAX, ProtocolError, StateVersion, as_int as _as_int, decode_ts,
+    encode_ts, int_field as _int_field, json_type_name as _type_name, quote, require as _require,
+)
+from values.sync_wire import canonicalize_udf_path as _canonical_path
 
 __all__ = [
     "ProtocolError",
@@ -74,127 +76,14 @@ __all__ = [
     "MISSING",
 ]
 
-U64_MAX = (1 << 64) - 1
-U32_MAX = (1 << 32) - 1
-
 MAX_PATH_CHARS = 256
 """Longest function path (``udfPath``/``path``, and ``componentPath``) accepted."""
 MAX_SESSION_ID_CHARS = 64
 """Longest ``sessionId`` accepted (the official clients send a 36-character uuid4)."""
-MAX_QUOTED_CHARS = 100
-"""At most this many characters of a client's bad value are quoted back in an error message."""
 _SESSION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_SESSION_ID_CHARS)
 
 
-class ProtocolError(ValueError):
-    """A client message that breaks the protocol.
-
-    ``field`` names the offending field as a dotted path (e.g.
-    ``"ModifyQuerySet.modifications[0].queryId"``); the message says what was
-    expected and what arrived.
-    """
-
-    def __init__(self, field_path: str, message: str) -> None:
-        self.field = field_path
-        # Messages from values already start with the (deeper) path.
-        prefixed = not field_path or message.startswith(field_path)
-        super().__init__(message if prefixed else f"{field_path}: {message}")
-
-
-class _Missing:
-    """Sentinel type for "argument not given" (distinct from None = null)."""
-
-    _instance: "_Missing | None" = None
-
-    def __new__(cls) -> "_Missing":
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "MISSING"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-MISSING: Any = _Missing()
-"""Default for optional ``error_data`` parameters: omit the field entirely."""
-
-
-# --- timestamps -------------------------------------------------------------
-
-def encode_ts(ts: int) -> str:
-    """Encode a u64 timestamp as the protocol does: base64 of 8 little-endian bytes."""
-    if type(ts) is not int or not 0 <= ts <= U64_MAX:
-        raise ValueError(f"timestamp must be an int in [0, 2**64), got {ts!r}")
-    return base64.b64encode(struct.pack("<Q", ts)).decode("ascii")
-
-
-def decode_ts(text: Any, field_path: str = "ts") -> int:
-    """Decode an encoded u64 timestamp; raises `ProtocolError` naming ``field_path``."""
-    if type(text) is not str:
-        raise ProtocolError(field_path, f"expected a base64 string (encoded u64), got {_type_name(text)}")
-    try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise ProtocolError(field_path, f"not valid base64: {quote(text)}") from None
-    if len(raw) != 8:
-        raise ProtocolError(field_path, f"encoded u64 must be 8 bytes, got {len(raw)}")
-    return struct.unpack("<Q", raw)[0]
-
-
-# --- field helpers ----------------------------------------------------------
-
-def quote(value: Any, limit: int = MAX_QUOTED_CHARS) -> str:
-    """``repr`` of a client-supplied value for an error message, cut to ``limit`` characters plus '…'.
-
-    A string is cut before quoting (``'abc…'``), anything else after ``repr``,
-    so a huge bad input is never echoed back whole.
-    """
-    if type(value) is str:
-        return repr(value if len(value) <= limit else value[:limit] + "…")
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if type(value) is bool:
-        return "boolean"
-    if type(value) in (int, float):
-        return "number"
-    if type(value) is str:
-        return "string"
-    if type(value) is list:
-        return "array"
-    if type(value) is dict:
-        return "object"
-    return type(value).__name__
-
-
-def _require(obj: Mapping[str, Any], key: str, ctx: str) -> Any:
-    if key not in obj:
-        raise ProtocolError(f"{ctx}.{key}", "missing required field")
-    return obj[key]
-
-
-def _as_int(value: Any, path: str, lo: int = 0, hi: int = U32_MAX) -> int:
-    if type(value) is int:
-        out = value
-    elif type(value) is float and value.is_integer():
-        out = int(value)
-    else:
-        raise ProtocolError(path, f"expected an integer, got {_type_name(value)} {quote(value)}")
-    if not lo <= out <= hi:
-        raise ProtocolError(path, f"integer {out} out of range [{lo}, {hi}]")
-    return out
-
-
-def _int_field(obj: Mapping[str, Any], key: str, ctx: str, lo: int = 0, hi: int = U32_MAX) -> int:
-    return _as_int(_require(obj, key, ctx), f"{ctx}.{key}", lo, hi)
-
+# --- field helpers (timestamps, quoting, ints: values.sync_wire) ------------
 
 def _str_field(obj: Mapping[str, Any], key: str, ctx: str, *, allow_empty: bool = False) -> str:
     value = _require(obj, key, ctx)
@@ -217,27 +106,8 @@ def _opt_str_field(obj: Mapping[str, Any], key: str, ctx: str) -> str | None:
 # --- paths and args ---------------------------------------------------------
 
 def canonicalize_udf_path(path: Any, field_path: str = "udfPath") -> str:
-    """Canonical ``"module:function"`` form of a function path.
-
-    Like the clients: a path without ``:`` names the module's ``default``
-    export, and a trailing ``.js`` on the module is dropped
-    (``"lists"`` → ``"lists:default"``, ``"lists.js:all"`` → ``"lists:all"``).
-    """
-    if type(path) is not str:
-        raise ProtocolError(field_path, f"expected a string, got {_type_name(path)}")
-    if len(path) > MAX_PATH_CHARS:
-        raise ProtocolError(field_path, f"function path is {len(path)} characters, over the {MAX_PATH_CHARS} "
-                                        f"character limit: {quote(path)}")
-    module, sep, function = path.rpartition(":")
-    if not sep:
-        module, function = path, "default"
-    if module.endswith(".js"):
-        module = module[:-3]
-    if not module or not function:
-        raise ProtocolError(field_path, f"invalid function path {quote(path)} (expected 'module:function')")
-    if any(ch.isspace() for ch in path):
-        raise ProtocolError(field_path, f"invalid function path {quote(path)} (contains whitespace)")
-    return f"{module}:{function}"
+    """Canonical ``"module:function"`` form of a function path, at most `MAX_PATH_CHARS` long."""
+    return _canonical_path(path, field_path, MAX_PATH_CHARS)
 
 
 def elide(text: str, value: str, limit: int = MAX_QUOTED_CHARS) -> str:
@@ -541,30 +411,6 @@ def _wire(value: Any) -> Any:
 
 def _log_lines(lines: Iterable[str] | None) -> list[str]:
     return [] if lines is None else [str(line) for line in lines]
-
-
-@dataclass(frozen=True, slots=True)
-class StateVersion:
-    """A client's position: query-set version, timestamp and identity version."""
-
-    query_set: int = 0
-    ts: int = 0
-    identity: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        """The wire form ``{querySet, ts: encoded u64, identity}``."""
-        return {"querySet": self.query_set, "ts": encode_ts(self.ts), "identity": self.identity}
-
-    @classmethod
-    def from_json(cls, obj: Any, field_path: str = "version") -> "StateVersion":
-        """Parse the wire form (used by tests and tools)."""
-        if type(obj) is not dict:
-            raise ProtocolError(field_path, f"expected an object, got {_type_name(obj)}")
-        return cls(
-            query_set=_int_field(obj, "querySet", field_path),
-            ts=decode_ts(_require(obj, "ts", field_path), f"{field_path}.ts"),
-            identity=_int_field(obj, "identity", field_path),
-        )
 
 
 def query_updated(query_id: int, value: Any, *, log_lines: Iterable[str] | None = None, journal: str | None = None) -> dict[str, Any]:

@@ -459,8 +459,7 @@ class SyncSession:
             self.go_off_loop()
         manager = self.node.subscriptions
         mods: list[bytes] = []  # what the Transition carries
-        changes = list(message.modifications)
-        for i, change in enumerate(changes):
+        for change in message.modifications:
             qid = change.query_id
             if isinstance(change, p.AddQuery):
                 verdict = self._admit(change, mods)
@@ -468,73 +467,39 @@ class SyncSession:
                     return
                 if verdict == "refused":
                     continue
-                size = change.args_bytes
                 if self._lane is None:
                     try:
                         shared = manager.subscribe(self, qid, change.udf_path, change.args, self.identity)
+                        self.queries[qid] = shared
+                        mods.append(_modification(qid, shared))
                     except SlowQuery:
-                        # Everything this session holds, this query and the rest of the message move off the loop.
+                        # This query, everything the session holds and the rest of the message move off the
+                        # loop; results already computed for this message are sent by the lane instead.
                         self.go_off_loop()
-                        # (their results are sent by the lane; keep removals and refusals)
                         mods = [m for m in mods if not m.startswith(b'{"type":"QueryUpdated"')]
-                        self._finish_off_loop(changes[i:], mods)
-                        return
-                    self.queries[qid] = shared
-                    mods.append(_modification(qid, shared))
-                else:
+                if self._lane is not None:
                     self._lane.add(qid, change.udf_path, change.args)
-                manager.hold_args(size)
-                self.args_bytes += size
-                self._args_sizes[qid] = size
+                manager.hold_args(change.args_bytes)
+                self.args_bytes += change.args_bytes
+                self._args_sizes[qid] = change.args_bytes
             else:
-                known = qid in self.queries or (self._lane is not None and qid in self._lane.queries)
-                if not known:
-                    if qid not in self._refused:
-                        raise p.ProtocolError("ModifyQuerySet.modifications", f"query {qid} is not subscribed")
+                shared = self.queries.pop(qid, None)
+                if shared is not None:
+                    manager.unsubscribe(self, shared, qid)
+                elif self._lane is not None and qid in self._lane.queries:
+                    self._lane.remove(qid)
+                elif qid in self._refused:
                     self._refused.discard(qid)
                 else:
-                    shared = self.queries.pop(qid, None)
-                    if shared is not None:
-                        manager.unsubscribe(self, shared, qid)
-                    elif self._lane is not None:
-                        self._lane.remove(qid)
-                    size = self._args_sizes.pop(qid, 0)
-                    manager.release_args(size)
-                    self.args_bytes -= size
+                    raise p.ProtocolError("ModifyQuerySet.modifications", f"query {qid} is not subscribed")
+                size = self._args_sizes.pop(qid, 0)
+                manager.release_args(size)
+                self.args_bytes -= size
                 mods.append(orjson.dumps(p.query_removed(qid)))
         if self._lane is not None:
             self._lane.submit(LaneStep(self.versions.query_set_version, self.versions.identity_version, mods=mods))
             return
         self._transition(self.node.runtime.projection.applied_ts, mods)
-
-    def _finish_off_loop(self, rest: list[Any], mods: list[bytes]) -> None:
-        """A slow query surfaced mid-message: the lane takes the remaining changes (one step, one Transition)."""
-        assert self._lane is not None
-        manager = self.node.subscriptions
-        for change in rest:
-            qid = change.query_id
-            if isinstance(change, p.AddQuery):
-                verdict = self._admit(change, mods)
-                if verdict == "fatal":
-                    return
-                if verdict == "refused":
-                    continue
-                self._lane.add(qid, change.udf_path, change.args)
-                manager.hold_args(change.args_bytes)
-                self.args_bytes += change.args_bytes
-                self._args_sizes[qid] = change.args_bytes
-            else:
-                if qid in self._lane.queries:
-                    self._lane.remove(qid)
-                    size = self._args_sizes.pop(qid, 0)
-                    manager.release_args(size)
-                    self.args_bytes -= size
-                elif qid in self._refused:
-                    self._refused.discard(qid)
-                else:
-                    raise p.ProtocolError("ModifyQuerySet.modifications", f"query {qid} is not subscribed")
-                mods.append(orjson.dumps(p.query_removed(qid)))
-        self._lane.submit(LaneStep(self.versions.query_set_version, self.versions.identity_version, mods=mods))
 
     def _held_query_count(self) -> int:
         lane = len(self._lane.queries) if self._lane is not None else 0

@@ -135,3 +135,20 @@ async def test_a_query_looping_forever_fails_its_subscription_and_the_server_sta
         assert time.monotonic() - started < 0.3
         await spinner.until(lambda values: 1 in values, timeout=10)
         assert spinner.values[1][0] == "failed" and "ran longer than 1s" in spinner.values[1][1]
+
+
+async def test_a_slow_query_after_fast_ones_in_one_message_gives_one_consistent_transition(tmp_path: Path) -> None:
+    async with served_node(tmp_path / "data", app="limits") as (node, url), aiohttp.ClientSession() as http:
+        await _mutate(http, url, "stress:insert_many", {"n": 2})
+        client = await Client.open(http, url, "mixed-session")
+        await client.add((1, "stress:read_all", {}), (2, "stress:count_twice_slowly", {"seconds": 0.2}),
+                         (3, "stress:read_all", {}))
+        await client.until(lambda values: len(values) == 3)
+        assert client.values == {1: 2, 2: [2, 2], 3: 2}
+        assert client.version["querySet"] == 1
+        await client.send({"type": "ModifyQuerySet", "baseVersion": 1, "newVersion": 2,
+                           "modifications": [{"type": "Remove", "queryId": 2}]})
+        message = await client.next_transition()
+        assert {"type": "QueryRemoved", "queryId": 2} in message["modifications"]
+        await _mutate(http, url, "stress:insert_many", {"n": 1})
+        await client.until(lambda values: values.get(1) == 3 and values.get(3) == 3)
