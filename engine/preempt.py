@@ -48,6 +48,8 @@ class _State:
 
 STATE = _State()
 _main_ident = threading.main_thread().ident
+MAIN_IDENT = _main_ident
+"""The thread preemption can interrupt by signal (the main thread, where the event loop runs)."""
 _watchdog: "Watchdog | None" = None
 _install_lock = threading.Lock()
 _handler_installed = False
@@ -154,12 +156,12 @@ def available() -> bool:
 def install() -> bool:
     """Install the signal handler and start the watchdog (idempotent); False if preemption is unavailable."""
     global _handler_installed
+    if _handler_installed:
+        return True
     if not available():
         return False
-    global _handler_installed
-    if not _handler_installed:
-        signal.signal(SIGNAL, _on_signal)  # type: ignore[arg-type]
-        _handler_installed = True
+    signal.signal(SIGNAL, _on_signal)  # type: ignore[arg-type]
+    _handler_installed = True
     install_watchdog()
     return True
 
