@@ -173,8 +173,12 @@ class KeySet:
         self.last_error: str | None = None
         self._fetch: asyncio.Future[None] | None = None
         if isinstance(provider.jwks, dict):
-            self._install(provider.jwks)
             self.fetched_at = float("inf")  # never stale
+            try:
+                self._install(provider.jwks)
+            except _FetchError as exc:
+                self.last_error = f"its inline JWKS: {exc}"
+                log.warning("auth provider %s: %s", provider.describe(), self.last_error)
 
     @property
     def fetched(self) -> bool:
@@ -204,6 +208,8 @@ class KeySet:
                 by_kid[kid] = (algorithm, key)
             else:
                 without_kid.append((algorithm, key))
+        if not by_kid and not without_kid:  # (a glitch must not replace working keys by none)
+            raise _FetchError(f"the JWKS has no usable {'/'.join(self.provider.algorithms)} signing key")
         self.by_kid, self.without_kid = by_kid, without_kid
 
     def candidates(self, kid: Any, algorithm: str) -> list[Any]:
@@ -253,7 +259,7 @@ class KeySet:
                 log.info("auth provider %s: %d signing key(s) loaded", provider.issuer,
                          len(self.by_kid) + len(self.without_kid))
                 return
-        self.last_error = error
+        self.last_error = f"its keys cannot be fetched: {error}"
         log.warning("auth provider %s cannot be reached: %s", provider.describe(), error)
         raise AuthFailure(f"auth provider {provider.describe()} cannot be reached: {error}")
 
@@ -405,7 +411,7 @@ class Verifier:
             if not keys:
                 why = f"no {algorithm} signing key" + (f" with kid {kid!r}" if isinstance(kid, str) else "")
                 if keyset.last_error is not None:
-                    why += f" (its keys cannot be fetched: {keyset.last_error})"
+                    why += f" ({keyset.last_error})"
                 problems.append(f"{why} at auth provider {provider.describe()}")
                 continue
             for key in keys:
