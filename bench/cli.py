@@ -67,11 +67,13 @@ def _selected(only: str | None) -> list[str]:
 
 def run_log(quick: bool, harness: Any) -> dict[str, Any]:
     """Workload 5: the log and projection micro-benchmarks written alongside the engine."""
-    from bench import log_bench, projection_bench
+    from bench import log_bench, log_open, projection_bench
     harness.reporter.phase("log: FileLog appends vs raw fsync", 2.5 if quick else 10)
     out: dict[str, Any] = {"log": log_bench.run(quick)}
     harness.reporter.phase("log: projection replay vs raw RocksDB put")
     out["projection"] = projection_bench.run(quick)
+    harness.reporter.phase("log: FileLog open, short vs long history", 15 if quick else 120)
+    out["open"] = log_open.run(quick)
     return out
 
 
@@ -163,8 +165,14 @@ def headline(name: str, r: dict[str, Any]) -> str:
             return auth_bench.headline(r)
         if name == "log":
             lg, pj = r["log"], r["projection"]
-            return (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "
+            text = (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "
                     f"{pj['replay_records_per_s']:,}/s vs raw put {pj['raw_puts_per_s']:,}/s")
+            if "open" in r:
+                small, large = r["open"]["sizes"][0], r["open"]["sizes"][-1]
+                text += (f"; open {large['records']:,} records {large['open_median_s']:.3f} s vs "
+                         f"{small['records']:,} {small['open_median_s']:.3f} s "
+                         f"(goal ≤ 1 s and ≤ 2×: {'met' if r['open']['met'] else 'not met'})")
+            return text
     except (KeyError, TypeError):
         pass
     return "done"

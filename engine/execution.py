@@ -29,6 +29,9 @@ def drive(coro: Coroutine[Any, Any, Any], path: str) -> Any:
                          "queries and mutations must be deterministic — move I/O into an action")
 
 
+preempt.register_driver(drive.__code__)
+
+
 class SliceExpired(Exception):
     """A handler outran its slice on the event loop; it has no effect and must run again off the loop."""
 

@@ -55,13 +55,32 @@ _install_lock = threading.Lock()
 _handler_installed = False
 
 
+_drivers: set[Any] = set()  # code objects of the functions that run user code (see `register_driver`)
+
+
+def register_driver(code: Any) -> None:
+    """Declare `code` (a function's ``__code__``) as where user code runs: only below it is it interrupted."""
+    _drivers.add(code)
+
+
 def _on_signal(signum: int, frame: Any) -> None:
     state = STATE
-    if state.deadline and time.monotonic() >= state.deadline:
-        if state.critical:
-            state.pending = True  # raised by the engine once it leaves the critical section
-            return
-        raise Preempted()
+    if not (state.deadline and time.monotonic() >= state.deadline):
+        return
+    # Raise only inside user code, i.e. strictly below a driver's frame. Once the handler's
+    # exception has left the driver (or while the driver itself unwinds), a late signal must not
+    # land in the engine's cleanup or the event loop: then nothing is raised.
+    depth = 0
+    while frame is not None:
+        if frame.f_code in _drivers:
+            if depth == 0:
+                return
+            if state.critical:
+                state.pending = True  # raised by the engine once it leaves the critical section
+                return
+            raise Preempted()
+        frame = frame.f_back
+        depth += 1
 
 
 class Watchdog(threading.Thread):

@@ -6,12 +6,16 @@ Directory layout::
     LOCK                    flock()ed by the one process that may append
     COMMITTED               durable end (next offset, last ts, epoch) for followers
     00000000000000000000.seg, ...   frames, see log.codec / log.segment
+    00000000000000000000.seg.seal   what opening needs of a full segment, see log.seal
 
 One FileLog per directory holds the writer lock and appends; any further
 FileLog on the same directory (another process or the same one) opens as a
 *follower*: it reads and tails, and learns about new durable records by
 polling COMMITTED, which the writer updates after every fsync. Segment data is
 the truth; COMMITTED only says how far followers may read.
+
+Opening reads the seals of full segments and scans only the rest (normally
+just the last segment), so it takes about as long for any length of history.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import errno
 import logging
 import os
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +43,18 @@ from log.directory import (
     write_marker,
 )
 from log.errors import LogClosedError, LogCorruptError, LogError, LogWriteError
-from log.index import Growth, LogIndex, SegmentView
+from log.index import Growth, IndexArrays, LogIndex, SegmentView
 from log.record import Record
+from log.seal import (
+    DEFAULT_SEAL_BYTES,
+    load_index,
+    open_segments,
+    read_seal,
+    remove_seals,
+    seal_from_index,
+    segment_crc,
+    write_seal,
+)
 from log.segment import list_segments, read_frames, read_writes, scan_segments, segment_name, walk_headers
 
 logger = logging.getLogger("tape.log")
@@ -81,6 +96,7 @@ class _Chunk:
     last_ts: int = 0
     last_index_pos: int = -1
     index: list[tuple[int, int, int]] = field(default_factory=list)
+    crc: int | None = None  # CRC-32 of the segment's bytes up to `size`, None if unknown
 
 
 class FileLog(Log):
@@ -92,21 +108,25 @@ class FileLog(Log):
         *,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
         index_bytes: int = DEFAULT_INDEX_BYTES,
+        seal_bytes: int = DEFAULT_SEAL_BYTES,
         read_only: bool | None = None,
         poll_interval: float = 0.01,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         """`read_only`: None = writer if the directory is free, else follower;
-        True = always follower; False = writer or LogError."""
+        True = always follower; False = writer or LogError. `seal_bytes`: the
+        writer reseals the active segment after this many new bytes (0: only
+        full segments are sealed), which bounds what the next open scans."""
         if segment_bytes < 1:
             raise ValueError("segment_bytes must be positive")
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
         self.index_bytes = index_bytes
+        self.seal_bytes = seal_bytes
         self.poll_interval = poll_interval
         self._read_only = read_only
         self._clock = clock
-        self._st = LogIndex()
+        self._st = LogIndex(self._load_index)
         self._opened = False
         self._closed = False
         self._closing = False
@@ -123,6 +143,9 @@ class FileLog(Log):
         self._w_next = 0
         self._w_last_ts = 0
         self._w_ix_pos = -1
+        self._w_crc: int | None = None  # CRC-32 of the active segment's bytes; None: read it when sealing
+        self._w_index: list[tuple[int, int, int]] = []  # the active segment's index entries
+        self._w_sealed = 0  # bytes of the active segment its seal covers
         self._pending: list[_PendingAppend | _Truncate] = []
         self._executor: ThreadPoolExecutor | None = None
         self._writer_task: asyncio.Task[None] | None = None
@@ -185,10 +208,14 @@ class FileLog(Log):
             raise
 
     def _load(self, repair: bool, stop: int | None, durable_end: int | None = None) -> None:
-        st = LogIndex()
-        for g in scan_segments(self.directory, None, 0, -1, self.index_bytes, repair, stop, durable_end):
+        st = LogIndex(self._load_index)
+        for g in open_segments(self.directory, self.index_bytes, repair, stop, durable_end):
             st.apply(g)
         self._st = st
+
+    def _load_index(self, seg: SegmentView) -> IndexArrays:
+        """`LogIndex.loader`: a full segment's index entries, from its seal."""
+        return load_index(seg, self.index_bytes)
 
     def _start_writer_side(self) -> None:
         st = self._st
@@ -203,6 +230,11 @@ class FileLog(Log):
         seg = st.segs[-1]
         self._w_fd, self._w_base, self._w_path, self._w_size = fd, seg.base, seg.path, seg.size
         self._w_next, self._w_last_ts, self._w_ix_pos = st.next_offset, st.last_ts, st.last_index_pos
+        self._w_crc, self._w_index = None, st.segment_entries(len(st.segs) - 1)
+        seal, _ = read_seal(seg.path, head_only=True)  # open_segments removed one that does not match
+        self._w_sealed = seal.size if seal is not None else 0
+        if self.seal_bytes > 0 and seg.size - self._w_sealed >= self.seal_bytes:  # e.g. an old directory
+            self._seal_active(seg.path, seg.base, seg.size, st.next_offset, st.last_ts, st.last_index_pos)
         old = read_marker(self.directory)
         self._epoch = old.epoch if old else 0
         self._mark_fd = open_marker(self.directory)
@@ -387,7 +419,7 @@ class FileLog(Log):
             raise LogWriteError(self._broken)
         now = self._clock()
         nxt, last_ts = self._w_next, self._w_last_ts
-        cur = _Chunk(self._w_base, self._w_path, self._w_size, [], False, self._w_fd)
+        cur = _Chunk(self._w_base, self._w_path, self._w_size, [], False, self._w_fd, crc=self._w_crc)
         chunks = [cur]
         size, ix_pos = self._w_size, self._w_ix_pos
         limit, every = self.segment_bytes, self.index_bytes
@@ -400,7 +432,7 @@ class FileLog(Log):
                 frame = frame_from_payload(payload, nxt, ts)
                 if size > 0 and size + len(frame) > limit:
                     cur.size, cur.end, cur.last_ts, cur.last_index_pos = size, nxt, last_ts, ix_pos
-                    cur = _Chunk(nxt, self.directory / segment_name(nxt), 0, [], True)
+                    cur = _Chunk(nxt, self.directory / segment_name(nxt), 0, [], True, crc=0)
                     chunks.append(cur)
                     size, ix_pos = 0, -1
                 if ix_pos < 0 or size - ix_pos >= every:
@@ -416,12 +448,16 @@ class FileLog(Log):
         try:
             for c in chunks:
                 if c.new:
+                    remove_seals([c.path])  # a stale seal by this name must not vouch for the new file
                     c.fd = os.open(c.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 done.append(c)
                 if not c.parts:
                     continue
-                self._write(c.fd, b"".join(c.parts), c.start)
+                data = b"".join(c.parts)
+                self._write(c.fd, data, c.start)
                 self._fsync(c.fd)
+                if c.crc is not None:
+                    c.crc = zlib.crc32(data, c.crc)
                 if c.new:
                     fsync_dir(self.directory)
         except BaseException as exc:
@@ -439,6 +475,14 @@ class FileLog(Log):
             os.close(self._w_fd)
             for c in chunks[1:-1]:
                 os.close(c.fd)
+            self._seal(chunks[:-1])
+            self._w_index = list(last.index)
+            self._w_sealed = 0
+        else:
+            self._w_index.extend(last.index)
+        self._w_crc = last.crc
+        if self.seal_bytes > 0 and size - self._w_sealed >= self.seal_bytes:
+            self._seal_active(last.path, last.base, size, nxt, last_ts, ix_pos)
         self._w_fd, self._w_base, self._w_path = last.fd, last.base, last.path
         self._w_size, self._w_next, self._w_last_ts, self._w_ix_pos = size, nxt, last_ts, ix_pos
         i = 0
@@ -448,6 +492,31 @@ class FileLog(Log):
                 i += 1
         self._write_marker(nxt, last_ts)
         return chunks
+
+    def _seal(self, full: list[_Chunk]) -> None:
+        """Writer thread: write the seals of segments this commit filled (they are durable).
+
+        A seal is only a shortcut for opening: if it cannot be written, the
+        next open scans the segment (and seals it).
+        """
+        for c in full:
+            entries = self._w_index + c.index if not c.new else c.index
+            try:
+                crc = c.crc if c.crc is not None else segment_crc(c.path, c.size)
+                write_seal(c.path, seal_from_index(c.base, c.end, c.last_ts, c.size, c.last_index_pos, crc, entries))
+            except OSError as exc:
+                logger.warning("%s: could not write its seal (%s); the next open scans it", c.path, exc)
+
+    def _seal_active(self, path: Path, base: int, size: int, end: int, last_ts: int, ix_pos: int) -> None:
+        """Writer thread: reseal the active segment up to its durable `size` (so open skips that part)."""
+        try:
+            if self._w_crc is None:
+                self._w_crc = segment_crc(path, size)
+            write_seal(path, seal_from_index(base, end, last_ts, size, ix_pos, self._w_crc, self._w_index))
+            self._w_sealed = size
+        except OSError as exc:
+            logger.warning("%s: could not write its seal (%s); the next open scans more of it", path, exc)
+            self._w_sealed = size  # try again after another `seal_bytes`
 
     def _rollback(self, chunks: list[_Chunk]) -> None:
         """Undo a failed commit: cut the active segment back, remove new ones."""
@@ -587,11 +656,11 @@ class FileLog(Log):
         st = self._st
         if st.next_offset == 0 or ts > st.last_ts:
             return st.next_offset
-        k = st.ts_entry(ts)
-        if k < 0:
-            return st.ix_off[0]
-        seg = st.segs[st.seg_index(st.ix_off[k])]
-        found = walk_headers(seg.path, st.ix_pos[k], seg.size, ts=ts)
+        at = st.locate_ts(ts)
+        if at is None:
+            return st.segs[0].base
+        seg = st.segs[at[0]]
+        found = walk_headers(seg.path, at[1], seg.size, ts=ts)
         return found[0] if found is not None else seg.end
 
     # ------------------------------------------------------------ truncation
@@ -645,6 +714,8 @@ class FileLog(Log):
         last_ts = self._find_frame(st, n - 1)[0] if n > 0 else 0
         removed = [s.path for s in st.segs[i + 1:]]
         try:
+            if remove_seals([s.path for s in st.segs[i:]]):  # seals first: a crash leaves no stale seal
+                fsync_dir(self.directory)
             for path in reversed(removed):
                 os.unlink(path)
             if removed:
@@ -662,6 +733,8 @@ class FileLog(Log):
         new = st.cut(n, pos, last_ts)
         self._w_base, self._w_path, self._w_size = seg.base, seg.path, pos
         self._w_next, self._w_last_ts, self._w_ix_pos = n, last_ts, new.last_index_pos
+        self._w_crc, self._w_index = None, new.segment_entries(len(new.segs) - 1)
+        self._w_sealed = 0
         self._epoch += 1
         self._write_marker(n, last_ts)
         return new

@@ -209,11 +209,12 @@ def _read_frames(
             # One frame larger than the chunk: read exactly that frame.
             need = HEADER_SIZE + HEADER.unpack_from(buf, 0)[2]
             if pos + need > limit:
-                raise LogCorruptError(f"{path}: frame at byte {pos} runs past the end of the data")
+                raise LogCorruptError(f"{path}: frame at byte {pos}{_offset_note(path, pos)} runs past "
+                                      "the end of the data")
             buf = _pread_exactly(fd, path, need, pos, limit)
             recs, used, done = _decode(buf, path, pos, start, stop, max_records - len(out))
             if used == 0:
-                raise LogCorruptError(f"{path}: unreadable frame at byte {pos}")
+                raise LogCorruptError(f"{path}: unreadable frame at byte {pos}{_offset_note(path, pos)}")
         out.extend(recs)
         pos += used
     return out, pos, done
@@ -233,9 +234,39 @@ def _decode(
     try:
         return decode_frames(buf, 0, len(buf), start, stop, limit)
     except FrameError as exc:
-        raise LogCorruptError(f"{path}: damaged frame at byte {pos + exc.pos}: {exc}") from exc
+        at = pos + exc.pos
+        raise LogCorruptError(f"{path}: damaged frame at byte {at}{_offset_note(path, at)}: {exc}") from exc
     except UnknownSchemaError as exc:
         raise LogFormatError(f"{path}: at byte {pos + exc.pos}: {exc}") from exc
+
+
+def _offset_note(path: str, pos: int) -> str:
+    """" (record offset N)" for the frame at byte `pos` of segment `path`, found by walking the
+    frame headers before it (only on an error path); "" if they do not lead there."""
+    name = os.path.basename(path)
+    if not (name.endswith(SUFFIX) and name[:20].isdigit()):
+        return ""
+    off = int(name[:20])
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return ""
+    try:
+        at = 0
+        while at < pos:
+            head = os.pread(fd, HEADER_SIZE, at)
+            if len(head) < HEADER_SIZE:
+                return ""
+            magic, _, length, _, _, _ = HEADER.unpack(head)
+            if magic != MAGIC:
+                return ""
+            at += HEADER_SIZE + length
+            off += 1
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+    return f" (record offset {off})" if at == pos else ""
 
 
 def read_writes(
@@ -272,11 +303,12 @@ def _read_writes(
             # One frame larger than the chunk: read exactly that frame.
             need = HEADER_SIZE + HEADER.unpack_from(buf, 0)[2]
             if pos + need > limit:
-                raise LogCorruptError(f"{path}: frame at byte {pos} runs past the end of the data")
+                raise LogCorruptError(f"{path}: frame at byte {pos}{_offset_note(path, pos)} runs past "
+                                      "the end of the data")
             buf = _pread_exactly(fd, path, need, pos, limit)
             n, off, ts, used, done = _decode_writes(buf, path, pos, start, stop, max_records - count, out, records)
             if used == 0:
-                raise LogCorruptError(f"{path}: unreadable frame at byte {pos}")
+                raise LogCorruptError(f"{path}: unreadable frame at byte {pos}{_offset_note(path, pos)}")
         if n:
             count += n
             last_off, last_ts = off, ts
@@ -292,7 +324,8 @@ def _decode_writes(
     try:
         return decode_frame_writes(buf, 0, len(buf), start, stop, limit, out, records)
     except FrameError as exc:
-        raise LogCorruptError(f"{path}: damaged frame at byte {pos + exc.pos}: {exc}") from exc
+        at = pos + exc.pos
+        raise LogCorruptError(f"{path}: damaged frame at byte {at}{_offset_note(path, at)}: {exc}") from exc
     except UnknownSchemaError as exc:
         raise LogFormatError(f"{path}: at byte {pos + exc.pos}: {exc}") from exc
 

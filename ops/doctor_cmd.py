@@ -6,7 +6,10 @@
     tape doctor --data DIR --truncate-log       # cut a corrupted log back to its last intact record
 
 The check never changes anything. It scans every frame of every log segment
-(CRC, dense offsets, increasing timestamps, decodable bodies), classifies a
+(CRC, dense offsets, increasing timestamps, decodable bodies), checks every
+sealed segment against its seal (size, checksum of all bytes, offsets, ts,
+index entries; see `log.seal`: the server trusts a seal instead of scanning
+the segment, so damage there is only found here or when it is read), classifies a
 bad frame as a *torn tail* (a crash in the middle of an unacknowledged write:
 the server drops it on start) or as *corruption* (anything else: the server
 refuses to start), opens the projection read-only, reads every key with
@@ -54,6 +57,7 @@ from log.directory import (
 )
 from log.errors import LogCorruptError, LogError, LogFormatError
 from log.file_log import FileLog
+from log.seal import read_seal, remove_seals, verify_seal
 from log.segment import list_segments, read_file, scan_buffer, segment_name, valid_frame_after
 from projections.layout import DOC, META_APPLIED_OFFSET, META_APPLIED_TS, META_CATALOG, META_FORMAT, unpack_int
 from projections.rebuild import rebuild
@@ -75,6 +79,7 @@ class LogDamage:
     reason: str
     later_segments: list[Path] = field(default_factory=list)
     intact_after: int = 0  # intact records found after the damage (lost by a truncation)
+    sealed: bool = False  # in a segment whose seal the server trusts: it opens, and reads of it fail
 
     def describe(self) -> str:
         where = f"{self.segment} at byte {self.byte}" if self.segment is not None else "the log directory"
@@ -91,6 +96,8 @@ class LogReport:
     size: int = 0
     marker: Marker | None = None  # COMMITTED: next offset, last ts, epoch
     damage: LogDamage | None = None
+    sealed: int = 0  # segments with a seal that agrees with them
+    seal_problems: list[str] = field(default_factory=list)  # seals that do not
     server_pid: int | None = None
     lock_unknown: bool = False
 
@@ -223,6 +230,12 @@ def scan_log(log_dir: Path) -> LogReport:
             return rep
         buf = read_file(path)
         rep.size += len(buf)
+        seal, seal_error = read_seal(path)
+        # the bytes the server trusts without scanning them (see log.seal.open_segments)
+        trusted = 0 if seal is None or (seal.size != len(buf) if later else seal.size > len(buf)) else seal.size
+        if seal_error is not None:
+            rep.seal_problems.append(f"{path}: unreadable seal ({seal_error}); the server falls back to "
+                                     "reading the segment itself")
         try:
             res = scan_buffer(buf, 0, base, last_ts, -1, 1 << 62)
         except LogFormatError as exc:
@@ -238,15 +251,28 @@ def scan_log(log_dir: Path) -> LogReport:
                 _, off, ts, at = check_frame(buf, at, len(buf))
                 rep.records, rep.last_ts = off + 1, ts
             rep.damage = LogDamage("corrupt", path, bad, rep.records,
-                                   f"a frame with a valid CRC does not decode: {exc}", later)
+                                   f"a frame with a valid CRC does not decode: {exc}", later, sealed=bad < trusted)
             return rep
         expect, last_ts = res.next_offset, res.last_ts
         rep.records, rep.last_ts = expect, last_ts
         if res.error is None:
+            if seal is not None:
+                nxt = segs[i + 1][0] if later else None
+                why = verify_seal(seal, buf, base, nxt, (res.next_offset, res.last_ts))
+                if why is None:
+                    rep.sealed += 1
+                else:
+                    rep.seal_problems.append(f"{path}: its seal does not match ({why})")
             continue
-        damage = LogDamage("corrupt", path, res.error_pos, res.next_offset, res.error, later)
+        damage = LogDamage("corrupt", path, res.error_pos, res.next_offset, res.error, later,
+                           sealed=res.error_pos < trusted)
         if later:
             damage.reason += f"; the segment is sealed ({later[0].name} follows), so this is not a torn write"
+        if damage.sealed:
+            damage.reason += ("; its seal file vouches for these bytes, so the server opens without reading them "
+                              "and fails when these records are read")
+        elif later:
+            pass
         elif not res.torn:
             pass
         elif (follow := _follow(buf, res.error_pos)) is not None:
@@ -363,8 +389,10 @@ def diagnose(data: Path, log_dir: Path | None = None, verify: bool = False) -> R
         lost = (f"at least {d.intact_after} intact records after it" if d.intact_after > 0
                 else "the records after it" if d.intact_after < 0 else "no intact records after it")
         rep.problems.append(f"log corrupted: {d.describe()}")
+        refuses = ("The server starts (the damaged segment is sealed, so it is not read on start), but reading "
+                   if d.sealed else "The server refuses to start on a corrupted log: ")
         rep.advice.append(
-            f"The server refuses to start on a corrupted log: records {d.offset if d.offset >= 0 else '?'} "
+            f"{refuses}records {d.offset if d.offset >= 0 else '?'} "
             f"and later cannot be trusted ({lost}).")
         rep.advice.append("Best: restore the data directory from a backup or a replica.")
         rep.advice.append(
@@ -374,7 +402,13 @@ def diagnose(data: Path, log_dir: Path | None = None, verify: bool = False) -> R
     elif d is not None and d.kind == "format":
         rep.problems.append(f"log written by a newer Tape: {d.describe()}")
         rep.advice.append("Upgrade Tape to a version that reads this log format; do not repair it.")
-    elif d is not None:
+    for problem in lrep.seal_problems:
+        rep.problems.append(f"segment seal: {problem}")
+    if lrep.seal_problems:
+        rep.advice.append(
+            "A seal only lets the server open without scanning its segment: delete the seal files named above "
+            "(nothing else is lost); the server scans those segments on its next start and seals them again.")
+    if d is not None and d.kind not in ("corrupt", "format"):
         rep.advice.append(
             f"The log ends with a torn write: {d.describe()}. That write was never acknowledged; "
             "the server cuts it off when it starts (nothing to do).")
@@ -433,8 +467,8 @@ def print_report(rep: Report, out: Console = console) -> None:
     if lrep.exists:
         status = ("[red]CORRUPTED[/]" if lrep.corrupt else "[yellow]TORN TAIL[/]" if lrep.damage else "[green]OK[/]")
         marker = f", COMMITTED marker at {lrep.marker.next_offset}" if lrep.marker else ""
-        out.print(f"  log: {status} {escape(str(lrep.directory))}: {lrep.segments} segments, "
-                  f"{lrep.size} bytes, {lrep.records} intact records{marker}")
+        out.print(f"  log: {status} {escape(str(lrep.directory))}: {lrep.segments} segments "
+                  f"({lrep.sealed} sealed), {lrep.size} bytes, {lrep.records} intact records{marker}")
         if lrep.damage is not None:
             out.print(f"    {escape(lrep.damage.describe())}")
     else:
@@ -579,6 +613,8 @@ def truncate_log(data: Path, log_dir: Path | None = None, app_dir: str | None = 
         if marker.exists():
             shutil.copy2(marker, backup / COMMITTED_FILE)
         fsync_dir(backup)
+        if remove_seals([d.segment, *d.later_segments]):  # the cut segment becomes the unsealed tail
+            fsync_dir(log_dir)
         seg_fd = os.open(d.segment, os.O_WRONLY)
         try:
             os.ftruncate(seg_fd, d.byte)

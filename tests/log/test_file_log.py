@@ -614,9 +614,9 @@ async def test_damage_found_by_read_writes_names_the_segment_and_byte(tmp_path: 
         pos += HEADER_SIZE + int.from_bytes(data[pos + 4:pos + 8], "little")
     data[pos + HEADER_SIZE + 20] ^= 0x10  # bit rot in frame 7, after open
     seg.write_bytes(bytes(data))
-    with pytest.raises(LogCorruptError, match=rf"{seg.name}: damaged frame at byte {pos}: frame CRC mismatch"):
+    with pytest.raises(LogCorruptError, match=rf"{seg.name}: damaged frame at byte {pos} \(record offset 7\): frame CRC mismatch"):
         await read_writes_all(log)
-    with pytest.raises(LogCorruptError, match=rf"{seg.name}: damaged frame at byte {pos}: frame CRC mismatch"):
+    with pytest.raises(LogCorruptError, match=rf"{seg.name}: damaged frame at byte {pos} \(record offset 7\): frame CRC mismatch"):
         [item async for item in log.read_changes(0, None)]
     assert await read_writes_all(log, 0, 7) == flat(recs[:7])
     await log.close()

@@ -15,6 +15,7 @@ from log import FileLog
 from log.codec import HEADER_SIZE, MAGIC, encode
 from log.errors import LogCorruptError, LogFormatError, LogWriteError
 from log.record import Record, Write
+from log.seal import seal_path
 from log.segment import list_segments
 
 
@@ -160,6 +161,16 @@ async def test_bad_frame_in_a_sealed_segment(tmp_path: Path) -> None:
     positions = frame_positions(sealed)
     flip(sealed, positions[-1] + HEADER_SIZE + 10)  # the last frame of a sealed segment
     bad_offset = base + len(positions) - 1
+    # Open trusts the seal (the size matches) and does not read the segment; reading finds the damage.
+    log = FileLog(tmp_path, segment_bytes=1_000)
+    await log.open()
+    with pytest.raises(LogCorruptError) as read_info:
+        await read_all(log)
+    await log.close()
+    msg = str(read_info.value)
+    assert sealed.name in msg and f"record offset {bad_offset}" in msg
+    # Without its seal (an old-format directory), open scans the segment and refuses it.
+    seal_path(sealed).unlink()
     with pytest.raises(LogCorruptError) as info:
         await FileLog(tmp_path, segment_bytes=1_000).open()
     msg = str(info.value)
