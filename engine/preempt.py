@@ -55,6 +55,18 @@ _install_lock = threading.Lock()
 _handler_installed = False
 
 
+_UNWATCHED = _State()  # what worker threads count their critical sections in (nobody reads it)
+
+
+def guard_state() -> _State:
+    """The state whose ``critical`` counter the calling thread's critical sections must raise.
+
+    Only the main thread is interrupted by signal; other threads get a
+    counter nobody reads, so they never disturb the main thread's.
+    """
+    return STATE if threading.get_ident() == _main_ident else _UNWATCHED
+
+
 _drivers: set[Any] = set()  # code objects of the functions that run user code (see `register_driver`)
 
 
