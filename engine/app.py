@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.crons import CronJobs, check_crons, load_crons
 from engine.errors import AppLoadError, FunctionNotFound
 from engine.functions import FunctionDef
 from engine.schema import Schema
@@ -144,6 +145,7 @@ class App:
     functions: dict[str, FunctionDef] = field(default_factory=dict)
     schema: Schema = field(default_factory=lambda: Schema({}))
     auth_providers: tuple[AuthProvider, ...] = ()
+    crons: CronJobs | None = None  # `crons.py`'s registry, when the app has one
     _mtimes: dict[Path, float] = field(default_factory=dict)
     _package: str = ""
 
@@ -178,6 +180,7 @@ class App:
         schema = Schema({})
         providers: tuple[AuthProvider, ...] = ()
         mtimes: dict[Path, float] = {}
+        crons: CronJobs | None = None
         for path in self._module_files():
             if path.parent == self.directory and path.name == AUTH_CONFIG:
                 providers = load_providers(self._import(path, "_auth_config"), path)
@@ -187,6 +190,8 @@ class App:
             module_path = "/".join(rel.parts)
             module = self._import(path, ".".join(rel.parts))
             mtimes[path] = path.stat().st_mtime
+            if module_path == "crons":
+                crons = load_crons(module, path)
             if module_path == "schema":
                 found = getattr(module, "schema", None)
                 if not isinstance(found, Schema):
@@ -198,7 +203,10 @@ class App:
                         continue  # imported from another module: registered there
                     value.path = f"{module_path}:{attr}"
                     functions[value.path] = value
+        if crons is not None:
+            check_crons(crons, functions)
         self.functions, self.schema, self._mtimes = functions, schema, mtimes
+        self.crons = crons
         self.auth_providers = providers
 
     def _import(self, path: Path, dotted: str) -> types.ModuleType:
@@ -210,6 +218,8 @@ class App:
                 pkg = types.ModuleType(parent)
                 pkg.__path__ = [str(self.directory.joinpath(*parts[:i]))]  # type: ignore[attr-defined]
                 sys.modules[parent] = pkg
+        if name in sys.modules:  # already imported by an earlier module of this load (`from .tasks import fn`)
+            return sys.modules[name]
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)

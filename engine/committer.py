@@ -31,12 +31,13 @@ import orjson
 from engine.context import Auth, MutationCtx
 from engine.db import DatabaseWriter, Transaction
 from engine.errors import EngineError, LimitExceeded
-from engine.execution import SliceExpired, run_handler
+from engine.execution import SliceExpired, SlowPaths, run_handler
 from engine.preempt import Preempted, worker_deadline
 from engine.functions import FunctionDef
 from engine.overlay import Overlay
+from engine.scheduler import JobChange, MutationScheduler, finished
 from engine.scan_cache import ScanCache
-from values import decode_value, encode_value, to_wire
+from values import decode_doc, decode_value, encode_doc, encode_value, new_id, to_wire
 from log.errors import LogError
 from log.record import Record, Write
 
@@ -107,6 +108,7 @@ class _QueuedMutation:
     request_id: int | None
     future: asyncio.Future[MutationOutcome]
     fingerprint: str | None = None  # set when session_id and request_id are (see `request_fingerprint`)
+    job_id: str | None = None  # a scheduled mutation: its `_scheduled_functions` job, updated in its record
 
 
 @dataclass
@@ -117,7 +119,20 @@ class _ExpiryTask:
     future: asyncio.Future[MutationOutcome]
 
 
-_Queued = _QueuedMutation | _ExpiryTask
+@dataclass
+class _SystemTask:
+    """Conditional updates of system documents, committed as one record in line with mutations.
+
+    Each update is (table, document id or None to insert a new document, `JobChange`). The record's
+    value is the list of ids actually written.
+    """
+
+    function: str
+    updates: list[tuple[str, str | None, JobChange]]
+    future: asyncio.Future[MutationOutcome]
+
+
+_Queued = _QueuedMutation | _ExpiryTask | _SystemTask
 
 
 class CreationClock:
@@ -184,7 +199,7 @@ class Committer:
         self._owner_loop: asyncio.AbstractEventLoop | None = None  # the loop `start` ran on
         self._expiry_task: asyncio.Task[None] | None = None
         self._expiry_lock = asyncio.Lock()  # one expiry sweep at a time (so no id is deleted twice)
-        self.slow_mutations: set[str] = set()  # functions that outran their slice on the loop
+        self.slow_mutations = SlowPaths()  # functions that outran their slice on the loop (for a while)
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="tape-writer")  # runs them, one at a time
         self._running_slow = False
         self.batches = 0
@@ -250,6 +265,37 @@ class Committer:
         self._queue.append(pending)
         self._wakeup.set()
         return await pending.future
+
+    def enqueue_job(self, fn: FunctionDef, args: dict[str, Any], job_id: str) -> asyncio.Future[MutationOutcome]:
+        """Queue a scheduled mutation whose job is pending; its job's new state joins its record.
+
+        A job no longer pending (cancelled, or already run) is skipped: the outcome's value is None.
+        Returns the future of the outcome (the scheduler attaches a callback rather than a task per job).
+        """
+        if self._task is None:
+            raise EngineError("the committer is not running on this node")
+        if self._broken is not None:
+            raise EngineError(self._broken)
+        assert self._owner_loop is not None
+        pending = _QueuedMutation(fn, args, None, None, None, self._owner_loop.create_future(), job_id=job_id)
+        self._queue.append(pending)
+        self._wakeup.set()
+        return pending.future
+
+    async def system_update(self, function: str, updates: list[tuple[str, str | None, JobChange]]) -> list[str]:
+        """Commit conditional updates of system documents in one `function` record; returns the ids written.
+
+        Each update is (table, id or None for a new document, change); see `engine.scheduler.JobChange`.
+        """
+        if self._task is None:
+            raise EngineError("the committer is not running on this node")
+        if self._broken is not None:
+            raise EngineError(self._broken)
+        assert self._owner_loop is not None
+        task = _SystemTask(function, updates, self._owner_loop.create_future())
+        self._queue.append(task)
+        self._wakeup.set()
+        return (await task.future).value
 
     async def _loop(self) -> None:
         while True:
@@ -357,12 +403,12 @@ class Committer:
         Returns the records to append, the mutations the slice had no time for,
         and a mutation that must run off the loop (it outran its slice, or its
         function is known to). On the loop, a batch stops after
-        `Limits.loop_slice_seconds` / 2 of execution so readers are served.
+        `Limits.loop_slice_seconds` of execution so readers are served.
         """
         runtime = self._runtime
         limits = runtime.limits
         slice_seconds = None if off_loop else limits.loop_slice_seconds
-        slice_end = time.monotonic() + limits.loop_slice_seconds / 2
+        slice_end = time.monotonic() + limits.loop_slice_seconds
         rest: list[_Queued] = []
         slow: _QueuedMutation | None = None
         projection = runtime.projection
@@ -388,6 +434,10 @@ class Committer:
                 if self._stage_expiry(p, records, owners, values):
                     changed_tables.add(REQUESTS_TABLE)
                 continue
+            if isinstance(p, _SystemTask):
+                if self._stage_system(p, seq, records, owners, values):
+                    changed_tables.update(table for table, _id, _change in p.updates)
+                continue
             key = None
             if p.session_id is not None and p.request_id is not None:
                 key = (p.session_id, p.request_id)
@@ -411,13 +461,20 @@ class Committer:
             if not off_loop and p.fn.path in self.slow_mutations:
                 slow, rest = p, batch[i + 1:]
                 break
+            job = self._pending_job(p.job_id) if p.job_id is not None else None
+            if p.job_id is not None and job is None:
+                p.future.set_result(MutationOutcome(None, self._last_ts, self._next_offset - 1))
+                continue
             mark = overlay.mark()
             tx = Transaction(projection, runtime.app.schema, limits, overlay, writable=True, batch=seq,
                              loaded=documents, scans=self._scans, changed_tables=changed_tables)
-            ctx = MutationCtx(DatabaseWriter(tx, self._creation_clock), Auth(p.identity))
+            db = DatabaseWriter(tx, self._creation_clock)
+            ctx = MutationCtx(db, Auth(p.identity), MutationScheduler(db, runtime.app), runtime.app)
             try:
                 value = run_handler(p.fn.handler(ctx, **p.args), p.fn.path, limits.max_seconds, slice_seconds)
                 result = encode_value(value)
+                if job is not None:
+                    self._finish_job(db, tx, job, "success")
             except SliceExpired:
                 overlay.rollback(mark)
                 log.info("mutation %s outran its %.0f ms slice on the event loop: it runs on a worker thread "
@@ -427,11 +484,18 @@ class Committer:
                 break
             except Exception as exc:
                 overlay.rollback(mark)
-                if off_loop:
+                if job is not None:
+                    # A failed scheduled mutation commits only its job's new state (failed, with the error).
+                    tx = Transaction(projection, runtime.app.schema, limits, overlay, writable=True, batch=seq,
+                                     loaded=documents, scans=self._scans, changed_tables=changed_tables)
+                    self._finish_job(DatabaseWriter(tx, self._creation_clock), tx, job, "failed", str(exc))
+                    value, result = None, encode_value(None)
+                elif off_loop:
                     self._owner_loop.call_soon_threadsafe(self._fail, [p], exc)  # type: ignore[union-attr]
+                    continue
                 else:
                     p.future.set_exception(exc)
-                continue
+                    continue
             writes = []
             for doc_id, (table, prev) in tx.touched.items():
                 entry = overlay.get(doc_id)
@@ -514,6 +578,74 @@ class Committer:
             for p in group:
                 if not p.future.done():
                     p.future.set_result(outcome)
+        return True
+
+    # -- scheduled jobs and system records ---------------------------------------------
+    def _current(self, doc_id: str) -> bytes | None:
+        """A document as the writer sees it: pending (overlay) state first, then the projection."""
+        entry = self._overlay.get(doc_id)
+        if entry is not None:
+            return entry.doc
+        return self._runtime.projection.get(doc_id)
+
+    def _pending_job(self, job_id: str) -> dict[str, Any] | None:
+        """The job document, if it is still pending."""
+        raw = self._current(job_id)
+        if raw is None:
+            return None
+        doc = decode_doc(raw)
+        return doc if doc.get("state", {}).get("kind") == "pending" else None
+
+    @staticmethod
+    def _finish_job(db: DatabaseWriter, tx: Transaction, job: dict[str, Any], kind: str,
+                    error: str | None = None) -> None:
+        """Write a scheduled mutation's final state into its own transaction."""
+        job_id = job["_id"]
+        if job_id in tx.touched:  # the mutation changed its own job (cancelled it, say): start from that
+            current = db.system_load(job_id)
+            if current is None:
+                return
+            job = current
+        db.system_replace(job_id, finished(job, kind, error))
+
+    def _stage_system(self, task: _SystemTask, seq: int, records: list[Record], owners: list[list[_Queued]],
+                      values: list[Any]) -> bool:
+        """Add `task`'s record to the batch (its writes go to the overlay); False (answered) when it writes nothing."""
+        if task.future.done():
+            return False
+        projection = self._runtime.projection
+        writes: list[Write] = []
+        written: list[str] = []
+        mark = self._overlay.mark()
+        for table, doc_id, change in task.updates:
+            prev = self._current(doc_id) if doc_id is not None else None
+            if doc_id is not None and prev is None:
+                continue
+            try:
+                new = change(decode_doc(prev) if prev is not None else None)
+            except Exception as exc:  # a bug in the engine's own change: never let it stop the writer
+                self._overlay.rollback(mark)
+                log.exception("system update %s failed", task.function)
+                task.future.set_exception(EngineError(f"{task.function} failed: {exc}"))
+                return False
+            if new is None:
+                continue
+            if doc_id is None:
+                doc_id = new_id(table)
+                new = {**new, "_id": doc_id, "_creationTime": self._creation_clock()}
+            raw = encode_doc(new)
+            # An update keeps `_id` and `_creationTime`, so a system document's index keys (by_id,
+            # by_creation_time) stay the projection's: no keys (see Overlay).
+            self._overlay.put(doc_id, table, raw, projection.index_keys(table, new) if prev is None else None, seq)
+            writes.append(Write(table, doc_id, raw, prev, prev is not None))
+            written.append(doc_id)
+        if not writes:
+            task.future.set_result(MutationOutcome([], self._last_ts, self._next_offset - 1))
+            return False
+        records.append(Record(writes=writes, ts=self._next_ts(), function=task.function,
+                              result=encode_value(written)))
+        owners.append([task])
+        values.append(written)
         return True
 
     # -- expiry of `_requests` memos ---------------------------------------------------

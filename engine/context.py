@@ -6,8 +6,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Coroutine
 
 from engine.db import DatabaseReader, DatabaseWriter
+from engine.errors import EngineError
+from engine.functions import FunctionDef
+from engine.preempt import guard_state as preempt_guard
+from engine.scheduler import ActionScheduler, MutationScheduler, function_path
 
 if TYPE_CHECKING:
+    from engine.app import App
     from engine.runtime import Runtime
 
 
@@ -61,8 +66,50 @@ class QueryCtx:
 
 @dataclass
 class MutationCtx:
+    """`ctx` of a mutation: `db`, `auth`, `scheduler` (jobs written in this transaction), and sub-calls."""
+
     db: DatabaseWriter
     auth: Auth
+    scheduler: MutationScheduler | None = None
+    app: "App | None" = None
+
+    def _callee(self, fn: FunctionDef | str, kind: str) -> FunctionDef:
+        if self.app is None:
+            raise EngineError(f"ctx.run_{kind} is not available here")
+        target = self.app.function(function_path(fn), allow_internal=True)
+        if target.kind != kind:
+            raise EngineError(f"{target.path} is a {target.kind}, not a {kind}")
+        return target
+
+    async def run_query(self, fn: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
+        """Run a query inside this transaction: it sees this mutation's writes so far."""
+        target = self._callee(fn, "query")
+        checked = target.validate_args({} if args is None else args)
+        return await target.handler(QueryCtx(DatabaseReader(self.db._tx), self.auth), **checked)
+
+    async def run_mutation(self, fn: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
+        """Run a mutation as a sub-transaction of this one (Convex semantics).
+
+        It sees this mutation's writes so far and its writes join this mutation's record; if it
+        raises, its writes are undone and the error reaches the caller (which may catch it).
+        """
+        target = self._callee(fn, "mutation")
+        checked = target.validate_args({} if args is None else args)
+        tx = self.db._tx
+        mark = tx.overlay.mark()
+        touched = dict(tx.touched)
+        try:
+            return await target.handler(MutationCtx(self.db, self.auth, self.scheduler, self.app), **checked)
+        except BaseException:
+            guard = preempt_guard()
+            guard.critical += 1  # a preemption must not land halfway through the undo
+            try:
+                tx.overlay.rollback(mark)
+                tx.touched.clear()
+                tx.touched.update(touched)
+            finally:
+                guard.critical -= 1
+            raise
 
 
 class ActionCtx:
@@ -94,12 +141,17 @@ class ActionCtx:
         outcome = await self._runtime.run_mutation(path, args, allow_internal=True, identity=self.auth.identity)
         return outcome.value
 
-    async def run_query(self, path: str, args: dict[str, Any] | None = None) -> Any:
-        return await self._on_server(self._query(path, args or {}))
+    @property
+    def scheduler(self) -> ActionScheduler:
+        """`ctx.scheduler`: each `run_after` / `run_at` / `cancel` commits on its own."""
+        return ActionScheduler(self._runtime, self._on_server)
 
-    async def run_mutation(self, path: str, args: dict[str, Any] | None = None) -> Any:
-        return await self._on_server(self._mutation(path, args or {}))
+    async def run_query(self, path: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
+        return await self._on_server(self._query(function_path(path), args or {}))
 
-    async def run_action(self, path: str, args: dict[str, Any] | None = None) -> Any:
-        return await self._on_server(
-            self._runtime.run_action(path, args or {}, allow_internal=True, identity=self.auth.identity))
+    async def run_mutation(self, path: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
+        return await self._on_server(self._mutation(function_path(path), args or {}))
+
+    async def run_action(self, path: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
+        return await self._on_server(self._runtime.run_action(function_path(path), args or {}, allow_internal=True,
+                                                              identity=self.auth.identity))

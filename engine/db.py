@@ -6,7 +6,7 @@ import functools
 import time
 from typing import Any, Callable, Iterator
 
-from engine.preempt import STATE as PREEMPT_STATE
+from engine.preempt import guard_state as preempt_guard
 from engine.errors import ArgumentError, EngineError, LimitExceeded, ReadOnlyError
 from engine.limits import Limits
 from engine.overlay import Overlay
@@ -28,6 +28,15 @@ DELETE = _Delete()
 _LOAD: Any = object()  # `_write`: read the document's current encoding itself
 _NO_FIELDS: frozenset[str] = frozenset()
 _MISSING: Any = object()
+
+SCHEDULED_FUNCTIONS = "_scheduled_functions"
+READABLE_SYSTEM_TABLES: frozenset[str] = frozenset({SCHEDULED_FUNCTIONS})
+"""System tables app code may read, through `ctx.db.system` only (never `_requests`)."""
+
+
+def is_system_table(table: str) -> bool:
+    """Whether `table` is a system table (its name starts with "_")."""
+    return table.startswith("_")
 
 
 class IndexRange:
@@ -146,15 +155,20 @@ class DatabaseReader:
         self._tx = tx
 
     @staticmethod
-    def _check_id(doc_id: Any) -> str:
+    def _check_id(doc_id: Any, system: bool = False) -> str:
+        """The table of `doc_id`; system tables only when `system` (and then only readable ones)."""
         table = table_of(doc_id)
         if table is None:
             raise ArgumentError(f"invalid document id {doc_id!r}")
+        if is_system_table(table) != system or (system and table not in READABLE_SYSTEM_TABLES):
+            where = "ctx.db.system" if system else "ctx.db"
+            raise ArgumentError(f"{where} cannot reach table {table!r} (system tables are read through "
+                                f"ctx.db.system: {', '.join(sorted(READABLE_SYSTEM_TABLES))})")
         return table
 
-    def _read(self, doc_id: Any) -> tuple[str, bytes | None]:
+    def _read(self, doc_id: Any, system: bool = False) -> tuple[str, bytes | None]:
         """(table, encoded document or None) for `doc_id`, counted and added to the read set."""
-        table = self._check_id(doc_id)
+        table = self._check_id(doc_id, system)
         tx = self._tx
         tx.tick()
         tx.count_read()
@@ -170,7 +184,14 @@ class DatabaseReader:
         """Start a query over `table` (default order: by creation time, ascending)."""
         if not isinstance(table, str) or not table:
             raise ArgumentError(f"table name must be a non-empty string, got {table!r}")
+        if is_system_table(table):
+            raise ArgumentError(f"ctx.db cannot reach system table {table!r}; read it through ctx.db.system")
         return QueryBuilder(self._tx, table)
+
+    @property
+    def system(self) -> "SystemReader":
+        """`ctx.db.system`: read-only access to the readable system tables (`_scheduled_functions`)."""
+        return SystemReader(self._tx)
 
     def normalize_id(self, table: str, doc_id: Any) -> str | None:
         """`doc_id` if it is an id of `table`, else None."""
@@ -187,6 +208,25 @@ class DatabaseReader:
 
     async def delete(self, doc_id: str) -> None:
         raise ReadOnlyError("queries cannot write: ctx.db.delete is only available in mutations")
+
+
+class SystemReader:
+    """`ctx.db.system`: `get` and `query` over the readable system tables, recorded in the read set."""
+
+    def __init__(self, tx: Transaction) -> None:
+        self._tx = tx
+
+    async def get(self, doc_id: str) -> dict[str, Any] | None:
+        """The system document with this id, or None."""
+        raw = DatabaseReader(self._tx)._read(doc_id, system=True)[1]
+        return decode_doc(raw) if raw is not None else None
+
+    def query(self, table: str) -> "QueryBuilder":
+        """Start a query over a readable system table."""
+        if table not in READABLE_SYSTEM_TABLES:
+            raise ArgumentError(f"ctx.db.system cannot reach table {table!r} "
+                                f"(readable: {', '.join(sorted(READABLE_SYSTEM_TABLES))})")
+        return QueryBuilder(self._tx, table)
 
 
 class DatabaseWriter(DatabaseReader):
@@ -230,12 +270,33 @@ class DatabaseWriter(DatabaseReader):
         else:
             keys = tx.projection.index_keys(table, doc) if doc is not None else []
             tx.changed_tables.add(table)
-        guard = PREEMPT_STATE  # a preemption must not land halfway through the overlay's update
+        guard = preempt_guard()  # a preemption must not land halfway through the overlay's update
         guard.critical += 1
         try:
             tx.overlay.put(doc_id, table, raw, keys, tx.batch)
         finally:
             guard.critical -= 1
+
+    def system_insert(self, table: str, fields: dict[str, Any]) -> str:
+        """Engine use only: insert a system document (no schema; the engine builds the fields)."""
+        self._require_writable()
+        doc_id = new_id(table)
+        full = dict(fields)
+        full["_id"] = doc_id
+        full["_creationTime"] = self._creation_clock()
+        self._write(doc_id, table, encode_doc(full), full)
+        return doc_id
+
+    def system_load(self, doc_id: str) -> dict[str, Any] | None:
+        """Engine use only: a readable system document as this transaction sees it (read-set tracked)."""
+        raw = self._read(doc_id, system=True)[1]
+        return decode_doc(raw) if raw is not None else None
+
+    def system_replace(self, doc_id: str, doc: dict[str, Any]) -> None:
+        """Engine use only: replace a system document (same `_id` and `_creationTime`, so the same index keys)."""
+        self._require_writable()
+        table = self._check_id(doc_id, system=True)
+        self._write(doc_id, table, encode_doc(doc), doc, keys_unchanged=True)
 
     def _require_writable(self) -> None:
         if not self._tx.writable:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from threading import get_ident
-from typing import Any, Coroutine
+from typing import Any, Coroutine, Iterator
 
 from engine import preempt
 from engine.errors import AppError, EngineError, InternalFunctionError, LimitExceeded, SuspendedError
@@ -30,6 +30,35 @@ def drive(coro: Coroutine[Any, Any, Any], path: str) -> Any:
 
 
 preempt.register_driver(drive.__code__)
+
+
+class SlowPaths:
+    """Function paths that outran their slice on the event loop, so they run off it.
+
+    A mark lasts `retry_seconds`; after that the next call tries the loop
+    again (and is marked again if it still outruns its slice). A transient
+    stall (a GC pause, a busy machine) so demotes a function for a few
+    seconds, not for the life of the process.
+    """
+
+    def __init__(self, retry_seconds: float = 10.0) -> None:
+        self.retry_seconds = retry_seconds
+        self._marked: dict[str, float] = {}
+
+    def add(self, path: str) -> None:
+        self._marked[path] = time.monotonic()
+
+    def __contains__(self, path: object) -> bool:
+        marked = self._marked.get(path)  # type: ignore[arg-type]
+        if marked is None:
+            return False
+        if time.monotonic() - marked > self.retry_seconds:
+            del self._marked[path]  # type: ignore[arg-type]
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([path for path in list(self._marked) if path in self])
 
 
 class SliceExpired(Exception):

@@ -11,12 +11,14 @@ from engine.action_workers import ActionWorkers
 from engine.app import App
 from engine.committer import Committer, MutationOutcome
 from engine.context import ActionCtx, Auth, QueryCtx
+from engine.crons import CronRunner
 from engine.db import DatabaseReader, Transaction
 from engine.errors import AppError, EngineError, InternalFunctionError, LimitExceeded, SchemaViolation
-from engine.execution import SliceExpired, check_result, run_handler
+from engine.execution import SliceExpired, SlowPaths, check_result, run_handler
 from engine.limits import DEFAULT_LIMITS, Limits
 from engine.preempt import Preempted, expire_workers, worker_deadline
 from engine.readset import ReadSet
+from engine.scheduler import Scheduler
 from values import decode_doc
 from log.base import Log
 from log.record import Record
@@ -51,9 +53,11 @@ class Runtime:
         self.limits = limits
         self.role = role
         self.committer = Committer(self)
+        self.scheduler = Scheduler(self)  # runs due `_scheduled_functions` jobs; started on the committer only
+        self.crons = CronRunner(self)  # starts `crons.py` runs; committer only
         self.actions = ActionWorkers(limits.max_concurrent_actions)
         self.query_workers = ThreadPoolExecutor(limits.query_workers, thread_name_prefix="tape-query")
-        self.slow_queries: set[str] = set()  # query paths that outran their slice on the loop
+        self.slow_queries = SlowPaths()  # query paths that outran their slice on the loop (for a while)
         self.snapshots = SnapshotJournal()  # read views for queries running off the loop
         self._listeners: list[AppliedListener] = []
         self.mutation_forwarder: Callable[..., Any] | None = None
@@ -71,6 +75,8 @@ class Runtime:
         if self.role == "committer":
             await self.catch_up()
             self.committer.start()
+            await self.scheduler.start()
+            self.crons.start()
 
     async def catch_up(self) -> None:
         """Apply log records the projection has not seen (after a crash, or on a fresh projection).
@@ -83,6 +89,8 @@ class Runtime:
     async def stop(self) -> None:
         """Stop promptly: queued mutations are refused, user code still running anywhere is interrupted."""
         expire_workers()  # slow queries and mutations on worker threads: their results are not needed now
+        await self.crons.stop()
+        await self.scheduler.stop()
         await self.committer.stop(drain_seconds=0.0)
         self.actions.close()
         self.query_workers.shutdown(wait=False, cancel_futures=True)

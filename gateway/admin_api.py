@@ -25,6 +25,10 @@ nothing is done.
   and applied, just before subscriptions were updated (``clock`` names the clock, so a client on
   the same host can time commit → update against its own ``perf_counter``).
 * ``POST /api/admin/checkpoints`` — take a checkpoint now.
+* ``POST /api/admin/run`` — body ``{"path", "args", "format"?}``: runs any function (query,
+  mutation or action; internal ones included) as the admin (or, with ``<key>:<identity>``, as that
+  user), on the live deployment. Answers like ``/api/function``. This is what ``tape run`` and the
+  dashboard call.
 """
 from __future__ import annotations
 
@@ -158,6 +162,49 @@ async def query_at(request: web.Request) -> web.Response:
     body_out = hp.success_body(result.value, fmt=fmt)
     body_out.update({"offset": result.offset, "ts": str(result.ts), "time": format_ns(result.ts) if result.ts else None})
     return _json(body_out)
+
+
+async def run_function(request: web.Request) -> web.Response:
+    """POST /api/admin/run (see the module docstring)."""
+    if not _authorized(request):
+        return _unauthorized()
+    node: Node = request.app[NODE_KEY]
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        return _bad(f"request body is not valid JSON: {exc}", code="BadJsonBody")
+    if type(body) is not dict:
+        return _bad("request body must be a JSON object", code="BadJsonBody")
+    fields = {k: v for k, v in body.items() if k in ("path", "args", "format", "componentPath")}
+    try:
+        call = hp.parse_function_call(fields, endpoint="function", query_format=request.query.get("format"))
+        identity = _acting_identity(request)
+    except hp.HttpApiError as exc:
+        return _json({"code": exc.code, "message": exc.message}, exc.status)
+    except AuthFailure as exc:
+        return _bad(f"Authorization: {exc}", code="Unauthenticated", status=401)
+    fmt = hp.response_format(call.format, request.headers.get("Convex-Client"))
+    runtime = node.runtime
+    try:
+        kind = runtime.app.function(call.path, allow_internal=True).kind
+        if kind == "query":
+            result = await runtime.query(call.path, call.args, allow_internal=True, identity=identity)
+            if result.error is not None:
+                raise result.error
+            value = result.value
+        elif kind == "mutation":
+            value = (await runtime.run_mutation(call.path, call.args, allow_internal=True, identity=identity)).value
+        else:
+            value = await runtime.run_action(call.path, call.args, allow_internal=True, identity=identity)
+    except FunctionNotFound as exc:
+        return _json(hp.error_body(str(exc), fmt=fmt), 404)
+    except AppError as exc:
+        text, data = error_fields(exc)
+        return _json(hp.error_body(text, error_data=data, fmt=fmt), hp.FUNCTION_ERROR_STATUS)
+    except EngineError as exc:
+        return _json(hp.error_body(str(exc), fmt=fmt), hp.FUNCTION_ERROR_STATUS)
+    return _json(hp.success_body(value, fmt=fmt))
 
 
 # ----------------------------------------------------------------- change stream
@@ -322,6 +369,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/admin/checkpoints", list_checkpoints)
     app.router.add_get("/api/admin/commit_times", commit_times)
     app.router.add_post("/api/admin/checkpoints", create_checkpoint)
+    app.router.add_post("/api/admin/run", run_function)
     app.on_shutdown.append(_on_shutdown)
     app.on_cleanup.append(_on_cleanup)
 

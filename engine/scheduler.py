@@ -1,0 +1,367 @@
+"""Scheduled functions: `ctx.scheduler` and the task that runs due jobs on the committer.
+
+A job is a document of the `_scheduled_functions` system table, with Convex's
+fields: ``name`` ("module:fn"), ``args`` (a one-element list, as in Convex),
+``scheduledTime`` (ms), ``completedTime`` (ms, once finished) and ``state``
+(``{"kind": "pending" | "inProgress" | "success" | "failed" | "canceled"}``,
+plus ``error`` when failed).
+
+Scheduling from a mutation writes the job document inside the mutation's own
+transaction, so the job exists exactly when the mutation committed and it is
+replayed, restored and streamed with everything else. Scheduling (or
+cancelling) from an action commits a small `_system:schedule` record through
+the committer.
+
+Execution (`Scheduler`, started only on the committer): due jobs are taken in
+`scheduledTime` order from an in-memory heap, rebuilt from the table at start
+(so it is right after a restart or a restore) and fed by every applied record.
+
+- A scheduled **mutation** runs through the committer with its job's state
+  change (pending → success/failed) written in the same record as its own
+  writes: it is applied exactly once, also across a crash at any moment.
+- A scheduled **action** is first marked inProgress in a committed record,
+  then run, then marked success/failed: it runs at most once. Jobs found
+  inProgress at start-up are actions that were running when the server
+  stopped: they are marked failed, never retried.
+
+Scheduled functions run with no identity.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
+
+from engine.db import SCHEDULED_FUNCTIONS, DatabaseWriter
+from engine.errors import ArgumentError, EngineError
+from engine.functions import FunctionDef
+from values import decode_doc
+
+if TYPE_CHECKING:
+    from engine.app import App
+    from engine.runtime import Runtime
+
+log = logging.getLogger("tape.scheduler")
+
+SCHEDULE_FUNCTION = "_system:schedule"  # `function` of records written by the scheduler itself
+SERVER_STOPPED = "the server stopped while it ran"
+JobChange = Callable[[dict[str, Any] | None], dict[str, Any] | None]
+"""A conditional job update: the current document (None for an insert) -> the new one, or None to skip."""
+
+
+def now_ms() -> float:
+    """Wall-clock time in ms, as `scheduledTime` and `completedTime` use."""
+    return time.time() * 1000.0
+
+
+def function_path(fn: FunctionDef | str) -> str:
+    """The "module:fn" path of a function object or path string."""
+    if isinstance(fn, FunctionDef):
+        if not fn.path:
+            raise ArgumentError("scheduler: that function is not registered (is it a public attribute of an app "
+                                "module?)")
+        return fn.path
+    if isinstance(fn, str) and fn:
+        return fn
+    raise ArgumentError(f"scheduler: expected a function or a 'module:fn' path, got {fn!r}")
+
+
+def resolve_job(app: "App", fn: FunctionDef | str, args: Any) -> tuple[str, dict[str, Any]]:
+    """(path, validated args) of a function to schedule; refuses queries and unknown functions."""
+    target = app.function(function_path(fn), allow_internal=True)
+    if target.kind == "query":
+        raise ArgumentError(f"scheduler: {target.path} is a query; only mutations and actions can be scheduled")
+    return target.path, target.validate_args({} if args is None else args)
+
+
+def check_time(value: Any, what: str) -> float:
+    """A finite number of milliseconds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ArgumentError(f"scheduler: {what} must be a finite number of milliseconds, got {value!r}")
+    return float(value)
+
+
+def job_fields(path: str, args: dict[str, Any], scheduled_ms: float) -> dict[str, Any]:
+    """A new pending job document (without `_id` / `_creationTime`)."""
+    return {"name": path, "args": [args], "scheduledTime": scheduled_ms, "state": {"kind": "pending"}}
+
+
+def finished(doc: dict[str, Any], kind: str, error: str | None = None) -> dict[str, Any]:
+    """`doc` in a final state, stamped with `completedTime`."""
+    state: dict[str, Any] = {"kind": kind}
+    if error is not None:
+        state["error"] = error
+    return {**doc, "state": state, "completedTime": now_ms()}
+
+
+def when_state(kind: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> JobChange:
+    """A `JobChange` applied only when the job exists and is in state `kind`."""
+    def apply(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+        if doc is None or doc.get("state", {}).get("kind") != kind:
+            return None
+        return change(doc)
+    return apply
+
+
+def cancel_change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Cancel a pending or running job; a finished one is left as it is (as in Convex)."""
+    if doc is None or doc.get("state", {}).get("kind") not in ("pending", "inProgress"):
+        return None
+    return finished(doc, "canceled")
+
+
+def _check_job_id(job_id: Any) -> str:
+    if not isinstance(job_id, str) or not job_id:
+        raise ArgumentError(f"scheduler.cancel: expected a job id, got {job_id!r}")
+    return job_id
+
+
+class MutationScheduler:
+    """`ctx.scheduler` in a mutation: jobs are written in the mutation's own transaction."""
+
+    def __init__(self, db: DatabaseWriter, app: "App") -> None:
+        self._db = db
+        self._app = app
+
+    async def run_after(self, delay_ms: float, fn: FunctionDef | str, args: dict[str, Any] | None = None) -> str:
+        """Schedule `fn(args)` `delay_ms` milliseconds after this mutation; returns the job id."""
+        return self._schedule(now_ms() + max(0.0, check_time(delay_ms, "delay_ms")), fn, args)
+
+    async def run_at(self, timestamp_ms: float, fn: FunctionDef | str, args: dict[str, Any] | None = None) -> str:
+        """Schedule `fn(args)` at `timestamp_ms` (ms since the epoch; a past time runs at once)."""
+        return self._schedule(check_time(timestamp_ms, "timestamp_ms"), fn, args)
+
+    def _schedule(self, when: float, fn: FunctionDef | str, args: dict[str, Any] | None) -> str:
+        path, checked = resolve_job(self._app, fn, args)
+        return self._db.system_insert(SCHEDULED_FUNCTIONS, job_fields(path, checked, when))
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel a job (a running action keeps running; it is recorded as canceled)."""
+        doc = self._db.system_load(_check_job_id(job_id))
+        new = cancel_change(doc)
+        if new is not None:
+            self._db.system_replace(job_id, new)
+
+
+class ActionScheduler:
+    """`ctx.scheduler` in an action: each call commits its own `_system:schedule` record."""
+
+    def __init__(self, runtime: "Runtime",
+                 on_server: Callable[[Coroutine[Any, Any, Any]], Awaitable[Any]]) -> None:
+        self._runtime = runtime
+        self._on_server = on_server
+
+    async def run_after(self, delay_ms: float, fn: FunctionDef | str, args: dict[str, Any] | None = None) -> str:
+        """Schedule `fn(args)` `delay_ms` milliseconds from now; returns the job id."""
+        return await self._schedule(now_ms() + max(0.0, check_time(delay_ms, "delay_ms")), fn, args)
+
+    async def run_at(self, timestamp_ms: float, fn: FunctionDef | str, args: dict[str, Any] | None = None) -> str:
+        """Schedule `fn(args)` at `timestamp_ms` (ms since the epoch)."""
+        return await self._schedule(check_time(timestamp_ms, "timestamp_ms"), fn, args)
+
+    async def _schedule(self, when: float, fn: FunctionDef | str, args: dict[str, Any] | None) -> str:
+        path, checked = resolve_job(self._runtime.app, fn, args)
+        fields = job_fields(path, checked, when)
+        ids = await self._on_server(self._runtime.committer.system_update(
+            SCHEDULE_FUNCTION, [(SCHEDULED_FUNCTIONS, None, lambda _doc: fields)]))
+        return ids[0]
+
+    async def cancel(self, job_id: str) -> None:
+        """Cancel a job (committed on its own)."""
+        await self._on_server(self._runtime.committer.system_update(
+            SCHEDULE_FUNCTION, [(SCHEDULED_FUNCTIONS, _check_job_id(job_id), cancel_change)]))
+
+
+class Scheduler:
+    """Runs due jobs on the committer node (see the module docstring)."""
+
+    def __init__(self, runtime: "Runtime") -> None:
+        self._runtime = runtime
+        # (scheduledTime, push order, job id, the job as it was pending): the doc saves a read per dispatch;
+        # the committer re-checks the state in the transaction that runs or starts the job.
+        self._heap: list[tuple[float, int, str, dict[str, Any]]] = []
+        self._pushes = 0
+        self._running: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._action_slots: asyncio.Semaphore | None = None
+        self._stopping = False
+        self.completed = 0  # jobs this process finished (any final state)
+
+    async def start(self) -> None:
+        """Rebuild the due heap from the table, fail actions a crash interrupted, and start running jobs."""
+        if self._task is not None:
+            return
+        runtime = self._runtime
+        self._action_slots = asyncio.Semaphore(max(1, runtime.limits.max_concurrent_actions))
+        interrupted: list[str] = []
+        for raw in runtime.projection.iter_documents(SCHEDULED_FUNCTIONS):
+            doc = decode_doc(raw)
+            kind = doc.get("state", {}).get("kind")
+            if kind == "pending":
+                self._push(doc)
+            elif kind == "inProgress":
+                interrupted.append(doc["_id"])
+        runtime.add_listener(self._on_applied)
+        if interrupted:
+            log.warning("%d scheduled action(s) were running when the server stopped: marked failed",
+                        len(interrupted))
+            fail = when_state("inProgress", lambda d: finished(d, "failed", SERVER_STOPPED))
+            await runtime.committer.system_update(SCHEDULE_FUNCTION,
+                                                  [(SCHEDULED_FUNCTIONS, job_id, fail) for job_id in interrupted])
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="tape-scheduler")
+
+    async def stop(self) -> None:
+        """Stop taking jobs and cancel the ones running (a cancelled action is failed at the next start).
+
+        Scheduled mutations still queued in the committer are refused by its stop: they stay pending.
+        """
+        self._stopping = True
+        self._runtime.remove_listener(self._on_applied)
+        tasks = [t for t in [self._task, *self._tasks] if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - cancelled or failed: either way it has ended
+                pass
+        self._task = None
+        self._tasks.clear()
+
+    @property
+    def pending(self) -> int:
+        """Heap entries not yet dispatched (may include stale entries of jobs already finished)."""
+        return len(self._heap)
+
+    def _push(self, doc: dict[str, Any]) -> None:
+        self._pushes += 1
+        heapq.heappush(self._heap, (doc["scheduledTime"], self._pushes, doc["_id"], doc))
+
+    def _on_applied(self, records: list[Any]) -> None:
+        """Projection listener: queue every job written as pending."""
+        pushed = False
+        for record in records:
+            for write in record.writes:
+                if write.table != SCHEDULED_FUNCTIONS or write.doc is None or write.prev is not None:
+                    continue  # jobs are pending only when inserted: later writes only move them on
+                doc = decode_doc(write.doc)
+                if doc.get("state", {}).get("kind") == "pending":
+                    self._push(doc)
+                    pushed = True
+        if pushed:
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        heap = self._heap
+        loop = asyncio.get_running_loop()
+        while True:
+            self._wake.clear()
+            now = now_ms()
+            while heap and heap[0][0] <= now:
+                _, _, job_id, doc = heapq.heappop(heap)
+                if job_id in self._running:
+                    continue
+                # A job cancelled meanwhile is dropped by the committer's check (mutations) or by the
+                # conditional pending -> inProgress update (actions).
+                self._running.add(job_id)
+                if not self._start_mutation(doc):
+                    task = loop.create_task(self._run(doc))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            timeout = (heap[0][0] - now_ms()) / 1000.0 if heap else None
+            if timeout is not None and timeout <= 0:
+                await asyncio.sleep(0)
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+    def _start_mutation(self, doc: dict[str, Any]) -> bool:
+        """Queue a scheduled mutation straight into the committer (no task per job); False if it is not one."""
+        job_id = doc["_id"]
+        try:
+            fn = self._runtime.app.function(doc["name"], allow_internal=True)
+            if fn.kind != "mutation":
+                return False
+            args = fn.validate_args(doc["args"][0] if doc.get("args") else {})
+            future = self._runtime.committer.enqueue_job(fn, args, job_id)
+        except EngineError:
+            return False  # `_run` records the failure
+        future.add_done_callback(lambda done: self._mutation_done(job_id, done))
+        return True
+
+    def _mutation_done(self, job_id: str, done: "asyncio.Future[Any]") -> None:
+        self._running.discard(job_id)
+        if done.cancelled() or self._stopping:
+            return  # not run: the job stays pending for the next start
+        exc = done.exception()
+        if exc is None:
+            self.completed += 1
+            return
+        # The committer records a mutation's own failure in its job; this is a failure around it
+        # (e.g. it was stopped at its time bound off the loop): record it unless it ran after all.
+        self._running.add(job_id)
+        task = asyncio.get_running_loop().create_task(self._fail_job(job_id, exc))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _fail_job(self, job_id: str, exc: BaseException) -> None:
+        try:
+            await self._update(job_id, "pending", lambda d: finished(d, "failed", str(exc)))
+            self.completed += 1
+        except EngineError:
+            log.exception("recording the failure of scheduled job %s failed", job_id)
+        finally:
+            self._running.discard(job_id)
+
+    async def _run(self, doc: dict[str, Any]) -> None:
+        job_id = doc["_id"]
+        try:
+            try:
+                fn = self._runtime.app.function(doc["name"], allow_internal=True)
+                args = fn.validate_args(doc["args"][0] if doc.get("args") else {})
+            except EngineError as exc:
+                await self._update(job_id, "pending", lambda d: finished(d, "failed", str(exc)))
+                return
+            if fn.kind == "query":
+                message = f"{fn.path} is a query: only mutations and actions can be scheduled"
+                await self._update(job_id, "pending", lambda d: finished(d, "failed", message))
+                return
+            if fn.kind == "mutation":  # `_start_mutation` could not queue it: the committer refuses writes
+                log.error("scheduled mutation %s (job %s) could not be queued; it stays pending until a restart",
+                          fn.path, job_id)
+                return
+            await self._run_action(job_id, fn, args)
+            self.completed += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("scheduled job %s (%s) could not be run", job_id, doc.get("name"))
+        finally:
+            self._running.discard(job_id)
+
+    async def _update(self, job_id: str, kind: str, change: Callable[[dict[str, Any]], dict[str, Any]]) -> bool:
+        """Apply `change` to the job if it is in state `kind`; True when it was."""
+        changed = await self._runtime.committer.system_update(
+            SCHEDULE_FUNCTION, [(SCHEDULED_FUNCTIONS, job_id, when_state(kind, change))])
+        return bool(changed)
+
+    async def _run_action(self, job_id: str, fn: FunctionDef, args: dict[str, Any]) -> None:
+        assert self._action_slots is not None
+        async with self._action_slots:
+            if not await self._update(job_id, "pending", lambda d: {**d, "state": {"kind": "inProgress"}}):
+                return  # cancelled (or run) meanwhile
+            try:
+                await self._runtime.run_action(fn.path, args, allow_internal=True, identity=None)
+            except asyncio.CancelledError:
+                raise  # the server is stopping: the next start marks the job failed
+            except Exception as exc:
+                await self._update(job_id, "inProgress", lambda d: finished(d, "failed", str(exc)))
+                return
+            await self._update(job_id, "inProgress", lambda d: finished(d, "success"))
