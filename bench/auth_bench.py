@@ -46,6 +46,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bench.common import (BANK_APP, HOST, BenchError, CpuMeter, Harness, Zipf, accounts_for, harness_for,
                           latency_summary, owner, seed_accounts)
+from bench import transfer
 from bench.transfer import Window, transfer_args
 from bench.wsdriver import MutationFailed, SyncClient, open_many
 
@@ -131,41 +132,9 @@ def bank_with_auth(directory: Path, issuer: Issuer) -> Path:
 async def drive_http(url: str, pairs: Sequence[tuple[int, int]], tokens: Sequence[str] | None, duration: float,
                      warmup: float) -> dict[str, Any]:
     """64 keep-alive HTTP callers posting transfers; each sends its own Bearer token when `tokens` is given."""
-    import aiohttp
-    endpoint = f"{url}/api/mutation"
-    clients = CLIENTS
-    sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(total=30))
-                for _ in range(clients)]
-    window = Window(warmup, duration)
-
-    async def client(k: int, session: Any) -> None:
-        headers = {"Content-Type": "application/json"}
-        if tokens is not None:
-            headers["Authorization"] = f"Bearer {tokens[k]}"
-        i = k
-        while clock() < window.end:
-            t0 = clock()
-            body = orjson.dumps({"path": "accounts:transfer", "args": transfer_args(pairs, i), "format": "json"})
-            i += clients
-            try:
-                async with session.post(endpoint, data=body, headers=headers) as r:
-                    data = await r.read()
-                    status = r.status
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-                window.error(exc)
-                await asyncio.sleep(0.01)
-                continue
-            if status == 200:
-                window.done(t0, clock())
-            elif status == 560:
-                window.failed += 1
-            else:
-                window.error(f"HTTP {status}: {data[:200]!r}")
-    try:
-        await asyncio.gather(*(client(k, s) for k, s in enumerate(sessions)))
-    finally:
-        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
-    return window.result(transport="http", authenticated=tokens is not None)
+    result = await transfer.drive_http(url, pairs, CLIENTS, duration, warmup, tokens=tokens)
+    result["authenticated"] = tokens is not None
+    return result
 
 
 def _identity_version(payload: bytes) -> int:

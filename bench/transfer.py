@@ -88,16 +88,22 @@ class Window:
 
 
 async def drive_http(url: str, pairs: Sequence[tuple[int, int]], clients: int, duration: float,
-                     warmup: float, path: str = "accounts:transfer") -> dict[str, Any]:
-    """`clients` aiohttp clients (one keep-alive connection each) posting transfers back to back."""
+                     warmup: float, path: str = "accounts:transfer",
+                     tokens: Sequence[str] | None = None) -> dict[str, Any]:
+    """`clients` aiohttp clients (one keep-alive connection each) posting transfers back to back.
+
+    With `tokens`, client k sends ``Authorization: Bearer tokens[k]``.
+    """
     import aiohttp
     endpoint = f"{url}/api/mutation"
-    headers = {"Content-Type": "application/json"}
     sessions = [aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=aiohttp.ClientTimeout(total=30))
                 for _ in range(clients)]
     window = Window(warmup, duration)
 
     async def client(k: int, session: Any) -> None:
+        headers = {"Content-Type": "application/json"}
+        if tokens is not None:
+            headers["Authorization"] = f"Bearer {tokens[k]}"
         i = k
         while True:
             t0 = clock()

@@ -121,19 +121,26 @@ async def _target_offset(node: "Node", body: dict[str, Any]) -> tuple[int, str]:
     return await tt.offset_at_ts(ts), f"ts {ts}"
 
 
+async def _function_body(request: web.Request) -> tuple[dict[str, Any] | None, Any]:
+    """(the JSON object body, its function-call fields), or (None, a 400 response) for a bad body."""
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        return None, _bad(f"request body is not valid JSON: {exc}", code="BadJsonBody")
+    if type(body) is not dict:
+        return None, _bad("request body must be a JSON object", code="BadJsonBody")
+    return body, {k: v for k, v in body.items() if k in ("path", "args", "format", "componentPath")}
+
+
 async def query_at(request: web.Request) -> web.Response:
     """POST /api/admin/query_at (see the module docstring)."""
     if not _authorized(request):
         return _unauthorized()
     node: Node = request.app[NODE_KEY]
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        return _bad(f"request body is not valid JSON: {exc}", code="BadJsonBody")
-    if type(body) is not dict:
-        return _bad("request body must be a JSON object", code="BadJsonBody")
-    fields = {k: v for k, v in body.items() if k in ("path", "args", "format", "componentPath")}
+    body, fields = await _function_body(request)
+    if body is None:
+        return fields  # type: ignore[return-value]  # (the 400 answer)
     try:
         call = hp.parse_function_call(fields, endpoint="query", query_format=request.query.get("format"))
         offset, _asked = await _target_offset(node, body)
@@ -169,14 +176,9 @@ async def run_function(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _unauthorized()
     node: Node = request.app[NODE_KEY]
-    raw = await request.read()
-    try:
-        body = orjson.loads(raw) if raw.strip() else {}
-    except orjson.JSONDecodeError as exc:
-        return _bad(f"request body is not valid JSON: {exc}", code="BadJsonBody")
-    if type(body) is not dict:
-        return _bad("request body must be a JSON object", code="BadJsonBody")
-    fields = {k: v for k, v in body.items() if k in ("path", "args", "format", "componentPath")}
+    body, fields = await _function_body(request)
+    if body is None:
+        return fields  # type: ignore[return-value]  # (the 400 answer)
     try:
         call = hp.parse_function_call(fields, endpoint="function", query_format=request.query.get("format"))
         identity = _acting_identity(request)
