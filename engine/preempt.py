@@ -93,6 +93,8 @@ def _on_signal(signum: int, frame: Any) -> None:
             raise Preempted()
         frame = frame.f_back
         depth += 1
+    # No user code is running: a deadline still set here is stale (its function already returned).
+    state.deadline = 0.0
 
 
 class Watchdog(threading.Thread):
