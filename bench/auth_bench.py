@@ -47,8 +47,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from bench.common import (BANK_APP, HOST, BenchError, CpuMeter, Harness, Zipf, accounts_for, harness_for,
                           latency_summary, owner, seed_accounts)
 from bench import transfer
-from bench.transfer import Window, transfer_args
-from bench.wsdriver import MutationFailed, SyncClient, open_many
+from bench.wsdriver import SyncClient, open_many
 
 clock = time.perf_counter
 CLIENTS = 64
@@ -185,32 +184,12 @@ async def authenticate_all(conns: Sequence[SyncClient], tokens: Sequence[str], t
 async def drive_ws(port: int, pairs: Sequence[tuple[int, int]], tokens: Sequence[str] | None, duration: float,
                    warmup: float) -> dict[str, Any]:
     """64 sync-protocol sockets, one transfer in flight on each; authenticated first when `tokens` is given."""
-    conns: list[SyncClient] = await open_many(CLIENTS, HOST, port)
-    try:
-        if tokens is not None:
-            await authenticate_all(conns, tokens)
-        window = Window(warmup, duration)
-
-        async def client(k: int, conn: SyncClient) -> None:
-            i = k
-            while clock() < window.end:
-                t0 = clock()
-                args = transfer_args(pairs, i)
-                i += CLIENTS
-                try:
-                    await asyncio.wait_for(conn.send_mutation("accounts:transfer", args), 30)
-                except MutationFailed:
-                    window.failed += 1
-                    continue
-                except (asyncio.TimeoutError, RuntimeError, ConnectionError) as exc:
-                    window.error(exc)
-                    return
-                window.done(t0, clock())
-        await asyncio.gather(*(client(k, c) for k, c in enumerate(conns)))
-    finally:
-        for c in conns:
-            c.close()
-    return window.result(transport="ws", authenticated=tokens is not None)
+    async def authenticate(conns: list[SyncClient]) -> None:
+        await authenticate_all(conns, tokens)  # type: ignore[arg-type]
+    result = await transfer.drive_ws(port, pairs, CLIENTS, duration, warmup,
+                                     prepare=authenticate if tokens is not None else None)
+    result["authenticated"] = tokens is not None
+    return result
 
 
 def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Sequence
+from typing import Any, Awaitable, Callable, Sequence
 
 import orjson
 
@@ -134,29 +134,35 @@ async def drive_http(url: str, pairs: Sequence[tuple[int, int]], clients: int, d
 
 
 async def drive_ws(port: int, pairs: Sequence[tuple[int, int]], clients: int, duration: float,
-                   warmup: float, path: str = "accounts:transfer") -> dict[str, Any]:
-    """`clients` sync-protocol sockets, one transfer in flight on each."""
-    conns: list[SyncClient] = await open_many(clients, HOST, port)
-    window = Window(warmup, duration)
+                   warmup: float, path: str = "accounts:transfer",
+                   prepare: Callable[[list[SyncClient]], Awaitable[Any]] | None = None) -> dict[str, Any]:
+    """`clients` sync-protocol sockets, one transfer in flight on each.
 
-    async def client(k: int, conn: SyncClient) -> None:
-        i = k
-        while True:
-            t0 = clock()
-            if t0 >= window.end:
-                return
-            args = transfer_args(pairs, i)
-            i += clients
-            try:
-                await asyncio.wait_for(conn.send_mutation(path, args), 30)
-            except MutationFailed:
-                window.failed += 1
-                continue
-            except (asyncio.TimeoutError, RuntimeError, ConnectionError) as exc:
-                window.error(exc)
-                return
-            window.done(t0, clock())
+    `prepare(conns)`, when given, runs on the open sockets before the clock starts (e.g. authenticating them).
+    """
+    conns: list[SyncClient] = await open_many(clients, HOST, port)
     try:
+        if prepare is not None:
+            await prepare(conns)
+        window = Window(warmup, duration)
+
+        async def client(k: int, conn: SyncClient) -> None:
+            i = k
+            while True:
+                t0 = clock()
+                if t0 >= window.end:
+                    return
+                args = transfer_args(pairs, i)
+                i += clients
+                try:
+                    await asyncio.wait_for(conn.send_mutation(path, args), 30)
+                except MutationFailed:
+                    window.failed += 1
+                    continue
+                except (asyncio.TimeoutError, RuntimeError, ConnectionError) as exc:
+                    window.error(exc)
+                    return
+                window.done(t0, clock())
         await asyncio.gather(*(client(k, c) for k, c in enumerate(conns)))
     finally:
         for c in conns:

@@ -157,15 +157,7 @@ async def query_at(request: web.Request) -> web.Response:
     except LogError as exc:
         return _bad(f"cannot read the log: {exc}", code="LogError", status=500)
     if result.error is not None:
-        exc = result.error
-        if isinstance(exc, FunctionNotFound):
-            return _json(hp.error_body(str(exc), fmt=fmt), 404)
-        if isinstance(exc, AppError):
-            text, data = error_fields(exc)
-            return _json(hp.error_body(text, error_data=data, fmt=fmt), hp.FUNCTION_ERROR_STATUS)
-        if isinstance(exc, EngineError):
-            return _json(hp.error_body(str(exc), fmt=fmt), hp.FUNCTION_ERROR_STATUS)
-        raise exc
+        return _function_error(result.error, fmt)
     body_out = hp.success_body(result.value, fmt=fmt)
     body_out.update({"offset": result.offset, "ts": str(result.ts), "time": format_ns(result.ts) if result.ts else None})
     return _json(body_out)
@@ -199,14 +191,21 @@ async def run_function(request: web.Request) -> web.Response:
             value = (await runtime.run_mutation(call.path, call.args, allow_internal=True, identity=identity)).value
         else:
             value = await runtime.run_action(call.path, call.args, allow_internal=True, identity=identity)
-    except FunctionNotFound as exc:
+    except (AppError, EngineError) as exc:  # (FunctionNotFound is an EngineError)
+        return _function_error(exc, fmt)
+    return _json(hp.success_body(value, fmt=fmt))
+
+
+def _function_error(exc: BaseException, fmt: Any) -> web.Response:
+    """The answer for a function's error: 404 for an unknown function, else the function-error status."""
+    if isinstance(exc, FunctionNotFound):
         return _json(hp.error_body(str(exc), fmt=fmt), 404)
-    except AppError as exc:
+    if isinstance(exc, AppError):
         text, data = error_fields(exc)
         return _json(hp.error_body(text, error_data=data, fmt=fmt), hp.FUNCTION_ERROR_STATUS)
-    except EngineError as exc:
+    if isinstance(exc, EngineError):
         return _json(hp.error_body(str(exc), fmt=fmt), hp.FUNCTION_ERROR_STATUS)
-    return _json(hp.success_body(value, fmt=fmt))
+    raise exc
 
 
 # ----------------------------------------------------------------- change stream

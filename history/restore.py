@@ -39,7 +39,7 @@ from history.progress import Reporter
 from history.segments import copy_log_prefix, copy_verified_log_prefix
 from history.sources import is_data_dir, open_source, read_catalog
 from log import FileLog, LogError
-from log.directory import fsync_dir
+from log.directory import fsync_dir, move_into_place
 from log.record import Record
 from projections.checkpoints import drop_after
 from projections.store import Projection
@@ -159,10 +159,7 @@ async def restore_to_dir(source: str, point: Point, new_dir: str | os.PathLike[s
             info = {"restored_from": src.description, "target": point.describe(), "offset": report.upto,
                     "ts": report.ts, "restored_at_ns": time.time_ns()}
             (work / RESTORE_INFO_FILE).write_bytes(orjson.dumps(info, option=orjson.OPT_INDENT_2))
-            if dest.exists():
-                dest.rmdir()
-            os.rename(work, dest)
-            fsync_dir(dest.parent)
+            move_into_place(work, dest)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise

@@ -43,7 +43,7 @@ from history.points import format_ns, parse_point, record_at, resolve_point
 from history.progress import Reporter
 from history.sources import is_data_dir, open_source
 from log import FileLog
-from log.directory import fsync_dir
+from log.directory import fsync_dir, move_into_place
 from log.record import Record, Write
 from projections.rebuild import rebuild
 from values import decode_doc, encode_doc, from_wire, to_wire
@@ -311,10 +311,7 @@ async def import_snapshot(src: str | os.PathLike[str], data_dir: str | os.PathLi
             projection.close()
         finally:
             await log_.close()
-        if dest.exists():
-            dest.rmdir()
-        os.rename(work, dest)
-        fsync_dir(dest.parent)
+        move_into_place(work, dest)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

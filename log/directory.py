@@ -46,6 +46,14 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def move_into_place(work: Path, dest: Path) -> None:
+    """Durably rename the finished directory `work` to `dest` (an existing, empty `dest` is replaced)."""
+    if dest.exists():
+        dest.rmdir()
+    os.rename(work, dest)
+    fsync_dir(dest.parent)
+
+
 def check_format(directory: Path, create: bool, has_segments: bool) -> None:
     """Check FORMAT (or, if `create` and the directory holds no log, write it)."""
     path = directory / FORMAT_FILE

@@ -10,6 +10,22 @@ import pytest
 from engine.errors import EngineError, LimitExceeded
 
 
+class LoopTicks:
+    """Counts 10 ms ticks of the event loop while it runs: few ticks mean something held the loop."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            self.count += 1
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
 async def test_a_query_looping_forever_is_stopped_at_its_bound(make_runtime) -> None:
     rt = await make_runtime("limits")
     started = time.monotonic()
@@ -38,21 +54,13 @@ async def test_a_mutation_stopped_at_its_bound_commits_nothing(make_runtime) -> 
 async def test_a_looping_action_is_stopped_and_the_loop_stays_free(make_runtime) -> None:
     rt = await make_runtime("limits")
     rt.limits = replace(rt.limits, max_action_seconds=1.0)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    task = asyncio.get_running_loop().create_task(ticker())
+    ticks = LoopTicks()
     try:
         with pytest.raises(EngineError, match="stress:spin_action ran longer than 1s"):
             await rt.run_action("stress:spin_action", {})
     finally:
-        task.cancel()
-    assert ticks > 20  # the server loop kept running while the action burned CPU on its worker
+        ticks.stop()
+    assert ticks.count > 20  # the server loop kept running while the action burned CPU on its worker
     await rt.run_mutation("stress:insert_many", {"n": 1})
 
 
@@ -83,23 +91,15 @@ async def test_a_slow_query_off_the_loop_is_still_stopped_at_its_bound(make_runt
 
 async def test_a_slow_mutation_runs_off_the_loop_and_commits(make_runtime) -> None:
     rt = await make_runtime("limits")
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    task = asyncio.get_running_loop().create_task(ticker())
+    ticks = LoopTicks()
     try:
         slow = [rt.run_mutation("stress:insert_slowly", {"seconds": 0.3}) for _ in range(3)]
         fast = rt.run_mutation("stress:insert_many", {"n": 1})
         outcomes = await asyncio.gather(*slow, fast)
     finally:
-        task.cancel()
+        ticks.stop()
     assert all(o.value for o in outcomes[:3])  # the new documents' ids
-    assert ticks > 40  # ~0.9 s of mutations while the loop kept ticking every 10 ms
+    assert ticks.count > 40  # ~0.9 s of mutations while the loop kept ticking every 10 ms
     assert set(rt.committer.slow_mutations) == {"stress:insert_slowly"}
     assert rt.run_query("stress:read_all", {}).value == 4
     offsets = sorted(o.offset for o in outcomes)
