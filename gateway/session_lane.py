@@ -35,6 +35,7 @@ import orjson
 from engine.errors import AppError
 from engine.runtime import QueryResult
 from gateway import protocol as p
+from gateway.ws_frames import QUERY_UPDATED
 from values import to_wire
 
 if TYPE_CHECKING:
@@ -42,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tape.lane")
 
-_UPDATED = b'{"type":"QueryUpdated","queryId":%d,"value":%s,"logLines":[],"journal":null}'
 
 
 @dataclass
@@ -69,7 +69,7 @@ class LaneStep:
 def modification(query_id: int, result: QueryResult, path: str) -> bytes:
     """The Transition modification for a lane query's result."""
     if result.error is None:
-        return _UPDATED % (query_id, orjson.dumps(to_wire(result.value)))
+        return QUERY_UPDATED % (query_id, orjson.dumps(to_wire(result.value)))
     message = p.query_failed(query_id, p.elide(str(result.error), path))
     if isinstance(result.error, AppError):
         message["errorData"] = to_wire(result.error.data)

@@ -54,7 +54,7 @@ from gateway.config import NODE_KEY
 from gateway import protocol as p
 from gateway.session_lane import LaneStep, SessionLane
 from gateway.subscriptions import SharedQuery, SlowQuery
-from gateway.ws_frames import text_frame, transition_payload
+from gateway.ws_frames import QUERY_UPDATED, text_frame, transition_payload
 
 if TYPE_CHECKING:
     from gateway.node import Node
@@ -64,12 +64,11 @@ log = logging.getLogger("tape.sync")
 CLOSE_TIMEOUT = 1.0  # seconds a peer gets to answer our close frame
 DIRECT_WRITE_LIMIT = 64 << 10  # write frames directly while the socket's buffer is below this
 
-_UPDATED = b'{"type":"QueryUpdated","queryId":%d,"value":%s,"logLines":[],"journal":null}'
 
 
 def _modification(query_id: int, shared: SharedQuery) -> bytes:
     if shared.error_message is None:
-        return _UPDATED % (query_id, shared.value_json)
+        return QUERY_UPDATED % (query_id, shared.value_json)
     message = p.query_failed(query_id, shared.error_message)
     if shared.error_data_json is not None:
         message["errorData"] = orjson.Fragment(shared.error_data_json)

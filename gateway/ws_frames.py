@@ -15,6 +15,9 @@ from gateway.protocol import encode_ts
 
 TEXT = 0x81  # FIN + text opcode
 
+QUERY_UPDATED = b'{"type":"QueryUpdated","queryId":%d,"value":%s,"logLines":[],"journal":null}'
+"""A ``QueryUpdated`` modification: ``QUERY_UPDATED % (query id, the value's Convex JSON)``."""
+
 
 def text_frame(payload: bytes) -> bytes:
     """One complete, unmasked server text frame carrying `payload`."""
