@@ -14,10 +14,13 @@ from typing import Any
 from engine.crons import CronJobs, check_crons, load_crons
 from engine.errors import AppLoadError, FunctionNotFound
 from engine.functions import FunctionDef
+from engine.http_router import HttpRouter, load_http
 from engine.schema import Schema
 
 
 def _describe_load_error(exc: BaseException, path: Path) -> str:
+    if isinstance(exc, AppLoadError):  # already names its file and line (crons.py, http.py registrations)
+        return str(exc)
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"{exc.filename}:{exc.lineno}: syntax error: {exc.msg}"
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(str(path.parent))
@@ -146,6 +149,7 @@ class App:
     schema: Schema = field(default_factory=lambda: Schema({}))
     auth_providers: tuple[AuthProvider, ...] = ()
     crons: CronJobs | None = None  # `crons.py`'s registry, when the app has one
+    http: HttpRouter | None = None  # `http.py`'s router, when the app has one
     _mtimes: dict[Path, float] = field(default_factory=dict)
     _package: str = ""
 
@@ -181,6 +185,7 @@ class App:
         providers: tuple[AuthProvider, ...] = ()
         mtimes: dict[Path, float] = {}
         crons: CronJobs | None = None
+        http: HttpRouter | None = None
         for path in self._module_files():
             if path.parent == self.directory and path.name == AUTH_CONFIG:
                 providers = load_providers(self._import(path, "_auth_config"), path)
@@ -192,6 +197,8 @@ class App:
             mtimes[path] = path.stat().st_mtime
             if module_path == "crons":
                 crons = load_crons(module, path)
+            if module_path == "http":
+                http = load_http(module, path)
             if module_path == "schema":
                 found = getattr(module, "schema", None)
                 if not isinstance(found, Schema):
@@ -207,6 +214,7 @@ class App:
             check_crons(crons, functions)
         self.functions, self.schema, self._mtimes = functions, schema, mtimes
         self.crons = crons
+        self.http = http
         self.auth_providers = providers
 
     def _import(self, path: Path, dotted: str) -> types.ModuleType:

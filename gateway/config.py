@@ -44,6 +44,8 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ("*",)  # browser origins allowed on the public API ("*": any; (): no CORS)
     cors_max_age: int = 3600             # seconds a browser may cache a CORS preflight answer
     admin_key: str | None = field(default=None, repr=False)  # a replica's copy of the committer's key
+    site_port: int | None = None         # HTTP actions (http.py) are served here (None: port + 1; 0: not served)
+    max_http_body_bytes: int = 20 << 20  # largest request body an HTTP action accepts (413 past it)
 
     @property
     def log_location(self) -> str:

@@ -47,6 +47,7 @@ class Node:
         self.subscriptions: SubscriptionManager = None  # type: ignore[assignment]
         self._tasks: list[asyncio.Task[Any]] = []
         self.reload_error: str | None = None
+        self.site_url: str | None = None  # where HTTP actions are served (set by gateway.server.serve)
 
     async def start(self) -> None:
         """Open storage, catch the projection up with the log, start the writer and background tasks."""

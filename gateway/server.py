@@ -23,6 +23,7 @@ from gateway.config import NODE_KEY, ServerConfig
 from gateway.cors import cors_middleware
 from gateway import admin_api, http_api, replica
 from gateway.node import Node
+from gateway.site import build_site_app, site_port
 from gateway.sync_session import handle_sync
 
 log = logging.getLogger("tape.server")
@@ -118,6 +119,11 @@ async def serve(node: Node, on_ready: Callable[[], None] | None = None) -> None:
     except OSError as exc:
         await runner.cleanup()
         raise PortInUse(f"cannot listen on {node.config.host}:{node.config.port}: {exc.strerror or exc}") from None
+    try:
+        site_runner = await _start_site(node)
+    except PortInUse:
+        await runner.cleanup()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -128,7 +134,35 @@ async def serve(node: Node, on_ready: Callable[[], None] | None = None) -> None:
     if on_ready is not None:
         on_ready()
     await stop.wait()
+    if site_runner is not None:
+        await site_runner.cleanup()
     await runner.cleanup()
+
+
+async def _start_site(node: Node) -> web.AppRunner | None:
+    """Serve the app's HTTP actions on the site port (`gateway.site`); sets `node.site_url`.
+
+    A site port given explicitly that is taken is an error (`PortInUse`); the
+    default one (API port + 1) being taken only disables HTTP actions, with a
+    WARNING, so existing set-ups that use neighbouring ports keep working.
+    """
+    config = node.config
+    port = site_port(config)
+    if port == 0:
+        return None
+    runner = web.AppRunner(build_site_app(node), handle_signals=False, **runner_options(config))
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.host, port, reuse_address=True).start()
+    except OSError as exc:
+        await runner.cleanup()
+        message = f"cannot listen on {config.host}:{port} for HTTP actions: {exc.strerror or exc}"
+        if config.site_port is not None:
+            raise PortInUse(message + " (use --site-port to pick another port)") from None
+        log.warning("%s: HTTP actions are not served (pass --site-port PORT)", message)
+        return None
+    node.site_url = f"http://{config.host}:{port}"
+    return runner
 
 
 class PortInUse(Exception):

@@ -64,7 +64,7 @@ def _load_app(app_dir: str) -> App:
         app = App.load(path)
     except AppLoadError as exc:
         raise CliError(f"could not load the app: {exc}") from None
-    if not app.functions:
+    if not app.functions and app.http is None:
         raise CliError(f"{path} has no functions: add a module with @query / @mutation / @action functions")
     return app
 
@@ -154,8 +154,24 @@ def _cors_origins(given: list[str] | None) -> tuple[str, ...]:
     return tuple(o for o in given if o.lower() != "none")
 
 
+def _site_port(args: argparse.Namespace) -> int | None:
+    """`ServerConfig.site_port` from --site-port (None: the API port + 1); CliError when it cannot be used."""
+    for flag, port in (("--port", args.port), ("--site-port", args.site_port)):
+        if port is not None and not 0 <= port <= 65535:
+            raise CliError(f"{flag} must be a port number in 0..65535, got {port}")
+    chosen = args.port + 1 if args.site_port is None else args.site_port
+    if chosen > 65535:
+        raise CliError(f"--port {args.port} leaves no default site port (port + 1): give --site-port")
+    if chosen != 0 and chosen == args.port:
+        raise CliError(f"--site-port {chosen} is the API port: HTTP actions need a port of their own")
+    if args.max_http_body_bytes <= 0:
+        raise CliError(f"--max-http-body-bytes must be positive, got {args.max_http_body_bytes}")
+    return args.site_port
+
+
 def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
     """Run `tape dev` (reloading on save) or `tape serve`."""
+    site_port = _site_port(args)
     app = _load_app(args.app)
     admin_key = _admin_key(args)
     data = Path(args.data) if args.data else Path(args.app) / ".tape"
@@ -167,6 +183,7 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
                           checkpoint_keep=getattr(args, "checkpoint_keep", 3), admin_key=admin_key,
                           cors_origins=_cors_origins(args.cors_origin),
                           query_at_ts_window=args.query_at_ts_window, header_timeout=args.header_timeout,
+                          site_port=site_port, max_http_body_bytes=args.max_http_body_bytes,
                           limits=replace(DEFAULT_LIMITS, max_seconds=args.function_timeout,
                                          max_action_seconds=args.action_timeout))
     node = Node(config, app)
@@ -179,6 +196,10 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
                       f"log offset {node.runtime.projection.applied_offset + 1})")
         for fn in sorted(app.functions.values(), key=lambda f: f.path):
             console.print(f"  {fn.kind:<8} {fn.path}{'  (internal)' if fn.internal else ''}")
+        if node.site_url is not None:
+            routes = len(app.http.routes) if app.http is not None else 0
+            console.print(f"HTTP actions at [link]{node.site_url}[/] ({routes} route{'' if routes == 1 else 's'} "
+                          "in http.py)")
         if dev:
             console.print("Watching for changes. Ctrl-C to stop.")
 
@@ -224,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data directory (default: APP/.tape)")
     p.add_argument("--port", type=int, default=3210)
+    p.add_argument("--site-port", type=int, default=None, metavar="PORT",
+                   help="port serving the app's HTTP actions, http.py (default: --port + 1, i.e. 3211; 0: off)")
+    p.add_argument("--max-http-body-bytes", type=int, default=ServerConfig.max_http_body_bytes, metavar="BYTES",
+                   help="largest request body an HTTP action accepts; larger ones get 413 "
+                        f"(default {ServerConfig.max_http_body_bytes})")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--log", help="log URL: a directory (default DATA/log) or kafka://host:port/topic")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
