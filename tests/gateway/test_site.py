@@ -14,6 +14,7 @@ import pytest
 
 from engine.limits import DEFAULT_LIMITS
 from dataclasses import replace
+from gateway.replica import ADMIN_KEY_ENV
 from tests.gateway.auth_issuer import TestIssuer, oidc_provider, write_auth_config
 from tests.gateway.served_node import closed_within, host_port
 from tests.gateway.site_node import served_site
@@ -175,3 +176,17 @@ async def test_a_slow_client_body_is_408(tmp_path: Path) -> None:
         raw = await closed_within(reader, 5)
         writer.close()
     assert raw is not None and raw.startswith(b"HTTP/1.1 408") and b"RequestTimeout" in raw
+
+
+async def test_a_replica_serves_http_actions_and_forwards_their_mutations(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    async with served_site(APPS / "http", tmp_path / "committer") as (committer, committer_api, _):
+        monkeypatch.setenv(ADMIN_KEY_ENV, committer.admin.value)
+        async with served_site(APPS / "http", tmp_path / "replica", role="replica", committer_url=committer_api,
+                               log_url=str(tmp_path / "committer" / "log")) as (_, replica_api, replica_site):
+            status, _, _ = await _get(replica_site + "/stripe/webhook", method="POST",
+                                      json={"type": "refund", "amount": 7})
+            assert status == 200
+            for base in (replica_api, committer_api):  # read-your-writes on the replica, committed on the committer
+                _, _, body = await _get(base + "/api/query", method="POST", json={"path": "events:all", "args": {}})
+                assert orjson.loads(body)["value"] == [{"kind": "refund", "amount": 7}]
