@@ -190,3 +190,18 @@ async def test_a_replica_serves_http_actions_and_forwards_their_mutations(tmp_pa
             for base in (replica_api, committer_api):  # read-your-writes on the replica, committed on the committer
                 _, _, body = await _get(base + "/api/query", method="POST", json={"path": "events:all", "args": {}})
                 assert orjson.loads(body)["value"] == [{"kind": "refund", "amount": 7}]
+
+
+async def test_a_client_leaving_a_streamed_response_frees_its_worker(site) -> None:
+    node, _, url = site
+    async with aiohttp.ClientSession() as session:
+        response = await session.get(url + "/forever")
+        assert len(await response.content.read(4096)) > 0
+        assert node.runtime.actions._running  # the handler is streaming on a worker
+        response.close()  # the client goes away mid-body
+    deadline = time.monotonic() + 5
+    while node.runtime.actions._running and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert not node.runtime.actions._running and node.runtime.actions.abandoned == 0
+    status, _, body = await _get(url + "/echo/exact")
+    assert (status, body) == (200, b"exact")

@@ -42,6 +42,15 @@ async def numbers(ctx, request):
 
 
 @http_action
+async def forever(ctx, request):
+    async def chunks():
+        while True:
+            yield b"." * 1024
+            await asyncio.sleep(0.001)
+    return Response(chunks())
+
+
+@http_action
 async def count_body(ctx, request):
     chunks = size = 0
     async for chunk in request.stream():
@@ -87,6 +96,7 @@ http.route(path_prefix="/echo/", method="GET", handler=echo)
 http.route(path_prefix="/echo/", method="POST", handler=echo)
 http.route(path="/echo/exact", method="GET", handler=exact)
 http.route(path="/numbers", method="GET", handler=numbers)
+http.route(path="/forever", method="GET", handler=forever)
 http.route(path="/count", method="POST", handler=count_body)
 http.route(path="/boom", method="GET", handler=boom)
 http.route(path="/not-a-response", method="GET", handler=not_a_response)
