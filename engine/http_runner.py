@@ -102,8 +102,9 @@ async def run_http_action(runtime: "Runtime", route: Route, request: Request, au
         try:
             started = True
             await on_loop(server, sender.start(response))
-            async for chunk in response.chunks():
-                await on_loop(server, sender.write(chunk))
+            if request.method != "HEAD":  # (a HEAD answer has the headers of a GET and no body)
+                async for chunk in response.chunks():
+                    await on_loop(server, sender.write(chunk))
             await on_loop(server, sender.finish())
         finally:
             close = getattr(response.stream, "aclose", None)

@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from engine.app import App
 from engine.errors import AppLoadError, EngineError
@@ -197,9 +198,11 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
         for fn in sorted(app.functions.values(), key=lambda f: f.path):
             console.print(f"  {fn.kind:<8} {fn.path}{'  (internal)' if fn.internal else ''}")
         if node.site_url is not None:
-            routes = len(app.http.routes) if app.http is not None else 0
-            console.print(f"HTTP actions at [link]{node.site_url}[/] ({routes} route{'' if routes == 1 else 's'} "
-                          "in http.py)")
+            routes = app.http.routes if app.http is not None else []
+            console.print(f"HTTP actions at [link]{node.site_url}[/] ({len(routes)} route"
+                          f"{'' if len(routes) == 1 else 's'} in http.py)")
+            for route in routes:
+                console.print(f"  {route.method:<8} {escape(route.path or f'{route.prefix}*')}")
         if dev:
             console.print("Watching for changes. Ctrl-C to stop.")
 

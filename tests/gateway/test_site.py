@@ -5,6 +5,7 @@ import asyncio
 import logging
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -13,7 +14,6 @@ import orjson
 import pytest
 
 from engine.limits import DEFAULT_LIMITS
-from dataclasses import replace
 from gateway.replica import ADMIN_KEY_ENV
 from tests.gateway.auth_issuer import TestIssuer, oidc_provider, write_auth_config
 from tests.gateway.served_node import closed_within, host_port
@@ -64,7 +64,13 @@ async def test_unmatched_paths_are_404_and_other_methods_405(site) -> None:
     status, headers, _ = await _get(url + "/echo/x", method="DELETE")
     assert status == 405 and headers["Allow"] == "GET, POST"
     status, headers, body = await _get(url + "/echo/exact", method="HEAD")  # HEAD runs the GET route
-    assert status == 200 and body == b""
+    assert status == 200 and body == b"" and headers["Content-Length"] == "5"
+    host, port = host_port(url)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"HEAD /numbers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")  # a streamed GET route
+    raw = await closed_within(reader, 5)
+    writer.close()
+    assert raw is not None and raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"\r\n\r\n")  # headers only
 
 
 async def test_a_streamed_response_arrives_chunk_by_chunk(site) -> None:

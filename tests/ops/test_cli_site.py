@@ -61,6 +61,7 @@ def test_dev_serves_http_actions_on_the_site_port_and_reloads_http_py(tmp_path: 
         server.stop()
     out = server.output()
     assert f"HTTP actions at http://127.0.0.1:{site_port}" in out and "Traceback" not in out
+    assert "POST     /stripe/webhook" in out and "GET      /echo/*" in out
 
 
 def test_site_port_is_checked(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
