@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from engine.http_router import (BadRequestBody, Match, PayloadTooLarge, Request, RequestBodyTimeout, Response,
-                                Route)
+from engine.http_router import (BadRequestBody, BodySource, BytesBody, HttpRequestError, Match, PayloadTooLarge,
+                                Request, RequestBodyTimeout, Response, Route)
 from engine.http_runner import HttpAuth, StreamAborted, error_response, on_loop, run_http_action
 from gateway.auth import AuthFailure, verifier_for
 from gateway.config import NODE_KEY, ServerConfig
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tape.site")
 
 CHUNK_BYTES = 1 << 16
+PREREAD_BYTES = 1 << 16  # a body declared this small is read before the handler starts
 
 
 class _SiteBody:
@@ -65,7 +66,8 @@ class _SiteBody:
             raise PayloadTooLarge(f"request body is over the {self._limit} byte limit")
         return chunk
 
-    async def _all(self) -> bytes:
+    async def read_all_here(self) -> bytes:
+        """Everything not read yet, read on the server loop (the caller runs there)."""
         parts = []
         while chunk := await self._chunk():
             parts.append(chunk)
@@ -75,7 +77,7 @@ class _SiteBody:
         return await on_loop(self._loop, self._chunk())
 
     async def read_all(self) -> bytes:
-        return await on_loop(self._loop, self._all())
+        return await on_loop(self._loop, self.read_all_here())
 
 
 class _Sender:
@@ -152,9 +154,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > limit:
         return _to_aiohttp(error_response(413, "PayloadTooLarge", f"request body is {request.content_length} bytes, "
                                           f"over the {limit} byte limit"), extra)
+    site_body = _SiteBody(request, limit)
+    body: BodySource = site_body
+    if request.content_length is not None and request.content_length <= PREREAD_BYTES:
+        try:  # a small body is read here, sparing the handler a hop back to this loop to get it
+            body = BytesBody(await site_body.read_all_here())
+        except HttpRequestError as exc:
+            return _to_aiohttp(error_response(exc.status, exc.code, str(exc)), extra)
     request_id = uuid.uuid4().hex[:16]
-    incoming = Request(request.method, str(request.url), request.path, request.headers, request.query,
-                       _SiteBody(request, limit))
+    incoming = Request(request.method, str(request.url), request.path, request.headers, request.query, body)
     sender = _Sender(request, extra)
     try:
         response = await run_http_action(node.runtime, route, incoming, await _auth(request, node), sender,
