@@ -350,7 +350,8 @@ class HttpRouter:
             raise AppLoadError(f"{where}: method must be one of {', '.join(METHODS)}, got {method!r}")
         method = method.upper()
         if not isinstance(handler, HttpAction):
-            name = getattr(handler, "__qualname__", None) or repr(handler)
+            inner = getattr(handler, "handler", None)  # (an @action or @mutation passed by mistake)
+            name = getattr(handler, "__qualname__", None) or getattr(inner, "__qualname__", None) or repr(handler)
             hint = "declare it with @http_action" if callable(handler) else "expected an @http_action function"
             raise AppLoadError(f"{where}: route handler {name} is not an HTTP action: {hint}")
         is_prefix = path_prefix is not None
