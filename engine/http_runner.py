@@ -102,7 +102,7 @@ async def run_http_action(runtime: "Runtime", route: Route, request: Request, au
         try:
             started = True
             await on_loop(server, sender.start(response))
-            if request.method != "HEAD":  # (a HEAD answer has the headers of a GET and no body)
+            if request.method != "HEAD" and response.status not in (204, 304):  # (answers that have no body)
                 async for chunk in response.chunks():
                     await on_loop(server, sender.write(chunk))
             await on_loop(server, sender.finish())

@@ -43,6 +43,7 @@ log = logging.getLogger("tape.site")
 
 CHUNK_BYTES = 1 << 16
 PREREAD_BYTES = 1 << 16  # a body declared this small is read before the handler starts
+_SERVER_SET = frozenset({"transfer-encoding", "connection", "keep-alive"})  # framing is the server's to decide
 
 
 class _SiteBody:
@@ -91,7 +92,8 @@ class _Sender:
     async def start(self, response: Response) -> None:
         stream = web.StreamResponse(status=response.status)
         for name, value in response.headers + self._extra:
-            stream.headers.add(name, value)
+            if name.lower() not in _SERVER_SET:  # (a Content-Length the handler gives is kept)
+                stream.headers.add(name, value)
         self.response = stream
         await stream.prepare(self._request)
 
@@ -107,7 +109,8 @@ class _Sender:
 def _to_aiohttp(response: Response, extra: list[tuple[str, str]]) -> web.Response:
     out = web.Response(status=response.status, body=response.body)
     for name, value in response.headers + extra:
-        out.headers.add(name, value)
+        if name.lower() not in _SERVER_SET and name.lower() != "content-length":
+            out.headers.add(name, value)
     if response.status in (408, 413):
         out.force_close()  # the rest of the body may still be on its way
     return out

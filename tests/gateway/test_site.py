@@ -82,6 +82,19 @@ async def test_a_streamed_response_arrives_chunk_by_chunk(site) -> None:
     assert text.splitlines() == [str(i) for i in range(500)]
 
 
+async def test_framing_is_the_servers_and_bodiless_statuses_send_no_body(site) -> None:
+    _, _, url = site
+    status, headers, body = await _get(url + "/framing")
+    assert (status, body, headers["Content-Length"], headers["X-Kept"]) == (200, b"four", "4", "1")
+    assert "Transfer-Encoding" not in headers
+    host, port = host_port(url)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /framing?stream=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = await closed_within(reader, 5)
+    writer.close()
+    assert raw is not None and raw.startswith(b"HTTP/1.1 304") and b"never sent" not in raw
+
+
 async def test_a_request_body_is_streamed_in_chunks(site) -> None:
     _, _, url = site
 

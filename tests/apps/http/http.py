@@ -51,6 +51,16 @@ async def forever(ctx, request):
 
 
 @http_action
+async def framing(ctx, request):
+    """Framing headers the server must decide itself, and a bodiless status with a streamed body."""
+    if request.query.get("stream"):
+        async def chunks():
+            yield b"never sent"
+        return Response(chunks(), status=304)
+    return Response("four", headers={"Content-Length": "999", "Transfer-Encoding": "chunked", "X-Kept": "1"})
+
+
+@http_action
 async def count_body(ctx, request):
     chunks = size = 0
     async for chunk in request.stream():
@@ -97,6 +107,7 @@ http.route(path_prefix="/echo/", method="POST", handler=echo)
 http.route(path="/echo/exact", method="GET", handler=exact)
 http.route(path="/numbers", method="GET", handler=numbers)
 http.route(path="/forever", method="GET", handler=forever)
+http.route(path="/framing", method="GET", handler=framing)
 http.route(path="/count", method="POST", handler=count_body)
 http.route(path="/boom", method="GET", handler=boom)
 http.route(path="/not-a-response", method="GET", handler=not_a_response)
