@@ -1,6 +1,6 @@
 """`tape bench`: run the benchmark workloads and write results.json, results.md and plots.
 
-    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling,kafka,restore,isolation,auth]
+    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling,kafka,restore,isolation,auth,scheduler]
                [--profile] [--base-port N] [--work-dir DIR]
 
 Everything runs on loopback: a Tape server on the bank example app, the
@@ -17,7 +17,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth")
+WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth",
+             "scheduler")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
     "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
@@ -29,6 +30,7 @@ DESCRIPTIONS = {
     "restore": "point-in-time restore with and without checkpoints, change export to a file",
     "isolation": "a bystander's query and subscribe latency, idle and while clients run CPU-bound functions",
     "auth": "transfers with every caller authenticated vs anonymous; 1,000 sockets re-authenticating at once",
+    "scheduler": "10,000 jobs due at once vs the same mutations called directly; job lateness beside transfers",
 }
 
 
@@ -110,6 +112,13 @@ def run_auth(quick: bool, harness: Any) -> dict[str, Any]:
     return auth_bench.run(quick, harness)
 
 
+def run_scheduler(quick: bool, harness: Any) -> dict[str, Any]:
+    """Issue 16: scheduled mutations against direct ones, and lateness at 1,000 jobs/s beside transfers."""
+    from bench import scheduler_bench
+    harness.reporter.phase("scheduler: a burst of due jobs, then lateness beside transfers", 20 if quick else 90)
+    return scheduler_bench.run(quick)
+
+
 def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
     if name == "log":
         return run_log
@@ -123,6 +132,8 @@ def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
         return run_isolation
     if name == "auth":
         return run_auth
+    if name == "scheduler":
+        return run_scheduler
     module = {"transfer": "bench.transfer", "baseline": "bench.sqlite_baseline",
               "reactivity": "bench.reactivity", "polling": "bench.polling"}[name]
     mod = __import__(module, fromlist=["run"])
@@ -163,6 +174,10 @@ def headline(name: str, r: dict[str, Any]) -> str:
         if name == "auth":
             from bench import auth_bench
             return auth_bench.headline(r)
+        if name == "scheduler":
+            b, late = r["burst"], r["lateness"]
+            return (f"{b['jobs']:,} due jobs at {b['ratio']:.2f}× direct mutations (goal ≥ 0.8×); lateness at "
+                    f"{late['rate']:,.0f} jobs/s beside transfers p99 {late['lateness_p99_ms']:.1f} ms (goal ≤ 50 ms)")
         if name == "log":
             lg, pj = r["log"], r["projection"]
             text = (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "

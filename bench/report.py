@@ -196,6 +196,16 @@ def comparisons(w: dict[str, Any]) -> list[dict[str, Any]]:
                              "same bystander, idle", idle["p99_ms"], "ms", f"≤ {goal:g} ms", att["p99_ms"] <= goal,
                              note=f"{att['timeouts']} of {att['n']} calls timed out "
                                   f"(counted as {iso['settings']['timeout_s']:g} s)"))
+    sched = w.get("scheduler")
+    if sched:
+        b, late = sched["burst"], sched["lateness"]
+        rows.append(_row("scheduler", f"{b['jobs']:,} jobs due at one instant: jobs/s", b["jobs_per_s"],
+                         "the same mutations called directly", b["direct_per_s"], "per s", "≥ 0.8×",
+                         b["ratio"] >= b["goal_ratio"]))
+        rows.append(_row("scheduler", f"job lateness p99 at {late['rate']:,.0f} jobs/s beside transfers",
+                         late["lateness_p99_ms"], "target", late["goal_p99_ms"], "ms", "≤ 50 ms",
+                         late["lateness_p99_ms"] <= late["goal_p99_ms"],
+                         note=f"transfers {late['transfer_ratio']:.2f}× of their rate without the jobs"))
     if log:
         rows.append(_row("log", "FileLog durable appends/s ÷ raw fsyncs/s (64 appenders)", log["append_per_s"],
                          "raw write+fdatasync", log["fsync_per_s"], "per s"))

@@ -588,25 +588,27 @@ class Committer:
             return entry.doc
         return self._runtime.projection.get(doc_id)
 
-    def _pending_job(self, job_id: str) -> dict[str, Any] | None:
-        """The job document, if it is still pending."""
+    def _pending_job(self, job_id: str) -> tuple[dict[str, Any], bytes] | None:
+        """The job document and its encoding, if it is still pending."""
         raw = self._current(job_id)
         if raw is None:
             return None
         doc = decode_doc(raw)
-        return doc if doc.get("state", {}).get("kind") == "pending" else None
+        return (doc, raw) if doc.get("state", {}).get("kind") == "pending" else None
 
     @staticmethod
-    def _finish_job(db: DatabaseWriter, tx: Transaction, job: dict[str, Any], kind: str,
+    def _finish_job(db: DatabaseWriter, tx: Transaction, job: tuple[dict[str, Any], bytes], kind: str,
                     error: str | None = None) -> None:
         """Write a scheduled mutation's final state into its own transaction."""
-        job_id = job["_id"]
+        doc, raw = job
+        job_id = doc["_id"]
         if job_id in tx.touched:  # the mutation changed its own job (cancelled it, say): start from that
             current = db.system_load(job_id)
             if current is None:
                 return
-            job = current
-        db.system_replace(job_id, finished(job, kind, error))
+            db.system_replace(job_id, finished(current, kind, error))
+            return
+        db.system_replace(job_id, finished(doc, kind, error), before=raw)
 
     def _stage_system(self, task: _SystemTask, seq: int, records: list[Record], owners: list[list[_Queued]],
                       values: list[Any]) -> bool:

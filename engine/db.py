@@ -292,11 +292,14 @@ class DatabaseWriter(DatabaseReader):
         raw = self._read(doc_id, system=True)[1]
         return decode_doc(raw) if raw is not None else None
 
-    def system_replace(self, doc_id: str, doc: dict[str, Any]) -> None:
-        """Engine use only: replace a system document (same `_id` and `_creationTime`, so the same index keys)."""
+    def system_replace(self, doc_id: str, doc: dict[str, Any], before: Any = _LOAD) -> None:
+        """Engine use only: replace a system document (same `_id` and `_creationTime`, so the same index keys).
+
+        `before` is the document's current encoding when the caller already read it.
+        """
         self._require_writable()
         table = self._check_id(doc_id, system=True)
-        self._write(doc_id, table, encode_doc(doc), doc, keys_unchanged=True)
+        self._write(doc_id, table, encode_doc(doc), doc, before, keys_unchanged=True)
 
     def _require_writable(self) -> None:
         if not self._tx.writable:
