@@ -35,7 +35,7 @@ from engine.execution import SliceExpired, SlowPaths, run_handler
 from engine.preempt import Preempted, worker_deadline
 from engine.functions import FunctionDef
 from engine.overlay import Overlay
-from engine.scheduler import JobChange, MutationScheduler, finished
+from engine.scheduler import REMOVE, JobChange, MutationScheduler, finished
 from engine.scan_cache import ScanCache
 from values import decode_doc, decode_value, encode_doc, encode_value, new_id, to_wire
 from log.errors import LogError
@@ -287,6 +287,11 @@ class Committer:
 
         Each update is (table, id or None for a new document, change); see `engine.scheduler.JobChange`.
         """
+        return (await self.system_commit(function, updates)).value
+
+    async def system_commit(self, function: str,
+                            updates: list[tuple[str, str | None, JobChange]]) -> MutationOutcome:
+        """`system_update`, answered with the whole outcome (the ids written, commit ts and offset)."""
         if self._task is None:
             raise EngineError("the committer is not running on this node")
         if self._broken is not None:
@@ -295,7 +300,7 @@ class Committer:
         task = _SystemTask(function, updates, self._owner_loop.create_future())
         self._queue.append(task)
         self._wakeup.set()
-        return (await task.future).value
+        return await task.future
 
     async def _loop(self) -> None:
         while True:
@@ -631,6 +636,12 @@ class Committer:
                 task.future.set_exception(EngineError(f"{task.function} failed: {exc}"))
                 return False
             if new is None:
+                continue
+            if new is REMOVE:
+                if prev is not None:
+                    self._overlay.put(doc_id, table, None, [], seq)
+                    writes.append(Write(table, doc_id, None, prev))
+                    written.append(doc_id)
                 continue
             if doc_id is None:
                 doc_id = new_id(table)

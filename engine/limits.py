@@ -19,6 +19,8 @@ class Limits:
     #: arriving later runs the mutation again. None keeps the answers forever.
     request_retention_seconds: float | None = 24 * 3600.0
     request_expiry_batch: int = 1000  # most `_requests` deletes in one `_system:expire_requests` record
+    #: how long a finished `_scheduled_functions` job is kept (Convex: 7 days); None keeps them forever
+    job_retention_seconds: float | None = 7 * 24 * 3600.0
     max_concurrent_actions: int = 16  # actions running at once (each on its own worker thread)
     loop_slice_seconds: float = 0.02  # user code on the event loop longer than this moves to a worker thread
     query_workers: int = 4           # threads running slow queries against snapshots

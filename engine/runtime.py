@@ -18,7 +18,8 @@ from engine.execution import SliceExpired, SlowPaths, check_result, run_handler
 from engine.limits import DEFAULT_LIMITS, Limits
 from engine.preempt import Preempted, expire_workers, worker_deadline
 from engine.readset import ReadSet
-from engine.scheduler import Scheduler
+from engine.scheduler import (CANCEL_JOB_PATH, SCHEDULE_JOB_PATH, SYSTEM_JOB_PATHS, Scheduler, commit_cancel,
+                              commit_schedule)
 from values import decode_doc
 from log.base import Log
 from log.record import Record
@@ -232,6 +233,12 @@ class Runtime:
                            identity: dict[str, Any] | None = None, session_id: str | None = None,
                            request_id: int | None = None) -> MutationOutcome:
         """Run a mutation; resolves when it is durable and applied here."""
+        if allow_internal and path in SYSTEM_JOB_PATHS:  # a replica's action scheduled or cancelled a job
+            if not isinstance(args, dict):
+                raise EngineError(f"{path}: expected an object of arguments")
+            if path == SCHEDULE_JOB_PATH:
+                return await self._job_call(path, args.get("name"), args.get("args"), args.get("scheduledTime"))
+            return await self._job_call(path, args.get("id"))
         fn = self.app.function(path, allow_internal=allow_internal)
         if fn.kind != "mutation":
             raise EngineError(f"{fn.path} is a {fn.kind}, not a mutation")
@@ -241,6 +248,25 @@ class Runtime:
                 raise EngineError("this node is a replica without a committer address")
             return await self.mutation_forwarder(fn.path, checked, identity, session_id, request_id)
         return await self.committer.submit(fn, checked, identity, session_id, request_id)
+
+    async def schedule_job(self, path: str, args: dict[str, Any], when_ms: float) -> str:
+        """Commit a pending job for `path(args)` due at `when_ms`; returns its id (forwarded on a replica)."""
+        return (await self._job_call(SCHEDULE_JOB_PATH, path, args, when_ms)).value
+
+    async def cancel_job(self, job_id: str) -> None:
+        """Cancel a job (forwarded on a replica)."""
+        await self._job_call(CANCEL_JOB_PATH, job_id)
+
+    async def _job_call(self, path: str, *args: Any) -> MutationOutcome:
+        if self.role != "committer":
+            if self.mutation_forwarder is None:
+                raise EngineError("this node is a replica without a committer address")
+            body = ({"name": args[0], "args": args[1], "scheduledTime": args[2]} if path == SCHEDULE_JOB_PATH
+                    else {"id": args[0]})
+            return await self.mutation_forwarder(path, body, None, None, None)
+        if path == SCHEDULE_JOB_PATH:
+            return await commit_schedule(self, *args)
+        return await commit_cancel(self, *args)
 
     async def run_action(self, path: str, args: Any, *, allow_internal: bool = False,
                          identity: dict[str, Any] | None = None) -> Any:

@@ -29,6 +29,7 @@ Scheduled functions run with no identity.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import heapq
 import logging
 import math
@@ -47,9 +48,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("tape.scheduler")
 
 SCHEDULE_FUNCTION = "_system:schedule"  # `function` of records written by the scheduler itself
+# Mutation paths a replica forwards to the committer when an action schedules or cancels there
+# (`Runtime.run_mutation` answers them with `schedule_job` / `cancel_job`; only internal callers may).
+SCHEDULE_JOB_PATH = "_system:schedule_job"
+CANCEL_JOB_PATH = "_system:cancel_job"
+SYSTEM_JOB_PATHS = frozenset({SCHEDULE_JOB_PATH, CANCEL_JOB_PATH})
+EXPIRE_JOBS_FUNCTION = "_system:expire_jobs"  # `function` of the records deleting finished jobs past retention
 SERVER_STOPPED = "the server stopped while it ran"
-JobChange = Callable[[dict[str, Any] | None], dict[str, Any] | None]
-"""A conditional job update: the current document (None for an insert) -> the new one, or None to skip."""
+FINAL_STATES = frozenset({"success", "failed", "canceled"})
+EXPIRY_BATCH = 1000  # most job deletes in one `_system:expire_jobs` record
+
+
+class _Remove:
+    """The `JobChange` answer that deletes the document."""
+
+    def __repr__(self) -> str:
+        return "REMOVE"
+
+
+REMOVE = _Remove()
+JobChange = Callable[[dict[str, Any] | None], "dict[str, Any] | _Remove | None"]
+"""A conditional job update: the current document (None for an insert) -> the new one, REMOVE to delete it,
+or None to skip."""
 
 
 def now_ms() -> float:
@@ -113,6 +133,15 @@ def cancel_change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
     return finished(doc, "canceled")
 
 
+def expire_change(cutoff_ms: float) -> JobChange:
+    """Delete a job finished before `cutoff_ms`; anything else (pending, running, newer) is left."""
+    def apply(doc: dict[str, Any] | None) -> dict[str, Any] | _Remove | None:
+        if doc is None or doc.get("state", {}).get("kind") not in FINAL_STATES:
+            return None
+        return REMOVE if doc.get("completedTime", cutoff_ms) < cutoff_ms else None
+    return apply
+
+
 def _check_job_id(job_id: Any) -> str:
     if not isinstance(job_id, str) or not job_id:
         raise ArgumentError(f"scheduler.cancel: expected a job id, got {job_id!r}")
@@ -147,7 +176,10 @@ class MutationScheduler:
 
 
 class ActionScheduler:
-    """`ctx.scheduler` in an action: each call commits its own `_system:schedule` record."""
+    """`ctx.scheduler` in an action: each call commits its own `_system:schedule` record.
+
+    On a replica the call is forwarded to the committer (see `Runtime.schedule_job`).
+    """
 
     def __init__(self, runtime: "Runtime",
                  on_server: Callable[[Coroutine[Any, Any, Any]], Awaitable[Any]]) -> None:
@@ -164,15 +196,27 @@ class ActionScheduler:
 
     async def _schedule(self, when: float, fn: FunctionDef | str, args: dict[str, Any] | None) -> str:
         path, checked = resolve_job(self._runtime.app, fn, args)
-        fields = job_fields(path, checked, when)
-        ids = await self._on_server(self._runtime.committer.system_update(
-            SCHEDULE_FUNCTION, [(SCHEDULED_FUNCTIONS, None, lambda _doc: fields)]))
-        return ids[0]
+        return await self._on_server(self._runtime.schedule_job(path, checked, when))
 
     async def cancel(self, job_id: str) -> None:
         """Cancel a job (committed on its own)."""
-        await self._on_server(self._runtime.committer.system_update(
-            SCHEDULE_FUNCTION, [(SCHEDULED_FUNCTIONS, _check_job_id(job_id), cancel_change)]))
+        await self._on_server(self._runtime.cancel_job(_check_job_id(job_id)))
+
+
+async def commit_schedule(runtime: "Runtime", path: str, args: dict[str, Any], when: float) -> Any:
+    """Commit a new pending job on the committer; the outcome's value is the job id."""
+    path, checked = resolve_job(runtime.app, path, args)
+    fields = job_fields(path, checked, check_time(when, "scheduledTime"))
+    outcome = await runtime.committer.system_commit(SCHEDULE_FUNCTION,
+                                                    [(SCHEDULED_FUNCTIONS, None, lambda _doc: fields)])
+    return dataclasses.replace(outcome, value=outcome.value[0])
+
+
+async def commit_cancel(runtime: "Runtime", job_id: str) -> Any:
+    """Commit the cancel of a job on the committer; the outcome's value is None."""
+    outcome = await runtime.committer.system_commit(SCHEDULE_FUNCTION,
+                                                    [(SCHEDULED_FUNCTIONS, _check_job_id(job_id), cancel_change)])
+    return dataclasses.replace(outcome, value=None)
 
 
 class Scheduler:
@@ -190,6 +234,7 @@ class Scheduler:
         self._task: asyncio.Task[None] | None = None
         self._action_slots: asyncio.Semaphore | None = None
         self._stopping = False
+        self._sweeper: asyncio.Task[None] | None = None
         self.completed = 0  # jobs this process finished (any final state)
 
     async def start(self) -> None:
@@ -214,6 +259,9 @@ class Scheduler:
             await runtime.committer.system_update(SCHEDULE_FUNCTION,
                                                   [(SCHEDULED_FUNCTIONS, job_id, fail) for job_id in interrupted])
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="tape-scheduler")
+        if runtime.limits.job_retention_seconds is not None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_periodically(),
+                                                                   name="tape-scheduler-expiry")
 
     async def stop(self) -> None:
         """Stop taking jobs and cancel the ones running (a cancelled action is failed at the next start).
@@ -222,7 +270,7 @@ class Scheduler:
         """
         self._stopping = True
         self._runtime.remove_listener(self._on_applied)
-        tasks = [t for t in [self._task, *self._tasks] if t is not None]
+        tasks = [t for t in [self._task, self._sweeper, *self._tasks] if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -231,7 +279,69 @@ class Scheduler:
             except BaseException:  # noqa: BLE001 - cancelled or failed: either way it has ended
                 pass
         self._task = None
+        self._sweeper = None
         self._tasks.clear()
+
+    def _finished_before(self, cutoff_ms: float, start: bytes | None) -> tuple[list[str], bytes | None]:
+        """Up to EXPIRY_BATCH ids of jobs finished before `cutoff_ms`, and where to continue (None: done).
+
+        A job finishes after it is created, so the walk follows by_creation_time up to the cutoff.
+        """
+        projection = self._runtime.projection
+        lo, hi = projection.index_range(SCHEDULED_FUNCTIONS, "by_creation_time", upper=(cutoff_ms, True))
+        if start is not None:
+            lo = max(lo, start)
+        ids: list[str] = []
+        visited = 0
+        for key, doc_id in projection.scan(lo, hi):
+            raw = projection.get(doc_id)
+            if raw is not None:
+                doc = decode_doc(raw)
+                if doc.get("state", {}).get("kind") in FINAL_STATES and doc.get("completedTime", cutoff_ms) < cutoff_ms:
+                    ids.append(doc_id)
+            visited += 1
+            if len(ids) >= EXPIRY_BATCH or visited >= 4 * EXPIRY_BATCH:
+                return ids, key + b"\x00"  # index keys are prefix-free: every later key sorts after this
+        return ids, None
+
+    async def expire_finished(self, now: float | None = None) -> int:
+        """Delete jobs finished more than `Limits.job_retention_seconds` ago; returns how many.
+
+        Each chunk is one logged `_system:expire_jobs` record (replayed and restored like any other), and
+        the delete re-checks the job's state in the committer, so a job changed meanwhile is kept.
+        """
+        retention = self._runtime.limits.job_retention_seconds
+        if retention is None:
+            return 0
+        cutoff = (now_ms() if now is None else now) - retention * 1000.0
+        change = expire_change(cutoff)
+        deleted = 0
+        start: bytes | None = None
+        while True:
+            ids, start = self._finished_before(cutoff, start)
+            if ids:
+                deleted += len(await self._runtime.committer.system_update(
+                    EXPIRE_JOBS_FUNCTION, [(SCHEDULED_FUNCTIONS, job_id, change) for job_id in ids]))
+            if start is None:
+                break
+            await asyncio.sleep(0)  # let mutations run between chunks
+        if deleted:
+            log.info("deleted %d scheduled job(s) finished more than %gs ago", deleted, retention)
+        return deleted
+
+    async def _sweep_periodically(self) -> None:
+        """Expire finished jobs at start, then every retention / 24 (at most hourly)."""
+        while True:
+            retention = self._runtime.limits.job_retention_seconds
+            if retention is None:
+                return
+            try:
+                await self.expire_finished()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # retried at the next sweep
+                log.warning("deleting expired scheduled jobs failed (%s: %s)", type(exc).__name__, exc)
+            await asyncio.sleep(max(min(retention / 24.0, 3600.0), 0.01))
 
     @property
     def pending(self) -> int:

@@ -181,3 +181,22 @@ async def test_restore_to_a_midpoint_restores_the_pending_set(make_runtime, tmp_
     assert rt2.run_query("jobs:job", {"job_id": second}).value is None
     await until(lambda: job(rt2, first)["state"]["kind"] == "success", 5)
     assert events(rt2) == ["done", "first"]
+
+
+async def test_finished_jobs_expire_after_the_retention_in_logged_records(make_runtime) -> None:
+    rt = await make_runtime("jobs")
+    done_id = (await rt.run_mutation("jobs:schedule", {"delay_ms": 0, "tag": "old"})).value
+    canceled_id = (await rt.run_mutation("jobs:schedule", {"delay_ms": 60_000, "tag": "never"})).value
+    await rt.run_mutation("jobs:cancel", {"job_id": canceled_id})
+    pending_id = (await rt.run_mutation("jobs:schedule", {"delay_ms": 60_000, "tag": "later"})).value
+    await until(lambda: job(rt, done_id)["state"]["kind"] == "success")
+    retention_ms = rt.limits.job_retention_seconds * 1000.0
+    # Inside the retention nothing goes; past it the finished jobs go and the pending one stays.
+    assert await rt.scheduler.expire_finished() == 0
+    assert await rt.scheduler.expire_finished(now=time.time() * 1000.0 + retention_ms + 1000.0) == 2
+    assert job(rt, done_id) is None and job(rt, canceled_id) is None
+    assert job(rt, pending_id)["state"] == {"kind": "pending"}
+    records = [r async for batch in rt.log.read(0) for r in batch]
+    expiry = [r for r in records if r.function == "_system:expire_jobs"]
+    assert len(expiry) == 1 and {(w.id, w.doc) for w in expiry[0].writes} == {(done_id, None), (canceled_id, None)}
+    assert events(rt) == ["old"]  # the job's own writes stay

@@ -68,3 +68,28 @@ async def test_replica_never_runs_jobs(serve: Serve, tmp_path: Path, monkeypatch
         jobs = await query(http, replica_url, "jobs:jobs", {})
         assert [j["state"]["kind"] for j in jobs] == ["success"] * 20
     assert replica.runtime.scheduler.completed == 0 and committer.runtime.scheduler.completed == 20
+
+
+async def test_an_action_on_a_replica_schedules_and_cancels_through_the_committer(
+        serve: Serve, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    committer, committer_url = await serve()
+    monkeypatch.setenv(ADMIN_KEY_ENV, committer.admin.value)
+    replica, replica_url = await serve(name="replica", role="replica", committer_url=committer_url,
+                                       log_url=str(tmp_path / "committer" / "log"))
+    async with aiohttp.ClientSession() as http:
+        status, body = await http_call(http, replica_url, "action", "jobs:schedule_from_action", {"tag": "r"})
+        assert status == 200, body
+        job_id = body["value"]
+        deadline = time.monotonic() + 10
+        while await query(http, replica_url, "jobs:events", {}) != ["r"]:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        assert (await query(http, replica_url, "jobs:job", {"job_id": job_id}))["state"]["kind"] == "success"
+        # A cancel from a replica's action reaches the committer too (a finished job stays as it is).
+        status, body = await http_call(http, replica_url, "action", "jobs:cancel_from_action", {"job_id": job_id})
+        assert status == 200, body
+        # The public API never reaches the forwarding paths.
+        status, body = await http_call(http, committer_url, "mutation", "_system:schedule_job",
+                                       {"name": "jobs:record", "args": {"tag": "x"}, "scheduledTime": 0})
+        assert status != 200
+    assert replica.runtime.scheduler.completed == 0 and committer.runtime.scheduler.completed == 1
