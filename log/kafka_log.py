@@ -391,6 +391,23 @@ class KafkaLog(Log):
                 meta.pause(self._tp)
         return out
 
+    async def _scan_range(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """(offset, ts) of the records in [start, stop), which the broker acknowledged: keeps reading
+        through slow fetches (a broker just back from a stall) for up to ``read_timeout`` seconds."""
+        out: list[tuple[int, int]] = []
+        deadline = time.monotonic() + self.read_timeout
+        pos = start
+        while pos < stop:
+            got = await self._scan_from(pos, stop)
+            out.extend(got)
+            if got:
+                pos = got[-1][0] + 1
+            elif time.monotonic() > deadline:
+                break
+            else:
+                await asyncio.sleep(0.05)
+        return out
+
     async def _topic_exists(self) -> bool:
         assert self._meta is not None
         return self.topic in await self._meta.topics()
@@ -646,7 +663,7 @@ class KafkaLog(Log):
         append in doubt that landed) or copies of records already in the
         topic. Returns their (offset, ts).
         """
-        extra = [(off, ts) for off, ts in await self._scan_from(start) if off < stop]
+        extra = await self._scan_range(start, stop)
         bad = [(off, ts) for off, ts in extra if ts > self._last_ts and ts not in mine]
         if bad or len(extra) < stop - start:
             self._fence(

@@ -52,9 +52,9 @@ def cluster(tmp_path: Path, own_broker: TansuBroker, kafka_topic: str) -> Iterat
     made.stop()
 
 
-async def health(server: ServerProcess) -> tuple[int, dict[str, Any]]:
+async def health(server: ServerProcess, query: str = "") -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{server.url}/health", timeout=aiohttp.ClientTimeout(total=10)) as resp:
+        async with http.get(f"{server.url}/health{query}", timeout=aiohttp.ClientTimeout(total=10)) as resp:
             return resp.status, await resp.json()
 
 
@@ -116,12 +116,12 @@ async def latest(sub: Any, expected: list[str], timeout: float = 20.0) -> list[s
     return last
 
 
-async def first_write_after(server: ServerProcess, list_id: str, since: float) -> float:
+async def first_write_after(server: ServerProcess, list_id: str, since: float, name: str) -> float:
     """Seconds from `since` until a fresh mutation on `server` succeeds."""
     n = 0
     while True:
         n += 1
-        body = await call(server, "mutation", "lists:add", {"list_id": list_id, "text": f"probe{n}"})
+        body = await call(server, "mutation", "lists:add", {"list_id": list_id, "text": f"probe-{name}-{n}"})
         if body["status"] == "success":
             return time.monotonic() - since
         assert time.monotonic() - since < 30, f"the committer never wrote again: {body}"
@@ -152,7 +152,7 @@ async def stall_under_load(nodes: list[ServerProcess], broker: TansuBroker, list
     writers += [asyncio.create_task(http_writer(node, list_id, f"http{n}-", stop, ledger))
                 for n, node in enumerate((committer, replicas[0]))]
     try:
-        for _ in range(rounds):
+        for round_ in range(rounds):
             await asyncio.sleep(calm_seconds)
             assert all([(await health(node))[0] == 200 for node in nodes])
             os.kill(broker.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
@@ -163,7 +163,7 @@ async def stall_under_load(nodes: list[ServerProcess], broker: TansuBroker, list
                 await asyncio.sleep(max(stall_seconds - APPEND_TIMEOUT - 1.0 - 0.5, 0.0))
             finally:
                 os.kill(broker.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
-            took = await first_write_after(committer, list_id, time.monotonic())
+            took = await first_write_after(committer, list_id, time.monotonic(), str(round_))
             assert took < RECOVERY_BOUND, f"the committer wrote again only {took:.1f}s after the broker returned"
             status, report = await health(committer)
             assert status == 200 and report["state"] == "ok" and report["role"] == "committer", report
@@ -218,7 +218,8 @@ async def check_all_equal(nodes: list[ServerProcess], list_id: str, ledger: Ledg
     async def converged() -> bool:
         return all([await items(node, list_id) == final for node in nodes[1:]])
     await eventually(converged, timeout=20, what="the replicas to equal the committer")
-    assert len(final) == len(set(final)), "an item was applied twice"
+    twice = sorted({t for t in final if final.count(t) > 1})
+    assert not twice, f"applied twice: {twice}"
     written = {t for t in final if not t.startswith("probe")}
     assert ledger.ok <= written, f"acknowledged but missing: {sorted(ledger.ok - written)[:10]}"
     assert not (set(ledger.did_not_run) & written), "an item refused as 'did not run' was committed"
@@ -228,6 +229,8 @@ async def check_all_equal(nodes: list[ServerProcess], list_id: str, ledger: Ledg
     for node in nodes:
         status, report = await health(node)
         assert status == 200 and report["state"] == "ok" and report["lag"] == 0, report
+    status, report = await health(nodes[1], "?max_lag=-1")  # a replica behind the bound is not healthy
+    assert status == 503 and report["state"] == "lagging" and report["role"] == "replica", report
 
 
 async def run_scenario(cluster: Cluster, broker: TansuBroker, rounds: int, stall_seconds: float,
