@@ -55,13 +55,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tape.committer")
 
+RECOVERY_WAIT_SECONDS = 20.0  # how long a repeat of a mutation in doubt waits for the committer to recover
+RECOVERY_RETRY_MIN, RECOVERY_RETRY_MAX = 0.1, 1.0  # seconds between attempts to reach the log while recovering
+
 REQUESTS_TABLE = "_requests"
 EXPIRE_REQUESTS_FUNCTION = "_system:expire_requests"  # `function` of the records that expire `_requests` docs
 EXPIRY_INTERVAL_MAX = 3600.0  # seconds between expiry sweeps at most (retention / 24 when shorter)
 # Token claims that change when the same caller refreshes its token: not part of who the caller is.
 _VOLATILE_CLAIMS = frozenset({"iat", "exp", "nbf", "auth_time", "jti"})
-RECOVERY_WAIT_SECONDS = 20.0  # how long a repeat of a mutation in doubt waits for the committer to recover
-RECOVERY_RETRY_MIN, RECOVERY_RETRY_MAX = 0.1, 1.0  # seconds between attempts to reach the log while recovering
 _DOCUMENT_CACHE_MAX = 1 << 18  # committed documents (encoded) the writer keeps in memory; cleared beyond
 
 

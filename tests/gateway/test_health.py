@@ -39,8 +39,5 @@ async def test_health_of_a_committer_follows_its_writer_state(tmp_path: Path) ->
         committer._broken = None
         assert (await get(f"{url}/health"))[0] == 200
 
-
-async def test_health_refuses_a_bad_max_lag(tmp_path: Path) -> None:
-    async with served_node(tmp_path / "data") as (_node, url):
         status, body = await get(f"{url}/health?max_lag=lots")
         assert status == 400 and "max_lag" in body["error"]

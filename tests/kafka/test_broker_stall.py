@@ -43,6 +43,7 @@ class Ledger:
     did_not_run: dict[str, str] = field(default_factory=dict)
     unknown_answers: int = 0  # HTTP 503 MutationOutcomeUnknown answers, each resolved by a repeat
     other: dict[str, str] = field(default_factory=dict)  # any other error: a lie or a bug
+    recovered_after: list[float] = field(default_factory=list)  # broker back -> committer's first new write (s)
 
 
 @pytest.fixture
@@ -165,6 +166,7 @@ async def stall_under_load(nodes: list[ServerProcess], broker: TansuBroker, list
                 os.kill(broker.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
             took = await first_write_after(committer, list_id, time.monotonic(), str(round_))
             assert took < RECOVERY_BOUND, f"the committer wrote again only {took:.1f}s after the broker returned"
+            ledger.recovered_after.append(took)
             status, report = await health(committer)
             assert status == 200 and report["state"] == "ok" and report["role"] == "committer", report
         await asyncio.sleep(calm_seconds)
@@ -175,6 +177,9 @@ async def stall_under_load(nodes: list[ServerProcess], broker: TansuBroker, list
         task.result()  # a writer that crashed fails the test with its own error
     assert not ledger.other, f"answers that were neither success, unknown nor 'did not run': {ledger.other}"
     assert ledger.unknown_answers + closes_for_unknown(nodes) > 0, "no writer met an unknown outcome"
+    print(f"\nstall rounds: {rounds}; acknowledged {len(ledger.ok)}, did not run {len(ledger.did_not_run)}, "
+          f"HTTP unknown answers {ledger.unknown_answers}, sockets closed for unknown {closes_for_unknown(nodes)}; "
+          f"committer writing again after SIGCONT: {', '.join(f'{t:.2f}s' for t in ledger.recovered_after)}")
     return ledger
 
 
