@@ -262,6 +262,7 @@ class Committer:
             self._recovery_task.cancel()
             await asyncio.gather(self._recovery_task, return_exceptions=True)
             self._recovery_task = None
+            self._recovered.set()  # repeats waiting for it are told the outcome is still unknown
         if self._queue or self._held:
             queued, self._queue, self._held = self._queue + self._held, [], []
             self._fail(queued, EngineError("the server is shutting down; this mutation did not run (retry it)"))
@@ -645,6 +646,9 @@ class Committer:
                                  "same request id later") from None
         if self._broken is not None:
             raise EngineError(self._broken)
+        if self._recovering is not None:  # the server is stopping before the recovery finished
+            raise OutcomeUnknown("the outcome of this mutation is still unknown: the server is shutting down; "
+                                 "retry with the same request id once it is back")
 
     def _hold(self, batch: list[_Queued]) -> None:
         """While recovering: refuse client mutations (they did not run); keep jobs and system records for later."""

@@ -105,12 +105,11 @@ def parse_kafka_url(url: str) -> tuple[str, str, dict[str, str]]:
 
 @dataclass
 class _InDoubt:
-    """An append handed to the producer: its records, their frames and ts, and the offset it expected."""
+    """An append handed to the producer: its records and their frames and commit ts (re-sent as they are)."""
 
     records: list[Record]
     frames: list[bytes]
     stamps: list[int]
-    expected: int
 
 
 class KafkaLog(Log):
@@ -601,7 +600,7 @@ class KafkaLog(Log):
             stamps.append(ts)
             frames.append(frame_from_payload(payload, expected + i, ts))
         self._tried_ts = max(self._tried_ts, last)
-        self._pending = _InDoubt(records, frames, stamps, expected)
+        self._pending = _InDoubt(records, frames, stamps)
         await self._produce(self._pending, deadline)
         self._pending = None
 
