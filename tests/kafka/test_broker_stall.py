@@ -239,12 +239,12 @@ async def check_all_equal(nodes: list[ServerProcess], list_id: str, ledger: Ledg
 
 
 async def run_scenario(cluster: Cluster, broker: TansuBroker, rounds: int, stall_seconds: float,
-                       calm_seconds: float) -> None:
+                       calm_seconds: float, subscribers_per_node: int = 1) -> None:
     committer = cluster.start_committer()
     nodes = [committer, cluster.start_replica("replica1"), cluster.start_replica("replica2")]
     committer_pid = committer.proc.pid  # type: ignore[union-attr]
     list_id = (await call(committer, "mutation", "lists:create", {"name": "stall"}))["value"]
-    watchers = [Client(node.url) for node in nodes]
+    watchers = [Client(node.url) for node in nodes for _ in range(subscribers_per_node)]
     try:
         subs = [w.subscribe("lists:items", {"list_id": list_id}) for w in watchers]
         ledger = await stall_under_load(nodes, broker, list_id, rounds, stall_seconds, calm_seconds)
@@ -263,4 +263,4 @@ async def test_broker_stall_heals_without_a_restart_and_tells_no_lie(cluster: Cl
 
 @pytest.mark.soak
 async def test_repeated_broker_stalls_heal(cluster: Cluster, own_broker: TansuBroker) -> None:
-    await run_scenario(cluster, own_broker, rounds=5, stall_seconds=5.0, calm_seconds=3.0)
+    await run_scenario(cluster, own_broker, rounds=5, stall_seconds=5.0, calm_seconds=3.0, subscribers_per_node=100)
