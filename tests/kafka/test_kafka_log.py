@@ -378,6 +378,10 @@ async def test_stalled_append_is_unknown_and_settles_exactly_once(
         assert [r.request_id for r in back] == [0, 1, 2]
         assert [r.ts for r in back] == sorted({r.ts for r in back})
         assert back[1].offset == stalled[0].offset and back[2].offset == later[0].offset
+        if landed:  # the first send is the record readers apply; the re-sent copy (offset 2) is skipped
+            assert [r.offset for r in back] == [0, 1, 3] and log.duplicates_skipped >= 1
+        else:  # only the re-send reached the topic
+            assert [r.offset for r in back] == [0, 1, 2]
         assert log.fenced is None
 
 
