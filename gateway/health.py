@@ -5,8 +5,8 @@ append whose outcome is unknown, see `engine.committer`); ``broken`` or ``fenced
 (the committer refuses writes until an operator acts: the reason says why);
 ``log_unreachable`` (the log's store does not answer); ``catching_up`` (a replica
 that has not yet applied the log it found at start); ``lagging`` (a replica
-more than ``max_lag`` records behind the log, default `DEFAULT_MAX_LAG`, or whose
-follower keeps failing). Only ``ok`` answers 200, so load balancers and
+more than ``max_lag`` records behind the log, default `DEFAULT_MAX_LAG`, or behind
+it while its follower keeps failing). Only ``ok`` answers 200, so load balancers and
 container health checks take every other node out of rotation.
 """
 from __future__ import annotations
@@ -57,7 +57,8 @@ async def node_health(node: "Node", max_lag: int = DEFAULT_MAX_LAG) -> dict[str,
             replica.caught_up = True  # the start-up catch-up failed, but the follower has caught up since
         if replica is None or not replica.caught_up:
             state, reason = "catching_up", "the replica has not yet applied the log it found at start"
-        elif replica.last_error is not None:
+        elif state == "ok" and replica.last_error is not None and report["lag"] > 0:
+            # (an error the follower met before the log went quiet does not count once it has everything)
             state, reason = "lagging", f"the log follower is failing: {replica.last_error}"
         elif state == "ok" and report["lag"] > max_lag:
             state, reason = "lagging", f"{report['lag']} records behind the log (more than {max_lag})"
