@@ -545,6 +545,8 @@ class KafkaLog(Log):
                 await asyncio.wait_for(self._append(records, payloads, loop.time() + self.append_timeout),
                                        self.append_timeout + 1.0)
             except LogWriteError:
+                if self._pending is not None and self._pending.records is records and not self._doubt:
+                    self._pending = None  # refused before anything was sent (a record too large)
                 raise
             except (asyncio.TimeoutError, KafkaError, OSError) as exc:
                 self._doubt = True
