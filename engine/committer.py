@@ -15,6 +15,15 @@ repeat with a different one is refused. Answers are kept for
 `Limits.request_retention_seconds` (24 h): the committer then deletes them with
 logged `_system:expire_requests` records, and a repeat arriving after that runs
 the mutation again.
+
+Unknown outcomes: an append the log could not confirm in time
+(`LogOutcomeUnknown`, e.g. a stalled Kafka broker) fails its callers with
+`OutcomeUnknown` and puts the committer in *recovery* (see `_recover`): it
+settles the log's doubt (the records are then committed exactly once), reads
+the log's tail into the projection, and resumes, with no restart. Meanwhile a
+new client mutation fails at once with `WritesUnavailable` (it did not run),
+a repeat of a mutation in doubt waits for the true answer, and scheduled
+jobs and system records wait in line.
 """
 from __future__ import annotations
 
@@ -30,7 +39,7 @@ import orjson
 
 from engine.context import Auth, MutationCtx
 from engine.db import DatabaseWriter, Transaction
-from engine.errors import EngineError, LimitExceeded
+from engine.errors import EngineError, LimitExceeded, OutcomeUnknown, WritesUnavailable
 from engine.execution import SliceExpired, SlowPaths, run_handler
 from engine.preempt import Preempted, worker_deadline
 from engine.functions import FunctionDef
@@ -38,13 +47,16 @@ from engine.overlay import Overlay
 from engine.scheduler import REMOVE, JobChange, MutationScheduler, finished
 from engine.scan_cache import ScanCache
 from values import decode_doc, decode_value, encode_doc, encode_value, new_id, to_wire
-from log.errors import LogError
+from log.errors import LogError, LogOutcomeUnknown
 from log.record import Record, Write
 
 if TYPE_CHECKING:
     from engine.runtime import Runtime
 
 log = logging.getLogger("tape.committer")
+
+RECOVERY_WAIT_SECONDS = 20.0  # how long a repeat of a mutation in doubt waits for the committer to recover
+RECOVERY_RETRY_MIN, RECOVERY_RETRY_MAX = 0.1, 1.0  # seconds between attempts to reach the log while recovering
 
 REQUESTS_TABLE = "_requests"
 EXPIRE_REQUESTS_FUNCTION = "_system:expire_requests"  # `function` of the records that expire `_requests` docs
@@ -204,6 +216,14 @@ class Committer:
         self._running_slow = False
         self.batches = 0
         self.committed = 0
+        # Recovery from an append with an unknown outcome (see the module docstring).
+        self._recovering: str | None = None  # why writes are paused, while recovering
+        self._recovered = asyncio.Event()
+        self._recovered.set()
+        self._recovery_task: asyncio.Task[None] | None = None
+        self._in_doubt: set[tuple[str, int]] = set()  # (session, request) of the mutations in doubt
+        self._held: list[_Queued] = []  # scheduled jobs and system records waiting for the recovery
+        self.recoveries = 0
 
     def start(self) -> None:
         if self._task is None:
@@ -238,8 +258,13 @@ class Committer:
         give_up = loop.time() + drain_seconds
         while self._queue and loop.time() < give_up:
             await asyncio.sleep(0.001)
-        if self._queue:
-            queued, self._queue = self._queue, []
+        if self._recovery_task is not None:
+            self._recovery_task.cancel()
+            await asyncio.gather(self._recovery_task, return_exceptions=True)
+            self._recovery_task = None
+            self._recovered.set()  # repeats waiting for it are told the outcome is still unknown
+        if self._queue or self._held:
+            queued, self._queue, self._held = self._queue + self._held, [], []
             self._fail(queued, EngineError("the server is shutting down; this mutation did not run (retry it)"))
         while self._running_slow or (self._inflight is not None and not self._inflight.done()):
             await asyncio.sleep(0.001)
@@ -258,6 +283,8 @@ class Committer:
             raise EngineError("the committer is not running on this node")
         if self._broken is not None:
             raise EngineError(self._broken)
+        if self._recovering is not None:
+            await self._wait_recovered(session_id, request_id)
         assert self._owner_loop is not None
         pending = _QueuedMutation(fn, args, identity, session_id, request_id, self._owner_loop.create_future())
         if session_id is not None and request_id is not None:
@@ -311,6 +338,9 @@ class Committer:
                 if self._broken is not None:
                     self._fail(batch, EngineError(self._broken))
                     continue
+                if self._recovering is not None:
+                    self._hold(batch)
+                    continue
                 try:
                     staged, rest, slow = self._execute(batch)
                 except Exception as exc:  # never let the writer die silently
@@ -344,6 +374,9 @@ class Committer:
             self._inflight = None
         if self._broken is not None:
             self._fail([p], EngineError(self._broken))
+            return
+        if self._recovering is not None:
+            self._hold([p])
             return
         loop = asyncio.get_running_loop()
         self._running_slow = True
@@ -546,8 +579,16 @@ class Committer:
             self._generation += 1
             for key in list(self._pending_requests):
                 del self._pending_requests[key]
-            self._resync()
-            error = EngineError(f"commit failed: {exc}")
+            if isinstance(exc, LogOutcomeUnknown):
+                self._in_doubt.update(staged.keys)
+                self._begin_recovery(exc)
+                error: EngineError = OutcomeUnknown(
+                    f"the outcome of this mutation is unknown: {exc} The committer recovers by itself once the "
+                    "log answers; retry with the same request id (the official clients resend it after a "
+                    "reconnect) to get the true answer.")
+            else:
+                self._resync()
+                error = EngineError(f"commit failed: {exc}")
             for group in staged.owners:
                 self._fail(group, error)
             return False
@@ -584,6 +625,113 @@ class Committer:
                 if not p.future.done():
                     p.future.set_result(outcome)
         return True
+
+    # -- recovery from an unknown outcome ----------------------------------------------
+    def health(self) -> dict[str, Any]:
+        """The writer's state for health checks: ``{"state": "ok"|"recovering"|"broken", "reason"?}``."""
+        if self._broken is not None:
+            return {"state": "broken", "reason": self._broken}
+        if self._recovering is not None:
+            return {"state": "recovering", "reason": self._recovering, "in_doubt": len(self._in_doubt)}
+        return {"state": "ok"}
+
+    def _unavailable(self) -> WritesUnavailable:
+        return WritesUnavailable(f"writes are paused while the committer recovers ({self._recovering}); this "
+                                 "mutation did not run: retry it")
+
+    async def _wait_recovered(self, session_id: str | None, request_id: int | None) -> None:
+        """While recovering: a repeat of a mutation in doubt waits for the answer; anything else is refused."""
+        if session_id is None or request_id is None or (session_id, request_id) not in self._in_doubt:
+            raise self._unavailable()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._recovered.wait()), RECOVERY_WAIT_SECONDS)
+        except asyncio.TimeoutError:
+            raise OutcomeUnknown(f"the outcome of this mutation is still unknown: the committer has not reached "
+                                 f"the log for {RECOVERY_WAIT_SECONDS:g}s ({self._recovering}); retry with the "
+                                 "same request id later") from None
+        if self._broken is not None:
+            raise EngineError(self._broken)
+        if self._recovering is not None:  # the server is stopping before the recovery finished
+            raise OutcomeUnknown("the outcome of this mutation is still unknown: the server is shutting down; "
+                                 "retry with the same request id once it is back")
+
+    def _hold(self, batch: list[_Queued]) -> None:
+        """While recovering: refuse client mutations (they did not run); keep jobs and system records for later."""
+        for p in batch:
+            if isinstance(p, _QueuedMutation) and p.job_id is None:
+                key = (p.session_id, p.request_id)
+                if key in self._in_doubt:
+                    self._fail([p], OutcomeUnknown("the outcome of this mutation is unknown while the committer "
+                                                   f"recovers ({self._recovering}); retry with the same request id"))
+                else:
+                    self._fail([p], self._unavailable())
+            else:
+                self._held.append(p)
+
+    def _begin_recovery(self, cause: Exception) -> None:
+        if self._recovering is None:
+            log.warning("an append's outcome is unknown (%s): writes pause until the log answers", cause)
+        self._recovering = f"an append's outcome is unknown: {cause}"
+        self._recovered.clear()
+        if self._recovery_task is None or self._recovery_task.done():
+            self._recovery_task = asyncio.get_running_loop().create_task(self._recover(), name="tape-recovery")
+
+    async def _recover(self) -> None:
+        """Settle the log's doubt, apply what reached the log, then resume writing (no restart)."""
+        log_ = self._runtime.log
+        started = time.monotonic()
+        delay = RECOVERY_RETRY_MIN
+        applied = 0
+        while True:
+            try:
+                settle = getattr(log_, "settle", None)
+                if settle is not None:
+                    await settle()
+                applied = await self._catch_up()
+                break
+            except asyncio.CancelledError:
+                raise
+            except LogError as exc:
+                fenced = getattr(log_, "fenced", None)
+                if fenced:
+                    self._broken = f"writes are refused: {fenced}"
+                    break
+                self._recovering = f"the commit log does not answer yet ({exc})"
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECOVERY_RETRY_MAX)
+            except Exception as exc:
+                log.exception("recovering from an unknown append outcome failed")
+                self._broken = (f"writes are refused until the server restarts: recovering from a log failure "
+                                f"failed ({exc}); the log has every committed record and a restart replays them")
+                break
+        self._documents.clear()
+        self._scans.clear()
+        self._overlay.clear()
+        self._generation += 1
+        self._resync()
+        self._in_doubt.clear()
+        self._recovering = None
+        self._recovered.set()
+        self.recoveries += 1
+        if self._held:
+            self._queue[:0], self._held = self._held, []
+            self._wakeup.set()
+        if self._broken is None:
+            log.warning("the committer writes again after %.1fs: applied %d record(s) from the log (offset %d)",
+                        time.monotonic() - started, applied, self._runtime.projection.applied_offset)
+
+    async def _catch_up(self) -> int:
+        """Apply to the projection what the log holds past it (records this node wrote but did not see acknowledged)."""
+        runtime = self._runtime
+        projection = runtime.projection
+        applied = 0
+        if projection.applied_offset + 1 < runtime.log.next_offset():
+            async for batch in runtime.log.read(projection.applied_offset + 1):
+                fresh = [r for r in batch if r.offset > projection.applied_offset and r.ts > projection.applied_ts]
+                if fresh:
+                    runtime.apply_committed(fresh)
+                    applied += len(fresh)
+        return applied
 
     # -- scheduled jobs and system records ---------------------------------------------
     def _current(self, doc_id: str) -> bytes | None:

@@ -58,3 +58,15 @@ class InternalFunctionError(EngineError):
     def __init__(self, path: str) -> None:
         self.request_id = uuid.uuid4().hex[:16]
         super().__init__(f"[Request ID: {self.request_id}] Server Error: uncaught exception in {path}")
+
+
+class OutcomeUnknown(EngineError):
+    """The log did not acknowledge a mutation in time: it may or may not be committed.
+
+    The committer settles the doubt by itself once the log answers; a retry
+    with the same (session id, request id) then gets the true answer.
+    """
+
+
+class WritesUnavailable(EngineError):
+    """The committer cannot write right now (it is recovering from a log failure): the mutation did not run."""

@@ -47,7 +47,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.context import ADMIN_IDENTITY
-from engine.errors import AppError, EngineError, FunctionNotFound
+from engine.errors import AppError, EngineError, FunctionNotFound, OutcomeUnknown, WritesUnavailable
 from gateway.auth import AuthFailure, decode_acting_as, verifier_for
 from gateway.config import NODE_KEY
 from gateway import http_protocol as hp
@@ -225,6 +225,8 @@ async def _call(request: web.Request, endpoint: hp.Endpoint) -> web.Response:
             value = outcome.value
         else:
             value = await runtime.run_action(call.path, call.args, allow_internal=internal, identity=identity)
+    except (OutcomeUnknown, WritesUnavailable) as exc:
+        return outcome_unknown_response(exc, fmt)
     except FunctionNotFound as exc:
         text, _ = error_fields(exc, call.path)
         return json_response(hp.error_body(text, fmt=fmt), 404 if endpoint == "function" else hp.FUNCTION_ERROR_STATUS)
@@ -232,6 +234,19 @@ async def _call(request: web.Request, endpoint: hp.Endpoint) -> web.Response:
         text, data = error_fields(exc, call.path)
         return json_response(hp.error_body(text, error_data=data, fmt=fmt), hp.FUNCTION_ERROR_STATUS)
     return json_response(hp.success_body(value, fmt=fmt))
+
+
+def outcome_unknown_response(exc: OutcomeUnknown | WritesUnavailable, fmt: hp.ValueFormat) -> web.Response:
+    """HTTP 503 (with ``Retry-After``) for a mutation whose outcome is unknown or that did not run.
+
+    ``errorCode`` tells them apart: ``MutationOutcomeUnknown`` (repeat it with the same
+    ``Idempotency-Key`` to learn whether it committed) or ``WritesUnavailable`` (it did not run).
+    """
+    code = "MutationOutcomeUnknown" if isinstance(exc, OutcomeUnknown) else "WritesUnavailable"
+    body = {**hp.error_body(str(exc), fmt=fmt), "errorCode": code}
+    response = json_response(body, 503)
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 def _idempotency(key: str | None, scope: str) -> tuple[str | None, int | None]:

@@ -37,7 +37,7 @@ from aiohttp import web
 
 from engine.committer import MutationOutcome
 from gateway.config import NODE_KEY
-from engine.errors import AppError, EngineError
+from engine.errors import AppError, EngineError, OutcomeUnknown, WritesUnavailable
 from values import from_wire, to_wire
 from log.errors import LogError
 from log.file_log import FileLog
@@ -73,7 +73,9 @@ async def handle_internal_mutation(request: web.Request) -> web.Response:
     """Run a mutation a replica forwarded: ``{path, args, identity, session_id, request_id}``.
 
     Answers ``{"ok": true, value, ts, offset, replayed}`` or ``{"ok": false,
-    kind: "app"|"engine", message[, data]}``; HTTP 401 without the admin key,
+    kind: "app"|"engine"|"unknown"|"unavailable", message[, data]}`` ("unknown": the
+    outcome is unknown, see `OutcomeUnknown`; "unavailable": it did not run, see
+    `WritesUnavailable`); HTTP 401 without the admin key,
     409 on a node that is not the committer.
     """
     node: Node = request.app[NODE_KEY]
@@ -107,6 +109,10 @@ async def handle_internal_mutation(request: web.Request) -> web.Response:
                                                   session_id=session_id, request_id=request_id)
     except AppError as exc:
         return _json({"ok": False, "kind": "app", "message": str(exc), "data": to_wire(exc.data)})
+    except OutcomeUnknown as exc:
+        return _json({"ok": False, "kind": "unknown", "message": str(exc)})
+    except WritesUnavailable as exc:
+        return _json({"ok": False, "kind": "unavailable", "message": str(exc)})
     except EngineError as exc:
         return _json({"ok": False, "kind": "engine", "message": str(exc)})
     return _json({"ok": True, "value": to_wire(outcome.value), "ts": outcome.ts, "offset": outcome.offset,
@@ -124,6 +130,7 @@ class Replica:
         self.committer_url = committer_url.rstrip("/") if committer_url else None
         self.admin_key = admin_key
         self.last_error: str | None = None
+        self.caught_up = False  # applied the log as it was at start (see `gateway.health`)
         self.forwarded = 0
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._session: aiohttp.ClientSession | None = None
@@ -144,6 +151,7 @@ class Replica:
         if start < log_.next_offset():
             async for batch in log_.read(start):
                 self._apply(batch)
+        self.caught_up = True
 
     async def follow(self) -> None:
         """Tail the log forever, applying new commits; resumes with backoff after errors."""
@@ -219,8 +227,13 @@ class Replica:
         data = await self._post(body, retry_after_send=session_id is not None and request_id is not None)
         if not data.get("ok"):
             message = str(data.get("message") or "the committer refused the mutation")
-            if data.get("kind") == "app":
+            kind = data.get("kind")
+            if kind == "app":
                 raise AppError(from_wire(data.get("data")), message)
+            if kind == "unknown":
+                raise OutcomeUnknown(message)
+            if kind == "unavailable":
+                raise WritesUnavailable(message)
             raise EngineError(message)
         outcome = MutationOutcome(from_wire(data.get("value")), int(data["ts"]), int(data["offset"]),
                                   bool(data.get("replayed")))

@@ -48,7 +48,7 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from engine.context import ADMIN_IDENTITY
-from engine.errors import AppError, EngineError
+from engine.errors import AppError, EngineError, OutcomeUnknown
 from gateway.auth import AuthFailure, Verified, acting_identity, verifier_for
 from gateway.config import NODE_KEY
 from gateway import protocol as p
@@ -648,6 +648,14 @@ class SyncSession:
             outcome = await self.node.runtime.run_mutation(
                 message.udf_path, message.args, identity=self.identity,
                 session_id=self.session_id, request_id=message.request_id)
+        except OutcomeUnknown as exc:
+            # Neither success nor failure would be true. Closing the socket makes the official clients
+            # reconnect and resend the mutation with the same request id: that retry gets the true answer.
+            log.warning("mutation %s (session %s, request %s): %s; closing the socket so the client resends it",
+                        message.udf_path, self.session_id, message.request_id, exc)
+            self.close(1011, "MutationOutcomeUnknown: the commit log did not acknowledge a mutation in time; "
+                             "reconnect and resend it")
+            return
         except (AppError, EngineError) as exc:
             text, data = error_fields(exc, message.udf_path)
             self.send_message(p.mutation_failure_message(message.request_id, text, error_data=data))

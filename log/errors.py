@@ -20,3 +20,11 @@ class LogWriteError(LogError):
 
 class LogClosedError(LogError):
     """The log was used after close()."""
+
+
+class LogOutcomeUnknown(LogWriteError):
+    """An append was sent but not acknowledged in time: its records may or may not be in the log.
+
+    The log keeps them *in doubt* and settles the doubt once its store answers
+    again (`KafkaLog.settle`: they are then committed exactly once).
+    """

@@ -29,18 +29,24 @@ Layout and guarantees
   skips a record whose ts is not above the highest ts before it**, so a
   duplicate is never applied twice. Offsets seen by readers can therefore
   have gaps (the skipped copies); ts stay strictly increasing.
-* A broker that is down or slow makes `append` fail with LogWriteError after
-  ``append_timeout`` seconds instead of hanging. A failed append leaves the
-  log *in doubt*; before the next append the log checks the topic's end:
-  nothing new there means the node just carries on (the broker came back);
-  records of the failed append that reached the topic after all, a topic
-  that disappeared, or an end below what this process already wrote (a
-  broker that lost its data, e.g. Tansu's memory storage after a restart)
-  fence the log for good: every later append fails with a LogWriteError
-  saying why, instead of silently starting a new history. A watchdog checks
-  the topic every second on a writing log, and every acknowledged offset is
-  compared with the expected one, so a lost topic is noticed even when no
-  append failed. A restart of the committer replays what is in the topic.
+* A broker that is down or slow makes `append` fail after ``append_timeout``
+  seconds instead of hanging. Records that were handed to the producer may
+  or may not have reached the topic: the append raises `LogOutcomeUnknown`
+  and the log keeps them *in doubt*. `settle` (called by the committer while
+  it recovers, and by the next `append` otherwise) re-sends exactly those
+  frames, with their commit ts, once the broker answers: whether or not the
+  first send landed, the records are then in the topic exactly once as
+  readers see it (a second copy carries the same ts and is skipped). Every
+  record written later gets a ts above every ts ever tried, so a first send
+  that lands even after the re-send is skipped too. A topic that
+  disappeared, an end below what this process already wrote (a broker that
+  lost its data, e.g. Tansu's memory storage after a restart), or records
+  this writer never produced (another writer) fence the log for good: every
+  later append fails with a LogWriteError saying why, instead of silently
+  starting a new history. A watchdog checks the topic every second on a
+  writing log, and every acknowledged offset is compared with the expected
+  one, so a lost topic is noticed even when no append failed. A restart of
+  the committer replays what is in the topic.
 * `read`/`tail` use a consumer with ``assign`` + ``seek`` + ``getmany`` (no
   consumer group); a tail that stays idle checks now and then that the topic
   still exists and reaches its position, and raises LogError otherwise.
@@ -55,6 +61,7 @@ import asyncio
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -64,7 +71,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, OffsetOutOfRangeError
 
 from log.base import Log
 from log.codec import decode, encode_payload, frame_from_payload
-from log.errors import LogClosedError, LogCorruptError, LogError, LogFormatError, LogWriteError
+from log.errors import LogClosedError, LogCorruptError, LogError, LogFormatError, LogOutcomeUnknown, LogWriteError
 from log.record import Record
 
 logger = logging.getLogger("tape.log.kafka")
@@ -94,6 +101,15 @@ def parse_kafka_url(url: str) -> tuple[str, str, dict[str, str]]:
                        "letters, digits, '.', '_' and '-')")
     options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     return servers, topic, options
+
+
+@dataclass
+class _InDoubt:
+    """An append handed to the producer: its records and their frames and commit ts (re-sent as they are)."""
+
+    records: list[Record]
+    frames: list[bytes]
+    stamps: list[int]
 
 
 class KafkaLog(Log):
@@ -143,7 +159,8 @@ class KafkaLog(Log):
         self._last_ts = 0           # highest ts in the topic (duplicates never raise it)
         self._last_base = -1        # base offset of the last batch known to be in the topic
         self._tried_ts = 0          # highest ts ever handed to the producer (failed appends too)
-        self._doubt = False         # an append failed: check the topic end before the next one
+        self._doubt = False         # an append failed: settle (re-send, check the end) before the next one
+        self._pending: _InDoubt | None = None  # records handed to the producer and not acknowledged
         self._fatal: str | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._meta: AIOKafkaConsumer | None = None
@@ -373,6 +390,23 @@ class KafkaLog(Log):
                 meta.pause(self._tp)
         return out
 
+    async def _scan_range(self, start: int, stop: int) -> list[tuple[int, int]]:
+        """(offset, ts) of the records in [start, stop), which the broker acknowledged: keeps reading
+        through slow fetches (a broker just back from a stall) for up to ``read_timeout`` seconds."""
+        out: list[tuple[int, int]] = []
+        deadline = time.monotonic() + self.read_timeout
+        pos = start
+        while pos < stop:
+            got = await self._scan_from(pos, stop)
+            out.extend(got)
+            if got:
+                pos = got[-1][0] + 1
+            elif time.monotonic() > deadline:
+                break
+            else:
+                await asyncio.sleep(0.05)
+        return out
+
     async def _topic_exists(self) -> bool:
         assert self._meta is not None
         return self.topic in await self._meta.topics()
@@ -400,21 +434,80 @@ class KafkaLog(Log):
             logger.error("%s", why)
         raise LogWriteError(self._fatal)
 
-    async def _resolve_doubt(self) -> None:
-        """After a failed append: find out whether any of it reached the topic after all."""
+    async def _settle(self, deadline: float) -> None:
+        """Settle an append in doubt: re-send its frames (same ts), so it is in the topic exactly once.
+
+        Without frames in doubt (nothing was handed to the producer) only the
+        end of the topic is checked. Records there that this writer never
+        produced fence the log.
+        """
         await self._check_topic()
-        extra = await self._scan_from(self._next)
-        if not extra:
-            return
-        unknown = [(off, ts) for off, ts in extra if ts > self._last_ts]
-        if unknown:
-            self._fence(
-                f"{self._where()}: {len(unknown)} record(s) of an append that had already been reported "
-                f"as failed reached the topic after all (offsets {unknown[0][0]}..{unknown[-1][0]}). They are "
-                "committed; restart this node so it applies them before accepting more writes.")
-        # only copies of records already acknowledged (a retried produce): readers skip them
-        self.duplicates_skipped += len(extra)
-        self._next = extra[-1][0] + 1
+        pending = self._pending
+        if pending is None:
+            extra = await self._scan_from(self._next)
+            if extra:
+                await self._check_copies(self._next, extra[-1][0] + 1, set())
+                self._next = extra[-1][0] + 1
+        else:
+            await self._produce(pending, deadline)
+            logger.warning("%s: settled an append in doubt: records at offsets %d..%d", self._where(),
+                           pending.records[0].offset, pending.records[-1].offset)
+        self._pending = None
+        self._doubt = False
+
+    @property
+    def in_doubt(self) -> bool:
+        """True while an append's outcome is unknown (see `settle`)."""
+        return self._doubt
+
+    async def settle(self) -> bool:
+        """Make an append whose outcome was unknown certain; False when nothing was in doubt.
+
+        Re-sends the records of the unacknowledged append and waits for the
+        broker's acknowledgement: afterwards they are committed, exactly once
+        as every reader sees them, and `next_offset()` is past them. Raises
+        LogWriteError while the broker still does not answer (the doubt stays;
+        call again later), or when the log is fenced.
+        """
+        self._check_open()
+        if self._fatal is not None:
+            raise LogWriteError(self._fatal)
+        if not self._doubt:
+            return False
+        async with self._append_lock:
+            self._check_open()
+            if self._fatal is not None:
+                raise LogWriteError(self._fatal)
+            if not self._doubt:
+                return False
+            loop = asyncio.get_running_loop()
+            try:
+                if self._producer is None:
+                    await self._start_producer()
+                await asyncio.wait_for(self._settle(loop.time() + self.append_timeout), self.append_timeout + 1.0)
+            except LogWriteError:
+                raise
+            except (asyncio.TimeoutError, KafkaError, OSError) as exc:
+                raise LogWriteError(f"{self._where()}: the broker still does not answer ({self._reason(exc)}); "
+                                    "the earlier append stays in doubt") from exc
+        return True
+
+    async def end_offset(self, timeout: float = 1.0) -> int:
+        """The end of the topic as the broker reports it now (at least what this log knows); LogError if unreachable."""
+        self._check_open()
+        try:
+            hw = await asyncio.wait_for(self._high_watermark(), timeout)
+        except (asyncio.TimeoutError, KafkaError, OSError) as exc:
+            raise LogError(f"{self._where()}: the broker did not report the end of the topic within "
+                           f"{timeout:g}s ({self._reason(exc)})") from None
+        return max(hw, self._next)
+
+    def _reason(self, exc: BaseException) -> str:
+        if isinstance(exc, asyncio.TimeoutError):
+            return f"no acknowledgement within {self.append_timeout:g}s"
+        if isinstance(exc, (RequestTimedOutError, KafkaTimeoutError)):
+            return f"no acknowledgement within {self.append_timeout:g}s: {type(exc).__name__}"
+        return f"{type(exc).__name__}: {exc}"
 
     async def _watch(self) -> None:
         """Writer side: check the topic every `watch_interval` seconds."""
@@ -452,17 +545,20 @@ class KafkaLog(Log):
                 await asyncio.wait_for(self._append(records, payloads, loop.time() + self.append_timeout),
                                        self.append_timeout + 1.0)
             except LogWriteError:
+                if self._pending is not None and self._pending.records is records and not self._doubt:
+                    self._pending = None  # refused before anything was sent (a record too large)
                 raise
             except (asyncio.TimeoutError, KafkaError, OSError) as exc:
                 self._doubt = True
-                if isinstance(exc, asyncio.TimeoutError):
-                    reason = f"no acknowledgement within {self.append_timeout:g}s"
-                elif isinstance(exc, (RequestTimedOutError, KafkaTimeoutError)):
-                    reason = f"no acknowledgement within {self.append_timeout:g}s: {type(exc).__name__}"
-                else:
-                    reason = f"{type(exc).__name__}: {exc}"
+                reason = self._reason(exc)
+                if self._pending is not None and self._pending.records is records:
+                    raise LogOutcomeUnknown(
+                        f"append to {self._where()} failed ({reason}); the broker may be down or overloaded. "
+                        "The outcome is unknown: the records may or may not have reached the topic. The log "
+                        "re-sends them once the broker answers, so they are then committed exactly once.") from exc
                 raise LogWriteError(f"append to {self._where()} failed ({reason}); the broker may be down "
-                                    "or overloaded. The records were not acknowledged.") from exc
+                                    "or overloaded. The records were not written (an earlier append is still "
+                                    "in doubt).") from exc
 
     async def _start_producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
@@ -489,32 +585,42 @@ class KafkaLog(Log):
         return producer
 
     async def _append(self, records: list[Record], payloads: list[bytes], deadline: float) -> None:
-        producer = self._producer or await self._start_producer()
+        if self._producer is None:
+            await self._start_producer()
         if self._doubt:
-            await self._resolve_doubt()
-            self._doubt = False
+            await self._settle(deadline)
         expected = self._next
         now = self._clock()
         last = max(self._last_ts, self._tried_ts)
         stamps: list[int] = []
-        batches: list[tuple[Any, int, int]] = []  # (builder, first index, count)
-        builder = producer.create_batch()
-        first = 0
+        frames: list[bytes] = []
         for i, (rec, payload) in enumerate(zip(records, payloads)):
             ts = rec.ts  # a caller-chosen commit ts is kept if it keeps ts increasing
             if ts <= last:
                 ts = now if now > last else last + 1
             last = ts
             stamps.append(ts)
-            frame = frame_from_payload(payload, expected + i, ts)
+            frames.append(frame_from_payload(payload, expected + i, ts))
+        self._tried_ts = max(self._tried_ts, last)
+        self._pending = _InDoubt(records, frames, stamps)
+        await self._produce(self._pending, deadline)
+        self._pending = None
+
+    async def _produce(self, job: _InDoubt, deadline: float) -> None:
+        """Send `job`'s frames (several Kafka batches past ``max_batch_bytes``) and account for the answer."""
+        producer = self._producer
+        assert producer is not None
+        batches: list[tuple[Any, int, int]] = []  # (builder, first index, count)
+        builder = producer.create_batch()
+        first = 0
+        for i, (frame, ts) in enumerate(zip(job.frames, job.stamps)):
             if builder.append(key=None, value=frame, timestamp=ts // 1_000_000) is None:
                 batches.append((builder, first, i - first))
                 builder, first = producer.create_batch(), i
                 if builder.append(key=None, value=frame, timestamp=ts // 1_000_000) is None:
                     raise LogWriteError(f"a record of {len(frame)} bytes does not fit a Kafka batch "
                                         f"({self.max_batch_bytes} bytes)")
-        batches.append((builder, first, len(records) - first))
-        self._tried_ts = max(self._tried_ts, last)
+        batches.append((builder, first, len(job.frames) - first))
         futures = []
         for b, _, _ in batches:
             b.close()
@@ -524,45 +630,52 @@ class KafkaLog(Log):
             raise asyncio.TimeoutError()
         outcomes = [f.exception() or f.result() for f in futures]
         failed = [o for o in outcomes if isinstance(o, BaseException)]
-        if failed:
-            if len(failed) < len(outcomes):
-                self._fence(f"{self._where()}: only part of a multi-batch append was acknowledged "
-                            f"({failed[0]!r}); restart this node so it applies what was written")
+        if failed:  # (part of) the append may be in the topic: it stays in doubt, `settle` re-sends it all
             raise failed[0]
         bases = [int(md.offset) for md in outcomes]  # type: ignore[union-attr]
+        expected = self._next
         if bases[0] < expected:
             self._fence(self._lost(f"the broker assigned offset {bases[0]} to a record that should have got "
                                    f"offset {expected}"))
-        mine = set(stamps)
+        mine = set(job.stamps)
+        first_at: dict[int, int] = {}  # ts -> offset of an earlier copy of one of these records
         pos = expected
         for base, (_, _, count) in zip(bases, batches):
             if base > pos:
-                await self._check_copies(pos, base, mine)
+                for off, ts in await self._check_copies(pos, base, mine):
+                    first_at.setdefault(ts, off)
             elif base < pos:
                 self._fence(f"{self._where()}: the broker acknowledged overlapping batches (offset {base}, "
                             f"expected {pos}); refusing to continue")
             pos = base + count
         for (_, first_i, count), base in zip(batches, bases):
             for j in range(count):
-                rec = records[first_i + j]
-                rec.offset = base + j
-                rec.ts = stamps[first_i + j]
+                rec = job.records[first_i + j]
+                rec.ts = job.stamps[first_i + j]
+                rec.offset = first_at.get(rec.ts, base + j)  # readers apply the first copy
         self._next = pos
-        self._last_ts = last
+        self._last_ts = max(self._last_ts, max(job.stamps))
         self._last_base = bases[-1]
 
-    async def _check_copies(self, start: int, stop: int, mine: set[int]) -> None:
-        """Records in [start, stop) appeared before our acknowledged batch: allow only duplicates."""
-        extra = [(off, ts) for off, ts in await self._scan_from(start) if off < stop]
+    async def _check_copies(self, start: int, stop: int, mine: set[int]) -> list[tuple[int, int]]:
+        """Records in [start, stop) appeared before our acknowledged batch: allow only copies of ours.
+
+        They are earlier sends of these records (a produce retried, or an
+        append in doubt that landed) or copies of records already in the
+        topic. Returns their (offset, ts).
+        """
+        extra = await self._scan_range(start, stop)
         bad = [(off, ts) for off, ts in extra if ts > self._last_ts and ts not in mine]
         if bad or len(extra) < stop - start:
             self._fence(
-                f"{self._where()}: offsets {start}..{stop - 1} hold records this node did not acknowledge "
-                "(a failed append that landed late, or another writer). They are committed; restart this "
-                "node so it applies them before accepting more writes.")
-        self.duplicates_skipped += len(extra)
-        logger.warning("%s: %d duplicate record(s) from a retried produce at offsets %d..%d (readers skip them)",
-                       self._where(), len(extra), start, stop - 1)
+                f"{self._where()}: offsets {start}..{stop - 1} hold records this node did not write "
+                "(another writer on the topic?). They are committed; restart this node so it applies them "
+                "before accepting more writes, and make sure only one committer writes to the topic.")
+        self.duplicates_skipped += len(extra)  # these, or the copies acknowledged after them
+        if extra:
+            logger.warning("%s: %d record(s) of an earlier send at offsets %d..%d (readers skip the copies)",
+                           self._where(), len(extra), start, stop - 1)
+        return extra
 
     # ------------------------------------------------------------ reading
 

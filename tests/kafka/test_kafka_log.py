@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from log import open_log
 from log.codec import encode
-from log.errors import LogClosedError, LogCorruptError, LogError, LogWriteError
+from log.errors import LogOutcomeUnknown, LogClosedError, LogCorruptError, LogError, LogWriteError
 from log.kafka_log import KafkaLog, parse_kafka_url
 from log.record import Record, Write
 from tests.kafka_broker import TansuBroker, TcpProxy, create_topic
@@ -276,10 +276,10 @@ async def test_foreign_records_fence_the_writer(klog: KafkaLog, kafka_broker: Ta
     stray = rec(99, ts=klog.last_ts() + 1000)
     stray.offset = 1
     await produce_raw(kafka_broker.bootstrap, klog.topic, [encode(stray)])
-    with pytest.raises(LogWriteError, match="did not acknowledge"):
+    with pytest.raises(LogWriteError, match="did not write"):
         await klog.append([rec(1)])
     assert klog.fenced
-    with pytest.raises(LogWriteError, match="did not acknowledge"):
+    with pytest.raises(LogWriteError, match="did not write"):
         await klog.append([rec(2)])
     async with KafkaLog(klog.url) as again:  # what a restarted committer would replay
         assert [r.request_id for r in await read_all(again)][:2] == [0, 99]
@@ -311,62 +311,78 @@ async def test_a_damaged_record_is_a_clear_corruption_error(klog: KafkaLog, kafk
 # ------------------------------------------------------------------ broker outages
 
 
-async def test_broker_down_fails_appends_within_the_bound_then_resumes(
+async def test_broker_down_makes_appends_unknown_within_the_bound_then_settles(
         proxied_broker: tuple[TansuBroker, TcpProxy], kafka_topic: str) -> None:
     broker, proxy = proxied_broker
     async with KafkaLog(broker.url(kafka_topic), append_timeout=1.5) as log:
         await log.append([rec(0), rec(1)])
         proxy.down()
-        for i in (2, 3):  # each append during the outage fails on its own (no hang, no stuck lock)
-            lost = [rec(i)]
-            with pytest.raises(LogWriteError, match="failed .* the broker may be down .* not acknowledged"):
-                await log.append(lost)
-            assert lost[0].offset == -1  # nothing was assigned: the caller knows the write did not happen
-            assert log.next_offset() == 2
-        assert log.fenced is None
+        doubtful = [rec(2)]
+        with pytest.raises(LogOutcomeUnknown, match="failed .*outcome is unknown"):
+            await log.append(doubtful)
+        assert doubtful[0].offset == -1 and log.next_offset() == 2 and log.in_doubt
+        refused = [rec(3)]  # the next append settles the doubt first: with the broker away it cannot
+        with pytest.raises(LogWriteError, match="not written .*still in doubt"):
+            await log.append(refused)
+        with pytest.raises(LogWriteError, match="still does not answer"):
+            await log.settle()
+        assert log.fenced is None and log.in_doubt
         proxy.up()
         attempts = 0
-        while True:  # the node resumes without a restart once the broker is back
+        while True:  # the log settles without a restart once the broker is back
             attempts += 1
             try:
-                again = [rec(4)]
-                await log.append(again)
+                assert await log.settle()
                 break
             except LogWriteError:
-                assert attempts < 100, "appends did not resume"
+                assert attempts < 100, "the doubt was never settled"
                 await asyncio.sleep(0.2)
-        assert again[0].offset == 2
-        assert [r.request_id for r in await read_all(log)] == [0, 1, 4]
+        assert not log.in_doubt and doubtful[0].offset == 2 and log.next_offset() == 3
+        assert not await log.settle()  # nothing left in doubt
+        again = [rec(4)]
+        await log.append(again)
+        assert again[0].offset == 3
+        assert [r.request_id for r in await read_all(log)] == [0, 1, 2, 4]
 
 
-async def test_stalled_broker_times_out_and_a_late_landing_fences(
-        proxied_broker: tuple[TansuBroker, TcpProxy], kafka_topic: str) -> None:
+@pytest.mark.parametrize("landed", [True, False])
+async def test_stalled_append_is_unknown_and_settles_exactly_once(
+        proxied_broker: tuple[TansuBroker, TcpProxy], kafka_topic: str, landed: bool) -> None:
+    """A held produce request lands (or is dropped) after the timeout: either way the record is in once."""
     broker, proxy = proxied_broker
     async with KafkaLog(broker.url(kafka_topic), append_timeout=1.0) as log:
         await log.append([rec(0)])
         proxy.stall()
         stalled = [rec(1)]
-        with pytest.raises(LogWriteError, match="no acknowledgement within 1s"):  # the bound fired, not a hang
+        with pytest.raises(LogOutcomeUnknown, match="no acknowledgement within 1s"):  # the bound fired, not a hang
             await log.append(stalled)
         assert stalled[0].offset == -1 and log.next_offset() == 1
-        proxy.up()  # the held produce request now reaches the broker: it committed after all
-        await asyncio.sleep(0.5)
-        outcome: str
-        try:
-            later = [rec(2)]
-            await log.append(later)
-            outcome = "resumed"
-        except LogWriteError as exc:
-            outcome = str(exc)
+        if landed:
+            proxy.up()  # the held produce request now reaches the broker: it committed after all
+            await asyncio.sleep(0.5)
+        else:
+            proxy.down()  # the held request is dropped with its connection
+            proxy.up()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                await log.settle()
+                break
+            except LogWriteError:
+                assert time.monotonic() < deadline, "the doubt was never settled"
+                await asyncio.sleep(0.2)
+        later = [rec(2)]
+        await log.append(later)
         async with KafkaLog(log.url) as reader:
-            ids = [r.request_id for r in await read_all(reader)]
-        if outcome == "resumed":  # the stalled request never landed
-            assert ids == [0, 2]
-        else:  # it landed: the writer must refuse to continue rather than diverge
-            assert "reported as failed" in outcome or "did not acknowledge" in outcome, outcome
-            assert ids[:2] == [0, 1]
-            with pytest.raises(LogWriteError):
-                await log.append([rec(3)])
+            back = await read_all(reader)
+        assert [r.request_id for r in back] == [0, 1, 2]
+        assert [r.ts for r in back] == sorted({r.ts for r in back})
+        assert back[1].offset == stalled[0].offset and back[2].offset == later[0].offset
+        if landed:  # the first send is the record readers apply; the re-sent copy (offset 2) is skipped
+            assert [r.offset for r in back] == [0, 1, 3] and log.duplicates_skipped >= 1
+        else:  # only the re-send reached the topic
+            assert [r.offset for r in back] == [0, 1, 2]
+        assert log.fenced is None
 
 
 async def test_reader_keeps_its_records_while_the_broker_is_down(
