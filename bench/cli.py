@@ -1,6 +1,6 @@
 """`tape bench`: run the benchmark workloads and write results.json, results.md and plots.
 
-    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling,kafka,restore,isolation,auth,scheduler]
+    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling,kafka,restore,isolation,auth,scheduler,memory]
                [--profile] [--base-port N] [--work-dir DIR]
 
 Everything runs on loopback: a Tape server on the bank example app, the
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth",
-             "scheduler")
+             "scheduler", "memory")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
     "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
@@ -31,6 +31,7 @@ DESCRIPTIONS = {
     "isolation": "a bystander's query and subscribe latency, idle and while clients run CPU-bound functions",
     "auth": "transfers with every caller authenticated vs anonymous; 1,000 sockets re-authenticating at once",
     "scheduler": "10,000 jobs due at once vs the same mutations called directly; job lateness beside transfers",
+    "memory": "server RSS over 10 minutes of the transfer workload (start, middle, end)",
 }
 
 
@@ -119,6 +120,12 @@ def run_scheduler(quick: bool, harness: Any) -> dict[str, Any]:
     return scheduler_bench.run(quick)
 
 
+def run_memory(quick: bool, harness: Any) -> dict[str, Any]:
+    """Issue 22: memory stays flat under steady load (RSS at end ≤ 1.2× the middle)."""
+    from bench import memory_soak
+    return memory_soak.run(quick, harness)
+
+
 def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
     if name == "log":
         return run_log
@@ -134,6 +141,8 @@ def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
         return run_auth
     if name == "scheduler":
         return run_scheduler
+    if name == "memory":
+        return run_memory
     module = {"transfer": "bench.transfer", "baseline": "bench.sqlite_baseline",
               "reactivity": "bench.reactivity", "polling": "bench.polling"}[name]
     mod = __import__(module, fromlist=["run"])
@@ -174,6 +183,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
         if name == "auth":
             from bench import auth_bench
             return auth_bench.headline(r)
+        if name == "memory":
+            return (f"RSS {r['rss_start_mb']:.0f} → {r['rss_middle_mb']:.0f} → {r['rss_end_mb']:.0f} MiB over "
+                    f"{r['mutations']:,} mutations: end/middle {r['end_over_middle']:.2f} (goal ≤ {r['goal_ratio']:g})")
         if name == "scheduler":
             b, late = r["burst"], r["lateness"]
             return (f"{b['jobs']:,} due jobs at {b['ratio']:.2f}× direct mutations (goal ≥ 0.8×); lateness at "

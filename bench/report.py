@@ -196,6 +196,12 @@ def comparisons(w: dict[str, Any]) -> list[dict[str, Any]]:
                              "same bystander, idle", idle["p99_ms"], "ms", f"≤ {goal:g} ms", att["p99_ms"] <= goal,
                              note=f"{att['timeouts']} of {att['n']} calls timed out "
                                   f"(counted as {iso['settings']['timeout_s']:g} s)"))
+    mem = w.get("memory")
+    if mem:
+        rows.append(_row("memory", f"server RSS at the end of {mem['seconds']:.0f} s of transfers, MiB",
+                         mem["rss_end_mb"], "RSS in the middle of the run", mem["rss_middle_mb"], "MiB",
+                         f"≤ {mem['goal_ratio']:g}×", mem["end_over_middle"] <= mem["goal_ratio"],
+                         note=f"{mem['mutations']:,} mutations; start {mem['rss_start_mb']:.0f} MiB"))
     sched = w.get("scheduler")
     if sched:
         b, late = sched["burst"], sched["lateness"]

@@ -63,7 +63,9 @@ EXPIRE_REQUESTS_FUNCTION = "_system:expire_requests"  # `function` of the record
 EXPIRY_INTERVAL_MAX = 3600.0  # seconds between expiry sweeps at most (retention / 24 when shorter)
 # Token claims that change when the same caller refreshes its token: not part of who the caller is.
 _VOLATILE_CLAIMS = frozenset({"iat", "exp", "nbf", "auth_time", "jti"})
-_DOCUMENT_CACHE_MAX = 1 << 18  # committed documents (encoded) the writer keeps in memory; cleared beyond
+# Estimated memory of one entry of the writer's document cache beyond the document's bytes: the id str,
+# the bytes object's header and the dict slot (sys.getsizeof on CPython 3.11).
+DOCUMENT_ENTRY_OVERHEAD = 200
 
 
 def request_doc_id(session_id: str, request_id: int) -> str:
@@ -206,7 +208,11 @@ class Committer:
         self._creation_clock = CreationClock()
         # Committed documents by id, as the projection holds them: read through, updated on every apply.
         self._documents: dict[str, bytes | None] = {}
-        self._scans = ScanCache()  # small committed index scans, dropped per table when its keys change
+        # Bounded by `Limits.document_cache_bytes`: entries × (overhead + the mean size of written documents).
+        self._document_mean = 256.0
+        self.document_cache_clears = 0
+        # Small committed index scans, dropped per table when its keys change; bounded by bytes too.
+        self._scans = ScanCache(runtime.limits.scan_cache_bytes)
         self._app_seen: object = None  # the app the caches were filled under (a reload empties them)
         self._owner_loop: asyncio.AbstractEventLoop | None = None  # the loop `start` ran on
         self._expiry_task: asyncio.Task[None] | None = None
@@ -292,6 +298,11 @@ class Committer:
         self._queue.append(pending)
         self._wakeup.set()
         return await pending.future
+
+    @property
+    def document_cache_bytes(self) -> int:
+        """Estimated memory held by the cache of committed documents (bounded by `Limits.document_cache_bytes`)."""
+        return int(len(self._documents) * (DOCUMENT_ENTRY_OVERHEAD + self._document_mean))
 
     def enqueue_job(self, fn: FunctionDef, args: dict[str, Any], job_id: str) -> asyncio.Future[MutationOutcome]:
         """Queue a scheduled mutation whose job is pending; its job's new state joins its record.
@@ -452,8 +463,9 @@ class Committer:
         projection = runtime.projection
         overlay = self._overlay
         documents = self._documents
-        if len(documents) > _DOCUMENT_CACHE_MAX:
+        if len(documents) * (DOCUMENT_ENTRY_OVERHEAD + self._document_mean) > limits.document_cache_bytes:
             documents.clear()
+            self.document_cache_clears += 1
         if runtime.app is not self._app_seen:
             self._scans.clear()
             self._app_seen = runtime.app
@@ -597,9 +609,15 @@ class Committer:
         try:
             runtime.apply_committed(staged.records)
             documents = self._documents
+            written = size = 0
             for record in staged.records:
                 for w in record.writes:
                     documents[w.id] = w.doc
+                    if w.doc is not None:
+                        written += 1
+                        size += len(w.doc)
+            if written:  # a slowly moving mean of document sizes prices the cache's entries
+                self._document_mean += (size / written - self._document_mean) * min(1.0, written / 1000.0)
             self._scans.invalidate(staged.changed_tables)
         except Exception as exc:
             self._documents.clear()

@@ -1,7 +1,7 @@
 """Per-transaction limits, enforced with clear errors."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,15 @@ class Limits:
     max_concurrent_actions: int = 16  # actions running at once (each on its own worker thread)
     loop_slice_seconds: float = 0.02  # user code on the event loop longer than this moves to a worker thread
     query_workers: int = 4           # threads running slow queries against snapshots
+    #: memory the committer's caches may hold (estimated bytes, entries and their overhead included):
+    #: committed documents it read or wrote, and small index scans; each is emptied when over its budget
+    document_cache_bytes: int = 96 << 20
+    scan_cache_bytes: int = 32 << 20
+
+
+def cache_budgets(limits: Limits, total_bytes: int) -> Limits:
+    """`limits` with `total_bytes` split between the writer's caches (3/4 documents, 1/4 scans)."""
+    return replace(limits, document_cache_bytes=total_bytes * 3 // 4, scan_cache_bytes=total_bytes // 4)
 
 
 DEFAULT_LIMITS = Limits()

@@ -20,17 +20,29 @@ from projections.types import DocumentReader
 Pair = tuple[bytes, str]
 
 _MAX_PAIRS = 4  # scans returning more are not kept
-_MAX_RANGES = 1 << 17  # the cache is emptied when it holds more ranges (~40 MB at most)
+# Estimated memory of one cached range beyond its keys' and ids' bytes: the (lo, hi, reverse) tuple and two
+# bytes objects, the list, the dict slot (sys.getsizeof on CPython 3.11) -- and per (key, id) pair, its
+# tuple and the bytes/str headers.
+RANGE_OVERHEAD = 280
+PAIR_OVERHEAD = 170
+DEFAULT_BUDGET = 32 << 20
 
 
 class ScanCache:
-    """Index scans by (table, lo, hi, reverse), valid until `invalidate(table)`."""
+    """Index scans by (table, lo, hi, reverse), valid until `invalidate(table)`.
 
-    def __init__(self) -> None:
+    Bounded by an estimate of the memory it holds (`budget_bytes`): it is emptied when a new range
+    would take it past the budget.
+    """
+
+    def __init__(self, budget_bytes: int = DEFAULT_BUDGET) -> None:
         self._tables: dict[str, dict[tuple[bytes, bytes, bool], list[Pair]]] = {}
-        self._ranges = 0
+        self._table_bytes: dict[str, int] = {}
+        self.budget_bytes = budget_bytes
+        self.bytes = 0  # estimated memory held
         self.hits = 0
         self.misses = 0
+        self.clears = 0  # times the budget emptied it
 
     def scan(self, projection: DocumentReader, table: str, lo: bytes, hi: bytes, reverse: bool) -> Iterator[Pair]:
         """`projection.scan(lo, hi, reverse)`, from the cache when this range was walked before."""
@@ -51,19 +63,25 @@ class ScanCache:
             yield pair
         # Only reached when the caller walked the whole range.
         if len(seen) <= _MAX_PAIRS:
-            if self._ranges >= _MAX_RANGES:
+            size = (RANGE_OVERHEAD + len(key[0]) + len(key[1])
+                    + sum(PAIR_OVERHEAD + len(k) + len(i) for k, i in seen))
+            if self.bytes + size > self.budget_bytes:
                 self.clear()
-            self._tables.setdefault(table, {})[key] = seen
-            self._ranges += 1
+                self.clears += 1
+            ranges = self._tables.setdefault(table, {})
+            if key not in ranges:
+                ranges[key] = seen
+                self._table_bytes[table] = self._table_bytes.get(table, 0) + size
+                self.bytes += size
 
     def invalidate(self, tables: Iterable[str]) -> None:
         """Forget every scan of `tables` (an applied batch changed index keys there)."""
         for table in tables:
-            dropped = self._tables.pop(table, None)
-            if dropped is not None:
-                self._ranges -= len(dropped)
+            if self._tables.pop(table, None) is not None:
+                self.bytes -= self._table_bytes.pop(table, 0)
 
     def clear(self) -> None:
         """Forget everything."""
         self._tables.clear()
-        self._ranges = 0
+        self._table_bytes.clear()
+        self.bytes = 0

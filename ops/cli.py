@@ -25,7 +25,7 @@ from rich.markup import escape
 
 from engine.app import App
 from engine.errors import AppLoadError, EngineError
-from engine.limits import DEFAULT_LIMITS
+from engine.limits import DEFAULT_LIMITS, cache_budgets
 from gateway.config import ServerConfig
 from gateway.node import Node
 from gateway.replica import (ADMIN_KEY_ENV, ADMIN_KEY_FILE_ENV, AdminKeyFileError, admin_key_from_env,
@@ -185,8 +185,9 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
                           cors_origins=_cors_origins(args.cors_origin),
                           query_at_ts_window=args.query_at_ts_window, header_timeout=args.header_timeout,
                           site_port=site_port, max_http_body_bytes=args.max_http_body_bytes,
-                          limits=replace(DEFAULT_LIMITS, max_seconds=args.function_timeout,
-                                         max_action_seconds=args.action_timeout))
+                          limits=cache_budgets(replace(DEFAULT_LIMITS, max_seconds=args.function_timeout,
+                                                       max_action_seconds=args.action_timeout),
+                                               int(args.cache_mb * (1 << 20))))
     node = Node(config, app)
 
     def ready() -> None:
@@ -268,6 +269,21 @@ def _server_options(p: argparse.ArgumentParser) -> None:
                    help=f"stop a query or mutation after this long (default {DEFAULT_LIMITS.max_seconds:g})")
     p.add_argument("--action-timeout", type=float, default=DEFAULT_LIMITS.max_action_seconds, metavar="SECONDS",
                    help=f"stop an action after this long (default {DEFAULT_LIMITS.max_action_seconds:g})")
+    default_cache_mb = (DEFAULT_LIMITS.document_cache_bytes + DEFAULT_LIMITS.scan_cache_bytes) / (1 << 20)
+    p.add_argument("--cache-mb", type=_positive_mb, default=default_cache_mb, metavar="MB",
+                   help="memory for the committer's caches of documents and index lookups, in MiB "
+                        f"(default {default_cache_mb:g})")
+
+
+def _positive_mb(text: str) -> float:
+    """An argparse type: a positive number of MiB."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of MiB, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 MiB, got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

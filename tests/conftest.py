@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -56,13 +56,13 @@ async def make_runtime(tmp_path: Path) -> AsyncIterator[RuntimeFactory]:
 
     made: list[tuple[Runtime, object, object]] = []
 
-    async def factory(app_name: str = "kitchen", data: Path | None = None) -> Runtime:
+    async def factory(app_name: str = "kitchen", data: Path | None = None, limits: Any = None) -> Runtime:
         app = App.load(APPS / app_name)
         data = data or tmp_path / f"data{len(made)}"
         log = FileLog(data / "log")
         await log.open()
         projection = Projection(data / "projection", app.schema.index_catalog())
-        runtime = Runtime(app, log, projection)
+        runtime = Runtime(app, log, projection) if limits is None else Runtime(app, log, projection, limits)
         await runtime.start()
         made.append((runtime, log, projection))
         return runtime

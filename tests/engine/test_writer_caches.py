@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+from dataclasses import replace
 from pathlib import Path
 
 from engine.errors import AppError
+from engine.limits import DEFAULT_LIMITS
 from projections.rebuild import rebuild
 
 
@@ -109,3 +111,26 @@ async def test_patches_of_indexed_and_unindexed_fields_rebuild_identically(make_
     assert [d["text"] for d in ranked] == [f"t{i}" for i in range(10) if i % 2 == 0 and i % 3 != 0]
     assert all(d["done"] is False for d in ranked)
     await _assert_projection_matches_log(rt, tmp_path)
+
+
+async def test_caches_stay_within_their_byte_budgets_and_answers_stay_right(make_runtime) -> None:
+    budget_docs, budget_scans = 150_000, 40_000
+    rt = await make_runtime("bank", limits=replace(DEFAULT_LIMITS, document_cache_bytes=budget_docs,
+                                                   scan_cache_bytes=budget_scans))
+    owners = [f"o{i}" for i in range(3000)]
+    for i in range(0, len(owners), 500):
+        await rt.run_mutation("accounts:seed", {"owners": owners[i:i + 500], "balance": 1000.0})
+    rng = random.Random(5)
+    committer = rt.committer
+    peak_docs = peak_scans = 0
+    for _ in range(20):
+        pairs = [rng.sample(owners, 2) for _ in range(100)]
+        await asyncio.gather(*(rt.run_mutation("accounts:transfer", {"src": a, "dst": b, "amount": 1.0})
+                               for a, b in pairs))
+        peak_docs = max(peak_docs, committer.document_cache_bytes)
+        peak_scans = max(peak_scans, committer._scans.bytes)
+    # Over budget only by what one batch adds before the next batch's check empties it.
+    assert peak_docs <= budget_docs + 200 * 400 and peak_scans <= budget_scans
+    assert committer.document_cache_clears > 0 and committer._scans.clears > 0
+    total = sum(rt.run_query("accounts:balances", {"owners": owners}).value.values())
+    assert total == 3000 * 1000.0
