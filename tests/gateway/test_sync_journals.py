@@ -4,11 +4,13 @@ Speaks the protocol as the official clients do (tests.gateway.test_slow_queries.
 """
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from gateway.replica import ADMIN_KEY_ENV
 from tests.gateway.served_node import served_node
 from tests.gateway.test_slow_queries import Client, _mutate
 
@@ -84,3 +86,30 @@ async def test_journals_in_a_session_served_off_the_loop(tmp_path: Path) -> None
         await a.until(lambda v: ranks(v[1]) == [60, 50, 40])
         assert journals(a)[1] == journal
         await a.ws.close()
+
+
+async def _query(http: aiohttp.ClientSession, url: str, path: str, args: dict[str, Any]) -> dict[str, Any]:
+    async with http.post(url + "/api/query", json={"path": path, "args": args, "format": "json"}) as r:
+        return await r.json()  # type: ignore[no-any-return]
+
+
+async def test_cursors_of_a_replica_open_on_its_committer_only(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    async with served_node(tmp_path / "committer", app="feed") as (committer, committer_url), \
+            aiohttp.ClientSession() as http:
+        monkeypatch.setenv(ADMIN_KEY_ENV, committer.admin.value)
+        async with served_node(tmp_path / "replica", app="feed", role="replica", committer_url=committer_url,
+                               log_url=str(tmp_path / "committer" / "log")) as (_replica, replica_url), \
+                served_node(tmp_path / "other", app="feed") as (_other, other_url):
+            await _mutate(http, committer_url, "feed:seed", {"count": 4})
+            await _mutate(http, other_url, "feed:seed", {"count": 4})
+            first: dict[str, Any] = {}
+            for _ in range(100):  # the replica applies the seed shortly after the committer
+                first = await _query(http, replica_url, "feed:list", {"paginationOpts": {"numItems": 2, "cursor": None}})
+                if first["status"] == "success" and len(first["value"]["page"]) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            cursor = first["value"]["continueCursor"]
+            second = await _query(http, committer_url, "feed:list", {"paginationOpts": {"numItems": 2, "cursor": cursor}})
+            assert second["status"] == "success" and [m["rank"] for m in second["value"]["page"]] == [20, 10]
+            foreign = await _query(http, other_url, "feed:list", {"paginationOpts": {"numItems": 2, "cursor": cursor}})
+            assert foreign["status"] == "error" and "InvalidCursor: paginationOpts.cursor" in foreign["errorMessage"]
