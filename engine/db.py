@@ -620,18 +620,22 @@ class QueryBuilder:
         done = end_key == final
         if start >= end:
             return _page([], done, continue_cursor)
+        tx = self._tx
+        budget = tx.limits.max_reads - tx.reads  # a page too big for one transaction is split, not failed
+        if budget <= 0:
+            tx.count_read(1)  # raises the limit error
+        cap = budget if max_rows is None else min(max_rows, budget)
         scanned: list[bytes] = []
         matched: list[bytes] = []
-        docs, _last, exhausted = self._walk(start, end, None, start, end, keys=scanned, max_scan=max_rows,
+        docs, _last, exhausted = self._walk(start, end, None, start, end, keys=scanned, max_scan=cap,
                                             matched_keys=matched)
-        if not exhausted:  # maximumRowsRead reached before the page's end: split it to make progress
+        if not exhausted:  # maximumRowsRead (or the read limit) reached before the page's end: split it
             split = scanned[max(0, len(scanned) // 2 - 1)]
             return _page(docs, done, continue_cursor, seal(split, scope), "SplitRequired")
         if len(docs) > 2 * max(num, 1) and len(docs) >= 2:
             split = matched[len(docs) // 2 - 1]
             return _page(docs, done, continue_cursor, seal(split, scope), "SplitRecommended")
         return _page(docs, done, continue_cursor)
-
 
 
 def _whole_number(value: Any, field: str, *, allow_zero: bool) -> int:

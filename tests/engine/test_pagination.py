@@ -1,6 +1,7 @@
 """Reactive pagination in the engine: journals keep a page's end, split advice, maximumRowsRead."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from engine.runtime import QueryResult, Runtime
@@ -119,3 +120,17 @@ async def test_maximum_rows_read_and_num_items_are_checked(make_runtime) -> None
                         ({"numItems": 1, "cursor": None, "maximumRowsRead": 1.5}, "paginationOpts.maximumRowsRead")):
         result = rt.evaluate_query("feed:list", {"paginationOpts": opts})
         assert result.error is not None and field in str(result.error)
+
+
+async def test_pinned_page_over_the_read_limit_requires_a_split_instead_of_failing(make_runtime) -> None:
+    rt, _ = await seeded(make_runtime)
+    whole = page(rt, {"numItems": 9, "cursor": None})
+    rt.limits = dataclasses.replace(rt.limits, max_reads=6)
+    pinned = page(rt, {"numItems": 9, "cursor": None}, whole.journal)
+    assert pinned.value["pageStatus"] == "SplitRequired" and len(pinned.value["page"]) == 6
+    halves = [page(rt, {"numItems": 9, "cursor": None, "endCursor": pinned.value["splitCursor"]}),
+              page(rt, {"numItems": 9, "cursor": pinned.value["splitCursor"], "endCursor": whole.journal})]
+    assert [r.value["pageStatus"] for r in halves] == [None, None]
+    assert ranks(halves[0]) + ranks(halves[1]) == ranks(whole)
+    unpinned = rt.evaluate_query("feed:list", {"paginationOpts": {"numItems": 9, "cursor": None}})
+    assert unpinned.error is not None and "read more than 6" in str(unpinned.error)  # no fixed end: the limit
