@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.gateway.test_official_js_client import run_ok, server_value
+from tests.gateway.test_official_js_client import LiveScript, run_ok, server_value
 
 
 def test_pages_keep_their_ends_in_two_tabs(server_factory) -> None:  # type: ignore[no-untyped-def]
@@ -67,3 +67,30 @@ def test_pages_keep_their_ends_in_two_tabs(server_factory) -> None:  # type: ign
         assert states[("page 1 grew past twice its size", tab)]["pages"] == 4
         last = states[("one more page", tab)]
         assert last["ids"] == last["truth"] and last["status"] == "CanLoadMore"
+
+
+def test_pages_keep_their_ends_across_a_server_restart(server_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The client sends each page's journal back on Add after reconnecting: the pages end where they did."""
+    server = server_factory("feed")
+    server_value(server.url, "mutation", "feed:seed", {"count": 8})  # ranks 10..80
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    script = LiveScript("paginated_feed.mjs", {
+        "url": server.url, "query": "feed:list", "truth": "feed:all", "initialNumItems": 2, "tabs": 2,
+        "signalDir": str(signals), "timeoutMs": 60000, "steps": [
+            {"op": "loadMore", "numItems": 2}, {"op": "check", "label": "two pages", "length": 4},
+            {"op": "signal", "name": "restarted"},
+            {"op": "check", "label": "after the restart", "length": 6}]})
+    try:
+        script.wait_for(lambda events: any(e["event"] == "waiting" for e in events), 30, "the pages to load")
+        server.kill()
+        server.start()  # same port and data directory: same admin key, so the journals still open
+        server_value(server.url, "mutation", "feed:send", {"body": "top", "rank": 90.0})
+        server_value(server.url, "mutation", "feed:send", {"body": "page 2", "rank": 55.0})
+        (signals / "restarted").touch()
+        events = script.finish(60)
+    finally:
+        script.close()
+    assert events[-1] == {"event": "done", "duplicatesSeen": 0}
+    after = [e for e in events if e["event"] == "state" and e["label"] == "after the restart"]
+    assert len(after) == 2 and all(len(e["ids"]) == 6 and e["ids"] == e["truth"] for e in after)

@@ -18,6 +18,9 @@
 //     {"op": "mutation", "path": "...", "args": {...}}   run once (by tab 0)
 //     {"op": "check", "label": "...", "length": n}   wait until every tab shows
 //        exactly the first n rows of `truth` (in order, none twice), then print them
+//     {"op": "signal", "name": "..."}   print {"event":"waiting","name"} and wait until the
+//        file <signalDir>/<name> exists (the test restarts the server meanwhile, say)
+//   signalDir        directory of the signal files
 //   timeoutMs        fail after this long (default 30000)
 //
 // Output (JSON lines on stdout):
@@ -25,6 +28,8 @@
 //   {"event":"done","duplicatesSeen":0}   exit 0
 //   {"event":"failed","reason":"...","tabs":[...]}   exit 1 (a check never held, or a tab
 //        was ever shown a row twice)
+import { existsSync } from "node:fs";
+import { join } from "node:path";
 import { argsFrom, armTimeout, describeError, emit, finish, loadConfig, makeClient } from "./lib.mjs";
 
 const USAGE = `
@@ -113,6 +118,10 @@ for (const step of config.steps ?? []) {
       event: "state", label: step.label, tab, ids: r.results.map((m) => m._id), status: r.status,
       pages: pageCount(tab), truth,
     }));
+  } else if (step.op === "signal") {
+    emit({ event: "waiting", name: step.name });
+    const file = join(config.signalDir, step.name);
+    while (!existsSync(file)) await sleep(25);
   } else {
     await finish(2, clients, { reason: `unknown step op ${JSON.stringify(step.op)}` });
   }
