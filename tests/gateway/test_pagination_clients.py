@@ -94,3 +94,22 @@ def test_pages_keep_their_ends_across_a_server_restart(server_factory, tmp_path)
     assert events[-1] == {"event": "done", "duplicatesSeen": 0}
     after = [e for e in events if e["event"] == "state" and e["label"] == "after the restart"]
     assert len(after) == 2 and all(len(e["ids"]) == 6 and e["ids"] == e["truth"] for e in after)
+
+
+def test_split_required_pages_are_split_by_the_client(server_factory) -> None:  # type: ignore[no-untyped-def]
+    """feed:bounded reads at most 4 rows a page: a loaded page that grows past that answers SplitRequired
+    (its rows are hidden by the client) until the client has split it into pages that fit."""
+    server = server_factory("feed")
+    server_value(server.url, "mutation", "feed:seed", {"count": 6})  # ranks 10..60
+    steps: list[dict[str, Any]] = [{"op": "loadMore", "numItems": 2},
+                                   {"op": "check", "label": "two pages", "length": 4}]
+    for rank in (61.0, 62.0, 63.0, 64.0, 65.0):
+        steps.append({"op": "mutation", "path": "feed:send", "args": {"body": "burst", "rank": rank}})
+    steps.append({"op": "check", "label": "after the burst", "length": 9})
+    events = run_ok("paginated_feed.mjs", {
+        "url": server.url, "query": "feed:bounded", "truth": "feed:all", "initialNumItems": 2, "tabs": 2,
+        "steps": steps, "timeoutMs": 60000}, timeout=90)
+    after = [e for e in events if e["event"] == "state" and e["label"] == "after the burst"]
+    assert len(after) == 2
+    for state in after:
+        assert state["ids"] == state["truth"] and state["pages"] >= 3  # page 1 was split (until each part fits)

@@ -7,6 +7,13 @@ async def list(ctx, paginationOpts):
     return await ctx.db.query("messages").with_index("by_rank").order("desc").paginate(paginationOpts)
 
 
+@query(args={"paginationOpts": v.any()})
+async def bounded(ctx, paginationOpts):
+    """The feed, reading at most 4 rows per page (pages that grow past that must be split)."""
+    opts = {**paginationOpts, "maximumRowsRead": 4}
+    return await ctx.db.query("messages").with_index("by_rank").order("desc").paginate(opts)
+
+
 @query(args={"paginationOpts": v.any(), "author": v.string()})
 async def by_author(ctx, paginationOpts, author):
     return await (ctx.db.query("messages").with_index("by_rank").order("desc")
