@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.gateway.test_official_js_client import LiveScript, run_ok, server_value
 
 
@@ -69,6 +71,7 @@ def test_pages_keep_their_ends_in_two_tabs(server_factory) -> None:  # type: ign
         assert last["ids"] == last["truth"] and last["status"] == "CanLoadMore"
 
 
+@pytest.mark.soak  # ~12 s (a server restart and the client's reconnect backoff): runs with --soak
 def test_pages_keep_their_ends_across_a_server_restart(server_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The client sends each page's journal back on Add after reconnecting: the pages end where they did."""
     server = server_factory("feed")
