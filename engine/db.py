@@ -459,12 +459,14 @@ class QueryBuilder:
 
     def _walk(self, lo: bytes, hi: bytes, limit: int | None, full_lo: bytes, full_hi: bytes,
               keys: list[bytes] | None = None, max_scan: int | None = None,
-              matched_keys: list[bytes] | None = None) -> tuple[list[dict[str, Any]], bytes | None, bool]:
+              matched_keys: list[bytes] | None = None, max_bytes: int | None = None
+              ) -> tuple[list[dict[str, Any]], bytes | None, bool]:
         """Scan, decode and filter up to `limit` matches; records the walked range in the read set.
 
         With `keys`, the index key of every scanned row is appended to it (with
         `matched_keys`, that of every returned document); with
-        `max_scan`, the walk stops (not exhausted) after scanning that many rows.
+        `max_scan` / `max_bytes`, the walk stops (not exhausted) after scanning that
+        many rows / once the documents scanned hold that many bytes (encoded).
         Returns (documents, last key walked, exhausted)."""
         tx = self._tx
         out: list[dict[str, Any]] = []
@@ -475,8 +477,9 @@ class QueryBuilder:
         max_reads = tx.limits.max_reads
         load = tx.load
         scanned = 0
+        bytes_read = 0
         for key, doc_id in tx.scan(lo, hi, desc, self._table):
-            if max_scan is not None and scanned >= max_scan:
+            if (max_scan is not None and scanned >= max_scan) or (max_bytes is not None and bytes_read >= max_bytes):
                 exhausted = False
                 break
             scanned += 1
@@ -489,6 +492,8 @@ class QueryBuilder:
             raw = load(doc_id)
             if raw is None:
                 continue
+            if max_bytes is not None:
+                bytes_read += len(raw)
             doc = decode_doc(raw)
             if filters and not all(f(doc) for f in filters):
                 continue
@@ -545,13 +550,14 @@ class QueryBuilder:
         """One page: `{"page", "isDone", "continueCursor", "splitCursor", "pageStatus"}`.
 
         `opts` is Convex's PaginationOptions: `numItems`, `cursor` (null: from the
-        start), optional `endCursor` (the page ends exactly there, inclusive) and
-        `maximumRowsRead` (rows scanned, before filters). The first paginate() of a
-        query execution given a journal (a live subscription's re-run) ends where the
-        journal says, so a page keeps its end and grows or shrinks in place; the
+        start), optional `endCursor` (the page ends exactly there, inclusive),
+        `maximumRowsRead` and `maximumBytesRead` (rows / document bytes scanned,
+        before filters; the row that crosses the byte bound is the last one read).
+        The first paginate() of a query execution given a journal (a live
+        subscription's re-run) ends where the journal says, so a page keeps its end and grows or shrinks in place; the
         execution's journal is the page's end cursor. A page with a fixed end that
         holds more than twice `numItems` rows says "SplitRecommended"; one that hit
-        `maximumRowsRead` before its end says "SplitRequired" (its page may be
+        a read bound before its end says "SplitRequired" (its page may be
         incomplete); both carry a `splitCursor` in the middle of the page.
         """
         if type(opts) is not dict:
@@ -561,8 +567,8 @@ class QueryBuilder:
         if max_rows is not None:
             max_rows = _whole_number(max_rows, "paginationOpts.maximumRowsRead", allow_zero=False)
         max_bytes = opts.get("maximumBytesRead")
-        if max_bytes is not None and (type(max_bytes) not in (int, float) or max_bytes <= 0):
-            raise ArgumentError(f"paginationOpts.maximumBytesRead: expected a positive number, got {max_bytes!r}")
+        if max_bytes is not None:
+            max_bytes = _whole_number(max_bytes, "paginationOpts.maximumBytesRead", allow_zero=False)
         tx = self._tx
         lo, hi = self._bounds()
         scope = self._cursor_scope(lo, hi)
@@ -583,22 +589,22 @@ class QueryBuilder:
         final = lo if desc else hi
         if end_cursor is not None:
             result = self._pinned_page(start, end, tx.cursors.open(end_cursor, scope, end_field),
-                                       num, max_rows, scope, final)
+                                       num, max_rows, max_bytes, scope, final)
         else:
-            result = self._open_page(start, end, cursor, num, max_rows, scope, final)
+            result = self._open_page(start, end, cursor, num, max_rows, max_bytes, scope, final)
         if journaled:
             tx.journal_out = result["continueCursor"]
         return result
 
     def _open_page(self, start: bytes, end: bytes, cursor: str | None, num: int, max_rows: int | None,
-                   scope: bytes, final: bytes) -> dict[str, Any]:
-        """A page ending after `num` matches (or `max_rows` scanned rows, or the end of the range)."""
+                   max_bytes: int | None, scope: bytes, final: bytes) -> dict[str, Any]:
+        """A page ending after `num` matches (or `max_rows` rows / `max_bytes` scanned, or the range's end)."""
         seal = self._tx.cursors.seal
         if start >= end:
             return _page([], True, cursor if cursor is not None else seal(final, scope))
         if num == 0:
             return _page([], False, cursor if cursor is not None else seal(self._range_start(), scope))
-        docs, last, exhausted = self._walk(start, end, num, start, end, max_scan=max_rows)
+        docs, last, exhausted = self._walk(start, end, num, start, end, max_scan=max_rows, max_bytes=max_bytes)
         if exhausted or last is None:
             return _page(docs, True, seal(final, scope))
         return _page(docs, False, seal(last, scope))
@@ -609,7 +615,7 @@ class QueryBuilder:
         return hi if self._desc else lo
 
     def _pinned_page(self, start: bytes, end: bytes, end_key: bytes, num: int, max_rows: int | None,
-                     scope: bytes, final: bytes) -> dict[str, Any]:
+                     max_bytes: int | None, scope: bytes, final: bytes) -> dict[str, Any]:
         """Every match up to and including `end_key`; split advice when the page grew or scanned too much."""
         seal = self._tx.cursors.seal
         if self._desc:
@@ -628,8 +634,8 @@ class QueryBuilder:
         scanned: list[bytes] = []
         matched: list[bytes] = []
         docs, _last, exhausted = self._walk(start, end, None, start, end, keys=scanned, max_scan=cap,
-                                            matched_keys=matched)
-        if not exhausted:  # maximumRowsRead (or the read limit) reached before the page's end: split it
+                                            matched_keys=matched, max_bytes=max_bytes)
+        if not exhausted:  # maximumRows/BytesRead (or the read limit) reached before the page's end: split it
             split = scanned[max(0, len(scanned) // 2 - 1)]
             return _page(docs, done, continue_cursor, seal(split, scope), "SplitRequired")
         if len(docs) > 2 * max(num, 1) and len(docs) >= 2:

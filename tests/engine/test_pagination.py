@@ -134,3 +134,14 @@ async def test_pinned_page_over_the_read_limit_requires_a_split_instead_of_faili
     assert ranks(halves[0]) + ranks(halves[1]) == ranks(whole)
     unpinned = rt.evaluate_query("feed:list", {"paginationOpts": {"numItems": 9, "cursor": None}})
     assert unpinned.error is not None and "read more than 6" in str(unpinned.error)  # no fixed end: the limit
+
+
+async def test_maximum_bytes_read_ends_a_page_or_requires_a_split(make_runtime) -> None:
+    rt, _ = await seeded(make_runtime)
+    short = page(rt, {"numItems": 5, "cursor": None, "maximumBytesRead": 1})
+    assert ranks(short) == [90] and short.value["isDone"] is False  # the first row already holds > 1 byte
+    whole = page(rt, {"numItems": 9, "cursor": None})
+    pinned = page(rt, {"numItems": 9, "cursor": None, "maximumBytesRead": 1}, whole.journal)
+    assert pinned.value["pageStatus"] == "SplitRequired" and pinned.value["splitCursor"]
+    bad = rt.evaluate_query("feed:list", {"paginationOpts": {"numItems": 1, "cursor": None, "maximumBytesRead": -5}})
+    assert bad.error is not None and "paginationOpts.maximumBytesRead" in str(bad.error)
