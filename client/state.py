@@ -156,7 +156,7 @@ class QueryEntry:
     """One server-side query (one ``queryId``) and the local sinks sharing it."""
 
     __slots__ = ("query_id", "path", "args", "wire_args", "key", "sinks", "has_result", "is_error", "value",
-                 "wire", "error_message", "error_data", "resync")
+                 "wire", "error_message", "error_data", "resync", "journal")
 
     def __init__(self, query_id: int, path: str, args: dict[str, Any], wire_args: dict[str, Any],
                  key: tuple[str, bytes]) -> None:
@@ -173,10 +173,14 @@ class QueryEntry:
         self.error_message = ""
         self.error_data: Any = MISSING
         self.resync = False
+        self.journal: str | None = None  # the server's journal for it (a paginated page's end)
 
     def add_modification(self) -> dict[str, Any]:
-        """The ``Add`` entry of a ``ModifyQuerySet`` for this query."""
-        return {"type": "Add", "queryId": self.query_id, "udfPath": self.path, "args": [self.wire_args]}
+        """The ``Add`` entry of a ``ModifyQuerySet`` for this query (with its journal after a reconnect)."""
+        add = {"type": "Add", "queryId": self.query_id, "udfPath": self.path, "args": [self.wire_args]}
+        if self.journal is not None:
+            add["journal"] = self.journal
+        return add
 
     def make_error(self) -> FunctionError:
         """A fresh exception for the current ``QueryFailed`` state (one per consumer)."""
@@ -492,6 +496,7 @@ class ClientCore:
             raise ProtocolError("Transition.modifications", "expected an array")
         # Decode everything first so a malformed value leaves no half-applied Transition.
         decoded: list[tuple[QueryEntry, str, Any, Any]] = []
+        journals: list[tuple[QueryEntry, str | None]] = []
         for i, mod in enumerate(mods):
             if not isinstance(mod, dict):
                 raise ProtocolError(f"Transition.modifications[{i}]", "expected an object")
@@ -509,7 +514,15 @@ class ClientCore:
                 decoded.append((entry, kind, str(mod.get("errorMessage", "")), data))
             else:
                 log.warning("ignoring unknown query modification %r", kind)
+                continue
+            journal = mod.get("journal")
+            if "journal" in mod and journal is not None and not isinstance(journal, str):
+                raise ProtocolError(f"Transition.modifications[{i}].journal", "expected a string or null")
+            if "journal" in mod:
+                journals.append((entry, journal))
         self.version = end
+        for entry, journal in journals:
+            entry.journal = journal
         self.max_observed_ts = max(self.max_observed_ts, end.ts)
         for entry, kind, a, b in decoded:
             if kind == "QueryUpdated":

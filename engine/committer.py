@@ -517,7 +517,8 @@ class Committer:
                 continue
             mark = overlay.mark()
             tx = Transaction(projection, runtime.app.schema, limits, overlay, writable=True, batch=seq,
-                             loaded=documents, scans=self._scans, changed_tables=changed_tables)
+                             loaded=documents, scans=self._scans, changed_tables=changed_tables,
+                             cursors=runtime.cursors)
             db = DatabaseWriter(tx, self._creation_clock)
             ctx = MutationCtx(db, Auth(p.identity), MutationScheduler(db, runtime.app), runtime.app)
             try:
@@ -537,7 +538,8 @@ class Committer:
                 if job is not None:
                     # A failed scheduled mutation commits only its job's new state (failed, with the error).
                     tx = Transaction(projection, runtime.app.schema, limits, overlay, writable=True, batch=seq,
-                                     loaded=documents, scans=self._scans, changed_tables=changed_tables)
+                                     loaded=documents, scans=self._scans, changed_tables=changed_tables,
+                                     cursors=runtime.cursors)
                     self._finish_job(DatabaseWriter(tx, self._creation_clock), tx, job, "failed", str(exc))
                     value, result = None, encode_value(None)
                 elif off_loop:

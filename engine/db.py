@@ -1,11 +1,11 @@
 """`ctx.db`: document reads and writes with read-set capture, and the query builder."""
 from __future__ import annotations
 
-import base64
 import functools
 import time
 from typing import Any, Callable, Iterator
 
+from engine.cursors import DEFAULT_SEALER, CursorSealer
 from engine.preempt import guard_state as preempt_guard
 from engine.errors import ArgumentError, EngineError, LimitExceeded, ReadOnlyError
 from engine.limits import Limits
@@ -96,7 +96,8 @@ class Transaction:
     def __init__(self, projection: DocumentReader, schema: Schema, limits: Limits, overlay: Overlay | None,
                  writable: bool, clock: Callable[[], float] | None = None, batch: int = 0,
                  loaded: dict[str, bytes | None] | None = None, scans: ScanCache | None = None,
-                 changed_tables: set[str] | None = None) -> None:
+                 changed_tables: set[str] | None = None, cursors: CursorSealer | None = None,
+                 journal: str | None = None) -> None:
         self.projection = projection
         self.schema = schema
         self.limits = limits
@@ -114,6 +115,12 @@ class Transaction:
         self._scans = scans  # the writer's cache of small index scans (see engine.scan_cache)
         # tables in which this execution changed some index key (inserts, deletes, indexed fields)
         self.changed_tables: set[str] = set() if changed_tables is None else changed_tables
+        self.cursors = cursors if cursors is not None else DEFAULT_SEALER  # seals pagination cursors
+        # Query journal (see engine.pagination docs in docs/protocol.md): the end cursor the first
+        # paginate() of this execution keeps from an earlier run, and the one this run leaves.
+        self.journal_in = journal
+        self.journal_out: str | None = None
+        self.journal_taken = False
 
     def tick(self) -> None:
         if time.monotonic() > self.deadline:
@@ -400,20 +407,6 @@ def _eq_string_range(projection: DocumentReader, table: str, index: str, value: 
     return projection.index_range(table, index, [value])
 
 
-def _encode_cursor(key: bytes) -> str:
-    return base64.urlsafe_b64encode(key).decode("ascii")
-
-
-def _decode_cursor(cursor: Any, prefix_lo: bytes, prefix_hi: bytes) -> bytes:
-    try:
-        key = base64.urlsafe_b64decode(cursor.encode("ascii"))
-    except (ValueError, AttributeError):
-        raise ArgumentError(f"paginationOpts.cursor: not a cursor from this query: {cursor!r}") from None
-    if not prefix_lo <= key <= prefix_hi:
-        raise ArgumentError("paginationOpts.cursor: cursor belongs to a different query or index")
-    return key
-
-
 class QueryBuilder:
     """A lazy query: `with_index`, `order`, `filter`, then `take`/`first`/`unique`/`collect`/`paginate`."""
 
@@ -467,10 +460,16 @@ class QueryBuilder:
             return _eq_string_range(projection, self._table, self._index, eq[0])  # the usual lookup
         return projection.index_range(self._table, self._index, eq, r.lower, r.upper)
 
-    def _walk(self, lo: bytes, hi: bytes, limit: int | None, full_lo: bytes, full_hi: bytes
+    def _walk(self, lo: bytes, hi: bytes, limit: int | None, full_lo: bytes, full_hi: bytes,
+              keys: list[bytes] | None = None, max_scan: int | None = None,
+              matched_keys: list[bytes] | None = None, max_bytes: int | None = None
               ) -> tuple[list[dict[str, Any]], bytes | None, bool]:
         """Scan, decode and filter up to `limit` matches; records the walked range in the read set.
 
+        With `keys`, the index key of every scanned row is appended to it (with
+        `matched_keys`, that of every returned document); with
+        `max_scan` / `max_bytes`, the walk stops (not exhausted) after scanning that
+        many rows / once the documents scanned hold that many bytes (encoded).
         Returns (documents, last key walked, exhausted)."""
         tx = self._tx
         out: list[dict[str, Any]] = []
@@ -480,18 +479,30 @@ class QueryBuilder:
         desc = self._desc
         max_reads = tx.limits.max_reads
         load = tx.load
+        scanned = 0
+        bytes_read = 0
         for key, doc_id in tx.scan(lo, hi, desc, self._table):
+            if (max_scan is not None and scanned >= max_scan) or (max_bytes is not None and bytes_read >= max_bytes):
+                exhausted = False
+                break
+            scanned += 1
             last = key
+            if keys is not None:
+                keys.append(key)
             tx.reads += 1
             if tx.reads > max_reads:
                 tx.count_read(0)  # raises the limit error
             raw = load(doc_id)
             if raw is None:
                 continue
+            if max_bytes is not None:
+                bytes_read += len(raw)
             doc = decode_doc(raw)
             if filters and not all(f(doc) for f in filters):
                 continue
             out.append(doc)
+            if matched_keys is not None:
+                matched_keys.append(key)
             if limit is not None and len(out) >= limit:
                 exhausted = False
                 break
@@ -534,40 +545,120 @@ class QueryBuilder:
         for doc in await self.collect():
             yield doc
 
+    def _cursor_scope(self, lo: bytes, hi: bytes) -> bytes:
+        """What a cursor of this query is bound to: its index range and order (never sent to clients)."""
+        return (b"d" if self._desc else b"a") + len(lo).to_bytes(4, "big") + lo + hi
+
     async def paginate(self, opts: dict[str, Any]) -> dict[str, Any]:
-        """One page: `{"page", "isDone", "continueCursor"}`; `endCursor` pins a page's end (usePaginatedQuery)."""
+        """One page: `{"page", "isDone", "continueCursor", "splitCursor", "pageStatus"}`.
+
+        `opts` is Convex's PaginationOptions: `numItems`, `cursor` (null: from the
+        start), optional `endCursor` (the page ends exactly there, inclusive),
+        `maximumRowsRead` and `maximumBytesRead` (rows / document bytes scanned,
+        before filters; the row that crosses the byte bound is the last one read).
+        The first paginate() of a query execution given a journal (a live
+        subscription's re-run) ends where the journal says, so a page keeps its end and grows or shrinks in place; the
+        execution's journal is the page's end cursor. A page with a fixed end that
+        holds more than twice `numItems` rows says "SplitRecommended"; one that hit
+        a read bound before its end says "SplitRequired" (its page may be
+        incomplete); both carry a `splitCursor` in the middle of the page.
+        """
         if type(opts) is not dict:
             raise ArgumentError("paginationOpts must be an object {numItems, cursor}")
-        num = opts.get("numItems")
-        if isinstance(num, float) and num.is_integer():
-            num = int(num)
-        if type(num) is not int or num < 0:
-            raise ArgumentError(f"paginationOpts.numItems: expected a non-negative number, got {num!r}")
+        num = _whole_number(opts.get("numItems"), "paginationOpts.numItems", allow_zero=True)
+        max_rows = opts.get("maximumRowsRead")
+        if max_rows is not None:
+            max_rows = _whole_number(max_rows, "paginationOpts.maximumRowsRead", allow_zero=False)
+        max_bytes = opts.get("maximumBytesRead")
+        if max_bytes is not None:
+            max_bytes = _whole_number(max_bytes, "paginationOpts.maximumBytesRead", allow_zero=False)
+        tx = self._tx
         lo, hi = self._bounds()
+        scope = self._cursor_scope(lo, hi)
+        desc = self._desc
         start, end = lo, hi
         cursor = opts.get("cursor")
         if cursor is not None:
-            key = _decode_cursor(cursor, lo, hi)
-            if self._desc:
+            key = tx.cursors.open(cursor, scope, "paginationOpts.cursor")
+            if desc:
                 end = key
             else:
                 start = key_successor(key)
-        end_cursor = opts.get("endCursor")
-        limit: int | None = num
+        end_cursor, end_field = opts.get("endCursor"), "paginationOpts.endCursor"
+        journaled = not tx.journal_taken
+        tx.journal_taken = True
+        if end_cursor is None and journaled and tx.journal_in is not None:
+            end_cursor, end_field = tx.journal_in, "the query journal"
+        final = lo if desc else hi
         if end_cursor is not None:
-            key = _decode_cursor(end_cursor, lo, hi)
-            if self._desc:
-                start = key
-            else:
-                end = key_successor(key)
-            limit = None
-        if start >= end:
-            return {"page": [], "isDone": True, "continueCursor": cursor or _encode_cursor(hi if not self._desc else lo)}
-        docs, last, exhausted = self._walk(start, end, limit, lo, hi)
-        final = lo if self._desc else hi
-        if end_cursor is not None:
-            return {"page": docs, "isDone": _decode_cursor(end_cursor, lo, hi) == final, "continueCursor": end_cursor}
-        if exhausted or last is None:
-            return {"page": docs, "isDone": True, "continueCursor": _encode_cursor(final)}
-        return {"page": docs, "isDone": False, "continueCursor": _encode_cursor(last)}
+            result = self._pinned_page(start, end, tx.cursors.open(end_cursor, scope, end_field),
+                                       num, max_rows, max_bytes, scope, final)
+        else:
+            result = self._open_page(start, end, cursor, num, max_rows, max_bytes, scope, final)
+        if journaled:
+            tx.journal_out = result["continueCursor"]
+        return result
 
+    def _open_page(self, start: bytes, end: bytes, cursor: str | None, num: int, max_rows: int | None,
+                   max_bytes: int | None, scope: bytes, final: bytes) -> dict[str, Any]:
+        """A page ending after `num` matches (or `max_rows` rows / `max_bytes` scanned, or the range's end)."""
+        seal = self._tx.cursors.seal
+        if start >= end:
+            return _page([], True, cursor if cursor is not None else seal(final, scope))
+        if num == 0:
+            return _page([], False, cursor if cursor is not None else seal(self._range_start(), scope))
+        docs, last, exhausted = self._walk(start, end, num, start, end, max_scan=max_rows, max_bytes=max_bytes)
+        if exhausted or last is None:
+            return _page(docs, True, seal(final, scope))
+        return _page(docs, False, seal(last, scope))
+
+    def _range_start(self) -> bytes:
+        """A cursor position before the first row of the range (in this query's order)."""
+        lo, hi = self._bounds()
+        return hi if self._desc else lo
+
+    def _pinned_page(self, start: bytes, end: bytes, end_key: bytes, num: int, max_rows: int | None,
+                     max_bytes: int | None, scope: bytes, final: bytes) -> dict[str, Any]:
+        """Every match up to and including `end_key`; split advice when the page grew or scanned too much."""
+        seal = self._tx.cursors.seal
+        if self._desc:
+            start = max(start, end_key)
+        else:
+            end = min(end, key_successor(end_key))
+        continue_cursor = seal(end_key, scope)
+        done = end_key == final
+        if start >= end:
+            return _page([], done, continue_cursor)
+        tx = self._tx
+        budget = tx.limits.max_reads - tx.reads  # a page too big for one transaction is split, not failed
+        if budget <= 0:
+            tx.count_read(1)  # raises the limit error
+        cap = budget if max_rows is None else min(max_rows, budget)
+        scanned: list[bytes] = []
+        matched: list[bytes] = []
+        docs, _last, exhausted = self._walk(start, end, None, start, end, keys=scanned, max_scan=cap,
+                                            matched_keys=matched, max_bytes=max_bytes)
+        if not exhausted:  # maximumRows/BytesRead (or the read limit) reached before the page's end: split it
+            split = scanned[max(0, len(scanned) // 2 - 1)]
+            return _page(docs, done, continue_cursor, seal(split, scope), "SplitRequired")
+        if len(docs) > 2 * max(num, 1) and len(docs) >= 2:
+            split = matched[len(docs) // 2 - 1]
+            return _page(docs, done, continue_cursor, seal(split, scope), "SplitRecommended")
+        return _page(docs, done, continue_cursor)
+
+
+def _whole_number(value: Any, field: str, *, allow_zero: bool) -> int:
+    """`value` as an int (Convex sends numbers as floats); an ArgumentError naming `field` otherwise."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if type(value) is not int or value < 0 or (value == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ArgumentError(f"{field}: expected a {kind} whole number, got {value!r}")
+    return value
+
+
+def _page(docs: list[dict[str, Any]], done: bool, continue_cursor: str, split_cursor: str | None = None,
+          status: str | None = None) -> dict[str, Any]:
+    """A PaginationResult as Convex's `paginate` returns it."""
+    return {"page": docs, "isDone": done, "continueCursor": continue_cursor, "splitCursor": split_cursor,
+            "pageStatus": status}

@@ -12,6 +12,7 @@ from engine.app import App
 from engine.committer import Committer, MutationOutcome
 from engine.context import ActionCtx, Auth, QueryCtx
 from engine.crons import CronRunner
+from engine.cursors import DEFAULT_SEALER, CursorSealer
 from engine.db import DatabaseReader, Transaction
 from engine.errors import AppError, EngineError, InternalFunctionError, LimitExceeded, SchemaViolation
 from engine.execution import SliceExpired, SlowPaths, check_result, run_handler
@@ -41,6 +42,8 @@ class QueryResult:
     offset: int
     ts: int
     error: Exception | None = None
+    #: the query journal this run leaves (a paginated query's page end: see engine.db paginate), or None
+    journal: str | None = None
 
 
 class Runtime:
@@ -62,6 +65,8 @@ class Runtime:
         self.snapshots = SnapshotJournal()  # read views for queries running off the loop
         self._listeners: list[AppliedListener] = []
         self.mutation_forwarder: Callable[..., Any] | None = None
+        #: seals pagination cursors; a node installs one keyed by its deployment secret (gateway.node)
+        self.cursors: CursorSealer = DEFAULT_SEALER
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -148,15 +153,17 @@ class Runtime:
 
     def evaluate_query(self, path: str, args: Any, *, allow_internal: bool = False,
                        identity: dict[str, Any] | None = None, reader: DocumentReader | None = None,
-                       slice_seconds: float | None = None) -> QueryResult:
+                       slice_seconds: float | None = None, journal: str | None = None) -> QueryResult:
         """Run a query synchronously (so it sees one snapshot); errors are returned with the read set.
 
         `reader` is the state to read (default: the live projection). With
         `slice_seconds`, a query still running after that long raises
         `SliceExpired` instead (see `query`, which then runs it off the loop).
+        `journal` is the journal of an earlier run of this subscription (it keeps a page's end).
         """
         source = reader if reader is not None else self.projection
-        tx = Transaction(source, self.app.schema, self.limits, None, writable=False)
+        tx = Transaction(source, self.app.schema, self.limits, None, writable=False, cursors=self.cursors,
+                         journal=journal)
         offset, ts = source.applied_offset, source.applied_ts
         try:
             fn = self.app.function(path, allow_internal=allow_internal)
@@ -166,8 +173,8 @@ class Runtime:
             ctx = QueryCtx(DatabaseReader(tx), Auth(identity))
             value = run_handler(fn.handler(ctx, **checked), fn.path, self.limits.max_seconds, slice_seconds)
         except (AppError, EngineError) as exc:
-            return QueryResult(None, tx.read_set, offset, ts, exc)
-        return QueryResult(value, tx.read_set, offset, ts)
+            return QueryResult(None, tx.read_set, offset, ts, exc, journal)
+        return QueryResult(value, tx.read_set, offset, ts, journal=tx.journal_out)
 
     # -- keeping user code off the event loop -------------------------------------
     def is_slow(self, path: str) -> bool:
@@ -175,13 +182,13 @@ class Runtime:
         return path in self.slow_queries
 
     def try_on_loop(self, path: str, args: Any, *, allow_internal: bool = False,
-                    identity: dict[str, Any] | None = None) -> QueryResult | None:
+                    identity: dict[str, Any] | None = None, journal: str | None = None) -> QueryResult | None:
         """Evaluate on the event loop within one slice; None if the query is (now known to be) slow."""
         if path in self.slow_queries:
             return None
         try:
             return self.evaluate_query(path, args, allow_internal=allow_internal, identity=identity,
-                                       slice_seconds=self.limits.loop_slice_seconds)
+                                       slice_seconds=self.limits.loop_slice_seconds, journal=journal)
         except SliceExpired:
             log.info("query %s outran its %.0f ms slice on the event loop: it runs on query workers from now on",
                      path, self.limits.loop_slice_seconds * 1000)
@@ -189,45 +196,51 @@ class Runtime:
             return None
 
     async def query(self, path: str, args: Any, *, allow_internal: bool = False,
-                    identity: dict[str, Any] | None = None) -> QueryResult:
+                    identity: dict[str, Any] | None = None, journal: str | None = None) -> QueryResult:
         """Evaluate a query without holding the event loop longer than one slice.
 
         A query runs on the loop first; one that outruns the slice (or is
         known to) runs again on a query worker thread, against a snapshot of
         the projection taken now, with the full time bound.
         """
-        result = self.try_on_loop(path, args, allow_internal=allow_internal, identity=identity)
+        result = self.try_on_loop(path, args, allow_internal=allow_internal, identity=identity, journal=journal)
         if result is not None:
             return result
         reader = self.snapshots.open(self.projection)
-        return await self.query_at(reader, path, args, allow_internal=allow_internal, identity=identity)
+        return await self.query_at(reader, path, args, allow_internal=allow_internal, identity=identity,
+                                   journal=journal)
 
     async def query_at(self, reader: SnapshotReader, path: str, args: Any, *, allow_internal: bool = False,
-                       identity: dict[str, Any] | None = None) -> QueryResult:
+                       identity: dict[str, Any] | None = None, journal: str | None = None) -> QueryResult:
         """Evaluate a query on a query worker against `reader` (a snapshot, which this closes)."""
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self.query_workers, self._evaluate_on_worker, reader, path, args,
-                                              allow_internal, identity)
+                                              allow_internal, identity, journal)
         finally:
             reader.close()
 
     async def query_many_at(self, reader: SnapshotReader, calls: list[tuple[str, Any]], *,
-                            identity: dict[str, Any] | None = None) -> list[QueryResult]:
-        """Evaluate several queries in turn on one query worker, all against `reader` (left open)."""
+                            identity: dict[str, Any] | None = None,
+                            journals: list[str | None] | None = None) -> list[QueryResult]:
+        """Evaluate several queries in turn on one query worker, all against `reader` (left open).
+
+        `journals[i]`, when given, is the journal of `calls[i]`'s subscription."""
         def run_all() -> list[QueryResult]:
-            return [self._evaluate_on_worker(reader, path, args, False, identity) for path, args in calls]
+            return [self._evaluate_on_worker(reader, path, args, False, identity,
+                                             journals[i] if journals is not None else None)
+                    for i, (path, args) in enumerate(calls)]
         return await asyncio.get_running_loop().run_in_executor(self.query_workers, run_all)
 
     def _evaluate_on_worker(self, reader: SnapshotReader, path: str, args: Any, allow_internal: bool,
-                            identity: dict[str, Any] | None) -> QueryResult:
+                            identity: dict[str, Any] | None, journal: str | None = None) -> QueryResult:
         error = LimitExceeded(f"{path} ran longer than {self.limits.max_seconds:g}s")
         try:
             with worker_deadline(self.limits.max_seconds):
                 return self.evaluate_query(path, args, allow_internal=allow_internal, identity=identity,
-                                           reader=reader)
+                                           reader=reader, journal=journal)
         except Preempted:
-            return QueryResult(None, ReadSet(), reader.applied_offset, reader.applied_ts, error)
+            return QueryResult(None, ReadSet(), reader.applied_offset, reader.applied_ts, error, journal)
 
     async def run_mutation(self, path: str, args: Any, *, allow_internal: bool = False,
                            identity: dict[str, Any] | None = None, session_id: str | None = None,

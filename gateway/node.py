@@ -11,6 +11,7 @@ import orjson
 
 from engine.app import App
 from engine.errors import EngineError
+from engine.cursors import CursorSealer
 from engine.runtime import Runtime
 from gateway.admin import AdminKey
 from gateway.config import ServerConfig
@@ -72,6 +73,8 @@ class Node:
                 f"{self.config.projection_dir}: the projection cannot be opened ({exc}). It is rebuildable "
                 f"from the log: tape doctor --data {self.config.data_dir} --rebuild-projection") from None
         self.runtime = Runtime(self.app, self.log, self.projection, self.config.limits, role=self.config.role)
+        # pagination cursors are sealed under a key derived from the deployment's admin key (data dir)
+        self.runtime.cursors = CursorSealer.from_text(self.admin.value)
         self.subscriptions = SubscriptionManager(self.runtime)
         await self.runtime.start()
         if self.config.role == "replica":

@@ -36,6 +36,7 @@ import orjson
 from aiohttp import web
 
 from engine.committer import MutationOutcome
+from engine.cursors import CursorSealer
 from gateway.config import NODE_KEY
 from engine.errors import AppError, EngineError, OutcomeUnknown, WritesUnavailable
 from values import from_wire, to_wire
@@ -342,6 +343,8 @@ async def start_replica(node: "Node") -> Replica:
         log.warning("replica without the committer's admin key (--admin-key-file, %s or %s): forwarded "
                     "mutations will be refused", ADMIN_KEY_FILE_ENV, ADMIN_KEY_ENV)
     node.runtime.mutation_forwarder = replica.forward
+    if replica.admin_key:  # the committer's: cursors this replica issues open there too (and back)
+        node.runtime.cursors = CursorSealer.from_text(replica.admin_key)
     applied, end = node.runtime.projection.applied_offset, node.runtime.log.next_offset()
     if end <= applied:
         raise LogError(f"the log {node.config.log_location} ends at offset {end} but this replica's projection "

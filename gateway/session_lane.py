@@ -35,7 +35,7 @@ import orjson
 from engine.errors import AppError
 from engine.runtime import QueryResult
 from gateway import protocol as p
-from gateway.ws_frames import QUERY_UPDATED
+from gateway.ws_frames import query_updated_bytes
 from values import to_wire
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class LaneQuery:
     path: str
     args: dict[str, Any]
     sent: bytes | None = None  # the modification the client holds for it (None: nothing yet)
+    journal: str | None = None  # what its next evaluation starts from (a paginated page's end)
 
 
 @dataclass
@@ -67,10 +68,10 @@ class LaneStep:
 
 
 def modification(query_id: int, result: QueryResult, path: str) -> bytes:
-    """The Transition modification for a lane query's result."""
+    """The Transition modification for a lane query's result (with the journal it leaves)."""
     if result.error is None:
-        return QUERY_UPDATED % (query_id, orjson.dumps(to_wire(result.value)))
-    message = p.query_failed(query_id, p.elide(str(result.error), path))
+        return query_updated_bytes(query_id, orjson.dumps(to_wire(result.value)), result.journal)
+    message = p.query_failed(query_id, p.elide(str(result.error), path), journal=result.journal)
     if isinstance(result.error, AppError):
         message["errorData"] = to_wire(result.error.data)
     return orjson.dumps(message)
@@ -100,9 +101,9 @@ class SessionLane:
             self.dirty.add(query_id)
             self._wake.set()
 
-    def add(self, query_id: int, path: str, args: dict[str, Any]) -> None:
+    def add(self, query_id: int, path: str, args: dict[str, Any], journal: str | None = None) -> None:
         """A new subscription (admitted by the session); its result goes out with the next step."""
-        self.queries[query_id] = LaneQuery(path, args)
+        self.queries[query_id] = LaneQuery(path, args, journal=journal)
         self._fresh.add(query_id)
 
     def remove(self, query_id: int) -> None:
@@ -112,9 +113,10 @@ class SessionLane:
         self._fresh.discard(query_id)
         self.session.node.subscriptions.untrack_lane(self.session, query_id)
 
-    def adopt(self, query_id: int, path: str, args: dict[str, Any], sent: bytes | None) -> None:
+    def adopt(self, query_id: int, path: str, args: dict[str, Any], sent: bytes | None,
+              journal: str | None = None) -> None:
         """Take over a query the session held on the loop; it is evaluated again at the next step."""
-        self.queries[query_id] = LaneQuery(path, args, sent)
+        self.queries[query_id] = LaneQuery(path, args, sent, journal)
         self.dirty.add(query_id)
         self._wake.set()
 
@@ -167,7 +169,8 @@ class SessionLane:
             view = runtime.snapshots.open(runtime.projection)
             try:
                 calls = [(self.queries[q].path, self.queries[q].args) for q in todo]
-                results = await runtime.query_many_at(view, calls, identity=session.identity)
+                journals = [self.queries[q].journal for q in todo]
+                results = await runtime.query_many_at(view, calls, identity=session.identity, journals=journals)
                 if self._closed:
                     return
                 since = runtime.snapshots.records_after(view.applied_offset)
@@ -175,6 +178,7 @@ class SessionLane:
                     lane_query = self.queries.get(qid)
                     if lane_query is None:  # removed while it ran (cannot happen: steps are serial)
                         continue
+                    lane_query.journal = result.journal
                     ranges = result.read_set.ranges
                     manager.track_lane(session, qid, ranges, result.read_set.buckets)
                     if since and manager.touches(since, ranges):

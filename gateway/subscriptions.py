@@ -1,7 +1,11 @@
 """Live queries: shared executions, invalidation by read set, and fan-out of new results.
 
-Every distinct (path, args, identity) is one `SharedQuery`, executed once
-and serialised once however many clients subscribe to it. After each batch
+Every distinct (path, args, identity, journal) is one `SharedQuery`, executed
+once and serialised once however many clients subscribe to it. The journal (a
+paginated query's page end, see `engine.db` paginate) belongs to the
+subscription: two tabs' first pages carry the same args but may end at
+different rows, so a run's journal is part of its key (a shared query is
+re-keyed when a run leaves a new journal). After each batch
 of log records is applied to the projection, the manager finds the shared
 queries whose read sets contain a written index key (old or new), re-runs
 only those, and hands each affected session one consistent update at the new
@@ -55,6 +59,7 @@ class SharedQuery:
     path: str
     args: dict[str, Any]
     identity: dict[str, Any] | None
+    journal: str | None = None  # what the next run starts from; what clients are sent with each result
     value_json: bytes = b"null"
     error_message: str | None = None
     error_data_json: bytes | None = None
@@ -91,10 +96,10 @@ class _PrefixMap(dict):  # type: ignore[type-arg]
         return prefix
 
 
-def query_key(path: str, args: Any, identity: dict[str, Any] | None) -> Hashable:
-    """Identity of a query execution: equal paths, args and identities share one execution."""
+def query_key(path: str, args: Any, identity: dict[str, Any] | None, journal: str | None = None) -> Hashable:
+    """Identity of a query execution: equal paths, args, identities and journals share one execution."""
     ident = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS) if identity else b""
-    return (path, orjson.dumps(to_wire(args), option=orjson.OPT_SORT_KEYS), ident)
+    return (path, orjson.dumps(to_wire(args), option=orjson.OPT_SORT_KEYS), ident, journal)
 
 
 class SubscriptionManager:
@@ -123,15 +128,28 @@ class SubscriptionManager:
         return len(self._queries)
 
     def subscribe(self, subscriber: Subscriber, query_id: int, path: str, args: dict[str, Any],
-                  identity: dict[str, Any] | None) -> SharedQuery:
-        """Attach a subscriber's query; runs it if no identical query is live yet."""
-        key = query_key(path, args, identity)
+                  identity: dict[str, Any] | None, journal: str | None = None) -> SharedQuery:
+        """Attach a subscriber's query; runs it if no identical query is live yet.
+
+        `journal` is the one the client got with its last result (sent back on `Add`
+        after a reconnect), None for a new subscription."""
+        key = query_key(path, args, identity, journal)
         shared = self._queries.get(key)
         if shared is None:
-            shared = SharedQuery(key, path, args, identity)
+            shared = SharedQuery(key, path, args, identity, journal)
             if self._run(shared) is None:
                 raise SlowQuery(path)
-            self._queries[key] = shared
+            if shared.journal != journal:  # a first page now ends somewhere: it is known by that end
+                shared.key = query_key(path, args, identity, shared.journal)
+                same = self._queries.get(shared.key)
+                if same is not None:  # an identical page, already live: share it
+                    self._ranges.remove(key)
+                    shared = same
+            if shared.key not in self._queries:
+                self._queries[shared.key] = shared
+                if shared.key != key:
+                    self._ranges.remove(key)
+                    self._ranges.set(shared.key, shared.read_ranges or [], shared.read_buckets or [])
         shared.subscribers[(id(subscriber), query_id)] = (subscriber, query_id)
         return shared
 
@@ -152,7 +170,8 @@ class SubscriptionManager:
     def _run(self, shared: SharedQuery) -> bool | None:
         """Re-run `shared` on the loop: whether what clients see changed; None when the query is slow
         (it did not run: the caller moves its subscribers off the loop)."""
-        result = self.runtime.try_on_loop(shared.path, shared.args, identity=shared.identity)
+        result = self.runtime.try_on_loop(shared.path, shared.args, identity=shared.identity,
+                                          journal=shared.journal)
         if result is None:
             return None
         self.reruns += 1
@@ -160,7 +179,22 @@ class SubscriptionManager:
         if ranges != shared.read_ranges or buckets != shared.read_buckets:
             self._ranges.set(shared.key, ranges, buckets)
             shared.read_ranges, shared.read_buckets = ranges, buckets
-        return shared.set_result(result)
+        journal_changed = result.journal != shared.journal
+        shared.journal = result.journal
+        if journal_changed and shared.key in self._queries:
+            self._rekey(shared)
+        return shared.set_result(result) or journal_changed
+
+    def _rekey(self, shared: SharedQuery) -> None:
+        """A live shared query's journal changed: file it under its new key (unless that one is taken)."""
+        key = query_key(shared.path, shared.args, shared.identity, shared.journal)
+        if key in self._queries:
+            return  # an identical page under that key already: this one keeps its old key
+        del self._queries[shared.key]
+        self._ranges.remove(shared.key)
+        shared.key = key
+        self._queries[key] = shared
+        self._ranges.set(key, shared.read_ranges or [], shared.read_buckets or [])
 
     def refresh_all(self) -> list[SharedQuery]:
         """Re-run every live query (after an app reload); returns those whose result changed.

@@ -54,7 +54,7 @@ from gateway.config import NODE_KEY
 from gateway import protocol as p
 from gateway.session_lane import LaneStep, SessionLane
 from gateway.subscriptions import SharedQuery, SlowQuery
-from gateway.ws_frames import QUERY_UPDATED, text_frame, transition_payload
+from gateway.ws_frames import query_updated_bytes, text_frame, transition_payload
 
 if TYPE_CHECKING:
     from gateway.node import Node
@@ -68,8 +68,8 @@ DIRECT_WRITE_LIMIT = 64 << 10  # write frames directly while the socket's buffer
 
 def _modification(query_id: int, shared: SharedQuery) -> bytes:
     if shared.error_message is None:
-        return QUERY_UPDATED % (query_id, shared.value_json)
-    message = p.query_failed(query_id, shared.error_message)
+        return query_updated_bytes(query_id, shared.value_json, shared.journal)
+    message = p.query_failed(query_id, shared.error_message, journal=shared.journal)
     if shared.error_data_json is not None:
         message["errorData"] = orjson.Fragment(shared.error_data_json)
     return orjson.dumps(message)
@@ -307,7 +307,7 @@ class SyncSession:
             self._lane = SessionLane(self)
         for qid, shared in list(self.queries.items()):
             manager.unsubscribe(self, shared, qid)
-            self._lane.adopt(qid, shared.path, shared.args, None)
+            self._lane.adopt(qid, shared.path, shared.args, None, shared.journal)
         self.queries.clear()
         for qid in list(self._lane.queries):
             self._lane.mark_dirty(qid)
@@ -468,7 +468,8 @@ class SyncSession:
                     continue
                 if self._lane is None:
                     try:
-                        shared = manager.subscribe(self, qid, change.udf_path, change.args, self.identity)
+                        shared = manager.subscribe(self, qid, change.udf_path, change.args, self.identity,
+                                                   change.journal)
                         self.queries[qid] = shared
                         mods.append(_modification(qid, shared))
                     except SlowQuery:
@@ -477,7 +478,7 @@ class SyncSession:
                         self.go_off_loop()
                         mods = [m for m in mods if not m.startswith(b'{"type":"QueryUpdated"')]
                 if self._lane is not None:
-                    self._lane.add(qid, change.udf_path, change.args)
+                    self._lane.add(qid, change.udf_path, change.args, change.journal)
                 manager.hold_args(change.args_bytes)
                 self.args_bytes += change.args_bytes
                 self._args_sizes[qid] = change.args_bytes
@@ -630,7 +631,7 @@ class SyncSession:
             for qid, shared in list(self.queries.items()):
                 manager.unsubscribe(self, shared, qid)
                 try:
-                    fresh = manager.subscribe(self, qid, shared.path, shared.args, self.identity)
+                    fresh = manager.subscribe(self, qid, shared.path, shared.args, self.identity, shared.journal)
                 except SlowQuery:
                     self.queries[qid] = shared  # (moved to the lane with the others, re-run there)
                     self.go_off_loop()

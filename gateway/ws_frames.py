@@ -11,12 +11,24 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Sequence
 
+import orjson
+
 from gateway.protocol import encode_ts
 
 TEXT = 0x81  # FIN + text opcode
 
 QUERY_UPDATED = b'{"type":"QueryUpdated","queryId":%d,"value":%s,"logLines":[],"journal":null}'
 """A ``QueryUpdated`` modification: ``QUERY_UPDATED % (query id, the value's Convex JSON)``."""
+
+QUERY_UPDATED_JOURNAL = b'{"type":"QueryUpdated","queryId":%d,"value":%s,"logLines":[],"journal":%s}'
+"""The same with a journal: ``QUERY_UPDATED_JOURNAL % (query id, value JSON, journal as a JSON string)``."""
+
+
+def query_updated_bytes(query_id: int, value_json: bytes, journal: str | None) -> bytes:
+    """The ``QueryUpdated`` modification bytes, with the query's journal (a paginated page's end) if any."""
+    if journal is None:
+        return QUERY_UPDATED % (query_id, value_json)
+    return QUERY_UPDATED_JOURNAL % (query_id, value_json, orjson.dumps(journal))
 
 
 def text_frame(payload: bytes) -> bytes:

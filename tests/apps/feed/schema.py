@@ -1,0 +1,9 @@
+from engine import define_schema, define_table, v
+
+schema = define_schema({
+    "messages": define_table({
+        "author": v.string(),
+        "body": v.string(),
+        "rank": v.number(),
+    }).index("by_rank", ["rank"]),
+})
