@@ -16,6 +16,7 @@ from engine.errors import AppLoadError, FunctionNotFound
 from engine.functions import FunctionDef
 from engine.http_router import HttpRouter, load_http
 from engine.schema import Schema
+from engine.system_functions import SYSTEM_FUNCTIONS, SYSTEM_PREFIX
 
 
 def _describe_load_error(exc: BaseException, path: Path) -> str:
@@ -253,6 +254,8 @@ class App:
     def function(self, path: str, *, allow_internal: bool = False) -> FunctionDef:
         """Look up a function by path; internal functions only when `allow_internal`."""
         fn = self.functions.get(normalize_path(path))
+        if fn is None and path.startswith(SYSTEM_PREFIX):
+            fn = SYSTEM_FUNCTIONS.get(normalize_path(path))  # the dashboard's built-ins (admin only)
         if fn is None or (fn.internal and not allow_internal):
             raise FunctionNotFound(f"Could not find public function for '{path}'")
         return fn

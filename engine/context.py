@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Coroutine
 
 from engine.db import DatabaseReader, DatabaseWriter
+from engine.env_vars import EnvVars, env_of_reader, env_of_transaction
 from engine.errors import EngineError
 from engine.functions import FunctionDef
 from engine.preempt import guard_state as preempt_guard
@@ -63,6 +64,11 @@ class QueryCtx:
     db: DatabaseReader
     auth: Auth
 
+    @property
+    def env(self) -> EnvVars:
+        """The deployment's environment variables (read-only; see `engine.env_vars`)."""
+        return env_of_transaction(self.db._tx)
+
 
 @dataclass
 class MutationCtx:
@@ -72,6 +78,11 @@ class MutationCtx:
     auth: Auth
     scheduler: MutationScheduler | None = None
     app: "App | None" = None
+
+    @property
+    def env(self) -> EnvVars:
+        """The deployment's environment variables (read-only; see `engine.env_vars`)."""
+        return env_of_transaction(self.db._tx)
 
     def _callee(self, fn: FunctionDef | str, kind: str) -> FunctionDef:
         if self.app is None:
@@ -124,6 +135,7 @@ class ActionCtx:
         self._runtime = runtime
         self.auth = auth
         self._server_loop = server_loop
+        self.env: EnvVars = env_of_reader(runtime.projection)  # (built on the server loop, as of the call's start)
 
     async def _on_server(self, coro: Coroutine[Any, Any, Any]) -> Any:
         server = self._server_loop

@@ -528,6 +528,11 @@ class QueryBuilder:
         lo, hi = self._bounds()
         return self._walk(lo, hi, None, lo, hi)[0]
 
+    def collect_now(self) -> list[dict[str, Any]]:
+        """`collect()` for engine code that cannot await (`ctx.env`): the same reads, read set and limits."""
+        lo, hi = self._bounds()
+        return self._walk(lo, hi, None, lo, hi)[0]
+
     async def first(self) -> dict[str, Any] | None:
         docs = await self.take(1)
         return docs[0] if docs else None

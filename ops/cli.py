@@ -27,12 +27,13 @@ from engine.app import App
 from engine.errors import AppLoadError, EngineError
 from engine.limits import DEFAULT_LIMITS, cache_budgets
 from gateway.config import ServerConfig
+from gateway.dashboard_api import DASHBOARD_PATH
 from gateway.node import Node
 from gateway.replica import (ADMIN_KEY_ENV, ADMIN_KEY_FILE_ENV, AdminKeyFileError, admin_key_from_env,
                              read_admin_key_file)
 from gateway.server import PortInUse, serve
 from log.errors import LogError
-from ops import bench_cmd, doctor_cmd, export_cmd, restore_cmd, run_cmd, stream_cmd
+from ops import bench_cmd, doctor_cmd, env_cmd, export_cmd, restore_cmd, run_cmd, stream_cmd
 from ops.errors import CliError
 from projections.errors import ProjectionError
 
@@ -49,7 +50,7 @@ PRIVATE_UMASK = 0o077  # files 0600, directories 0700
 DATA_COMMANDS = frozenset({"dev", "serve", "restore", "import", "export", "doctor", "stream"})  # run with it
 
 # Each module adds its sub-commands with `register(subparsers)`.
-COMMAND_MODULES = (restore_cmd, stream_cmd, export_cmd, doctor_cmd, bench_cmd, run_cmd)
+COMMAND_MODULES = (restore_cmd, stream_cmd, export_cmd, doctor_cmd, bench_cmd, run_cmd, env_cmd)
 
 
 def _event_loop_policy() -> None:
@@ -196,6 +197,8 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
         console.print(f"[bold green]Tape[/] {config.role} serving [bold]{args.app}[/] at "
                       f"[link]http://{config.host}:{config.port}[/] (data: {config.data_dir}, "
                       f"log offset {node.runtime.projection.applied_offset + 1})")
+        console.print(f"Dashboard at [link]http://{config.host}:{config.port}{DASHBOARD_PATH}[/] "
+                      f"(sign in with the admin key in {node.admin.path})")
         for fn in sorted(app.functions.values(), key=lambda f: f.path):
             console.print(f"  {fn.kind:<8} {fn.path}{'  (internal)' if fn.internal else ''}")
         if node.site_url is not None:

@@ -1,0 +1,173 @@
+"""The dashboard's admin endpoints and built-in `_system/dashboard:*` functions, and environment variables
+end to end: through the log (a restore and a replica see them), `ctx.env` in queries, mutations and actions,
+and `tape env`."""
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from engine.app import App
+from engine.env_vars import ENV_TABLE
+from gateway.config import ServerConfig
+from gateway.node import Node
+from gateway.replica import ADMIN_KEY_ENV
+from ops import cli
+from tests.gateway.served_node import served_node
+
+APP = "dashboard"
+
+
+async def _post(http: aiohttp.ClientSession, url: str, path: str, body: Any, key: str | None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Convex {key}"} if key else {}
+    async with http.post(url + path, json=body, headers=headers) as r:
+        return r.status, await r.json()
+
+
+async def _get(http: aiohttp.ClientSession, url: str, path: str, key: str | None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Convex {key}"} if key else {}
+    async with http.get(url + path, headers=headers) as r:
+        return r.status, await r.json()
+
+
+async def _call(http: aiohttp.ClientSession, url: str, kind: str, path: str, args: dict[str, Any]) -> Any:
+    async with http.post(url + f"/api/{kind}", json={"path": path, "args": args, "format": "json"}) as r:
+        body = await r.json()
+    assert body["status"] == "success", body
+    return body["value"]
+
+
+async def _run(http: aiohttp.ClientSession, url: str, key: str, path: str, args: dict[str, Any]) -> tuple[int, Any]:
+    return await _post(http, url, "/api/admin/run", {"path": path, "args": args, "format": "json"}, key)
+
+
+async def test_env_vars_through_the_log_ctx_env_restore_and_replica(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    async with served_node(tmp_path / "data", app=APP) as (node, url), aiohttp.ClientSession() as http:
+        key = node.admin.value
+        assert await _call(http, url, "query", "messages:greeting", {}) == "hello, 0 variable(s)"
+        status, body = await _post(http, url, "/api/admin/env", {"set": {"GREETING": "hi", "SIGNATURE": "ops"}}, key)
+        assert status == 200 and body["variables"] == [{"name": "GREETING", "value": "hi"},
+                                                       {"name": "SIGNATURE", "value": "ops"}]
+        set_offset = body["offset"]
+        # The next call of every kind sees the change, without a restart.
+        assert await _call(http, url, "query", "messages:greeting", {}) == "hi, 2 variable(s)"
+        mid = await _call(http, url, "mutation", "messages:send_signed", {"body": "x"})
+        assert (await _run(http, url, key, "_system/dashboard:get", {"id": mid}))[1]["value"]["author"] == "ops"
+        assert await _call(http, url, "action", "messages:env_in_action", {}) == {"greeting": "hi",
+                                                                                  "names": ["GREETING", "SIGNATURE"]}
+        # The record is in the log, as a system record of the committer.
+        commits = (await _get(http, url, "/api/admin/commits?include_system=1", key))[1]["commits"]
+        env_commit = next(c for c in commits if c["offset"] == set_offset)
+        assert env_commit["function"] == "_system/env:set" and {w["table"] for w in env_commit["writes"]} == {ENV_TABLE}
+        # Bad names and values are refused with the reason; nothing is written.
+        for bad, why in (({"set": {"1X": "v"}}, "must start with a letter"), ({"set": {"A" * 41: "v"}}, "40"),
+                         ({"set": {"A-B": "v"}}, "letters, digits"), ({"set": {"BIG": "x" * 8193}}, "8192 byte"),
+                         ({"set": {"N": 5}}, "must be a string"), ({"remove": ["NOPE"]}, "NOPE is not set")):
+            status, body = await _post(http, url, "/api/admin/env", bad, key)
+            assert status == 400 and why in body["message"], (bad, body)
+        assert (await _post(http, url, "/api/admin/env", {"set": {"X": "1"}}, None))[0] == 401
+        # A replica following the log sees the variables (and their later change).
+        monkeypatch.setenv(ADMIN_KEY_ENV, key)
+        async with served_node(tmp_path / "replica", app=APP, role="replica", committer_url=url,
+                               log_url=str(tmp_path / "data" / "log")) as (replica, replica_url):
+            await _post(http, url, "/api/admin/env", {"set": {"GREETING": "hey"}, "remove": ["SIGNATURE"]}, key)
+            for _ in range(100):
+                if await _call(http, replica_url, "query", "messages:greeting", {}) == "hey, 1 variable(s)":
+                    break
+                await asyncio.sleep(0.05)
+            assert await _call(http, replica_url, "query", "messages:greeting", {}) == "hey, 1 variable(s)"
+            assert (await _get(http, replica_url, "/api/admin/env", replica.admin.value))[1]["variables"] == [
+                {"name": "GREETING", "value": "hey"}]
+            status, body = await _post(http, replica_url, "/api/admin/env", {"set": {"X": "1"}}, replica.admin.value)
+            assert status == 409 and "committer" in body["message"]
+        # A restore to the moment after the first set carries the values of then.
+        status, body = await _post(http, url, "/api/admin/restore", {"offset": set_offset,
+                                                                     "dest": str(tmp_path / "restored")}, key)
+        assert status == 200, body
+        assert body["dest"] == str(tmp_path / "restored") and "tape serve" in body["command"]
+    restored = Node(ServerConfig(app_dir=node.config.app_dir, data_dir=tmp_path / "restored"), App.load(node.config.app_dir))
+    await restored.start()
+    try:
+        assert restored.runtime.run_query("messages:greeting", {}).value == "hi, 2 variable(s)"
+    finally:
+        await restored.stop()
+
+
+async def test_dashboard_functions_tables_and_system_functions(tmp_path: Path) -> None:
+    async with served_node(tmp_path / "data", app=APP) as (node, url), aiohttp.ClientSession() as http:
+        key = node.admin.value
+        ids = [await _call(http, url, "mutation", "messages:send", {"author": a, "body": b})
+               for a, b in (("ann", "one"), ("bob", "two"), ("ann", "three"))]
+        status, body = await _get(http, url, "/api/admin/functions", key)
+        assert status == 200
+        purge = next(f for f in body["functions"] if f["path"] == "messages:purge_author")
+        assert purge["kind"] == "mutation" and purge["internal"] is True
+        assert purge["args"] == {"type": "object", "value": {"author": {"fieldType": {"type": "string"}, "optional": False}}}
+        assert not any(f["path"].startswith("_system/") for f in body["functions"])
+        tables = {t["name"]: t for t in (await _get(http, url, "/api/admin/tables", key))[1]["tables"]}
+        assert tables["messages"]["count"] == 3 and tables["messages"]["indexes"]["by_author"] == ["author"]
+        assert tables["messages"]["document"]["value"]["likes"]["fieldType"] == {"type": "number"}
+        # A page of a table by an index, newest first, filtered.
+        page = (await _run(http, url, key, "_system/dashboard:documents",
+                           {"table": "messages", "index": "by_author", "order": "desc",
+                            "paginationOpts": {"numItems": 10, "cursor": None}}))[1]["value"]
+        assert [d["author"] for d in page["page"]] == ["bob", "ann", "ann"]
+        page = (await _run(http, url, key, "_system/dashboard:documents",
+                           {"table": "messages", "filter": {"field": "author", "value": "ann"},
+                            "paginationOpts": {"numItems": 10, "cursor": None}}))[1]["value"]
+        assert [d["body"] for d in page["page"]] == ["one", "three"]
+        # Edit, insert, delete through the built-in mutations (schema-validated).
+        assert (await _run(http, url, key, "_system/dashboard:patch", {"id": ids[0], "fields": {"likes": 5}}))[0] == 200
+        status, body = await _run(http, url, key, "_system/dashboard:patch", {"id": ids[0], "fields": {"likes": "x"}})
+        assert status == 560 and "likes" in body["errorMessage"]
+        new_id = (await _run(http, url, key, "_system/dashboard:insert",
+                             {"table": "messages", "document": {"author": "cy", "body": "b", "likes": 1}}))[1]["value"]
+        assert (await _run(http, url, key, "_system/dashboard:delete", {"id": ids[1]}))[0] == 200
+        listed = await _call(http, url, "query", "messages:list", {})
+        assert {d["_id"]: d["likes"] for d in listed} == {ids[0]: 5, ids[2]: 0, new_id: 1}
+        # The built-ins are the admin's only: an anonymous caller is refused.
+        async with http.post(url + "/api/query", json={"path": "_system/dashboard:documents", "format": "json",
+                                                       "args": {"table": "messages",
+                                                                "paginationOpts": {"numItems": 1, "cursor": None}}}) as r:
+            assert "admin key" in (await r.json())["errorMessage"]
+        # Running an internal function as the admin, and the commits it made.
+        status, body = await _run(http, url, key, "messages:purge_author", {"author": "ann"})
+        assert status == 200 and body["value"] == 2
+        commits = (await _get(http, url, "/api/admin/commits?limit=3&docs=1", key))[1]["commits"]
+        assert commits[0]["function"] == "messages:purge_author"
+        assert [w["op"] for w in commits[0]["writes"]] == ["delete", "delete"]
+        assert commits[0]["writes"][0]["prev"]["author"] == "ann"
+        stats = (await _get(http, url, "/api/admin/stats", key))[1]
+        assert stats["offset"] == node.runtime.projection.applied_offset and stats["role"] == "committer"
+        async with http.get(url + "/_dashboard") as r:
+            assert r.status == 200 and "<div id=\"root\">" in await r.text()
+
+
+def test_tape_env_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        async with served_node(tmp_path / "data", app=APP) as (node, url):
+            data = ["--data", str(tmp_path / "data")]
+            steps = [(["set", url, "GREETING", "bonjour"], 0, "set GREETING"),
+                     (["set", url, "SECRET", "-"], 0, "set SECRET"),  # the value from stdin
+                     (["list", url], 0, "GREETING=bonjour\nSECRET=s3cr3t\n"),
+                     (["remove", url, "SECRET"], 0, "removed SECRET"),
+                     (["list", url], 0, "GREETING=bonjour\n"),
+                     (["set", url, "9bad", "v"], 1, "must start with a letter"),
+                     (["remove", url, "SECRET"], 1, "SECRET is not set"),
+                     (["set", url, "X"], 1, "needs a VALUE")]
+            for argv, rc, shown in steps:
+                monkeypatch.setattr(sys, "stdin", io.StringIO("s3cr3t\n"))
+                assert await asyncio.to_thread(cli.main, ["env", *argv, *data]) == rc, argv
+                out = capsys.readouterr()
+                assert shown in (out.out if rc == 0 else out.out + out.err), (argv, out)
+            assert node.runtime.run_query("messages:greeting", {}).value == "bonjour, 1 variable(s)"
+            assert await asyncio.to_thread(cli.main, ["env", "list", url]) == 1  # no key anywhere
+            assert "tape env needs the admin key" in capsys.readouterr().err
+    monkeypatch.delenv(ADMIN_KEY_ENV, raising=False)
+    monkeypatch.delenv("TAPE_ADMIN_KEY_FILE", raising=False)
+    asyncio.run(scenario())
