@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test install js chromium soak bench
+.PHONY: dev test install js chromium soak bench dashboard
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,3 +44,10 @@ soak: install js chromium
 ## Benchmarks (writes bench-results/)
 bench: install
 	$(BIN)/tape bench
+
+## Rebuild the web dashboard's bundle (gateway/dashboard/dashboard.js, committed: no Node needed to run Tape)
+dashboard/node_modules/.package-lock.json: dashboard/package-lock.json
+	cd dashboard && npm ci --no-audit --no-fund --loglevel=error
+
+dashboard: dashboard/node_modules/.package-lock.json
+	cd dashboard && npm run --silent build

@@ -46,3 +46,9 @@ async def send_signed(ctx, body):
 @action(args={})
 async def env_in_action(ctx):
     return {"greeting": ctx.env.get("GREETING"), "names": sorted(ctx.env)}
+
+
+@mutation(args={"author": v.string(), "body": v.string(), "delay_ms": v.number()})
+async def send_later(ctx, author, body, delay_ms):
+    """Schedules messages:send (the Scheduled jobs page shows it pending until it runs or is cancelled)."""
+    return await ctx.scheduler.run_after(delay_ms, "messages:send", {"author": author, "body": body})
