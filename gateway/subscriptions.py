@@ -22,7 +22,7 @@ from typing import Any, Hashable, Protocol
 import orjson
 
 from engine.errors import AppError
-from engine.db import READABLE_SYSTEM_TABLES, is_system_table
+from engine.committer import REQUESTS_TABLE
 from engine.runtime import QueryResult, Runtime
 from values import decode_doc, to_wire
 from gateway.protocol import elide
@@ -261,8 +261,8 @@ class SubscriptionManager:
         for record in records:
             for write in record.writes:
                 table = write.table
-                if is_system_table(table) and table not in READABLE_SYSTEM_TABLES:
-                    continue  # no query can read it (`_requests`)
+                if table == REQUESTS_TABLE:
+                    continue  # the mutation memos: written by every mutation, read by no live query
                 doc_key = projection.doc_key(write.id, table)
                 if doc_key not in written:
                     written[doc_key] = b""

@@ -19,6 +19,7 @@ from gateway.node import Node
 from gateway.replica import ADMIN_KEY_ENV
 from ops import cli
 from tests.gateway.served_node import served_node
+from tests.gateway.test_slow_queries import Client
 
 APP = "dashboard"
 
@@ -146,6 +147,32 @@ async def test_dashboard_functions_tables_and_system_functions(tmp_path: Path) -
         assert stats["offset"] == node.runtime.projection.applied_offset and stats["role"] == "committer"
         async with http.get(url + "/_dashboard") as r:
             assert r.status == 200 and "<div id=\"root\">" in await r.text()
+
+
+async def test_live_queries_follow_env_changes_and_the_admin_reads_tables_over_sync(tmp_path: Path) -> None:
+    async with served_node(tmp_path / "data", app=APP) as (node, url), aiohttp.ClientSession() as http:
+        key = node.admin.value
+        user = await Client.open(http, url, "user-tab")
+        await user.add((1, "messages:greeting", {}))
+        await user.until(lambda v: v.get(1) == "hello, 0 variable(s)")
+        await _post(http, url, "/api/admin/env", {"set": {"GREETING": "salut"}}, key)
+        await user.until(lambda v: v.get(1) == "salut, 1 variable(s)")  # ctx.env is in the query's read set
+        # The dashboard's way in: Authenticate with the admin key, then subscribe to a table's page.
+        admin = await Client.open(http, url, "dashboard-tab")
+        await admin.send({"type": "Authenticate", "tokenType": "Admin", "value": key, "baseVersion": 0})
+        page_args = {"table": "messages", "order": "desc", "paginationOpts": {"numItems": 10.0, "cursor": None}}
+        await admin.add((1, "_system/dashboard:documents", page_args),
+                        (2, "_system/dashboard:documents", {**page_args, "table": "_environment_variables"}))
+        await admin.until(lambda v: 1 in v and 2 in v)
+        assert admin.values[1]["page"] == [] and [d["name"] for d in admin.values[2]["page"]] == ["GREETING"]
+        await _call(http, url, "mutation", "messages:send", {"author": "ann", "body": "live"})
+        await admin.until(lambda v: [d["body"] for d in v[1]["page"]] == ["live"])
+        # Without the admin key the same subscription fails.
+        await user.add((2, "_system/dashboard:documents", page_args))
+        await user.until(lambda v: 2 in v)
+        assert user.values[2][0] == "failed" and "admin key" in user.values[2][1]
+        await user.ws.close()
+        await admin.ws.close()
 
 
 def test_tape_env_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:  # type: ignore[no-untyped-def]
