@@ -8,6 +8,8 @@ needs ``Authorization: Convex <admin key>``.
 
 * ``GET /api/admin/functions`` — every function of the app: path, kind, internal, args and returns
   validators (JSON, Convex's shape).
+* ``GET /api/admin/crons`` — the app's cron jobs (`crons.py`): name, function, args, schedule, where it is
+  registered, the last scheduled time and the next one (ms since the epoch).
 * ``GET /api/admin/tables`` — every table (the schema's and those holding documents, system ones
   included): document count, indexes and fields, the schema's document validator.
 * ``GET /api/admin/env`` — ``{"variables": [{"name", "value"}]}``;
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
+from engine.crons import CRON_TABLE
 from engine.env_vars import EnvVarError, change_env, env_documents
 from engine.errors import EngineError
 from engine.system_functions import validator_json
@@ -91,6 +94,26 @@ async def list_functions(request: web.Request) -> web.Response:
                   "returns": validator_json(fn.returns)}
                  for fn in sorted(node.app.functions.values(), key=lambda f: f.path)]
     return _json({"functions": functions})
+
+
+async def list_crons(request: web.Request) -> web.Response:
+    """GET /api/admin/crons (see the module docstring)."""
+    if (denied := _denied(request)) is not None:
+        return denied
+    node: Node = request.app[NODE_KEY]
+    specs = node.app.crons.specs if node.app.crons is not None else {}
+    states = {}
+    for raw in node.runtime.projection.iter_documents(CRON_TABLE):
+        doc = decode_doc(raw)
+        states[doc["name"]] = doc
+    crons = []
+    for name, spec in sorted(specs.items()):
+        state = states.get(name)
+        last = state.get("lastScheduledTime") if state and state.get("schedule") == spec.describe() else None
+        crons.append({"name": name, "function": spec.path, "args": spec.args, "schedule": spec.describe(),
+                      "where": spec.where, "lastScheduledTime": last,
+                      "nextScheduledTime": spec.next_after(last if last is not None else time.time() * 1000.0)})
+    return _json({"crons": crons})
 
 
 async def list_tables(request: web.Request) -> web.Response:
@@ -272,6 +295,7 @@ def add_routes(app: web.Application) -> None:
     app[_STARTED] = time.time()
     app.router.add_get("/api/admin/functions", list_functions)
     app.router.add_get("/api/admin/tables", list_tables)
+    app.router.add_get("/api/admin/crons", list_crons)
     app.router.add_get("/api/admin/env", get_env)
     app.router.add_post("/api/admin/env", post_env)
     app.router.add_get("/api/admin/commits", list_commits)

@@ -37,7 +37,7 @@ export function HistoryPage({ adminKey }) {
   }, [adminKey, includeSystem]);
 
   const last = log.end - 1;
-  const lo = Math.max(-1, log.end - 1 - WINDOW);
+  const lo = -1; // the whole log; the commits listed are the latest WINDOW
   const at = offset === null ? last : Math.min(offset, last);
   const visible = tables.filter((t) => showSystem || !t.system);
   const name = table || (visible[0] && visible[0].name);
@@ -138,7 +138,7 @@ export function HistoryPage({ adminKey }) {
         </div>
       </div>
       <h3>
-        Commits after offset {at} <span className="muted">({between.length})</span>{" "}
+        Commits after offset {at} <span className="muted">({between.length}{log.end - 1 - at > WINDOW ? `; the latest ${WINDOW} shown` : ""})</span>{" "}
         <label className="small muted">
           <input type="checkbox" checked={includeSystem} onChange={(e) => setIncludeSystem(e.target.checked)} /> system writes
         </label>

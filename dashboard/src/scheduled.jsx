@@ -1,7 +1,44 @@
 // Scheduled jobs: the `_scheduled_functions` table, live, by state; cancel a pending or running job.
-import React, { useState } from "react";
+import React, { useEffect, useState } from "react";
 import { usePaginatedQuery } from "convex/react";
-import { fn, run, show, formatTime } from "./api.js";
+import { api, fn, run, show, formatTime } from "./api.js";
+
+function Crons({ adminKey }) {
+  const [crons, setCrons] = useState([]);
+  useEffect(() => {
+    const load = () => api(adminKey, "GET", "/api/admin/crons").then((r) => setCrons(r.body.crons), () => {});
+    load();
+    const timer = setInterval(load, 5000);
+    return () => clearInterval(timer);
+  }, [adminKey]);
+  if (!crons.length) return <p className="muted">No cron jobs (define them in crons.py).</p>;
+  return (
+    <table className="rows" data-testid="crons">
+      <thead>
+        <tr>
+          <th>cron</th>
+          <th>function</th>
+          <th>schedule</th>
+          <th>last run</th>
+          <th>next run</th>
+        </tr>
+      </thead>
+      <tbody>
+        {crons.map((c) => (
+          <tr key={c.name} data-testid="cron">
+            <td>{c.name}</td>
+            <td>
+              {c.function} <span className="mono muted">{show(c.args)}</span>
+            </td>
+            <td className="mono">{c.schedule}</td>
+            <td className="time">{c.lastScheduledTime ? formatTime(c.lastScheduledTime) : "never"}</td>
+            <td className="time">{formatTime(c.nextScheduledTime)}</td>
+          </tr>
+        ))}
+      </tbody>
+    </table>
+  );
+}
 
 export function ScheduledPage({ adminKey }) {
   const [state, setState] = useState("all");
@@ -15,6 +52,9 @@ export function ScheduledPage({ adminKey }) {
   }
   return (
     <div>
+      <h3>Cron jobs</h3>
+      <Crons adminKey={adminKey} />
+      <h3>Scheduled functions</h3>
       <div className="toolbar">
         <select id="job-state" value={state} onChange={(e) => setState(e.target.value)}>
           {["all", "pending", "inProgress", "success", "failed", "canceled"].map((s) => (

@@ -143,6 +143,10 @@ async def test_dashboard_functions_tables_and_system_functions(tmp_path: Path) -
         assert commits[0]["function"] == "messages:purge_author"
         assert [w["op"] for w in commits[0]["writes"]] == ["delete", "delete"]
         assert commits[0]["writes"][0]["prev"]["author"] == "ann"
+        crons = (await _get(http, url, "/api/admin/crons", key))[1]["crons"]
+        assert [(c["name"], c["function"], c["args"], c["lastScheduledTime"]) for c in crons] == [
+            ("purge spam", "messages:purge_author", {"author": "spam"}, None)]
+        assert crons[0]["schedule"].startswith("cron ") and crons[0]["nextScheduledTime"] > 0
         stats = (await _get(http, url, "/api/admin/stats", key))[1]
         assert stats["offset"] == node.runtime.projection.applied_offset and stats["role"] == "committer"
         async with http.get(url + "/_dashboard") as r:

@@ -130,6 +130,7 @@ def test_dashboard_pages_in_chromium(browser: Browser, server_factory, tmp_path:
     # Scheduled jobs: a pending job is listed live and cancelled from the page.
     job = _call(url, "mutation", "messages:send_later", {"author": "dan", "body": "later", "delay_ms": 600_000})
     page.click("[data-testid=nav-scheduled]")
+    expect(page.get_by_test_id("cron")).to_contain_text("purge spam")
     expect(page.locator("[data-testid=job][data-state=pending]")).to_have_count(1)
     page.locator("[data-testid=job][data-state=pending] button").click()
     expect(page.locator("[data-testid=job][data-state=canceled]")).to_have_count(1)
