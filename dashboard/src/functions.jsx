@@ -89,26 +89,90 @@ export function FunctionsPage({ adminKey, onRun }) {
   );
 }
 
-export function LogsPage({ runs }) {
+// The server's function log stream (GET /api/admin/logs, NDJSON), when this server has one.
+function useServerLogs(adminKey) {
+  const [entries, setEntries] = useState([]);
+  const [state, setState] = useState("connecting"); // connecting | live | unavailable | error
+  useEffect(() => {
+    const abort = new AbortController();
+    (async () => {
+      try {
+        const response = await fetch("/api/admin/logs?history=200&follow=1", {
+          headers: { Authorization: `Convex ${adminKey}` },
+          signal: abort.signal,
+        });
+        if (response.status === 404) return setState("unavailable");
+        if (!response.ok || !response.body) return setState("error");
+        setState("live");
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += value;
+          const lines = buffer.split("\n");
+          buffer = lines.pop();
+          const fresh = lines.filter((l) => l.trim()).map((l) => JSON.parse(l)).filter((e) => e.path);
+          if (fresh.length) setEntries((old) => [...fresh.reverse(), ...old].slice(0, 1000));
+        }
+      } catch (err) {
+        if (!abort.signal.aborted) setState("error");
+      }
+    })();
+    return () => abort.abort();
+  }, [adminKey]);
+  return { entries, state };
+}
+
+export function LogsPage({ adminKey, runs }) {
   const [filter, setFilter] = useState("");
   const [outcome, setOutcome] = useState("all");
-  const shown = runs.filter(
-    (r) => r.path.includes(filter) && (outcome === "all" || (outcome === "ok") === r.ok),
-  );
+  const server = useServerLogs(adminKey);
+  const keep = (path, ok) => path.includes(filter) && (outcome === "all" || (outcome === "ok") === ok);
+  const serverShown = server.entries.filter((e) => keep(e.path, !e.error));
+  const shown = runs.filter((r) => keep(r.path, r.ok));
   return (
     <div>
-      <p className="muted">
-        Function calls run from this dashboard (path, duration, outcome). The deployment-wide live log stream (every
-        request with its log lines) comes with the server's function log endpoint.
-      </p>
       <div className="toolbar">
         <input id="log-filter" placeholder="filter by path" value={filter} onChange={(e) => setFilter(e.target.value)} />
-        <select value={outcome} onChange={(e) => setOutcome(e.target.value)}>
+        <select id="log-outcome" value={outcome} onChange={(e) => setOutcome(e.target.value)}>
           <option value="all">all outcomes</option>
           <option value="ok">success</option>
           <option value="error">error</option>
         </select>
       </div>
+      <h3>
+        Function logs <span className="muted" data-testid="server-log-state">{server.state}</span>
+      </h3>
+      {server.state === "unavailable" ? (
+        <p className="muted">This server has no function log stream (GET /api/admin/logs); the calls run from this dashboard are below.</p>
+      ) : (
+        <table className="rows" data-testid="server-log-lines">
+          <thead>
+            <tr>
+              <th>time</th>
+              <th>request</th>
+              <th>function</th>
+              <th>log lines</th>
+              <th>outcome</th>
+            </tr>
+          </thead>
+          <tbody>
+            {serverShown.map((e, i) => (
+              <tr key={`${e.requestId}-${i}`} data-testid="server-log-line">
+                <td className="time">{formatTime(e.ts * 1000)}</td>
+                <td className="mono">{e.requestId}</td>
+                <td>
+                  {e.kind} {e.path}
+                </td>
+                <td className="mono">{(e.logLines || []).join("\n")}</td>
+                <td className={e.error ? "error" : "ok"}>{e.error || "success"}</td>
+              </tr>
+            ))}
+          </tbody>
+        </table>
+      )}
+      <h3>Run from this dashboard</h3>
       <table className="rows" data-testid="log-lines">
         <thead>
           <tr>

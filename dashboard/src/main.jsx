@@ -91,7 +91,7 @@ function Shell({ adminKey, onSignOut }) {
         <main data-page={page}>
           {page === "data" && <DataPage adminKey={adminKey} />}
           {page === "functions" && <FunctionsPage adminKey={adminKey} onRun={addRun} />}
-          {page === "logs" && <LogsPage runs={runs} />}
+          {page === "logs" && <LogsPage adminKey={adminKey} runs={runs} />}
           {page === "scheduled" && <ScheduledPage adminKey={adminKey} />}
           {page === "history" && <HistoryPage adminKey={adminKey} />}
           {page === "env" && <EnvPage adminKey={adminKey} />}
