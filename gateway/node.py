@@ -157,7 +157,7 @@ class Node:
             try:
                 lines = self.reload_app()
                 self.reload_error = None
-                log.warning("reloaded %s: %d functions", self.app.directory, len(lines))
+                log.info("reloaded %s: %d functions", self.app.directory, len(lines))
             except EngineError as exc:
                 if str(exc) != self.reload_error:
                     log.error("reload failed, still serving the previous version: %s", exc)

@@ -10,9 +10,10 @@ requests aiohttp cannot parse or decode are logged as one line, not a traceback.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
-import sys
+import socket
 import sys
 from typing import Any, Callable
 
@@ -117,7 +118,8 @@ async def serve(node: Node, on_ready: Callable[[], None] | None = None) -> None:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise PortInUse(f"cannot listen on {node.config.host}:{node.config.port}: {exc.strerror or exc}") from None
+        raise listen_error(node.config.host, node.config.port, exc) from None
+    node.config.port = runner.addresses[0][1]  # the port it got when asked for port 0
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -132,5 +134,25 @@ async def serve(node: Node, on_ready: Callable[[], None] | None = None) -> None:
 
 
 class PortInUse(Exception):
-    """The configured port is taken."""
+    """The configured port is taken (or not ours to listen on)."""
+
+
+class BadHost(Exception):
+    """The configured host is not a name or address this machine can listen on."""
+
+
+def listen_error(host: str, port: int, exc: OSError) -> PortInUse | BadHost:
+    """The error that says why listening on host:port failed, and which option to change."""
+    if isinstance(exc, socket.gaierror):
+        return BadHost(f"cannot listen on host {host!r}: it is not an address or a name this machine resolves "
+                       f"({exc.strerror or exc})")
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        return BadHost(f"cannot listen on host {host}: no network interface of this machine has that address")
+    if exc.errno == errno.EACCES:
+        hint = "ports below 1024 need root: pick another with --port"
+    elif exc.errno == errno.EADDRINUSE:
+        hint = "is another server running? Pick another port with --port (0: any free port)"
+    else:
+        hint = "pick another port with --port"
+    return PortInUse(f"cannot listen on {host}:{port}: {exc.strerror or exc} — {hint}")
 
