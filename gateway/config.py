@@ -44,6 +44,7 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ("*",)  # browser origins allowed on the public API ("*": any; (): no CORS)
     cors_max_age: int = 3600             # seconds a browser may cache a CORS preflight answer
     admin_key: str | None = field(default=None, repr=False)  # a replica's copy of the committer's key
+    metrics_port: int | None = None      # also serve GET /metrics, without the admin key, on this port
 
     @property
     def log_location(self) -> str:

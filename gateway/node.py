@@ -11,6 +11,7 @@ import orjson
 
 from engine.app import App
 from engine.errors import EngineError
+from engine.metrics import FSYNC_SECONDS
 from engine.runtime import Runtime
 from gateway.admin import AdminKey
 from gateway.config import ServerConfig
@@ -20,6 +21,7 @@ from gateway.subscriptions import SubscriptionManager
 from gateway.time_travel import close_time_travel
 from gateway.time_travel import query_at as query_in_the_past
 from log import open_log
+from log.file_log import FileLog
 from projections.checkpoints import CheckpointInfo, checkpoint_live, run_checkpointer
 from projections.errors import ProjectionError
 from projections.store import Projection
@@ -47,6 +49,7 @@ class Node:
         self.subscriptions: SubscriptionManager = None  # type: ignore[assignment]
         self._tasks: list[asyncio.Task[Any]] = []
         self.reload_error: str | None = None
+        self.pushed_bytes = 0  # WebSocket frame bytes sent (or queued) to clients, for /metrics
 
     async def start(self) -> None:
         """Open storage, catch the projection up with the log, start the writer and background tasks."""
@@ -62,6 +65,8 @@ class Node:
         replica_of_file_log = self.config.role == "replica" and not location.startswith("kafka://")
         self.log = open_log(location, read_only=True) if replica_of_file_log else open_log(location)
         await self.log.open()
+        if isinstance(self.log, FileLog):
+            self.log.on_sync = FSYNC_SECONDS.observe
         try:
             self.projection = Projection(self.config.projection_dir, self.app.schema.index_catalog())
         except ProjectionError:

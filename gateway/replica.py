@@ -37,6 +37,7 @@ from aiohttp import web
 
 from engine.committer import MutationOutcome
 from gateway.config import NODE_KEY
+from gateway.metrics import observe_replica_apply
 from engine.errors import AppError, EngineError
 from values import from_wire, to_wire
 from log.errors import LogError
@@ -135,6 +136,7 @@ class Replica:
         fresh = [r for r in batch if r.offset > offset and r.ts > ts]
         if fresh:
             self.node.runtime.apply_committed(fresh)
+            observe_replica_apply(fresh[-1].ts)
         self._release_waiters()
 
     async def catch_up(self) -> None:

@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config import NODE_KEY, ServerConfig
 from gateway.cors import cors_middleware
-from gateway import admin_api, http_api, replica
+from gateway import admin_api, http_api, metrics, replica
 from gateway.node import Node
 from gateway.sync_session import handle_sync
 
@@ -41,6 +41,7 @@ def build_app(node: Node) -> web.Application:
     http_api.add_routes(app)
     replica.add_internal_routes(app)  # committer-only, admin-key protected
     admin_api.add_routes(app)
+    metrics.add_routes(app, node)  # GET /metrics, admin key required
     static = node.config.static_dir or (node.config.app_dir / "public")
     bundle = next((node.config.app_dir / c for c in BUNDLE_CANDIDATES if (node.config.app_dir / c).exists()), None)
     if bundle is not None:
@@ -120,6 +121,7 @@ async def serve(node: Node, on_ready: Callable[[], None] | None = None) -> None:
         await runner.cleanup()
         raise listen_error(node.config.host, node.config.port, exc) from None
     node.config.port = runner.addresses[0][1]  # the port it got when asked for port 0
+    metrics_runner = await _serve_metrics(node) if node.config.metrics_port is not None else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -130,7 +132,24 @@ async def serve(node: Node, on_ready: Callable[[], None] | None = None) -> None:
     if on_ready is not None:
         on_ready()
     await stop.wait()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     await runner.cleanup()
+
+
+async def _serve_metrics(node: Node) -> web.AppRunner:
+    """Serve `GET /metrics` without the admin key on ``config.metrics_port`` (0: a free port, stored back)."""
+    runner = web.AppRunner(metrics.metrics_app(node), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, node.config.host, node.config.metrics_port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        error = listen_error(node.config.host, node.config.metrics_port or 0, exc)
+        raise type(error)(str(error).replace("--port", "--metrics-port")) from None
+    node.config.metrics_port = runner.addresses[0][1]
+    return runner
 
 
 class PortInUse(Exception):

@@ -198,6 +198,7 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
                           checkpoint_keep=getattr(args, "checkpoint_keep", 3), admin_key=admin_key,
                           cors_origins=_cors_origins(args.cors_origin),
                           query_at_ts_window=args.query_at_ts_window, header_timeout=args.header_timeout,
+                          metrics_port=args.metrics_port,
                           limits=replace(DEFAULT_LIMITS, max_seconds=args.function_timeout,
                                          max_action_seconds=args.action_timeout))
     node = Node(config, app)
@@ -211,6 +212,11 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
         console.print(f"[bold green]Tape[/] {config.role} serving [bold]{args.app}[/] at "
                       f"[link]http://{config.host}:{config.port}[/] (data: {config.data_dir}, "
                       f"log offset {node.runtime.projection.applied_offset + 1})")
+        if config.metrics_port is not None:
+            console.print(f"Metrics (Prometheus, no key needed) at http://{config.host}:{config.metrics_port}/metrics")
+        log.info("serving %s at http://%s:%d", args.app, config.host, config.port,
+                 extra={"url": f"http://{config.host}:{config.port}", "port": config.port,
+                        "admin_key_file": str(node.admin.path)})
         for fn in sorted(app.functions.values(), key=lambda f: f.path):
             console.print(f"  {fn.kind:<8} {fn.path}{'  (internal)' if fn.internal else ''}")
         if dev:
@@ -277,6 +283,9 @@ def _server_options(p: argparse.ArgumentParser) -> None:
                         "request_id/path where known), on stderr")
     p.add_argument("--log-level", choices=LOG_LEVELS,
                    help="the least severe of Tape's log lines shown (default: info for dev, warning for serve)")
+    p.add_argument("--metrics-port", type=port_number, metavar="PORT",
+                   help="also serve GET /metrics (Prometheus) on this port without the admin key; on --port it "
+                        "needs 'Authorization: Bearer <admin key>'")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                    help="let browser pages from ORIGIN call the HTTP API (repeatable; default: any origin; "
                         "'none': no CORS)")

@@ -2,8 +2,8 @@
 
 JSON lines carry ``ts`` (UTC, ISO-8601 with microseconds), ``level``, ``logger`` and
 ``message``; a record logged with ``extra={"request_id": ..., "path": ...}`` (an
-uncaught exception in a function, say) carries those too, and one with an exception
-its traceback as ``exc``.
+uncaught exception in a function, say) carries those fields too, and one with an
+exception its traceback as ``exc``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ import orjson
 FORMATS = ("text", "json")
 LEVELS = ("debug", "info", "warning", "error")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-CONTEXT_FIELDS = ("request_id", "path", "session_id")  # copied from a record's `extra` when present
+# Attributes every LogRecord has; any other one came from `extra=` and is copied into the JSON object.
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime", "taskName"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,9 +31,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for name in CONTEXT_FIELDS:
-            value = record.__dict__.get(name)
-            if value is not None:
+        for name, value in record.__dict__.items():  # what the caller passed in `extra`
+            if name not in _STANDARD and value is not None and name not in entry:
                 entry[name] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
