@@ -214,9 +214,10 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
                       f"log offset {node.runtime.projection.applied_offset + 1})")
         if config.metrics_port is not None:
             console.print(f"Metrics (Prometheus, no key needed) at http://{config.host}:{config.metrics_port}/metrics")
-        log.info("serving %s at http://%s:%d", args.app, config.host, config.port,
-                 extra={"url": f"http://{config.host}:{config.port}", "port": config.port,
-                        "admin_key_file": str(node.admin.path)})
+        if args.log_format == "json":  # the banner above is for people; this line for log collectors
+            log.info("serving %s at http://%s:%d", args.app, config.host, config.port,
+                     extra={"url": f"http://{config.host}:{config.port}", "port": config.port,
+                            "admin_key_file": str(node.admin.path)})
         for fn in sorted(app.functions.values(), key=lambda f: f.path):
             console.print(f"  {fn.kind:<8} {fn.path}{'  (internal)' if fn.internal else ''}")
         if dev:
