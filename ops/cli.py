@@ -58,11 +58,11 @@ def _event_loop_policy() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _load_app(app_dir: str) -> App:
+def _load_app(app_dir: str, command: str = "dev") -> App:
     path = Path(app_dir)
     if path.is_file():
         raise CliError(f"{path} is a file: give the app directory that holds your modules "
-                       f"(e.g. tape dev {path.parent if str(path.parent) != '.' else '.'})")
+                       f"(e.g. tape {command} {path.parent})")
     if not path.is_dir():
         raise CliError(f"app directory {path} does not exist: create it and put your Python modules in it")
     try:
@@ -186,7 +186,7 @@ def _cors_origins(given: list[str] | None) -> tuple[str, ...]:
 
 def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
     """Run `tape dev` (reloading on save) or `tape serve`."""
-    app = _load_app(args.app)
+    app = _load_app(args.app, "dev" if dev else "serve")
     admin_key = _admin_key(args)
     data = Path(args.data) if args.data else Path(args.app) / ".tape"
     _check_data_dir(data)
