@@ -8,10 +8,11 @@ from typing import Any, Coroutine, Iterator
 
 from engine import preempt
 from engine.errors import AppError, EngineError, InternalFunctionError, LimitExceeded, SuspendedError
-from engine.metrics import APP_ERROR, ERROR, SUCCESS, TIMEOUT, observe_function
+from engine.metrics import APP_ERROR, ERROR, FUNCTION_SECONDS, SUCCESS, TIMEOUT, observe_function
 from values import ConvexValueError, check_value
 
 log = logging.getLogger("tape.engine")
+observe_call = FUNCTION_SECONDS.observe
 
 
 def drive(coro: Coroutine[Any, Any, Any], path: str) -> Any:
@@ -118,7 +119,7 @@ def run_handler(coro: Coroutine[Any, Any, Any], path: str, max_seconds: float | 
     except EngineError:
         observe_function(path, ERROR, started)
         raise
-    observe_function(path, SUCCESS, started)
+    observe_call((path, SUCCESS), time.monotonic() - started)  # (observe_function, inlined)
     return result
 
 
