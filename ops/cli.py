@@ -234,7 +234,9 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `tape` argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(prog="tape", description="Tape: a reactive backend on a commit log.")
+    parser = argparse.ArgumentParser(prog="tape", description="Tape: a reactive backend on a commit log.",
+                                     epilog="Start with `tape dev APP_DIR`; `tape COMMAND --help` explains each "
+                                            "command.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
     sub = parser.add_subparsers(dest="command", required=True)
 
