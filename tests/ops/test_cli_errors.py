@@ -9,12 +9,14 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from ops import cli
 from ops.cli import build_parser
@@ -157,8 +159,20 @@ def test_port_zero_prints_the_port_it_got_and_the_admin_key_once(tmp_path: Path,
     finally:
         stop(proc)
     assert f"Admin key (shown once, stored in {data / 'admin_key'}): {key}" in first
-    proc, second = start_dev(KITCHEN, data)
-    stop(proc)
+    proc, second = start_dev(KITCHEN, data, "--metrics-port", "0")
+    try:
+        metrics_url = re.search(r"Metrics \(Prometheus, no key needed\) at (http://127\.0\.0\.1:\d+/metrics)", second)
+        assert metrics_url, second
+        with urllib.request.urlopen(metrics_url.group(1), timeout=5) as r:  # no admin key on --metrics-port
+            names = {family.name for family in text_string_to_metric_families(r.read().decode())}
+        assert {"tape_commits", "tape_sessions", "tape_function_duration_seconds"} <= names
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{served_port(second)}/metrics", timeout=5)
+            raise AssertionError("/metrics on --port answered without the admin key")
+        except urllib.error.HTTPError as refused:
+            assert refused.code == 401
+    finally:
+        stop(proc)
     assert key not in second and f"Admin key in {data / 'admin_key'}" in second
 
 
