@@ -47,6 +47,8 @@ def tour_script(blocks: list[tuple[str, str]], port: int) -> str:
                     continue  # the test runs in the virtualenv `make install` makes
                 if command.startswith("tape dev "):  # "leave it running"
                     lines += [f"{command} > tape-dev.log 2>&1 &", "TAPE_PID=$!",
+                              # Ctrl-C for the server when the tour ends, however it ends
+                              """trap 'kill -INT "$TAPE_PID" 2>/dev/null; wait "$TAPE_PID"' EXIT""",
                               f"for i in $(seq 100); do curl -sf localhost:{port}/version >/dev/null && break; "
                               "sleep 0.2; done", "echo TAPE READY"]
                     continue
@@ -70,7 +72,7 @@ def test_readme_tour_runs_as_written(tmp_path: Path) -> None:
     port = free_port()
     script = tour_script(blocks, port)
     env = {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": str(ROOT), "LANG": "C.UTF-8"}
-    proc = subprocess.Popen(["bash", "-c", script + 'kill -INT "$TAPE_PID"; wait "$TAPE_PID"\n'], cwd=checkout,
+    proc = subprocess.Popen(["bash", "-c", script], cwd=checkout,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=90)
@@ -89,4 +91,4 @@ def test_readme_tour_runs_as_written(tmp_path: Path) -> None:
     assert '"errorData":{"code":"EMPTY_TEXT"}} HTTP 560' in out, out
     # Step 4: the script printed the empty list, then the pushed update.
     assert re.search(r"^\[\]$", out, re.M) and "'text': 'bread'" in out, out
-    assert "Traceback" not in out + log_text
+    assert "Traceback" not in out + log_text and "Stopped cleanly" in log_text
