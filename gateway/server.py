@@ -121,7 +121,11 @@ async def serve(node: Node, on_ready: Callable[[], None] | None = None) -> None:
         await runner.cleanup()
         raise listen_error(node.config.host, node.config.port, exc) from None
     node.config.port = runner.addresses[0][1]  # the port it got when asked for port 0
-    metrics_runner = await _serve_metrics(node) if node.config.metrics_port is not None else None
+    try:
+        metrics_runner = await _serve_metrics(node) if node.config.metrics_port is not None else None
+    except (PortInUse, BadHost):
+        await runner.cleanup()  # stops the node cleanly
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -146,8 +150,7 @@ async def _serve_metrics(node: Node) -> web.AppRunner:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        error = listen_error(node.config.host, node.config.metrics_port or 0, exc)
-        raise type(error)(str(error).replace("--port", "--metrics-port")) from None
+        raise listen_error(node.config.host, node.config.metrics_port or 0, exc, option="--metrics-port") from None
     node.config.metrics_port = runner.addresses[0][1]
     return runner
 
@@ -160,18 +163,18 @@ class BadHost(Exception):
     """The configured host is not a name or address this machine can listen on."""
 
 
-def listen_error(host: str, port: int, exc: OSError) -> PortInUse | BadHost:
-    """The error that says why listening on host:port failed, and which option to change."""
+def listen_error(host: str, port: int, exc: OSError, option: str = "--port") -> PortInUse | BadHost:
+    """The error that says why listening on host:port failed, and which option (`option`, --host) to change."""
     if isinstance(exc, socket.gaierror):
         return BadHost(f"cannot listen on host {host!r}: it is not an address or a name this machine resolves "
                        f"({exc.strerror or exc})")
     if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
         return BadHost(f"cannot listen on host {host}: no network interface of this machine has that address")
     if exc.errno == errno.EACCES:
-        hint = "ports below 1024 need root: pick another with --port"
+        hint = f"ports below 1024 need root: pick another with {option}"
     elif exc.errno == errno.EADDRINUSE:
-        hint = "is another server running? Pick another port with --port (0: any free port)"
+        hint = f"is another server running? Pick another port with {option} (0: any free port)"
     else:
-        hint = "pick another port with --port"
+        hint = f"pick another port with {option}"
     return PortInUse(f"cannot listen on {host}:{port}: {exc.strerror or exc} — {hint}")
 

@@ -232,3 +232,15 @@ def test_json_logs_are_one_object_per_line(tmp_path: Path) -> None:
     crash = next(e for e in entries if e["message"].startswith("uncaught exception in lists:crash"))
     assert crash["level"] == "error" and crash["path"] == "lists:crash" and crash["request_id"]
     assert "secret internal detail" in crash["exc"]
+
+
+def test_metrics_port_in_use_names_its_option(tmp_path: Path, tape: Callable[..., str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = tape("dev", str(KITCHEN), "--data", str(tmp_path / "d"), "--port", "0", "--metrics-port", str(port))
+    assert f"127.0.0.1:{port}" in line and "--metrics-port" in line
+    assert tape("dev", str(tmp_path / "nope"))  # the node stopped cleanly: the data directory is free again
+    status = cli.main(["doctor", "--data", str(tmp_path / "d")])
+    assert status == 0
