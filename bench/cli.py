@@ -1,6 +1,7 @@
 """`tape bench`: run the benchmark workloads and write results.json, results.md and plots.
 
-    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling,kafka,restore,isolation,auth]
+    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling,kafka,restore,isolation,auth,
+                                          metrics]
                [--profile] [--base-port N] [--work-dir DIR]
 
 Everything runs on loopback: a Tape server on the bank example app, the
@@ -17,7 +18,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth")
+WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth",
+             "metrics")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
     "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
@@ -29,6 +31,7 @@ DESCRIPTIONS = {
     "restore": "point-in-time restore with and without checkpoints, change export to a file",
     "isolation": "a bystander's query and subscribe latency, idle and while clients run CPU-bound functions",
     "auth": "transfers with every caller authenticated vs anonymous; 1,000 sockets re-authenticating at once",
+    "metrics": "what counting for /metrics costs: per observation, and per WebSocket transfer (CPU share)",
 }
 
 
@@ -124,7 +127,7 @@ def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
     if name == "auth":
         return run_auth
     module = {"transfer": "bench.transfer", "baseline": "bench.sqlite_baseline",
-              "reactivity": "bench.reactivity", "polling": "bench.polling"}[name]
+              "reactivity": "bench.reactivity", "polling": "bench.polling", "metrics": "bench.metrics_cost"}[name]
     mod = __import__(module, fromlist=["run"])
     return lambda quick, harness: mod.run(quick, harness)
 
@@ -163,6 +166,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
         if name == "auth":
             from bench import auth_bench
             return auth_bench.headline(r)
+        if name == "metrics":
+            from bench import metrics_cost
+            return metrics_cost.headline(r)
         if name == "log":
             lg, pj = r["log"], r["projection"]
             text = (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "
