@@ -1,7 +1,8 @@
 """`tape bench`: run the benchmark workloads and write results.json, results.md and plots.
 
-    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling,kafka,restore,isolation,auth,scheduler,memory]
-               [--profile] [--base-port N] [--work-dir DIR]
+    tape bench [--quick] [--out DIR] [--only WORKLOAD,...] [--profile] [--base-port N] [--work-dir DIR]
+
+(`--only` takes the names listed under --help's `--only`.)
 
 Everything runs on loopback: a Tape server on the bank example app, the
 aiohttp + SQLite peer and the raw broadcast floor each in their own process,
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth",
-             "scheduler", "memory")
+             "scheduler", "memory", "metrics")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
     "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
@@ -32,6 +33,7 @@ DESCRIPTIONS = {
     "auth": "transfers with every caller authenticated vs anonymous; 1,000 sockets re-authenticating at once",
     "scheduler": "10,000 jobs due at once vs the same mutations called directly; job lateness beside transfers",
     "memory": "server RSS over 10 minutes of the transfer workload (start, middle, end)",
+    "metrics": "what counting for /metrics costs: per observation, and per WebSocket transfer (CPU share)",
 }
 
 
@@ -144,7 +146,7 @@ def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
     if name == "memory":
         return run_memory
     module = {"transfer": "bench.transfer", "baseline": "bench.sqlite_baseline",
-              "reactivity": "bench.reactivity", "polling": "bench.polling"}[name]
+              "reactivity": "bench.reactivity", "polling": "bench.polling", "metrics": "bench.metrics_cost"}[name]
     mod = __import__(module, fromlist=["run"])
     return lambda quick, harness: mod.run(quick, harness)
 
@@ -190,6 +192,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
             b, late = r["burst"], r["lateness"]
             return (f"{b['jobs']:,} due jobs at {b['ratio']:.2f}× direct mutations (goal ≥ 0.8×); lateness at "
                     f"{late['rate']:,.0f} jobs/s beside transfers p99 {late['lateness_p99_ms']:.1f} ms (goal ≤ 50 ms)")
+        if name == "metrics":
+            from bench import metrics_cost
+            return metrics_cost.headline(r)
         if name == "log":
             lg, pj = r["log"], r["projection"]
             text = (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "

@@ -40,6 +40,7 @@ import orjson
 from engine.context import Auth, MutationCtx
 from engine.db import DatabaseWriter, Transaction
 from engine.errors import EngineError, LimitExceeded, OutcomeUnknown, WritesUnavailable
+from engine.metrics import COMMIT_BATCH_RECORDS
 from engine.execution import SliceExpired, SlowPaths, run_handler
 from engine.preempt import Preempted, worker_deadline
 from engine.functions import FunctionDef
@@ -639,6 +640,7 @@ class Committer:
             self._pending_requests.pop(key, None)
         self.batches += 1
         self.committed += len(staged.records)
+        COMMIT_BATCH_RECORDS.observe(len(staged.records))
         for record, group, value in zip(staged.records, staged.owners, staged.values):
             outcome = MutationOutcome(value, record.ts, record.offset)
             for p in group:

@@ -8,9 +8,11 @@ from typing import Any, Coroutine, Iterator
 
 from engine import preempt
 from engine.errors import AppError, EngineError, InternalFunctionError, LimitExceeded, SuspendedError
+from engine.metrics import APP_ERROR, ERROR, FUNCTION_SECONDS, SUCCESS, TIMEOUT, observe_function
 from values import ConvexValueError, check_value
 
 log = logging.getLogger("tape.engine")
+observe_call = FUNCTION_SECONDS.observe
 
 
 def drive(coro: Coroutine[Any, Any, Any], path: str) -> Any:
@@ -94,17 +96,30 @@ def run_handler(coro: Coroutine[Any, Any, Any], path: str, max_seconds: float | 
     except preempt.Preempted:
         coro.close()
         if bound != max_seconds:
-            raise SliceExpired(path) from None
+            raise SliceExpired(path) from None  # not counted: it runs again off the loop
+        observe_function(path, TIMEOUT, started)
         raise LimitExceeded(f"{path} ran longer than {max_seconds:g}s") from None
-    except (AppError, EngineError):
+    except AppError:
+        observe_function(path, APP_ERROR, started)
+        raise
+    except EngineError as exc:
+        observe_function(path, TIMEOUT if isinstance(exc, LimitExceeded) else ERROR, started)
         raise
     except Exception as exc:  # app bug: log the traceback, give the client a request id only
+        observe_function(path, ERROR, started)
         error = InternalFunctionError(path)
-        log.error("uncaught exception in %s (request %s)", path, error.request_id, exc_info=exc)
+        log.error("uncaught exception in %s (request %s)", path, error.request_id, exc_info=exc,
+                  extra={"request_id": error.request_id, "path": path})
         raise error from None
     if max_seconds is not None and time.monotonic() - started > max_seconds:
+        observe_function(path, TIMEOUT, started)
         raise LimitExceeded(f"{path} ran longer than {max_seconds:g}s")
-    check_result(result, path)
+    try:
+        check_result(result, path)
+    except EngineError:
+        observe_function(path, ERROR, started)
+        raise
+    observe_call((path, SUCCESS), time.monotonic() - started)  # (observe_function, inlined)
     return result
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -17,6 +18,7 @@ from engine.db import DatabaseReader, Transaction
 from engine.errors import AppError, EngineError, InternalFunctionError, LimitExceeded, SchemaViolation
 from engine.execution import SliceExpired, SlowPaths, check_result, run_handler
 from engine.limits import DEFAULT_LIMITS, Limits
+from engine.metrics import APP_ERROR, ERROR, SUCCESS, TIMEOUT, observe_function
 from engine.preempt import Preempted, expire_workers, worker_deadline
 from engine.readset import ReadSet
 from engine.scheduler import (CANCEL_JOB_PATH, SCHEDULE_JOB_PATH, SYSTEM_JOB_PATHS, Scheduler, commit_cancel,
@@ -289,18 +291,29 @@ class Runtime:
             raise EngineError(f"{fn.path} is a {fn.kind}, not an action")
         checked = fn.validate_args(args)
         ctx = ActionCtx(self, Auth(identity), asyncio.get_running_loop())
+        started = time.monotonic()
         try:
             result = await self.actions.run(lambda: fn.handler(ctx, **checked), self.limits.max_action_seconds,
                                             fn.path)
-        except Preempted:
+        except (Preempted, asyncio.TimeoutError):
+            observe_function(fn.path, TIMEOUT, started)
             raise EngineError(f"{fn.path} ran longer than {self.limits.max_action_seconds:g}s") from None
-        except (AppError, EngineError):
+        except AppError:
+            observe_function(fn.path, APP_ERROR, started)
             raise
-        except asyncio.TimeoutError:
-            raise EngineError(f"{fn.path} ran longer than {self.limits.max_action_seconds:g}s") from None
+        except EngineError:
+            observe_function(fn.path, ERROR, started)
+            raise
         except Exception as exc:
+            observe_function(fn.path, ERROR, started)
             error = InternalFunctionError(fn.path)
-            log.error("uncaught exception in %s (request %s)", fn.path, error.request_id, exc_info=exc)
+            log.error("uncaught exception in %s (request %s)", fn.path, error.request_id, exc_info=exc,
+                      extra={"request_id": error.request_id, "path": fn.path})
             raise error from None
-        check_result(result, fn.path)
+        try:
+            check_result(result, fn.path)
+        except EngineError:
+            observe_function(fn.path, ERROR, started)
+            raise
+        observe_function(fn.path, SUCCESS, started)
         return result

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
 from engine.db import SCHEDULED_FUNCTIONS, DatabaseWriter
 from engine.errors import ArgumentError, EngineError
 from engine.functions import FunctionDef
+from engine.metrics import SCHEDULER_LATENESS_SECONDS
 from values import decode_doc
 
 if TYPE_CHECKING:
@@ -373,9 +374,10 @@ class Scheduler:
             self._wake.clear()
             now = now_ms()
             while heap and heap[0][0] <= now:
-                _, _, job_id, doc = heapq.heappop(heap)
+                due, _, job_id, doc = heapq.heappop(heap)
                 if job_id in self._running:
                     continue
+                SCHEDULER_LATENESS_SECONDS.observe((now - due) / 1000.0)
                 # A job cancelled meanwhile is dropped by the committer's check (mutations) or by the
                 # conditional pending -> inProgress update (actions).
                 self._running.add(job_id)

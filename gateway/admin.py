@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 
 KEY_FILE = "admin_key"
+UNSHOWN_FILE = "admin_key.unshown"  # exists from the key's creation until a start that succeeded has printed it
 
 
 class AdminKey:
@@ -14,11 +15,13 @@ class AdminKey:
 
     def __init__(self, data_dir: Path) -> None:
         self.path = data_dir / KEY_FILE
+        self._unshown = data_dir / UNSHOWN_FILE
         self.created = False
         if self.path.exists():
             self._key = self.path.read_text().strip()
         else:
             data_dir.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self._unshown, os.O_WRONLY | os.O_CREAT, 0o600))
             self._key = "tape_admin_" + secrets.token_urlsafe(32)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
@@ -30,6 +33,15 @@ class AdminKey:
     @property
     def value(self) -> str:
         return self._key
+
+    @property
+    def unshown(self) -> bool:
+        """True until `mark_shown`: no start has printed the key yet (a first start that failed did not)."""
+        return self._unshown.exists()
+
+    def mark_shown(self) -> None:
+        """Record that the key was printed, so later starts print only where it is stored."""
+        self._unshown.unlink(missing_ok=True)
 
     def check(self, candidate: str | None) -> bool:
         """True if `candidate` is the admin key (accepts `Convex <key>` / `Bearer <key>` forms).

@@ -46,6 +46,7 @@ class ServerConfig:
     admin_key: str | None = field(default=None, repr=False)  # a replica's copy of the committer's key
     site_port: int | None = None         # HTTP actions (http.py) are served here (None: port + 1; 0: not served)
     max_http_body_bytes: int = 20 << 20  # largest request body an HTTP action accepts (413 past it)
+    metrics_port: int | None = None      # also serve GET /metrics, without the admin key, on this port
 
     @property
     def log_location(self) -> str:

@@ -12,6 +12,7 @@ import orjson
 from engine.app import App
 from engine.errors import EngineError
 from engine.cursors import CursorSealer
+from engine.metrics import FSYNC_SECONDS
 from engine.runtime import Runtime
 from gateway.admin import AdminKey
 from gateway.config import ServerConfig
@@ -21,6 +22,7 @@ from gateway.subscriptions import SubscriptionManager
 from gateway.time_travel import close_time_travel
 from gateway.time_travel import query_at as query_in_the_past
 from log import open_log
+from log.file_log import FileLog
 from projections.checkpoints import CheckpointInfo, checkpoint_live, run_checkpointer
 from projections.errors import ProjectionError
 from projections.store import Projection
@@ -49,6 +51,7 @@ class Node:
         self._tasks: list[asyncio.Task[Any]] = []
         self.reload_error: str | None = None
         self.site_url: str | None = None  # where HTTP actions are served (set by gateway.server.serve)
+        self.pushed_bytes = 0  # WebSocket frame bytes sent (or queued) to clients, for /metrics
 
     async def start(self) -> None:
         """Open storage, catch the projection up with the log, start the writer and background tasks."""
@@ -64,6 +67,8 @@ class Node:
         replica_of_file_log = self.config.role == "replica" and not location.startswith("kafka://")
         self.log = open_log(location, read_only=True) if replica_of_file_log else open_log(location)
         await self.log.open()
+        if isinstance(self.log, FileLog):
+            self.log.on_sync = FSYNC_SECONDS.observe
         try:
             self.projection = Projection(self.config.projection_dir, self.app.schema.index_catalog())
         except ProjectionError:
@@ -161,7 +166,7 @@ class Node:
             try:
                 lines = self.reload_app()
                 self.reload_error = None
-                log.warning("reloaded %s: %d functions", self.app.directory, len(lines))
+                log.info("reloaded %s: %d functions", self.app.directory, len(lines))
             except EngineError as exc:
                 if str(exc) != self.reload_error:
                     log.error("reload failed, still serving the previous version: %s", exc)

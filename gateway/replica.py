@@ -39,6 +39,7 @@ from engine.committer import MutationOutcome
 from engine.cursors import CursorSealer
 from gateway.config import NODE_KEY
 from engine.errors import AppError, EngineError, OutcomeUnknown, WritesUnavailable
+from gateway.metrics import observe_replica_apply
 from values import from_wire, to_wire
 from log.errors import LogError
 from log.file_log import FileLog
@@ -143,6 +144,7 @@ class Replica:
         fresh = [r for r in batch if r.offset > offset and r.ts > ts]
         if fresh:
             self.node.runtime.apply_committed(fresh)
+            observe_replica_apply(fresh[-1].ts)
         self._release_waiters()
 
     async def catch_up(self) -> None:

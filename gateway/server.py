@@ -10,9 +10,10 @@ requests aiohttp cannot parse or decode are logged as one line, not a traceback.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
-import sys
+import socket
 import sys
 from typing import Any, Callable
 
@@ -21,7 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config import NODE_KEY, ServerConfig
 from gateway.cors import cors_middleware
-from gateway import admin_api, dashboard_api, health, http_api, replica
+from gateway import admin_api, dashboard_api, health, http_api, metrics, replica
 from gateway.node import Node
 from gateway.site import build_site_app, site_port
 from gateway.sync_session import handle_sync
@@ -43,6 +44,7 @@ def build_app(node: Node) -> web.Application:
     admin_api.add_routes(app)
     dashboard_api.add_routes(app)  # /_dashboard and the admin endpoints it uses
     health.add_routes(app)  # GET /health: 200 or 503 with role, state, offset, lag
+    metrics.add_routes(app, node)  # GET /metrics, admin key required
     static = node.config.static_dir or (node.config.app_dir / "public")
     bundle = next((node.config.app_dir / c for c in BUNDLE_CANDIDATES if (node.config.app_dir / c).exists()), None)
     if bundle is not None:
@@ -120,11 +122,19 @@ async def serve(node: Node, on_ready: Callable[[], None] | None = None) -> None:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise PortInUse(f"cannot listen on {node.config.host}:{node.config.port}: {exc.strerror or exc}") from None
+        raise listen_error(node.config.host, node.config.port, exc) from None
+    node.config.port = runner.addresses[0][1]  # the port it got when asked for port 0
     try:
         site_runner = await _start_site(node)
     except PortInUse:
         await runner.cleanup()
+        raise
+    try:
+        metrics_runner = await _serve_metrics(node) if node.config.metrics_port is not None else None
+    except (PortInUse, BadHost):
+        if site_runner is not None:
+            await site_runner.cleanup()
+        await runner.cleanup()  # stops the node cleanly
         raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -136,6 +146,8 @@ async def serve(node: Node, on_ready: Callable[[], None] | None = None) -> None:
     if on_ready is not None:
         on_ready()
     await stop.wait()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     if site_runner is not None:
         await site_runner.cleanup()
     await runner.cleanup()
@@ -167,6 +179,40 @@ async def _start_site(node: Node) -> web.AppRunner | None:
     return runner
 
 
+async def _serve_metrics(node: Node) -> web.AppRunner:
+    """Serve `GET /metrics` without the admin key on ``config.metrics_port`` (0: a free port, stored back)."""
+    runner = web.AppRunner(metrics.metrics_app(node), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, node.config.host, node.config.metrics_port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise listen_error(node.config.host, node.config.metrics_port or 0, exc, option="--metrics-port") from None
+    node.config.metrics_port = runner.addresses[0][1]
+    return runner
+
+
 class PortInUse(Exception):
-    """The configured port is taken."""
+    """The configured port is taken (or not ours to listen on)."""
+
+
+class BadHost(Exception):
+    """The configured host is not a name or address this machine can listen on."""
+
+
+def listen_error(host: str, port: int, exc: OSError, option: str = "--port") -> PortInUse | BadHost:
+    """The error that says why listening on host:port failed, and which option (`option`, --host) to change."""
+    if isinstance(exc, socket.gaierror):
+        return BadHost(f"cannot listen on host {host!r}: it is not an address or a name this machine resolves "
+                       f"({exc.strerror or exc})")
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+        return BadHost(f"cannot listen on host {host}: no network interface of this machine has that address")
+    if exc.errno == errno.EACCES:
+        hint = f"ports below 1024 need root: pick another with {option}"
+    elif exc.errno == errno.EADDRINUSE:
+        hint = f"is another server running? Pick another port with {option} (0: any free port)"
+    else:
+        hint = f"pick another port with {option}"
+    return PortInUse(f"cannot listen on {host}:{port}: {exc.strerror or exc} — {hint}")
 

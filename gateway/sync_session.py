@@ -146,6 +146,7 @@ class SyncSession:
         """
         if self._closed:
             return
+        self.node.pushed_bytes += len(frame)
         transport = self._transport
         if not self._out and not self._sending and transport is not None \
                 and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT:

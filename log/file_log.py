@@ -152,6 +152,8 @@ class FileLog(Log):
         self._wake: asyncio.Event | None = None
         self._refresh_lock: asyncio.Lock | None = None
         self._new_data: asyncio.Event | None = None
+        #: called (on the writer thread) with the seconds each fsync of appended data took; for metrics
+        self.on_sync: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------ properties
 
@@ -186,7 +188,13 @@ class FileLog(Log):
             self._writer_task = asyncio.create_task(self._writer_loop(), name=f"filelog-writer:{self.directory}")
 
     def _open_sync(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise LogError(f"{self.directory} is a file, but a FileLog is a directory of segment files: "
+                           "give the log a directory path") from None
+        except OSError as exc:
+            raise LogError(f"{self.directory}: cannot create the log directory ({exc.strerror or exc})") from None
         if self._read_only is not True:
             fd = try_lock(self.directory)
             if fd is None and self._read_only is False:
@@ -455,7 +463,13 @@ class FileLog(Log):
                     continue
                 data = b"".join(c.parts)
                 self._write(c.fd, data, c.start)
-                self._fsync(c.fd)
+                on_sync = self.on_sync
+                if on_sync is None:
+                    self._fsync(c.fd)
+                else:
+                    synced = time.perf_counter()
+                    self._fsync(c.fd)
+                    on_sync(time.perf_counter() - synced)
                 if c.crc is not None:
                     c.crc = zlib.crc32(data, c.crc)
                 if c.new:

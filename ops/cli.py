@@ -31,10 +31,12 @@ from gateway.dashboard_api import DASHBOARD_PATH
 from gateway.node import Node
 from gateway.replica import (ADMIN_KEY_ENV, ADMIN_KEY_FILE_ENV, AdminKeyFileError, admin_key_from_env,
                              read_admin_key_file)
-from gateway.server import PortInUse, serve
+from gateway.server import BadHost, PortInUse, serve
 from log.errors import LogError
 from ops import bench_cmd, doctor_cmd, env_cmd, export_cmd, restore_cmd, run_cmd, stream_cmd
 from ops.errors import CliError
+from ops.help import HelpFormatter
+from ops.logs import FORMATS as LOG_FORMATS, LEVELS as LOG_LEVELS, configure_logging
 from projections.errors import ProjectionError
 
 try:
@@ -58,10 +60,13 @@ def _event_loop_policy() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def _load_app(app_dir: str) -> App:
+def _load_app(app_dir: str, command: str = "dev") -> App:
     path = Path(app_dir)
+    if path.is_file():
+        raise CliError(f"{path} is a file: give the app directory that holds your modules "
+                       f"(e.g. tape {command} {path.parent})")
     if not path.is_dir():
-        raise CliError(f"app directory {path} does not exist")
+        raise CliError(f"app directory {path} does not exist: create it and put your Python modules in it")
     try:
         app = App.load(path)
     except AppLoadError as exc:
@@ -79,6 +84,31 @@ def _check_data_dir(data: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise CliError(f"data directory {data} is not usable: {exc.strerror or exc}") from None
+
+
+def _check_log_location(log_url: str | None, data: Path) -> None:
+    """A FileLog location must be a directory (or not exist yet): a file there is a one-line error."""
+    if log_url is not None and "://" in log_url and not log_url.startswith("file://"):
+        return  # kafka://... is checked when it is opened
+    if log_url is None:
+        path, option = data / "log", f"the log directory {data / 'log'}"
+    else:
+        path, option = Path(log_url.removeprefix("file://")), f"--log {log_url}"
+    if path.exists() and not path.is_dir():
+        fix = ("move that file away, or give another --data directory" if log_url is None
+               else "give a directory path to --log (it is created if missing), not a file")
+        raise CliError(f"{option} is a file, but the log is a directory of segment files: {fix}")
+
+
+def port_number(text: str) -> int:
+    """argparse type of --port: a TCP port 1-65535, or 0 for any free port (the one it gets is printed)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number: give 1-65535 (0: any free port)") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number: give 1-65535 (0: any free port)")
+    return port
 
 
 def make_private(path: Path) -> tuple[int, int]:
@@ -174,10 +204,11 @@ def _site_port(args: argparse.Namespace) -> int | None:
 def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
     """Run `tape dev` (reloading on save) or `tape serve`."""
     site_port = _site_port(args)
-    app = _load_app(args.app)
+    app = _load_app(args.app, "dev" if dev else "serve")
     admin_key = _admin_key(args)
     data = Path(args.data) if args.data else Path(args.app) / ".tape"
     _check_data_dir(data)
+    _check_log_location(args.log, data)
     config = ServerConfig(app_dir=Path(args.app).resolve(), data_dir=data.resolve(), host=args.host, port=args.port,
                           log_url=args.log, role=getattr(args, "role", "committer"),
                           committer_url=getattr(args, "committer", None), reload=dev,
@@ -186,19 +217,29 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
                           cors_origins=_cors_origins(args.cors_origin),
                           query_at_ts_window=args.query_at_ts_window, header_timeout=args.header_timeout,
                           site_port=site_port, max_http_body_bytes=args.max_http_body_bytes,
+                          metrics_port=args.metrics_port,
                           limits=cache_budgets(replace(DEFAULT_LIMITS, max_seconds=args.function_timeout,
                                                        max_action_seconds=args.action_timeout),
                                                int(args.cache_mb * (1 << 20))))
     node = Node(config, app)
 
     def ready() -> None:
-        if node.admin.created:
+        if node.admin.unshown:  # the first start that succeeded (an earlier one may have failed)
             console.print(f"[bold]Admin key[/] (shown once, stored in {node.admin.path}): {node.admin.value}")
+            node.admin.mark_shown()
+        else:
+            console.print(f"[bold]Admin key[/] in {node.admin.path}")
         console.print(f"[bold green]Tape[/] {config.role} serving [bold]{args.app}[/] at "
                       f"[link]http://{config.host}:{config.port}[/] (data: {config.data_dir}, "
                       f"log offset {node.runtime.projection.applied_offset + 1})")
         console.print(f"Dashboard at [link]http://{config.host}:{config.port}{DASHBOARD_PATH}[/] "
-                      f"(sign in with the admin key in {node.admin.path})")
+                      "(sign in with the admin key)")
+        if config.metrics_port is not None:
+            console.print(f"Metrics (Prometheus, no key needed) at http://{config.host}:{config.metrics_port}/metrics")
+        if args.log_format == "json":  # the banner above is for people; this line for log collectors
+            log.info("serving %s at http://%s:%d", args.app, config.host, config.port,
+                     extra={"url": f"http://{config.host}:{config.port}", "port": config.port,
+                            "admin_key_file": str(node.admin.path)})
         for fn in sorted(app.functions.values(), key=lambda f: f.path):
             console.print(f"  {fn.kind:<8} {fn.path}{'  (internal)' if fn.internal else ''}")
         if node.site_url is not None:
@@ -212,8 +253,8 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
 
     try:
         asyncio.run(serve(node, ready))
-    except PortInUse as exc:
-        raise CliError(f"{exc} — is another server running? Use --port to pick another port.") from None
+    except (PortInUse, BadHost) as exc:
+        raise CliError(str(exc)) from None
     except (LogError, ProjectionError, EngineError) as exc:
         raise CliError(str(exc)) from None
     console.print("Stopped cleanly: every acknowledged mutation is in the log.")
@@ -221,27 +262,38 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `tape` argument parser with every sub-command."""
-    parser = argparse.ArgumentParser(prog="tape", description="Tape: a reactive backend on a commit log.")
+    parser = argparse.ArgumentParser(prog="tape", description="Tape: a reactive backend on a commit log.",
+                                     epilog="Start with `tape dev APP_DIR`; `tape COMMAND --help` explains each "
+                                            "command.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug output")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    dev = sub.add_parser("dev", help="run the dev server for an app directory (reloads on save)")
+    dev = sub.add_parser("dev", help="run the dev server for an app directory (reloads on save)",
+                         formatter_class=HelpFormatter,
+                         description="Serve the functions in APP (a directory of Python modules) and reload them "
+                                     "when a file changes. Data lives in APP/.tape unless --data says otherwise.")
     dev.add_argument("app", help="app directory holding your Python functions")
     _server_options(dev)
     dev.set_defaults(func=lambda a: cmd_serve(a, dev=True))
 
-    serve = sub.add_parser("serve", help="run a production node (committer or replica)")
-    serve.add_argument("app", help="app directory")
+    serve = sub.add_parser("serve", help="run a production node (committer or replica)", formatter_class=HelpFormatter,
+                           description="Serve the functions in APP without reloading. A committer runs every "
+                                       "mutation and appends to the log; a replica follows the log, serves queries "
+                                       "and forwards mutations to --committer.")
+    serve.add_argument("app", help="app directory holding your Python functions")
     _server_options(serve)
-    serve.add_argument("--role", choices=["committer", "replica"], default="committer")
-    serve.add_argument("--committer", help="committer URL a replica forwards mutations to")
+    serve.add_argument("--role", choices=["committer", "replica"], default="committer",
+                       help="committer: the one node that runs mutations; replica: serves reads, forwards writes")
+    serve.add_argument("--committer", metavar="URL",
+                       help="the committer's URL, e.g. http://10.0.0.5:3210 (required for --role replica)")
     serve.add_argument("--admin-key-file", metavar="PATH",
                        help=f"file holding the committer's admin key, for a replica (default: ${ADMIN_KEY_FILE_ENV}, "
                             f"else ${ADMIN_KEY_ENV})")
     serve.add_argument("--admin-key", metavar="KEY",
                        help="the committer's admin key on the command line (visible in ps: prefer --admin-key-file)")
-    serve.add_argument("--checkpoint-interval", type=float, default=0.0, help="seconds between projection checkpoints")
-    serve.add_argument("--checkpoint-keep", type=int, default=3, help="how many checkpoints to keep")
+    serve.add_argument("--checkpoint-interval", type=float, default=0.0, metavar="SECONDS",
+                       help="seconds between projection checkpoints, which make restores fast; 0 turns them off")
+    serve.add_argument("--checkpoint-keep", type=int, default=3, metavar="N", help="how many checkpoints to keep")
     serve.set_defaults(func=lambda a: cmd_serve(a, dev=False))
 
     for module in COMMAND_MODULES:
@@ -250,15 +302,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="data directory (default: APP/.tape)")
-    p.add_argument("--port", type=int, default=3210)
     p.add_argument("--site-port", type=int, default=None, metavar="PORT",
                    help="port serving the app's HTTP actions, http.py (default: --port + 1, i.e. 3211; 0: off)")
     p.add_argument("--max-http-body-bytes", type=int, default=ServerConfig.max_http_body_bytes, metavar="BYTES",
                    help="largest request body an HTTP action accepts; larger ones get 413 "
                         f"(default {ServerConfig.max_http_body_bytes})")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--log", help="log URL: a directory (default DATA/log) or kafka://host:port/topic")
+    p.add_argument("--data", metavar="DIR", help="data directory: log, projection, admin key (default: APP/.tape)")
+    p.add_argument("--port", type=port_number, default=ServerConfig.port,
+                   help="TCP port to listen on, 1-65535; 0 picks a free one and prints it")
+    p.add_argument("--host", default=ServerConfig.host,
+                   help="address to listen on: 127.0.0.1 for this machine only, 0.0.0.0 for every interface")
+    p.add_argument("--log", metavar="URL", help="the commit log: a directory (default: DATA/log) or "
+                                                "kafka://host:port/topic")
+    p.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="text: readable lines; json: one JSON object per line (ts, level, logger, message, "
+                        "request_id/path where known), on stderr")
+    p.add_argument("--log-level", choices=LOG_LEVELS,
+                   help="the least severe of Tape's log lines shown (default: info for dev, warning for serve)")
+    p.add_argument("--metrics-port", type=port_number, metavar="PORT",
+                   help="also serve GET /metrics (Prometheus) on this port without the admin key; on --port it "
+                        "needs 'Authorization: Bearer <admin key>'")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                    help="let browser pages from ORIGIN call the HTTP API (repeatable; default: any origin; "
                         "'none': no CORS)")
@@ -292,8 +355,10 @@ def _positive_mb(text: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `tape` console script."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # `tape dev` shows Tape's INFO lines (reloads, functions moved off the loop); -v shows everything.
+    tape_level = getattr(args, "log_level", None) or ("info" if args.command == "dev" else None)
+    configure_logging(log_format=getattr(args, "log_format", None) or "text",
+                      level="debug" if args.verbose else "warning", tape_level="debug" if args.verbose else tape_level)
     _event_loop_policy()
     private = args.command in DATA_COMMANDS
     umask = os.umask(PRIVATE_UMASK) if private else None  # everything a data command creates is owner-only

@@ -22,15 +22,29 @@ from typing import Any
 import orjson
 
 from ops.errors import CliError
+from ops.help import HelpFormatter
 from ops.run_cmd import _key as run_key
 
 TIMEOUT_SECONDS = 30.0
+
+ENV_HELP = """\
+List, set or remove the environment variables of a running deployment (with the admin key).
+Functions read them as ctx.env["NAME"] or ctx.env.get("NAME"); a change is seen by the next
+call, no restart needed, and is stored in the log (restores and replicas carry it).
+
+  tape env list   http://127.0.0.1:3210 --data DATA_DIR         # NAME=VALUE lines
+  tape env set    http://127.0.0.1:3210 OPENAI_API_KEY sk-... --data DATA_DIR
+  tape env set    URL NAME - --data DATA_DIR                      # the value from stdin
+  tape env remove URL NAME --admin-key-file PATH                  # or $TAPE_ADMIN_KEY_FILE / $TAPE_ADMIN_KEY
+
+Names: a letter, then letters, digits or underscores (at most 40). Values: at most 8 KiB.
+"""
 
 
 def register(subparsers: Any) -> None:
     """Add the `env` sub-command (called by ops.cli)."""
     p = subparsers.add_parser("env", help="list, set or remove the deployment's environment variables",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=ENV_HELP, formatter_class=HelpFormatter)
     p.add_argument("action", choices=["list", "set", "remove"], help="what to do")
     p.add_argument("url", help="the deployment, e.g. http://127.0.0.1:3210")
     p.add_argument("name", nargs="?", help="the variable's name (set, remove)")

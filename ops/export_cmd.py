@@ -45,14 +45,31 @@ from history.progress import Reporter
 from history.snapshot import ExportReport, ImportReport, export_snapshot, import_snapshot
 from log.errors import LogError
 from ops.errors import CliError
+from ops.help import HelpFormatter
 from ops.restore_cmd import RichReporter
 from projections.errors import ProjectionError
+
+
+EXPORT_HELP = """\
+Write every table of a deployment, as of one moment, to a snapshot: one Avro file per
+table plus manifest.json. A server may keep running while you export.
+
+  tape export --data DATA_DIR --out snap/                  # the state now
+  tape export --data DATA_DIR --out snap.zip --at 2026-11-23T18:30:00Z
+"""
+
+IMPORT_HELP = """\
+Build a new data directory from a snapshot written by `tape export`, then serve it
+with `tape serve APP_DIR --data NEW_DATA_DIR`.
+
+  tape import snap/ --data NEW_DATA_DIR
+"""
 
 
 def register(subparsers: Any) -> None:
     """Add the `export` and `import` sub-commands (called by ops.cli)."""
     p = subparsers.add_parser("export", help="write a consistent snapshot (Avro files + manifest.json)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=EXPORT_HELP, formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, help="the data directory to export (a server may be running)")
     p.add_argument("--out", required=True, help="a new directory, or FILE.zip")
     p.add_argument("--at", help="export the state as of this time (ISO-8601, ts in ns, ts:N, offset:N; default: now)")
@@ -60,7 +77,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--codec", choices=["deflate", "null"], default="deflate", help="Avro block codec")
     p.set_defaults(func=cmd_export)
     q = subparsers.add_parser("import", help="build a new deployment from a snapshot made by `tape export`",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=IMPORT_HELP, formatter_class=HelpFormatter)
     q.add_argument("snapshot", help="a directory or .zip written by `tape export`")
     q.add_argument("--data", required=True, help="the new data directory (must not exist or be empty)")
     q.set_defaults(func=cmd_import)

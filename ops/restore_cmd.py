@@ -27,6 +27,7 @@ from history.progress import Reporter, Task
 from history.restore import DiscardPlan, RestoreReport, restore_in_place, restore_to_dir
 from log.errors import LogError
 from ops.errors import CliError
+from ops.help import HelpFormatter
 from projections.errors import ProjectionError
 
 
@@ -70,10 +71,24 @@ class RichReporter(Reporter):
         self.progress.stop()
 
 
+RESTORE_HELP = """\
+Make a data directory holding exactly the transactions committed at or before TIME.
+
+  tape restore --from DATA_DIR --to TIME --data NEW_DIR     # a new data directory as of TIME
+  tape restore --from kafka://host:9092/topic --to TIME --data NEW_DIR
+  tape restore --from DATA_DIR --to TIME --in-place [--yes] # rewind a stopped deployment
+
+TIME: an ISO-8601 time (no zone = local time), a commit timestamp in ns, ts:N,
+offset:N (the state after log record N) or end. --in-place first saves the
+discarded transactions to DATA_DIR/discarded-*.avro (read them with
+`tape stream --log FILE`).
+"""
+
+
 def register(subparsers: Any) -> None:
     """Add the `restore` sub-command (called by ops.cli)."""
     p = subparsers.add_parser("restore", help="point-in-time restore: a data directory as of a past time",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=RESTORE_HELP, formatter_class=HelpFormatter)
     p.add_argument("--from", dest="source", required=True,
                    help="a data directory, a log directory, file://PATH or kafka://host:port/topic")
     p.add_argument("--to", dest="time", required=True,

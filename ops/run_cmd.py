@@ -22,14 +22,25 @@ import orjson
 from gateway.admin import KEY_FILE
 from gateway.replica import AdminKeyFileError, admin_key_from_env, read_admin_key_file
 from ops.errors import CliError
+from ops.help import HelpFormatter
 
 TIMEOUT_SECONDS = 660.0  # longer than an action may run
+
+
+RUN_HELP = """\
+Call any function of a running deployment (internal ones included) as the admin,
+and print its result as JSON.
+
+  tape run http://127.0.0.1:3210 jobs:cleanup '{"days": 7}'
+  tape run URL module:fn --data DATA_DIR              # the key in DATA_DIR/admin_key
+  tape run URL module:fn --admin-key-file PATH        # or $TAPE_ADMIN_KEY_FILE / $TAPE_ADMIN_KEY
+"""
 
 
 def register(subparsers: Any) -> None:
     """Add the `run` sub-command (called by ops.cli)."""
     p = subparsers.add_parser("run", help="call a function (internal ones too) on a running deployment",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=RUN_HELP, formatter_class=HelpFormatter)
     p.add_argument("url", help="the deployment, e.g. http://127.0.0.1:3210")
     p.add_argument("function", help="module:fn")
     p.add_argument("args", nargs="?", default="{}", help="the arguments as a JSON object (default {})")

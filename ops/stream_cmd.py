@@ -44,12 +44,29 @@ from history.stream import StreamState, StreamStats, run_stream, start_offset
 from log.changes import DOC_FORMATS, TableFilter
 from log.errors import LogError
 from ops.errors import CliError
+from ops.help import HelpFormatter
+
+
+STREAM_HELP = """\
+Write one change event per written document (op, before, after, table, id, commit
+time, log offset), as JSON lines or Avro, to stdout, a file or a Kafka topic.
+
+  tape stream --data DATA_DIR                          # everything so far, to stdout
+  tape stream --data DATA_DIR --from end --follow      # only new commits, as they happen
+  tape stream --data DATA_DIR --out changes.jsonl --state pos.json --follow   # resumable
+  tape stream --data DATA_DIR --to kafka://host:9092/topic --state pos.json --follow
+
+--from / --until: a log offset (a bare number or offset:N), ts:N (commit time in
+ns), an ISO-8601 time, or end. With --state FILE the next offset is saved after
+each durably written batch, and a restart continues from there (at-least-once:
+every event carries its source offset).
+"""
 
 
 def register(subparsers: Any) -> None:
     """Add the `stream` sub-command (called by ops.cli)."""
     p = subparsers.add_parser("stream", help="export change events (CDC) to stdout, a file or Kafka",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                              description=STREAM_HELP, formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="a data directory (its log is read as a follower: a server may run)")
     src.add_argument("--log", help="a log directory, file://PATH, kafka://host:port/topic or a discarded-*.avro file")

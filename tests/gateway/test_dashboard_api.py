@@ -4,20 +4,16 @@ and `tape env`."""
 from __future__ import annotations
 
 import asyncio
-import io
-import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from engine.app import App
 from engine.env_vars import ENV_TABLE
 from gateway.config import ServerConfig
 from gateway.node import Node
 from gateway.replica import ADMIN_KEY_ENV
-from ops import cli
 from tests.gateway.served_node import served_node
 from tests.gateway.test_slow_queries import Client
 
@@ -177,28 +173,3 @@ async def test_live_queries_follow_env_changes_and_the_admin_reads_tables_over_s
         assert user.values[2][0] == "failed" and "admin key" in user.values[2][1]
         await user.ws.close()
         await admin.ws.close()
-
-
-def test_tape_env_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    async def scenario() -> None:
-        async with served_node(tmp_path / "data", app=APP) as (node, url):
-            data = ["--data", str(tmp_path / "data")]
-            steps = [(["set", url, "GREETING", "bonjour"], 0, "set GREETING"),
-                     (["set", url, "SECRET", "-"], 0, "set SECRET"),  # the value from stdin
-                     (["list", url], 0, "GREETING=bonjour\nSECRET=s3cr3t\n"),
-                     (["remove", url, "SECRET"], 0, "removed SECRET"),
-                     (["list", url], 0, "GREETING=bonjour\n"),
-                     (["set", url, "9bad", "v"], 1, "must start with a letter"),
-                     (["remove", url, "SECRET"], 1, "SECRET is not set"),
-                     (["set", url, "X"], 1, "needs a VALUE")]
-            for argv, rc, shown in steps:
-                monkeypatch.setattr(sys, "stdin", io.StringIO("s3cr3t\n"))
-                assert await asyncio.to_thread(cli.main, ["env", *argv, *data]) == rc, argv
-                out = capsys.readouterr()
-                assert shown in (out.out if rc == 0 else out.out + out.err), (argv, out)
-            assert node.runtime.run_query("messages:greeting", {}).value == "bonjour, 1 variable(s)"
-            assert await asyncio.to_thread(cli.main, ["env", "list", url]) == 1  # no key anywhere
-            assert "tape env needs the admin key" in capsys.readouterr().err
-    monkeypatch.delenv(ADMIN_KEY_ENV, raising=False)
-    monkeypatch.delenv("TAPE_ADMIN_KEY_FILE", raising=False)
-    asyncio.run(scenario())
