@@ -20,7 +20,9 @@ needs ``Authorization: Convex <admin key>``.
 * ``POST /api/admin/restore`` — body ``{"offset" | "ts", "dest"?}``: a new data directory as of that
   moment (`history.restore.restore_to_dir`; default ``<data dir>-restored-<offset>`` beside the data
   directory); answers ``{"dest", "offset", "ts", "command"}`` (the ``tape serve`` line to serve it).
-* ``GET /api/admin/stats`` — log offset, sessions, subscriptions, lag, role, uptime.
+* ``GET /api/admin/stats`` — log offset, sessions, subscriptions, lag, role, uptime, and per function path
+  the calls, errors and p50/p99 durations since the process started (upper bounds of the
+  `engine.metrics` histogram buckets holding those quantiles; ``null`` past the last bucket).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from aiohttp import web
 from engine.crons import CRON_TABLE
 from engine.env_vars import EnvVarError, change_env, env_documents
 from engine.errors import EngineError
+from engine.metrics import FUNCTION_SECONDS, SUCCESS
 from engine.system_functions import validator_json
 from gateway.config import NODE_KEY
 from history.errors import RestoreError
@@ -265,6 +268,44 @@ async def restore(request: web.Request) -> web.Response:
 # ----------------------------------------------------------------- health
 
 
+def _quantile(cumulative: list[tuple[float, int]], q: float) -> float | None:
+    """The upper bound (seconds) of the bucket holding quantile `q`; None when none or past the last bound."""
+    total = cumulative[-1][1] if cumulative else 0
+    if total == 0:
+        return None
+    for bound, running in cumulative:
+        if running >= q * total:
+            return None if bound == float("inf") else bound
+    return None
+
+
+def _merged(cumulatives: list[list[tuple[float, int]]]) -> list[tuple[float, int]]:
+    """Bucket-wise sums of cumulative histograms with the same bounds."""
+    if not cumulatives:
+        return []
+    return [(bound, sum(c[i][1] for c in cumulatives)) for i, (bound, _n) in enumerate(cumulatives[0])]
+
+
+def function_durations() -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per path (calls, errors, p50, p99 in seconds) and the same over every call, from FUNCTION_SECONDS."""
+    by_path: dict[str, dict[str, list[list[tuple[float, int]]]]] = {}
+    for (path, outcome), histogram in FUNCTION_SECONDS.items():
+        cumulative = histogram.snapshot()[0]
+        entry = by_path.setdefault(path, {"all": [], "errors": []})
+        entry["all"].append(cumulative)
+        if outcome != SUCCESS:
+            entry["errors"].append(cumulative)
+    rows, everything = [], []
+    for path in sorted(by_path):
+        merged = _merged(by_path[path]["all"])
+        everything.append(merged)
+        errors = _merged(by_path[path]["errors"])
+        rows.append({"path": path, "calls": merged[-1][1], "errors": errors[-1][1] if errors else 0,
+                     "p50": _quantile(merged, 0.5), "p99": _quantile(merged, 0.99)})
+    total = _merged(everything)
+    return rows, {"calls": total[-1][1] if total else 0, "p50": _quantile(total, 0.5), "p99": _quantile(total, 0.99)}
+
+
 async def stats(request: web.Request) -> web.Response:
     """GET /api/admin/stats: what the Health page shows."""
     if (denied := _denied(request)) is not None:
@@ -272,11 +313,12 @@ async def stats(request: web.Request) -> web.Response:
     node: Node = request.app[NODE_KEY]
     projection = node.runtime.projection
     end = node.log.next_offset()
+    functions, overall = function_durations()
     return _json({"role": node.config.role, "offset": projection.applied_offset, "ts": str(projection.applied_ts),
                   "logEnd": end, "lag": max(end - 1 - projection.applied_offset, 0),
                   "sessions": len(node.sessions), "subscriptions": node.subscriptions.query_count,
                   "reruns": node.subscriptions.reruns, "uptimeSeconds": round(time.time() - request.app[_STARTED], 1),
-                  "time": time.time()})
+                  "time": time.time(), "functions": functions, "allFunctions": overall})
 
 
 # ----------------------------------------------------------------- static files

@@ -82,6 +82,10 @@ async def test_env_vars_through_the_log_ctx_env_restore_and_replica(tmp_path: Pa
                 {"name": "GREETING", "value": "hey"}]
             status, body = await _post(http, replica_url, "/api/admin/env", {"set": {"X": "1"}}, replica.admin.value)
             assert status == 409 and "committer" in body["message"]
+        # Time travel reads the values of its moment.
+        status, body = await _post(http, url, "/api/admin/query_at", {"path": "messages:greeting", "args": {},
+                                                                      "offset": set_offset - 1, "format": "json"}, key)
+        assert status == 200 and body["value"] == "hello, 0 variable(s)"
         # A restore to the moment after the first set carries the values of then.
         status, body = await _post(http, url, "/api/admin/restore", {"offset": set_offset,
                                                                      "dest": str(tmp_path / "restored")}, key)
@@ -145,6 +149,10 @@ async def test_dashboard_functions_tables_and_system_functions(tmp_path: Path) -
         assert crons[0]["schedule"].startswith("cron ") and crons[0]["nextScheduledTime"] > 0
         stats = (await _get(http, url, "/api/admin/stats", key))[1]
         assert stats["offset"] == node.runtime.projection.applied_offset and stats["role"] == "committer"
+        send = next(f for f in stats["functions"] if f["path"] == "messages:send")
+        assert send["calls"] >= 3 and 0 < send["p50"] <= send["p99"] and stats["allFunctions"]["calls"] >= send["calls"]
+        patch = next(f for f in stats["functions"] if f["path"] == "_system/dashboard:patch")
+        assert patch["errors"] >= 1  # the refused edit above
         async with http.get(url + "/_dashboard") as r:
             assert r.status == 200 and "<div id=\"root\">" in await r.text()
 

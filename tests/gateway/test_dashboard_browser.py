@@ -182,6 +182,8 @@ def test_dashboard_pages_in_chromium(browser: Browser, server_factory, tmp_path:
     page.click("[data-testid=nav-health]")
     expect(page.get_by_test_id("stat-sessions")).not_to_contain_text("…")
     expect(page.get_by_test_id("stat-log-offset")).to_contain_text(str(end - 1))
+    expect(page.locator("[data-testid=duration][data-path='messages:send']")).to_contain_text("ms")
+    expect(page.get_by_test_id("stat-commits-s")).not_to_contain_text("…")  # (two polls: a rate)
     _shot(page, "health")
 
     # Signing out forgets the key (sessionStorage).
