@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Coroutine
 
 from engine.db import DatabaseReader, DatabaseWriter
-from engine.env_vars import EnvVars, env_of_reader, env_of_transaction
+from engine.env_vars import EnvVars, env_now, env_of_transaction
 from engine.errors import EngineError
 from engine.functions import FunctionDef
 from engine.preempt import guard_state as preempt_guard
@@ -135,7 +135,7 @@ class ActionCtx:
         self._runtime = runtime
         self.auth = auth
         self._server_loop = server_loop
-        self.env: EnvVars = env_of_reader(runtime.projection)  # (built on the server loop, as of the call's start)
+        self.env: EnvVars = env_now(runtime.projection)  # (read on the server loop, as of the call's start)
 
     async def _on_server(self, coro: Coroutine[Any, Any, Any]) -> Any:
         server = self._server_loop

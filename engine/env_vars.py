@@ -40,6 +40,7 @@ MAX_VALUE_BYTES = 8 * 1024
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 _LOCKS: "weakref.WeakKeyDictionary[Any, asyncio.Lock]" = weakref.WeakKeyDictionary()
+_READ: "weakref.WeakKeyDictionary[Transaction, EnvVars]" = weakref.WeakKeyDictionary()  # one read per transaction
 
 
 class EnvVarError(ArgumentError):
@@ -94,8 +95,11 @@ class EnvVars(Mapping[str, str]):
 
 def env_of_transaction(tx: Transaction) -> EnvVars:
     """The variables as transaction `tx` sees them (its reads join the read set: subscriptions re-run on a change)."""
-    docs = QueryBuilder(tx, ENV_TABLE).collect_now()
-    return EnvVars({d["name"]: d["value"] for d in docs})
+    env = _READ.get(tx)
+    if env is None:  # (no function can write the table, so one read serves the whole transaction)
+        docs = QueryBuilder(tx, ENV_TABLE).collect_now()
+        env = _READ[tx] = EnvVars({d["name"]: d["value"] for d in docs})
+    return env
 
 
 def env_documents(reader: DocumentReader) -> dict[str, dict[str, Any]]:
@@ -110,6 +114,20 @@ def env_documents(reader: DocumentReader) -> dict[str, dict[str, Any]]:
 def env_of_reader(reader: DocumentReader) -> EnvVars:
     """The variables of a projection, without a transaction (actions, the admin API)."""
     return EnvVars({name: doc["value"] for name, doc in env_documents(reader).items()})
+
+
+_LATEST: "weakref.WeakKeyDictionary[Any, tuple[int, EnvVars]]" = weakref.WeakKeyDictionary()
+
+
+def env_now(projection: Any) -> EnvVars:
+    """The variables of a live projection now, read again only after it applied something new (actions)."""
+    offset = projection.applied_offset
+    cached = _LATEST.get(projection)
+    if cached is not None and cached[0] == offset:
+        return cached[1]
+    env = env_of_reader(projection)
+    _LATEST[projection] = (offset, env)
+    return env
 
 
 async def change_env(runtime: "Runtime", set_values: Mapping[str, Any] | None = None,
