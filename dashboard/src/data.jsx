@@ -206,6 +206,17 @@ function TableView({ adminKey, table }) {
       {editing !== undefined && !table.system && (
         <DocumentEditor adminKey={adminKey} table={table.name} doc={editing === null ? null : current || editing} onClose={() => setEditing(undefined)} />
       )}
+      {editing && table.system && (
+        <div className="editor" data-testid="viewer">
+          <div className="editor-head">
+            <b>{editing._id}</b> <span className="muted">system document (read-only)</span>
+            <button onClick={() => setEditing(undefined)} className="link">
+              close
+            </button>
+          </div>
+          <pre>{show(current || editing, 2)}</pre>
+        </div>
+      )}
       <Rows rows={results} selected={editing && editing._id} onSelect={(row) => setEditing(row)} />
       {status === "CanLoadMore" && (
         <button id="load-more" onClick={() => loadMore(50)}>

@@ -152,6 +152,13 @@ def test_dashboard_pages_in_chromium(browser: Browser, server_factory, tmp_path:
     page.click("#env-add")
     expect(page.get_by_test_id("env-message")).to_contain_text("must start with a letter")
     _shot(page, "env")
+    # The variable is a document of a system table, which the Data page shows (read-only) on request.
+    page.click("[data-testid=nav-data]")
+    page.locator("[data-testid=tables] input[type=checkbox]").check()
+    page.click("[data-testid=table][data-table=_environment_variables]")
+    expect(page.get_by_test_id("row")).to_have_count(1)
+    page.get_by_test_id("row").click()
+    expect(page.get_by_test_id("viewer")).to_contain_text('"value": "hola"')
 
     # History: the slider to just before the purge shows ann's deleted rows again.
     page.click("[data-testid=nav-history]")
