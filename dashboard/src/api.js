@@ -37,8 +37,9 @@ export async function run(key, path, args, identity) {
   const started = performance.now();
   const { status, body } = await api(key, "POST", "/api/admin/run", { path, args }, suffix);
   const ms = performance.now() - started;
-  if (body && body.status === "success") return { ok: true, value: body.value, ms, status };
-  return { ok: false, error: (body && (body.errorMessage || body.message)) || `HTTP ${status}`, data: body && body.errorData, ms, status };
+  const logLines = (body && body.logLines) || [];
+  if (body && body.status === "success") return { ok: true, value: body.value, ms, status, logLines };
+  return { ok: false, error: (body && (body.errorMessage || body.message)) || `HTTP ${status}`, data: body && body.errorData, ms, status, logLines };
 }
 
 // A Convex value (as the JS client decodes it) as readable text: bigints, bytes, nested objects.

@@ -80,6 +80,12 @@ export function FunctionsPage({ adminKey, onRun }) {
                   {result.ok ? "success" : "error"} in {result.ms.toFixed(1)} ms
                 </div>
                 <pre>{result.ok ? show(result.value, 2) : result.error + (result.data !== undefined ? "\n" + show(result.data, 2) : "")}</pre>
+                {result.logLines.length > 0 && (
+                  <>
+                    <div className="muted">log lines</div>
+                    <pre data-testid="fn-log-lines">{result.logLines.join("\n")}</pre>
+                  </>
+                )}
               </div>
             )}
           </div>
