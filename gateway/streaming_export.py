@@ -1,0 +1,320 @@
+"""Convex's streaming-export API, which the Fivetran and Airbyte connectors call: list_snapshot + document_deltas.
+
+Both need ``Authorization: Convex <admin key>``; both take their arguments as
+query parameters (GET) or a JSON body (POST), named as Convex names them
+(get-convex/convex-backend ``crates/common/src/types/streaming_export``):
+
+* ``/api/list_snapshot`` — ``snapshot`` (a ts; omit on the first call),
+  ``cursor`` (opaque; omit on the first call), ``tableName`` (only this
+  table), ``format`` — answers ``{"values", "snapshot", "cursor", "hasMore"}``:
+  every user document as of ``snapshot``, in pages. Call again with the
+  returned ``snapshot`` and ``cursor`` while ``hasMore``.
+* ``/api/document_deltas`` — ``cursor`` (a ts; start with the snapshot),
+  ``tableName``, ``format`` — answers ``{"values", "cursor", "hasMore"}``:
+  every write after ``cursor`` in commit order, whole transactions per page;
+  a deleted document is ``{"_id", "_deleted": true}``.
+
+Each value is the document's fields plus ``_table``, ``_component`` (always
+``""``), ``_ts`` (the commit ts; the snapshot's ts in list_snapshot) and, in
+deltas, ``_deleted``. ``format``: ``json`` (the default, Convex's clean JSON:
+int64 as a decimal string, bytes as base64), ``convex_encoded_json``
+(``{"$integer": ..}``) or ``export_json``. ``limit`` (a Tape extension) bounds
+a page (default `PAGE_SIZE`).
+
+Fed from the log: a snapshot at ts S is the live projection with every write
+after S undone — the documents written after S are taken from the ``prev``
+image of their first later write in the log — so pages of one snapshot stay
+consistent while writes go on, and ``document_deltas`` from S then gives
+exactly the writes the snapshot does not hold.
+"""
+from __future__ import annotations
+
+import base64
+import heapq
+import math
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import orjson
+from aiohttp import web
+
+from gateway.config import NODE_KEY
+from history.convex_zip import export_json
+from log.errors import LogError
+from values import decode_doc, to_wire
+
+if TYPE_CHECKING:
+    from gateway.node import Node
+
+PAGE_SIZE = 1000
+MAX_PAGE_SIZE = 10000
+FORMATS = ("json", "convex_clean_json", "convex_encoded_json", "convex_json", "export_json")
+
+
+class StreamingExportError(Exception):
+    """A bad request: answered with 400 and ``{"code", "message"}``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def clean_json(value: Any) -> Any:
+    """Convex's clean JSON export: int64 as a decimal string, bytes as base64, NaN/±Infinity as strings."""
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return value
+    if t is int:
+        return str(value)
+    if t is float:
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return value
+    if t is bytes:
+        return base64.b64encode(value).decode("ascii")
+    if t is list:
+        return [clean_json(v) for v in value]
+    if t is dict:
+        return {k: clean_json(v) for k, v in value.items()}
+    raise TypeError(f"{t.__name__} is not a Convex value")
+
+
+def _formatter(fmt: str | None) -> Callable[[Any], Any]:
+    if fmt is None or fmt in ("json", "convex_clean_json"):
+        return clean_json
+    if fmt in ("convex_encoded_json", "convex_json"):
+        return to_wire
+    if fmt == "export_json":
+        return lambda v: export_json(v, {})
+    raise StreamingExportError("BadFormat", f"format: use one of {', '.join(FORMATS)}, got {fmt!r}")
+
+
+async def _args(request: web.Request) -> dict[str, Any]:
+    if request.method == "POST":
+        raw = await request.read()
+        try:
+            body = orjson.loads(raw) if raw.strip() else {}
+        except orjson.JSONDecodeError as exc:
+            raise StreamingExportError("BadJsonBody", f"request body is not valid JSON: {exc}") from None
+        if type(body) is not dict:
+            raise StreamingExportError("BadJsonBody", "request body must be a JSON object")
+        return body
+    return dict(request.query)
+
+
+def _int_arg(args: dict[str, Any], name: str) -> int | None:
+    value = args.get(name)
+    if value is None or value == "":
+        return None
+    if type(value) is str and value.lstrip("-").isdigit():
+        value = int(value)
+    if type(value) is not int or value < 0:
+        raise StreamingExportError("InvalidArgument", f"{name}: expected a non-negative integer, got {value!r}")
+    return value
+
+
+def _limit(args: dict[str, Any]) -> int:
+    limit = _int_arg(args, "limit")
+    if limit is None:
+        return PAGE_SIZE
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise StreamingExportError("InvalidArgument", f"limit: expected 1..{MAX_PAGE_SIZE}, got {limit}")
+    return limit
+
+
+def _table_arg(args: dict[str, Any]) -> str | None:
+    table = args.get("tableName")
+    if table is not None and type(table) is not str:
+        raise StreamingExportError("InvalidArgument", "tableName: expected a string")
+    component = args.get("component")
+    if component not in (None, ""):
+        raise StreamingExportError("InvalidArgument", f"component {component!r}: Tape has only the root component")
+    return table or None
+
+
+def _value(doc: dict[str, Any], table: str, ts: int, fmt: Callable[[Any], Any],
+           deleted: bool | None = None) -> dict[str, Any]:
+    out = fmt(doc)
+    out["_table"] = table
+    out["_component"] = ""
+    out["_ts"] = ts
+    if deleted is not None:
+        out["_deleted"] = deleted
+    return out
+
+
+# ----------------------------------------------------------------- list_snapshot
+
+
+async def _snapshot_state(node: "Node", snapshot_ts: int | None) -> tuple[int, int, dict[str, dict[str, bytes | None]]]:
+    """(snapshot offset, its ts, {table: {id: encoding as of the snapshot}} for documents written after it).
+
+    When this returns, the live projection is at the offset the undo map was
+    read up to, and stays there until the caller next awaits.
+    """
+    projection = node.runtime.projection
+    if snapshot_ts is None:
+        offset, ts = projection.applied_offset, projection.applied_ts
+    else:
+        ts = snapshot_ts
+        if ts > projection.applied_ts:
+            raise StreamingExportError("InvalidSnapshot", f"snapshot {ts} is in the future (latest {projection.applied_ts})")
+        offset = await node.log.offset_for_timestamp(ts + 1) - 1
+    undo: dict[str, dict[str, bytes | None]] = {}
+    read_to = offset
+    while True:
+        live = projection.applied_offset
+        if read_to < live:
+            try:
+                async for records in node.log.read(read_to + 1, live + 1):
+                    for rec in records:
+                        for w in rec.writes:
+                            undo.setdefault(w.table, {}).setdefault(w.id, w.prev)
+            except LogError as exc:
+                raise StreamingExportError("LogError", f"cannot read the log: {exc}") from None
+            read_to = live
+        if projection.applied_offset == read_to:
+            return offset, ts, undo
+
+
+def _cursor_arg(text: Any) -> tuple[str, str] | None:
+    if text is None or text == "":
+        return None
+    try:
+        obj = orjson.loads(text) if type(text) is str else None
+        if type(obj) is dict and type(obj.get("table")) is str and type(obj.get("id")) is str:
+            return obj["table"], obj["id"]
+    except orjson.JSONDecodeError:
+        pass
+    raise StreamingExportError("InvalidListSnapshotCursor",
+                               "Invalid value for the `cursor` argument of list_snapshot. Use a `cursor` returned by "
+                               "a previous list_snapshot call, and treat it as an opaque value.")
+
+
+def _table_rows(node: "Node", table: str, after: str | None,
+                undo: dict[str, bytes | None]) -> Iterator[tuple[str, bytes]]:
+    """(id, encoding) of `table`'s documents as of the snapshot, in by_id order, after id `after`."""
+    projection = node.runtime.projection
+    lo, hi = projection.index_range(table, "by_id")
+    start = projection.doc_key(after, table) if after is not None else None
+    if start is not None:
+        lo = max(lo, start + b"\x00")
+    live = ((key, doc_id) for key, doc_id in projection.scan(lo, hi) if doc_id not in undo)
+    old = sorted((projection.doc_key(doc_id, table), doc_id) for doc_id, prev in undo.items()
+                 if prev is not None and (start is None or projection.doc_key(doc_id, table) > start))
+    for _key, doc_id in heapq.merge(live, old):
+        raw = undo[doc_id] if doc_id in undo else projection.get(doc_id)
+        if raw is not None:
+            yield doc_id, raw
+
+
+async def list_snapshot(request: web.Request) -> web.Response:
+    """GET/POST /api/list_snapshot (see the module docstring)."""
+    node: Node = request.app[NODE_KEY]
+    if not node.admin.check(request.headers.get("Authorization")):
+        return _unauthorized()
+    try:
+        args = await _args(request)
+        fmt = _formatter(args.get("format"))
+        only = _table_arg(args)
+        limit = _limit(args)
+        cursor = _cursor_arg(args.get("cursor"))
+        _offset, ts, undo = await _snapshot_state(node, _int_arg(args, "snapshot"))
+    except StreamingExportError as exc:
+        return _json({"code": exc.code, "message": str(exc)}, 400)
+    # from here on nothing awaits: the projection and the undo map agree
+    projection = node.runtime.projection
+    tables = sorted(t for t in set(projection.tables()) | set(undo) if not t.startswith("_"))
+    if only is not None:
+        tables = [t for t in tables if t == only]
+    if cursor is not None:
+        tables = [t for t in tables if t >= cursor[0]]
+    values: list[dict[str, Any]] = []
+    last: tuple[str, str] | None = None
+    has_more = False
+    for table in tables:
+        after = cursor[1] if cursor is not None and table == cursor[0] else None
+        for doc_id, raw in _table_rows(node, table, after, undo.get(table, {})):
+            if len(values) >= limit:
+                has_more = True
+                break
+            values.append(_value(decode_doc(raw), table, ts, fmt))
+            last = (table, doc_id)
+        if has_more:
+            break
+    out_cursor = orjson.dumps({"table": last[0], "id": last[1]}).decode() if last else (args.get("cursor") or None)
+    return _json({"values": values, "snapshot": ts, "cursor": out_cursor, "hasMore": has_more})
+
+
+# ----------------------------------------------------------------- document_deltas
+
+
+async def document_deltas(request: web.Request) -> web.Response:
+    """GET/POST /api/document_deltas (see the module docstring)."""
+    node: Node = request.app[NODE_KEY]
+    if not node.admin.check(request.headers.get("Authorization")):
+        return _unauthorized()
+    try:
+        args = await _args(request)
+        fmt = _formatter(args.get("format"))
+        only = _table_arg(args)
+        limit = _limit(args)
+        cursor = _int_arg(args, "cursor")
+        if cursor is None:
+            raise StreamingExportError("DocumentDeltasCursorRequired", "/api/document_deltas requires a cursor")
+    except StreamingExportError as exc:
+        return _json({"code": exc.code, "message": str(exc)}, 400)
+    end = node.runtime.projection.applied_offset + 1  # serve what queries can already see
+    start = await node.log.offset_for_timestamp(cursor + 1)
+    values: list[dict[str, Any]] = []
+    new_cursor = cursor
+    has_more = False
+    if start < end:
+        try:
+            async for records in node.log.read(start, end):
+                for rec in records:
+                    if len(values) >= limit:
+                        has_more = True
+                        break
+                    for w in rec.writes:
+                        if w.table.startswith("_") or (only is not None and w.table != only):
+                            continue
+                        if w.doc is None:
+                            values.append(_value({"_id": w.id}, w.table, rec.ts, fmt, deleted=True))
+                        else:
+                            values.append(_value(decode_doc(w.doc), w.table, rec.ts, fmt, deleted=False))
+                    new_cursor = rec.ts
+                if has_more:
+                    break
+        except LogError as exc:
+            return _json({"code": "LogError", "message": f"cannot read the log: {exc}"}, 500)
+    return _json({"values": values, "cursor": new_cursor, "hasMore": has_more})
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _unauthorized() -> web.Response:
+    return _json({"code": "Unauthorized", "message": "this endpoint needs the admin key: send "
+                  "'Authorization: Convex <admin key>'"}, 401)
+
+
+async def test_connection(request: web.Request) -> web.Response:
+    """GET /api/test_streaming_export_connection: 200 ``null`` with the admin key (connectors check this first)."""
+    node: Node = request.app[NODE_KEY]
+    if not node.admin.check(request.headers.get("Authorization")):
+        return _unauthorized()
+    return _json(None)
+
+
+def add_routes(app: web.Application) -> None:
+    """Install the streaming-export endpoints."""
+    for path, handler in (("/api/list_snapshot", list_snapshot), ("/api/document_deltas", document_deltas)):
+        app.router.add_get(path, handler)
+        app.router.add_post(path, handler)
+    app.router.add_get("/api/test_streaming_export_connection", test_connection)
+
+
+__all__ = ["add_routes", "clean_json", "document_deltas", "list_snapshot"]
