@@ -9,6 +9,9 @@ query parameters (GET) or a JSON body (POST), named as Convex names them
   table), ``format`` — answers ``{"values", "snapshot", "cursor", "hasMore"}``:
   every user document as of ``snapshot``, in pages. Call again with the
   returned ``snapshot`` and ``cursor`` while ``hasMore``.
+* ``/api/json_schemas?deltaSchema=true&format=..`` — ``{table: JSON Schema}``
+  from schema.py (open objects for tables without a validator): how the
+  Airbyte connector finds the tables; ``/api/test_streaming_export_connection``.
 * ``/api/document_deltas`` — ``cursor`` (a ts; start with the snapshot),
   ``tableName``, ``format`` — answers ``{"values", "cursor", "hasMore"}``:
   every write after ``cursor`` in commit order, whole transactions per page;
@@ -37,6 +40,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import orjson
 from aiohttp import web
 
+from engine.validators import (Validator, _Any, _Array, _Boolean, _Bytes, _Id, _Int64, _Literal, _Null, _Number,
+                               _Object, _Optional, _Record, _String, _Union)
 from gateway.config import NODE_KEY
 from history.convex_zip import export_json
 from log.errors import LogError
@@ -309,12 +314,91 @@ async def test_connection(request: web.Request) -> web.Response:
     return _json(None)
 
 
+# ----------------------------------------------------------------- json_schemas
+
+
+def json_schema_of(validator: Validator | None, encoded: bool) -> dict[str, Any]:
+    """The JSON Schema of values `validator` accepts, as the export `format` writes them (`encoded`: Convex JSON)."""
+    if validator is None or isinstance(validator, _Any):
+        return {}
+    if isinstance(validator, _Optional):
+        return json_schema_of(validator.inner, encoded)
+    if isinstance(validator, (_String, _Id)):
+        return {"type": "string"}
+    if isinstance(validator, _Number):
+        return {"type": "number"}
+    if isinstance(validator, _Boolean):
+        return {"type": "boolean"}
+    if isinstance(validator, _Null):
+        return {"type": "null"}
+    if isinstance(validator, (_Int64, _Bytes)):
+        if not encoded:
+            return {"type": "string"}
+        key = "$integer" if isinstance(validator, _Int64) else "$bytes"
+        return {"type": "object", "properties": {key: {"type": "string"}}, "required": [key],
+                "additionalProperties": False}
+    if isinstance(validator, _Literal):
+        value = validator.value
+        if type(value) is int:
+            return json_schema_of(_Int64(), encoded)
+        return {"const": value}
+    if isinstance(validator, _Array):
+        return {"type": "array", "items": json_schema_of(validator.item, encoded)}
+    if isinstance(validator, _Record):
+        return {"type": "object", "additionalProperties": json_schema_of(validator.value, encoded)}
+    if isinstance(validator, _Union):
+        return {"anyOf": [json_schema_of(m, encoded) for m in validator.members]}
+    if isinstance(validator, _Object):
+        return {"type": "object",
+                "properties": {k: json_schema_of(f, encoded) for k, f in validator.fields.items()},
+                "required": [k for k, f in validator.fields.items() if not isinstance(f, _Optional)],
+                "additionalProperties": False}
+    return {}
+
+
+def table_json_schema(validator: Validator | None, encoded: bool, delta: bool) -> dict[str, Any]:
+    """A table's document JSON Schema: its fields (from schema.py, or open), the system and change fields."""
+    if isinstance(validator, _Object):
+        schema = json_schema_of(validator, encoded)
+    else:
+        schema = {"type": "object", "properties": {}, "additionalProperties": True}
+    schema["properties"] = {"_id": {"type": "string"}, "_creationTime": {"type": "number"}, **schema["properties"]}
+    schema["required"] = ["_id", "_creationTime", *schema.get("required", [])]
+    if delta:
+        schema["properties"].update({"_table": {"type": "string"}, "_component": {"type": "string"},
+                                     "_ts": {"type": "integer"}, "_deleted": {"type": "boolean"}})
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    return schema
+
+
+async def json_schemas(request: web.Request) -> web.Response:
+    """GET /api/json_schemas?deltaSchema=true&format=...: {table: JSON Schema} (connectors discover tables here)."""
+    node: Node = request.app[NODE_KEY]
+    if not node.admin.check(request.headers.get("Authorization")):
+        return _unauthorized()
+    fmt = request.query.get("format")
+    try:
+        _formatter(fmt)
+    except StreamingExportError as exc:
+        return _json({"code": exc.code, "message": str(exc)}, 400)
+    encoded = fmt in ("convex_encoded_json", "convex_json")
+    delta = request.query.get("deltaSchema", "").lower() in ("1", "true", "yes")
+    schema = node.runtime.app.schema
+    tables = sorted(t for t in set(node.runtime.projection.tables()) | set(schema.tables) if not t.startswith("_"))
+    out = {}
+    for table in tables:
+        definition = schema.tables.get(table)
+        out[table] = table_json_schema(definition.validator if definition else None, encoded, delta)
+    return _json(out)
+
+
 def add_routes(app: web.Application) -> None:
     """Install the streaming-export endpoints."""
     for path, handler in (("/api/list_snapshot", list_snapshot), ("/api/document_deltas", document_deltas)):
         app.router.add_get(path, handler)
         app.router.add_post(path, handler)
     app.router.add_get("/api/test_streaming_export_connection", test_connection)
+    app.router.add_get("/api/json_schemas", json_schemas)
 
 
 __all__ = ["add_routes", "clean_json", "document_deltas", "list_snapshot"]

@@ -134,3 +134,52 @@ async def test_table_filter_formats_and_errors(deployment: Deployment) -> None:
     assert r.status == 400 and "format" in (await r.json())["message"]
     r = await d.client.get("/api/test_streaming_export_connection", headers=d.auth)
     assert r.status == 200
+
+
+async def test_airbyte_connector_call_sequence(tmp_path: Path) -> None:
+    """The requests the Airbyte Convex source makes: json_schemas, then per table list_snapshot, document_deltas."""
+    app_dir = APPS / "typed"
+    node = Node(ServerConfig(app_dir=app_dir, data_dir=tmp_path / "data"), App.load(app_dir))
+    async with TestClient(TestServer(build_app(node))) as client:
+        d = Deployment(node, client)
+        headers = {**d.auth, "Convex-Client": "airbyte-export-0.2.0"}
+        first = await d.mutate("messages:send", {"channel": "c", "author": "a", "body": "hello"})
+        r = await client.get("/api/json_schemas?deltaSchema=true&format=convex_json", headers=headers)
+        schemas = await r.json()
+        assert r.status == 200 and set(schemas) == {"messages", "notes"}
+        props = schemas["messages"]["properties"]
+        assert props["likes"] == {"type": "object", "properties": {"$integer": {"type": "string"}},
+                                  "required": ["$integer"], "additionalProperties": False}
+        assert props["_ts"] == {"type": "integer"} and props["tags"] == {"type": "array", "items": {"type": "string"}}
+        assert "tags" not in schemas["messages"]["required"] and schemas["notes"]["additionalProperties"] is True
+        # the connector's state machine for the messages stream
+        state: dict[str, Any] = {"snapshot_cursor": None, "snapshot_has_more": True, "delta_cursor": None}
+        records = []
+        for round_ in range(10):
+            params = {"tableName": "messages", "format": "convex_json"}
+            if state["snapshot_has_more"]:
+                path = "/api/list_snapshot"
+                if state["snapshot_cursor"]:
+                    params["cursor"] = state["snapshot_cursor"]
+                if state["delta_cursor"]:
+                    params["snapshot"] = state["delta_cursor"]
+            else:
+                path = "/api/document_deltas"
+                params["cursor"] = state["delta_cursor"]
+            r = await client.get(path, params={**params, "limit": "1"}, headers=headers)
+            body = await r.json()
+            assert r.status == 200, body
+            records.extend(body["values"])
+            if state["snapshot_has_more"]:
+                state.update(snapshot_cursor=body["cursor"], snapshot_has_more=body["hasMore"],
+                             delta_cursor=body["snapshot"])
+            else:
+                state["delta_cursor"] = body["cursor"]
+                if not body["hasMore"]:
+                    break
+            if round_ == 0:
+                await d.mutate("messages:send", {"channel": "c", "author": "b", "body": "second"})
+        assert [(v["_id"], v.get("_deleted", False)) for v in records][:1] == [(first, False)]
+        assert records[0]["likes"] == {"$integer": "AAAAAAAAAAA="} and records[0]["_table"] == "messages"
+        assert [v["body"] for v in records] == ["hello", "second"]  # the second arrives once, as a delta
+        assert records[1]["_deleted"] is False and records[1]["_ts"] > records[0]["_ts"]
