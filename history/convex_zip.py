@@ -28,8 +28,17 @@ ones from 10001), so Convex → Tape → Convex gives back the same ids, and
 Tape-made documents get valid Convex ids that ``npx convex import`` keeps.
 ``_creationTime`` is kept both ways.
 
-File storage: ``_storage`` entries are counted and reported as skipped, and
-references to them stay as they are (this build of Tape has no file storage).
+File storage: `import_convex_zip` takes a `blob_store` hook — a function
+of the new data directory returning an object with ``put_file(binary file)
+-> info`` (``info.sha256_base64``, ``info.size``), the interface of a
+content-addressed blob store. With it, each ``_storage/<id>[.ext]`` file is
+stored (its bytes checked against the sha256 of its
+``_storage/documents.jsonl`` entry), a ``_storage`` document
+``{sha256, size, contentType}`` keeps the file's ``_id`` (mapped like any id)
+and ``_creationTime``, and references to files are rewritten like other ids.
+Without it (this build has no file storage) the files are counted, reported as
+skipped, and references to them stay as they are. Export writes no
+``_storage`` entries.
 """
 from __future__ import annotations
 
@@ -44,7 +53,7 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, Protocol
 
 import orjson
 
@@ -82,6 +91,25 @@ ask us in [Discord](http://convex.dev/community).
 _DOCUMENTS = re.compile(r"^(?P<prefix>.*/)?(?P<table>[^/]+)/documents\.jsonl$")
 _SCHEMA = re.compile(r"^(?P<prefix>.*/)?(?P<table>[^/]+)/generated_schema\.jsonl$")
 _STORAGE_FILE = re.compile(r"^(?:.*/)?_storage/[^/.]+(?:\.[^/]+)?$")
+
+
+class StoredBlob(Protocol):
+    """What a blob store answers for a stored file."""
+
+    size: int
+
+    @property
+    def sha256_base64(self) -> str: ...
+
+
+class BlobSink(Protocol):
+    """Where imported files' bytes go: a content-addressed blob store."""
+
+    def put_file(self, source: BinaryIO) -> StoredBlob: ...
+
+
+BlobStoreFactory = Callable[[Path], BlobSink]
+"""Given the data directory being built, the blob store that goes with it."""
 
 
 def is_convex_zip(path: Path) -> bool:
@@ -279,6 +307,7 @@ class ConvexImportReport:
     numbers: dict[str, int] = field(default_factory=dict)
     records: int = 0
     storage_skipped: int = 0
+    files: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -299,7 +328,7 @@ class _ConvexZip:
             raise SnapshotError(f"{path}: not a ZIP file ({exc})") from None
         self.documents: dict[str, str] = {}  # table -> entry name
         self.uniform: dict[str, bool] = {}
-        self.storage_files = 0
+        self.storage_files: dict[str, str] = {}  # Convex storage id -> entry name
         for name in self.zip.namelist():
             if name.startswith("_components/") or "/_components/" in name:
                 raise SnapshotError(f"{path}: {name}: component data cannot be imported (Tape has no components)")
@@ -314,7 +343,8 @@ class _ConvexZip:
                 first = self.zip.read(name).split(b"\n", 1)[0].strip()
                 self.uniform[m.group("table")] = first == b'"uniform"'
             elif _STORAGE_FILE.match(name) and not name.endswith("documents.jsonl"):
-                self.storage_files += 1
+                file_id = name.rsplit("/", 1)[-1].split(".", 1)[0]
+                self.storage_files[file_id] = name
         if not self.documents:
             raise SnapshotError(f"{path}: no <table>/documents.jsonl entries (not a Convex snapshot export)")
 
@@ -418,6 +448,53 @@ def _table_records(z: _ConvexZip, table: str, by_number: dict[int, str], number:
         yield Record(writes=writes, function=IMPORT_FUNCTION, extra={"tape.import": table}), len(writes)
 
 
+def _storage_records(z: _ConvexZip, sink: BlobSink, now_ms: float,
+                     report: "ConvexImportReport") -> Iterator[Record]:
+    """Store every ``_storage/<id>`` file in `sink`; records of the ``_storage`` documents describing them."""
+    metadata: dict[str, dict[str, Any]] = {}
+    if STORAGE_TABLE in z.documents:
+        for lineno, row in z.lines(STORAGE_TABLE):
+            if type(row) is not dict or decode_convex_id(row.get("_id")) is None:
+                raise SnapshotError(f"{z.documents[STORAGE_TABLE]}: line {lineno}: expected an object with the "
+                                    "file's Convex _id")
+            metadata[row["_id"]] = row
+    writes: list[Write] = []
+    for file_id, name in sorted(z.storage_files.items()):
+        found = decode_convex_id(file_id)
+        if found is None:
+            raise SnapshotError(f"{name}: {file_id!r} is not a Convex storage id")
+        meta = metadata.get(file_id, {})
+        with z.zip.open(name) as f:
+            info = sink.put_file(f)
+        expected = meta.get("sha256")
+        if expected is not None and expected != info.sha256_base64:
+            raise SnapshotError(f"{name}: its bytes do not match the sha256 in _storage/documents.jsonl")
+        created = meta.get("_creationTime")
+        doc: dict[str, Any] = {"_id": tape_id(STORAGE_TABLE, found[1]),
+                               "_creationTime": float(created) if type(created) in (int, float) else now_ms,
+                               "sha256": info.sha256_base64, "size": float(info.size)}
+        if isinstance(meta.get("contentType"), str):
+            doc["contentType"] = meta["contentType"]
+        writes.append(Write(STORAGE_TABLE, doc["_id"], encode_doc(doc), None))
+        report.files += 1
+        if len(writes) >= IMPORT_BATCH_DOCS:
+            yield Record(writes=writes, function=IMPORT_FUNCTION, extra={"tape.import": STORAGE_TABLE})
+            writes = []
+    if writes:
+        yield Record(writes=writes, function=IMPORT_FUNCTION, extra={"tape.import": STORAGE_TABLE})
+
+
+def _storage_numbers(z: _ConvexZip) -> set[int]:
+    """The table numbers of the files' ids (Convex's ``_storage`` number in the exporting deployment)."""
+    numbers = {found[0] for found in map(decode_convex_id, z.storage_files) if found is not None}
+    if STORAGE_TABLE in z.documents:
+        for _lineno, row in z.lines(STORAGE_TABLE):
+            found = decode_convex_id(row.get("_id")) if type(row) is dict else None
+            if found is not None:
+                numbers.add(found[0])
+    return numbers
+
+
 def _numbers_record(numbers: dict[str, int], now_ms: float) -> Record:
     writes = []
     for table, number in sorted(numbers.items(), key=lambda kv: kv[1]):
@@ -427,7 +504,8 @@ def _numbers_record(numbers: dict[str, int], now_ms: float) -> Record:
 
 
 async def import_convex_zip(src: str | os.PathLike[str], data_dir: str | os.PathLike[str],
-                            reporter: Reporter | None = None) -> ConvexImportReport:
+                            reporter: Reporter | None = None,
+                            blob_store: BlobStoreFactory | None = None) -> ConvexImportReport:
     """Build the new data directory `data_dir` from the Convex snapshot ZIP `src` (see the module docstring)."""
     reporter = reporter or Reporter()
     started = time.perf_counter()
@@ -445,19 +523,31 @@ async def import_convex_zip(src: str | os.PathLike[str], data_dir: str | os.Path
         tables = z.user_tables()
         report.numbers = {t: n for t, n in numbers.items() if t in tables}
         by_number = {n: t for t, n in report.numbers.items()}
-        if STORAGE_TABLE in z.documents:
-            report.storage_skipped = sum(1 for _ in z.lines(STORAGE_TABLE))
-        if report.storage_skipped or z.storage_files:
-            report.notes.append(f"skipped {report.storage_skipped} _storage entr"
-                                f"{'y' if report.storage_skipped == 1 else 'ies'} and {z.storage_files} stored "
-                                "file(s): this Tape build has no file storage; references to them are kept as "
-                                "strings")
+        if blob_store is not None:
+            for number in _storage_numbers(z):
+                if number in by_number:
+                    raise SnapshotError(f"{z.path}: _storage ids use table number {number}, which _tables gives "
+                                        f"to {by_number[number]!r}")
+                by_number[number] = STORAGE_TABLE
+        else:
+            if STORAGE_TABLE in z.documents:
+                report.storage_skipped = sum(1 for _ in z.lines(STORAGE_TABLE))
+            if report.storage_skipped or z.storage_files:
+                report.notes.append(f"skipped {report.storage_skipped} _storage entr"
+                                    f"{'y' if report.storage_skipped == 1 else 'ies'} and {len(z.storage_files)} "
+                                    "stored file(s): this Tape build has no file storage; references to them are "
+                                    "kept as strings")
         log_ = FileLog(work / "log", read_only=False)
         await log_.open()
         try:
             if report.numbers:
                 await log_.append([_numbers_record(report.numbers, now_ms)])
                 report.records += 1
+            if blob_store is not None and z.storage_files:
+                sink = blob_store(work)
+                for record in _storage_records(z, sink, now_ms, report):
+                    await log_.append([record])
+                    report.records += 1
             for table in tables:
                 task = reporter.task(f"import {table}", None)
                 done = 0
@@ -493,6 +583,8 @@ async def import_convex_zip(src: str | os.PathLike[str], data_dir: str | os.Path
 
 
 __all__ = [
+    "BlobSink",
+    "BlobStoreFactory",
     "ConvexExportReport",
     "ConvexImportReport",
     "NUMBERS_TABLE",

@@ -1,7 +1,10 @@
 """Convex snapshot ZIPs: Tape → ZIP → Tape keeps every document; a hand-built Convex export imports with its ids."""
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import types
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ import pytest
 from history.convex_ids import decode_convex_id, encode_convex_id, tape_id
 from history.convex_zip import NUMBERS_TABLE, export_convex_zip, import_convex_zip, is_convex_zip
 from history.errors import SnapshotError
+from projections.store import Projection
 from values import decode_doc
 from tests.history.test_snapshot import VALUES, documents, make_deployment, same_value, start, stop
 
@@ -169,3 +173,55 @@ async def test_old_exports_without_uniform_schema_read_numbers_as_floats(tmp_pat
     (doc,) = [decode_doc(e["raw"]) for e in documents(tmp_path / "data").values()]
     assert doc["n"] == 3.0 and type(doc["n"]) is float and doc["i"] == 1 and type(doc["i"]) is int
     assert os.path.isdir(tmp_path / "data" / "log")
+
+
+class MemoryBlobs:
+    """A content-addressed blob store in memory, standing in for the data directory's blob store."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.data_dirs: list[Path] = []
+
+    def put_file(self, source: Any) -> Any:
+        data = source.read()
+        digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+        self.blobs[digest] = data
+        return types.SimpleNamespace(sha256_base64=digest, size=len(data))
+
+
+async def test_storage_files_go_to_the_blob_store_hook(tmp_path: Path) -> None:
+    file_id = encode_convex_id(540, INTERNAL[0])
+    other_id = encode_convex_id(540, INTERNAL[1])
+    data = b"\x89PNG..."
+    sha = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    meta = [{"_id": file_id, "_creationTime": 1700000000000.0, "sha256": sha, "size": len(data),
+             "contentType": "image/png", "internalId": "5f2a"}]
+    src = tmp_path / "with_files.zip"
+    write_convex_zip(src, {"profiles": [{"_id": encode_convex_id(10001, INTERNAL[2]), "_creationTime": 1.0,
+                                         "avatar": file_id}]}, {"profiles": 10001},
+                     extra={"_storage/documents.jsonl": orjson.dumps(meta[0]) + b"\n",
+                            f"_storage/{file_id}.png": data})
+    blobs = MemoryBlobs()
+
+    def factory(path: Path) -> MemoryBlobs:
+        blobs.data_dirs.append(path)
+        return blobs
+
+    report = await import_convex_zip(src, tmp_path / "data", blob_store=factory)
+    assert report.files == 1 and report.storage_skipped == 0 and not report.notes
+    assert blobs.blobs == {sha: data} and len(blobs.data_dirs) == 1
+    p = Projection(tmp_path / "data" / "projection")
+    try:
+        (stored,) = [decode_doc(r) for r in p.iter_documents("_storage")]
+        (profile,) = [decode_doc(r) for r in p.iter_documents("profiles")]
+    finally:
+        p.close()
+    assert stored == {"_id": tape_id("_storage", INTERNAL[0]), "_creationTime": 1700000000000.0, "sha256": sha,
+                      "size": float(len(data)), "contentType": "image/png"}
+    assert profile["avatar"] == stored["_id"]  # the reference follows the file
+    bad = tmp_path / "bad_files.zip"
+    write_convex_zip(bad, {}, {}, extra={
+        "_storage/documents.jsonl": orjson.dumps({**meta[0], "_id": other_id}) + b"\n",
+        f"_storage/{other_id}": b"not the same bytes", "t/documents.jsonl": b""})
+    with pytest.raises(SnapshotError, match="do not match the sha256"):
+        await import_convex_zip(bad, tmp_path / "data2", blob_store=factory)
