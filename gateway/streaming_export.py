@@ -32,9 +32,11 @@ exactly the writes the snapshot does not hold.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import heapq
 import math
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import orjson
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
     from gateway.node import Node
 
 PAGE_SIZE = 1000
+UNDO_CACHE = 4  # snapshots whose undo maps are kept between list_snapshot pages
 MAX_PAGE_SIZE = 10000
 FORMATS = ("json", "convex_clean_json", "convex_encoded_json", "convex_json", "export_json")
 
@@ -152,35 +155,59 @@ def _value(doc: dict[str, Any], table: str, ts: int, fmt: Callable[[Any], Any],
 # ----------------------------------------------------------------- list_snapshot
 
 
-async def _snapshot_state(node: "Node", snapshot_ts: int | None) -> tuple[int, int, dict[str, dict[str, bytes | None]]]:
-    """(snapshot offset, its ts, {table: {id: encoding as of the snapshot}} for documents written after it).
+class _Undo:
+    """The documents written after one snapshot offset, as of that offset, read from the log up to `read_to`."""
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+        self.read_to = offset
+        self.tables: dict[str, dict[str, bytes | None]] = {}
+        self.lock = asyncio.Lock()
+
+
+_UNDO: "web.AppKey[OrderedDict[int, _Undo]]" = web.AppKey("tape.streaming_export.undo", OrderedDict)
+
+
+async def _snapshot_state(request: web.Request, snapshot_ts: int | None) -> tuple[int, dict[str, dict[str, bytes | None]]]:
+    """(the snapshot's ts, {table: {id: encoding as of the snapshot}} for documents written after it).
 
     When this returns, the live projection is at the offset the undo map was
-    read up to, and stays there until the caller next awaits.
+    read up to, and stays there until the caller next awaits. The maps of the
+    last `UNDO_CACHE` snapshots are kept, so each page reads only the records
+    committed since the previous one.
     """
+    node: Node = request.app[NODE_KEY]
     projection = node.runtime.projection
     if snapshot_ts is None:
         offset, ts = projection.applied_offset, projection.applied_ts
     else:
         ts = snapshot_ts
         if ts > projection.applied_ts:
-            raise StreamingExportError("InvalidSnapshot", f"snapshot {ts} is in the future (latest {projection.applied_ts})")
+            raise StreamingExportError("InvalidSnapshot",
+                                       f"snapshot {ts} is in the future (latest {projection.applied_ts})")
         offset = await node.log.offset_for_timestamp(ts + 1) - 1
-    undo: dict[str, dict[str, bytes | None]] = {}
-    read_to = offset
-    while True:
-        live = projection.applied_offset
-        if read_to < live:
-            try:
-                async for records in node.log.read(read_to + 1, live + 1):
-                    for rec in records:
-                        for w in rec.writes:
-                            undo.setdefault(w.table, {}).setdefault(w.id, w.prev)
-            except LogError as exc:
-                raise StreamingExportError("LogError", f"cannot read the log: {exc}") from None
-            read_to = live
-        if projection.applied_offset == read_to:
-            return offset, ts, undo
+    cache = request.app[_UNDO]
+    undo = cache.get(offset)
+    if undo is None:
+        undo = cache[offset] = _Undo(offset)
+        while len(cache) > UNDO_CACHE:
+            cache.popitem(last=False)
+    cache.move_to_end(offset)
+    async with undo.lock:
+        while True:
+            live = projection.applied_offset
+            if undo.read_to < live:
+                try:
+                    async for records in node.log.read(undo.read_to + 1, live + 1):
+                        for rec in records:
+                            for w in rec.writes:
+                                undo.tables.setdefault(w.table, {}).setdefault(w.id, w.prev)
+                except LogError as exc:
+                    cache.pop(offset, None)  # partly read: start over next time
+                    raise StreamingExportError("LogError", f"cannot read the log: {exc}") from None
+                undo.read_to = live
+            if projection.applied_offset == undo.read_to:
+                return ts, undo.tables
 
 
 def _cursor_arg(text: Any) -> tuple[str, str] | None:
@@ -225,7 +252,7 @@ async def list_snapshot(request: web.Request) -> web.Response:
         only = _table_arg(args)
         limit = _limit(args)
         cursor = _cursor_arg(args.get("cursor"))
-        _offset, ts, undo = await _snapshot_state(node, _int_arg(args, "snapshot"))
+        ts, undo = await _snapshot_state(request, _int_arg(args, "snapshot"))
     except StreamingExportError as exc:
         return _json({"code": exc.code, "message": str(exc)}, 400)
     # from here on nothing awaits: the projection and the undo map agree
@@ -394,6 +421,7 @@ async def json_schemas(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Install the streaming-export endpoints."""
+    app[_UNDO] = OrderedDict()
     for path, handler in (("/api/list_snapshot", list_snapshot), ("/api/document_deltas", document_deltas)):
         app.router.add_get(path, handler)
         app.router.add_post(path, handler)

@@ -273,7 +273,7 @@ async def export_convex_zip(data_dir: str | os.PathLike[str], out: str | os.Path
                 for table in tables:
                     task = reporter.task(f"export {table}", projection.count(table))
                     count = [0]
-                    with zf.open(f"{table}/documents.jsonl", "w") as f:
+                    with zf.open(f"{table}/documents.jsonl", "w", force_zip64=True) as f:  # may pass 2 GiB
                         for line in _export_lines(projection, table, numbers, count):
                             f.write(line)
                     zf.writestr(f"{table}/generated_schema.jsonl", '"uniform"\n')
