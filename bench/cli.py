@@ -1,6 +1,6 @@
 """`tape bench`: run the benchmark workloads and write results.json, results.md and plots.
 
-    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling,kafka,restore,isolation,auth,scheduler]
+    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling,kafka,restore,isolation,auth,scheduler,migration]
                [--profile] [--base-port N] [--work-dir DIR]
 
 Everything runs on loopback: a Tape server on the bank example app, the
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth",
-             "scheduler")
+             "scheduler", "migration")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
     "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
@@ -31,6 +31,7 @@ DESCRIPTIONS = {
     "isolation": "a bystander's query and subscribe latency, idle and while clients run CPU-bound functions",
     "auth": "transfers with every caller authenticated vs anonymous; 1,000 sockets re-authenticating at once",
     "scheduler": "10,000 jobs due at once vs the same mutations called directly; job lateness beside transfers",
+    "migration": "Convex snapshot ZIP export/import vs Tape's Avro snapshots, same documents",
 }
 
 
@@ -119,6 +120,13 @@ def run_scheduler(quick: bool, harness: Any) -> dict[str, Any]:
     return scheduler_bench.run(quick)
 
 
+def run_migration(quick: bool, harness: Any) -> dict[str, Any]:
+    """Issue 18: Convex snapshot ZIPs (out and in) against Tape's own snapshot format."""
+    from bench import migration_bench
+    harness.reporter.phase("migration: Convex ZIP vs Tape Avro export and import", 45 if quick else 240)
+    return migration_bench.run(quick)
+
+
 def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
     if name == "log":
         return run_log
@@ -134,6 +142,8 @@ def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
         return run_auth
     if name == "scheduler":
         return run_scheduler
+    if name == "migration":
+        return run_migration
     module = {"transfer": "bench.transfer", "baseline": "bench.sqlite_baseline",
               "reactivity": "bench.reactivity", "polling": "bench.polling"}[name]
     mod = __import__(module, fromlist=["run"])
@@ -178,6 +188,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
             b, late = r["burst"], r["lateness"]
             return (f"{b['jobs']:,} due jobs at {b['ratio']:.2f}× direct mutations (goal ≥ 0.8×); lateness at "
                     f"{late['rate']:,.0f} jobs/s beside transfers p99 {late['lateness_p99_ms']:.1f} ms (goal ≤ 50 ms)")
+        if name == "migration":
+            from bench import migration_bench
+            return migration_bench.headline(r)
         if name == "log":
             lg, pj = r["log"], r["projection"]
             text = (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "

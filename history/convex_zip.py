@@ -132,11 +132,18 @@ def _float_bits(value: float) -> dict[str, str]:
     return {"$float": _b64(struct.pack("<d", value))}
 
 
-def export_json(value: Any, ids: dict[str, int]) -> Any:
+def _id_lengths(ids: dict[str, int]) -> frozenset[int]:
+    """The lengths a Tape id of the tables in `ids` can have (unpadded base64 of table + NUL + 16 bytes)."""
+    return frozenset(-(-(len(t.encode()) + 17) * 4 // 3) for t in ids)
+
+
+def export_json(value: Any, ids: dict[str, int], lengths: frozenset[int] | None = None) -> Any:
     """`value` in Convex's export JSON format, Tape ids of tables in `ids` (name -> number) as Convex ids."""
+    if lengths is None:
+        lengths = _id_lengths(ids)
     t = type(value)
     if t is str:
-        if ids:
+        if len(value) in lengths:
             found = tape_internal(value)
             if found is not None and found[0] in ids:
                 return encode_convex_id(ids[found[0]], found[1])
@@ -146,9 +153,9 @@ def export_json(value: Any, ids: dict[str, int]) -> Any:
     if t is float:
         return value if math.isfinite(value) else _float_bits(value)
     if t is dict:
-        return {k: export_json(v, ids) for k, v in value.items()}
+        return {k: export_json(v, ids, lengths) for k, v in value.items()}
     if t is list:
-        return [export_json(v, ids) for v in value]
+        return [export_json(v, ids, lengths) for v in value]
     if t is bytes:
         return {"$bytes": _b64(value)}
     raise SnapshotError(f"{t.__name__} is not a Convex value")
@@ -227,12 +234,22 @@ def table_numbers(projection: Any, tables: list[str]) -> dict[str, int]:
     return out
 
 
-def _export_lines(projection: Any, table: str, ids: dict[str, int], counter: list[int]) -> Iterator[bytes]:
+def _export_chunks(projection: Any, table: str, ids: dict[str, int], counter: list[int]) -> Iterator[bytes]:
+    """documents.jsonl of `table`, in chunks of up to 1,000 lines."""
+    lengths = _id_lengths(ids)
+    dumps = orjson.dumps
+    lines: list[bytes] = []
     for raw in projection.iter_documents(table):
         doc = decode_doc(raw)
         doc["_creationTime"] = float(doc["_creationTime"])
-        counter[0] += 1
-        yield orjson.dumps(export_json(doc, ids)) + b"\n"
+        lines.append(dumps(export_json(doc, ids, lengths)))
+        if len(lines) >= 1000:
+            counter[0] += len(lines)
+            yield b"\n".join(lines) + b"\n"
+            lines = []
+    if lines:
+        counter[0] += len(lines)
+        yield b"\n".join(lines) + b"\n"
 
 
 async def export_convex_zip(data_dir: str | os.PathLike[str], out: str | os.PathLike[str], *, at: str | None = None,
@@ -274,8 +291,8 @@ async def export_convex_zip(data_dir: str | os.PathLike[str], out: str | os.Path
                     task = reporter.task(f"export {table}", projection.count(table))
                     count = [0]
                     with zf.open(f"{table}/documents.jsonl", "w", force_zip64=True) as f:  # may pass 2 GiB
-                        for line in _export_lines(projection, table, numbers, count):
-                            f.write(line)
+                        for chunk in _export_chunks(projection, table, numbers, count):
+                            f.write(chunk)
                     zf.writestr(f"{table}/generated_schema.jsonl", '"uniform"\n')
                     task.update(count[0])
                     task.finish()
