@@ -90,6 +90,7 @@ ask us in [Discord](http://convex.dev/community).
 """
 _DOCUMENTS = re.compile(r"^(?P<prefix>.*/)?(?P<table>[^/]+)/documents\.jsonl$")
 _SCHEMA = re.compile(r"^(?P<prefix>.*/)?(?P<table>[^/]+)/generated_schema\.jsonl$")
+_CONVEX_TABLE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 _STORAGE_FILE = re.compile(r"^(?:.*/)?_storage/[^/.]+(?:\.[^/]+)?$")
 
 
@@ -280,6 +281,11 @@ async def export_convex_zip(data_dir: str | os.PathLike[str], out: str | os.Path
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         try:
             tables = [t for t in projection.tables() if not t.startswith("_")]
+            bad = [t for t in tables if _CONVEX_TABLE_NAME.fullmatch(t) is None]
+            if bad:
+                raise SnapshotError(f"table name(s) Convex does not accept: {', '.join(map(repr, bad))} (a Convex "
+                                    "table name starts with a letter and has up to 64 ASCII letters, digits and "
+                                    "underscores)")
             numbers = table_numbers(projection, tables)
             report.numbers = numbers
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as zf:

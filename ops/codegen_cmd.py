@@ -124,10 +124,12 @@ def _render_tree(tree: dict[str, Any], indent: str) -> str:
 
 def api_d_ts(app: App) -> str:
     """The text of api.d.ts."""
-    return (HEADER + 'import type { FunctionReference } from "convex/server";\n'
-            'import type { Id } from "./dataModel";\n\n'
-            f"export declare const api: {_render_tree(_tree(app.functions, False), '')};\n\n"
+    body = (f"export declare const api: {_render_tree(_tree(app.functions, False), '')};\n\n"
             f"export declare const internal: {_render_tree(_tree(app.functions, True), '')};\n")
+    imports = 'import type { FunctionReference } from "convex/server";\n'
+    if "Id<" in body:
+        imports += 'import type { Id } from "./dataModel";\n'
+    return HEADER + imports + "\n" + body
 
 
 def api_js() -> str:

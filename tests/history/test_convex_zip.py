@@ -225,3 +225,12 @@ async def test_storage_files_go_to_the_blob_store_hook(tmp_path: Path) -> None:
         f"_storage/{other_id}": b"not the same bytes", "t/documents.jsonl": b""})
     with pytest.raises(SnapshotError, match="do not match the sha256"):
         await import_convex_zip(bad, tmp_path / "data2", blob_store=factory)
+
+
+async def test_export_refuses_table_names_convex_rejects(tmp_path: Path) -> None:
+    src = tmp_path / "in.zip"
+    write_convex_zip(src, {"café": [{"x": 1}]}, {})
+    await import_convex_zip(src, tmp_path / "data")
+    with pytest.raises(SnapshotError, match="table name.*'café'"):
+        await export_convex_zip(tmp_path / "data", tmp_path / "out.zip")
+    assert not (tmp_path / "out.zip").exists()
