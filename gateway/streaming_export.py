@@ -12,6 +12,7 @@ query parameters (GET) or a JSON body (POST), named as Convex names them
 * ``/api/json_schemas?deltaSchema=true&format=..`` — ``{table: JSON Schema}``
   from schema.py (open objects for tables without a validator): how the
   Airbyte connector finds the tables; ``/api/test_streaming_export_connection``.
+* ``/api/get_table_column_names`` — ``{"byComponent": {"": [{"name", "columns"}]}}``.
 * ``/api/document_deltas`` — ``cursor`` (a ts; start with the snapshot),
   ``tableName``, ``format`` — answers ``{"values", "cursor", "hasMore"}``:
   every write after ``cursor`` in commit order, whole transactions per page;
@@ -21,8 +22,10 @@ Each value is the document's fields plus ``_table``, ``_component`` (always
 ``""``), ``_ts`` (the commit ts; the snapshot's ts in list_snapshot) and, in
 deltas, ``_deleted``. ``format``: ``json`` (the default, Convex's clean JSON:
 int64 as a decimal string, bytes as base64), ``convex_encoded_json``
-(``{"$integer": ..}``) or ``export_json``. ``limit`` (a Tape extension) bounds
-a page (default `PAGE_SIZE`).
+(``{"$integer": ..}``) or ``export_json``. Instead of ``tableName``, a POST
+may send Convex's ``selection`` object (tables and columns to include or
+exclude; see `Selection`), as the Fivetran connector does. ``limit`` (a Tape
+extension) bounds a page (default `PAGE_SIZE`).
 
 Fed from the log: a snapshot at ts S is the live projection with every write
 after S undone — the documents written after S are taken from the ``prev``
@@ -131,14 +134,80 @@ def _limit(args: dict[str, Any]) -> int:
     return limit
 
 
-def _table_arg(args: dict[str, Any]) -> str | None:
-    table = args.get("tableName")
-    if table is not None and type(table) is not str:
-        raise StreamingExportError("InvalidArgument", "tableName: expected a string")
-    component = args.get("component")
-    if component not in (None, ""):
-        raise StreamingExportError("InvalidArgument", f"component {component!r}: Tape has only the root component")
-    return table or None
+_INCLUSION = {"included": True, "incl": True, "excluded": False, "excl": False}
+
+
+def _inclusion(value: Any, where: str) -> bool:
+    if type(value) is not str or value not in _INCLUSION:
+        raise StreamingExportError("InvalidSelection", f"{where}: expected \"included\" or \"excluded\", got {value!r}")
+    return _INCLUSION[value]
+
+
+class Selection:
+    """Which tables and columns to export: Convex's ``selection`` object, or ``tableName`` / ``component``.
+
+    ``{"_other": "included"|"excluded", "<component>": "excluded" | {"_other": .., "<table>": "excluded" |
+    {"_other": .., "<column>": "included"|"excluded"}}}``; Tape has only the root component ``""``.
+    """
+
+    def __init__(self, tables: dict[str, tuple[bool, dict[str, bool]] | None], other_tables: bool) -> None:
+        self.tables = tables  # table -> None (excluded) or (other columns included, {column: included})
+        self.other_tables = other_tables
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> "Selection":
+        """The selection a request asks for (everything when it names none)."""
+        if args.get("selection") is not None:
+            return cls._exact(args["selection"])
+        table = args.get("tableName", args.get("table_name"))
+        if table is not None and type(table) is not str:
+            raise StreamingExportError("InvalidArgument", "tableName: expected a string")
+        component = args.get("component")
+        if component not in (None, ""):
+            raise StreamingExportError("InvalidArgument", f"component {component!r}: Tape has only the root component")
+        if table:
+            return cls({table: (True, {})}, False)
+        return cls({}, True)
+
+    @classmethod
+    def _exact(cls, sel: Any) -> "Selection":
+        if type(sel) is not dict:
+            raise StreamingExportError("InvalidSelection", "selection: expected an object")
+        other_components = _inclusion(sel.get("_other", "included"), "selection._other")
+        root = sel.get("", "included" if other_components else "excluded")
+        if type(root) is str:
+            return cls({}, False) if not _inclusion(root, 'selection[""]') else cls({}, True)
+        if type(root) is not dict:
+            raise StreamingExportError("InvalidSelection", 'selection[""]: expected an object or "excluded"')
+        tables: dict[str, tuple[bool, dict[str, bool]] | None] = {}
+        for name, table_sel in root.items():
+            if name == "_other":
+                continue
+            where = f'selection[""].{name}'
+            if type(table_sel) is str:
+                tables[name] = (True, {}) if _inclusion(table_sel, where) else None
+            elif type(table_sel) is dict:
+                columns = {c: _inclusion(v, f"{where}.{c}") for c, v in table_sel.items() if c != "_other"}
+                tables[name] = (_inclusion(table_sel.get("_other", "included"), f"{where}._other"), columns)
+            else:
+                raise StreamingExportError("InvalidSelection", f"{where}: expected an object or \"excluded\"")
+        return cls(tables, _inclusion(root.get("_other", "included"), 'selection[""]._other'))
+
+    def includes(self, table: str) -> bool:
+        """Whether documents of `table` are exported."""
+        if table.startswith("_"):
+            return False
+        if table in self.tables:
+            return self.tables[table] is not None
+        return self.other_tables
+
+    def project(self, table: str, doc: dict[str, Any]) -> dict[str, Any]:
+        """`doc` with only the selected columns (``_id`` always stays)."""
+        rule = self.tables.get(table)
+        if rule is None or (rule[0] and not rule[1]):
+            return doc
+        other, columns = rule
+        return {k: v for k, v in doc.items() if k == "_id" or columns.get(k, other)}
 
 
 def _value(doc: dict[str, Any], table: str, ts: int, fmt: Callable[[Any], Any],
@@ -249,7 +318,7 @@ async def list_snapshot(request: web.Request) -> web.Response:
     try:
         args = await _args(request)
         fmt = _formatter(args.get("format"))
-        only = _table_arg(args)
+        selection = Selection.from_args(args)
         limit = _limit(args)
         cursor = _cursor_arg(args.get("cursor"))
         ts, undo = await _snapshot_state(request, _int_arg(args, "snapshot"))
@@ -257,9 +326,7 @@ async def list_snapshot(request: web.Request) -> web.Response:
         return _json({"code": exc.code, "message": str(exc)}, 400)
     # from here on nothing awaits: the projection and the undo map agree
     projection = node.runtime.projection
-    tables = sorted(t for t in set(projection.tables()) | set(undo) if not t.startswith("_"))
-    if only is not None:
-        tables = [t for t in tables if t == only]
+    tables = sorted(t for t in set(projection.tables()) | set(undo) if selection.includes(t))
     if cursor is not None:
         tables = [t for t in tables if t >= cursor[0]]
     values: list[dict[str, Any]] = []
@@ -271,7 +338,7 @@ async def list_snapshot(request: web.Request) -> web.Response:
             if len(values) >= limit:
                 has_more = True
                 break
-            values.append(_value(decode_doc(raw), table, ts, fmt))
+            values.append(_value(selection.project(table, decode_doc(raw)), table, ts, fmt))
             last = (table, doc_id)
         if has_more:
             break
@@ -290,7 +357,7 @@ async def document_deltas(request: web.Request) -> web.Response:
     try:
         args = await _args(request)
         fmt = _formatter(args.get("format"))
-        only = _table_arg(args)
+        selection = Selection.from_args(args)
         limit = _limit(args)
         cursor = _int_arg(args, "cursor")
         if cursor is None:
@@ -310,12 +377,13 @@ async def document_deltas(request: web.Request) -> web.Response:
                         has_more = True
                         break
                     for w in rec.writes:
-                        if w.table.startswith("_") or (only is not None and w.table != only):
+                        if not selection.includes(w.table):
                             continue
                         if w.doc is None:
                             values.append(_value({"_id": w.id}, w.table, rec.ts, fmt, deleted=True))
                         else:
-                            values.append(_value(decode_doc(w.doc), w.table, rec.ts, fmt, deleted=False))
+                            doc = selection.project(w.table, decode_doc(w.doc))
+                            values.append(_value(doc, w.table, rec.ts, fmt, deleted=False))
                     new_cursor = rec.ts
                 if has_more:
                     break
@@ -419,6 +487,32 @@ async def json_schemas(request: web.Request) -> web.Response:
     return _json(out)
 
 
+async def get_table_column_names(request: web.Request) -> web.Response:
+    """GET /api/get_table_column_names: ``{"byComponent": {"": [{"name", "columns"}]}}`` (the Fivetran connector).
+
+    Columns come from schema.py; for a table without a validator, from every
+    top-level field its documents hold.
+    """
+    node: Node = request.app[NODE_KEY]
+    if not node.admin.check(request.headers.get("Authorization")):
+        return _unauthorized()
+    schema = node.runtime.app.schema
+    projection = node.runtime.projection
+    out = []
+    for table in sorted(t for t in set(projection.tables()) | set(schema.tables) if not t.startswith("_")):
+        definition = schema.tables.get(table)
+        columns = ["_id", "_creationTime"]
+        if definition is not None and isinstance(definition.validator, _Object):
+            columns += [c for c in definition.validator.fields if c not in columns]
+        else:
+            seen: dict[str, None] = {}
+            for raw in projection.iter_documents(table):
+                seen.update(dict.fromkeys(decode_doc(raw)))
+            columns += sorted(c for c in seen if c not in columns)
+        out.append({"name": table, "columns": columns})
+    return _json({"byComponent": {"": out}})
+
+
 def add_routes(app: web.Application) -> None:
     """Install the streaming-export endpoints."""
     app[_UNDO] = OrderedDict()
@@ -427,6 +521,7 @@ def add_routes(app: web.Application) -> None:
         app.router.add_post(path, handler)
     app.router.add_get("/api/test_streaming_export_connection", test_connection)
     app.router.add_get("/api/json_schemas", json_schemas)
+    app.router.add_get("/api/get_table_column_names", get_table_column_names)
 
 
 __all__ = ["add_routes", "clean_json", "document_deltas", "list_snapshot"]

@@ -183,3 +183,27 @@ async def test_airbyte_connector_call_sequence(tmp_path: Path) -> None:
         assert records[0]["likes"] == {"$integer": "AAAAAAAAAAA="} and records[0]["_table"] == "messages"
         assert [v["body"] for v in records] == ["hello", "second"]  # the second arrives once, as a delta
         assert records[1]["_deleted"] is False and records[1]["_ts"] > records[0]["_ts"]
+
+
+async def test_fivetran_selection_and_column_names(deployment: Deployment) -> None:
+    """The Fivetran connector POSTs a `selection` object and asks for the column names."""
+    d = deployment
+    lid = await d.mutate("lists:create", {"name": "l"})
+    item = await d.mutate("lists:add", {"list_id": lid, "text": "x", "rank": 1})
+    selection = {"_other": "excluded", "": {"_other": "excluded",
+                                             "items": {"_other": "included", "text": "excluded", "_id": "excluded"}}}
+    page = await d.call("list_snapshot", post=True, selection=selection, format="convex_encoded_json")
+    assert [v["_table"] for v in page["values"]] == ["items"]
+    assert "text" not in page["values"][0] and page["values"][0]["_id"] == item and page["values"][0]["done"] is False
+    only_text = {"_other": "excluded", "": {"_other": "excluded", "items": {"_other": "excluded", "text": "included"}}}
+    deltas = await d.call("document_deltas", post=True, cursor=0, selection=only_text)
+    assert [sorted(k for k in v if not k.startswith("_") or k == "_id") for v in deltas["values"]] == [["_id", "text"]]
+    nothing = await d.call("list_snapshot", post=True, selection={"_other": "excluded"})
+    assert nothing["values"] == []
+    r = await d.client.post("/api/list_snapshot", json={"selection": {"": {"items": "maybe"}}}, headers=d.auth)
+    assert r.status == 400 and "items" in (await r.json())["message"]
+    r = await d.client.get("/api/get_table_column_names", headers=d.auth)
+    body = await r.json()
+    assert body == {"byComponent": {"": [
+        {"name": "items", "columns": ["_id", "_creationTime", "list_id", "text", "done", "rank", "tags"]},
+        {"name": "lists", "columns": ["_id", "_creationTime", "name"]}]}}
