@@ -15,6 +15,7 @@ NODE_MODULES = TESTS / "js" / "node_modules"
 
 APP_TS = """
 import { ConvexHttpClient } from "convex/browser";
+import { useMutation, useQuery } from "convex/react";
 import { api, internal } from "./convex/_generated/api";
 import type { DataModel, Doc, Id, TableNames } from "./convex/_generated/dataModel";
 
@@ -46,6 +47,15 @@ export async function main(client: ConvexHttpClient): Promise<void> {
   // @ts-expect-error an id of another table
   const other: Id<"notes"> = id;
   console.log(body, likes, n, kind, ratio, untyped, doc, note, table, purge, fields, wrong, other);
+}
+
+export function useFirstAuthor(channel: string): string | undefined {
+  const rows = useQuery(api.messages.list, { channel });  // typed: Array<{author, body, likes}> | undefined
+  const send = useMutation(api.messages.send);
+  void send({ channel, author: "me", body: "hi" });
+  // @ts-expect-error the React hooks check arguments too
+  useQuery(api.messages.list, { channel: 1 });
+  return rows?.[0]?.author;
 }
 """
 
