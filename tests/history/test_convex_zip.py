@@ -145,6 +145,8 @@ async def test_tape_to_zip_to_tape_keeps_every_document(tmp_path: Path) -> None:
         assert same_value(rt.run_query("values:get", {"key": "nested"}).value, VALUES["nested"])
     finally:
         await stop(rt)
+    past = await export_convex_zip(data, tmp_path / "past.zip", at="offset:1")  # as of the second commit
+    assert past.tables == {"cells": 2} and past.offset == 1
 
 
 async def test_bad_convex_exports_are_refused_with_the_place(tmp_path: Path) -> None:
