@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth",
-             "scheduler", "memory", "metrics")
+             "scheduler", "memory", "metrics", "migration")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
     "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
@@ -34,6 +34,7 @@ DESCRIPTIONS = {
     "scheduler": "10,000 jobs due at once vs the same mutations called directly; job lateness beside transfers",
     "memory": "server RSS over 10 minutes of the transfer workload (start, middle, end)",
     "metrics": "what counting for /metrics costs: per observation, and per WebSocket transfer (CPU share)",
+    "migration": "Convex snapshot ZIP export/import vs Tape's Avro snapshots, same documents",
 }
 
 
@@ -126,6 +127,11 @@ def run_memory(quick: bool, harness: Any) -> dict[str, Any]:
     """Issue 22: memory stays flat under steady load (RSS at end ≤ 1.2× the middle)."""
     from bench import memory_soak
     return memory_soak.run(quick, harness)
+def run_migration(quick: bool, harness: Any) -> dict[str, Any]:
+    """Issue 18: Convex snapshot ZIPs (out and in) against Tape's own snapshot format."""
+    from bench import migration_bench
+    harness.reporter.phase("migration: Convex ZIP vs Tape Avro export and import", 45 if quick else 240)
+    return migration_bench.run(quick)
 
 
 def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
@@ -145,6 +151,8 @@ def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
         return run_scheduler
     if name == "memory":
         return run_memory
+    if name == "migration":
+        return run_migration
     module = {"transfer": "bench.transfer", "baseline": "bench.sqlite_baseline",
               "reactivity": "bench.reactivity", "polling": "bench.polling", "metrics": "bench.metrics_cost"}[name]
     mod = __import__(module, fromlist=["run"])
@@ -195,6 +203,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
         if name == "metrics":
             from bench import metrics_cost
             return metrics_cost.headline(r)
+        if name == "migration":
+            from bench import migration_bench
+            return migration_bench.headline(r)
         if name == "log":
             lg, pj = r["log"], r["projection"]
             text = (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "

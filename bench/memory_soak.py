@@ -2,8 +2,10 @@
 
     python -m bench.memory_soak [--seconds 600] [--quick]
 
-A Tape server on the bank example app (FileLog + RocksDB, the defaults) takes transfers from 64 HTTP
-clients for the whole run. Reported: the server's RSS at the start of the measured run (after a warm-up),
+A Tape server on the bank example app (FileLog + RocksDB, the defaults) takes transfers from 64
+WebSocket clients (the official sync protocol) for the whole run. Each mutation over the sync protocol also
+writes its `_requests` memo (the exactly-once answer, kept 24 h), so every mutation adds a new document:
+the caches of committed documents and scans fill to their budgets and must stay there. Reported: the server's RSS at the start of the measured run (after a warm-up),
 in the middle and at the end, the end / middle ratio (goal <= 1.2: memory levels off instead of growing
 with the number of mutations), the mutations committed, and the growth per mutation between the middle
 and the end.
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Harness, Zipf, harness_for
-from bench.transfer import CLIENTS, drive_http
+from bench.transfer import CLIENTS, drive_ws
 
 GOAL_RATIO = 1.2
 
@@ -60,7 +62,7 @@ def run(quick: bool = False, harness: Harness | None = None, *, seconds: float |
         committed_before = _committed(tape.url)
 
         async def both() -> dict[str, Any]:
-            drive = drive_http(tape.url, pairs, CLIENTS, seconds, warmup)
+            drive = drive_ws(tape.port, pairs, CLIENTS, seconds, warmup)
             result, _ = await asyncio.gather(drive, _sample(tape.server.pid, seconds + warmup, 1.0, samples))
             return result
 

@@ -212,6 +212,12 @@ def comparisons(w: dict[str, Any]) -> list[dict[str, Any]]:
                          late["lateness_p99_ms"], "target", late["goal_p99_ms"], "ms", "≤ 50 ms",
                          late["lateness_p99_ms"] <= late["goal_p99_ms"],
                          note=f"transfers {late['transfer_ratio']:.2f}× of their rate without the jobs"))
+    mig = w.get("migration")
+    if mig:
+        for kind in ("export", "import"):
+            rows.append(_row("migration", f"Convex snapshot ZIP {kind}, {mig['documents']:,} documents: docs/s",
+                             mig[f"convex_{kind}_docs_per_s"], f"Tape Avro snapshot {kind}",
+                             mig[f"tape_{kind}_docs_per_s"], "docs/s"))
     if log:
         rows.append(_row("log", "FileLog durable appends/s ÷ raw fsyncs/s (64 appenders)", log["append_per_s"],
                          "raw write+fdatasync", log["fsync_per_s"], "per s"))

@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config import NODE_KEY, ServerConfig
 from gateway.cors import cors_middleware
-from gateway import admin_api, dashboard_api, health, http_api, metrics, replica
+from gateway import admin_api, dashboard_api, health, http_api, metrics, replica, streaming_export
 from gateway.node import Node
 from gateway.site import build_site_app, site_port
 from gateway.sync_session import handle_sync
@@ -43,6 +43,7 @@ def build_app(node: Node) -> web.Application:
     replica.add_internal_routes(app)  # committer-only, admin-key protected
     admin_api.add_routes(app)
     dashboard_api.add_routes(app)  # /_dashboard and the admin endpoints it uses
+    streaming_export.add_routes(app)  # /api/list_snapshot, /api/document_deltas (admin key)
     health.add_routes(app)  # GET /health: 200 or 503 with role, state, offset, lag
     metrics.add_routes(app, node)  # GET /metrics, admin key required
     static = node.config.static_dir or (node.config.app_dir / "public")

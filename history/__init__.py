@@ -13,4 +13,6 @@ One concept per module, each built on `values`, `log` and `projections` only:
 * `history.sinks`    — where change events go: JSON lines, Avro container files, Kafka.
 * `history.stream`   — the change-stream export loop, its resumable position and start offsets.
 * `history.snapshot` — consistent snapshots of every table as Avro files, and importing them.
+* `history.convex_ids` — Convex document ids, and their one-to-one mapping to Tape ids.
+* `history.convex_zip` — Convex snapshot ZIPs: export to `npx convex import`, import of `npx convex export`.
 """

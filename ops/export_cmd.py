@@ -2,6 +2,8 @@
 
     tape export --data DATA_DIR --out DIR|FILE.zip [--at TIME] [--include-system] [--codec deflate|null]
     tape import DIR|FILE.zip --data NEW_DATA_DIR
+    tape export --data DATA_DIR --out FILE.zip --format convex-zip [--at TIME]
+    tape import CONVEX_EXPORT.zip --data NEW_DATA_DIR      (a `npx convex export` ZIP; see ops.convex_zip_cmd)
 
 A snapshot is every table at one log position (the end of the log, or --at
 TIME; a server may keep running: the log is read as a follower and the state
@@ -35,15 +37,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 from rich.console import Console
 
+from history.convex_zip import is_convex_zip
 from history.errors import RestoreError, SnapshotError
 from history.points import format_ns
 from history.progress import Reporter
 from history.snapshot import ExportReport, ImportReport, export_snapshot, import_snapshot
 from log.errors import LogError
+from ops import convex_zip_cmd
 from ops.errors import CliError
 from ops.help import HelpFormatter
 from ops.restore_cmd import RichReporter
@@ -56,6 +61,7 @@ table plus manifest.json. A server may keep running while you export.
 
   tape export --data DATA_DIR --out snap/                  # the state now
   tape export --data DATA_DIR --out snap.zip --at 2026-11-23T18:30:00Z
+  tape export --data DATA_DIR --out convex.zip --format convex-zip   # for `npx convex import`
 """
 
 IMPORT_HELP = """\
@@ -63,6 +69,7 @@ Build a new data directory from a snapshot written by `tape export`, then serve 
 with `tape serve APP_DIR --data NEW_DATA_DIR`.
 
   tape import snap/ --data NEW_DATA_DIR
+  tape import convex_export.zip --data NEW_DATA_DIR      # a ZIP from `npx convex export`
 """
 
 
@@ -75,10 +82,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--at", help="export the state as of this time (ISO-8601, ts in ns, ts:N, offset:N; default: now)")
     p.add_argument("--include-system", action="store_true", help="also export system tables (_requests)")
     p.add_argument("--codec", choices=["deflate", "null"], default="deflate", help="Avro block codec")
+    p.add_argument("--format", choices=["tape", "convex-zip"], default="tape",
+                   help="tape: Avro files + manifest.json; convex-zip: a snapshot ZIP `npx convex import` reads")
     p.set_defaults(func=cmd_export)
     q = subparsers.add_parser("import", help="build a new deployment from a snapshot made by `tape export`",
                               description=IMPORT_HELP, formatter_class=HelpFormatter)
-    q.add_argument("snapshot", help="a directory or .zip written by `tape export`")
+    q.add_argument("snapshot", help="a directory or .zip written by `tape export`, or a Convex snapshot ZIP")
+    q.add_argument("--format", choices=["auto", "tape", "convex-zip"], default="auto",
+                   help="auto: a ZIP without manifest.json but with <table>/documents.jsonl is a Convex export")
     q.add_argument("--data", required=True, help="the new data directory (must not exist or be empty)")
     q.set_defaults(func=cmd_import)
 
@@ -95,6 +106,9 @@ def _run(coro: Callable[[Reporter], Awaitable[Any]]) -> Any:
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Run `tape export` (see the module docstring)."""
+    if args.format == "convex-zip":
+        convex_zip_cmd.export_convex(args, _run)
+        return
     report: ExportReport = _run(lambda r: export_snapshot(args.data, args.out, at=args.at,
                                                           include_system=args.include_system, codec=args.codec,
                                                           reporter=r))
@@ -108,6 +122,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     """Run `tape import` (see the module docstring)."""
+    if args.format == "convex-zip" or (args.format == "auto" and is_convex_zip(Path(args.snapshot))):
+        convex_zip_cmd.import_convex(args, _run)
+        return
     report: ImportReport = _run(lambda r: import_snapshot(args.snapshot, args.data, reporter=r))
     out = Console(highlight=False, soft_wrap=True)
     out.print(f"[bold green]Imported[/] {report.documents} document(s) in {len(report.tables)} table(s) into "
