@@ -51,6 +51,8 @@ async def test_env_vars_through_the_log_ctx_env_restore_and_replica(tmp_path: Pa
         assert status == 200 and body["variables"] == [{"name": "GREETING", "value": "hi"},
                                                        {"name": "SIGNATURE", "value": "ops"}]
         set_offset = body["offset"]
+        status, body = await _post(http, url, "/api/admin/env", {"set": {"GREETING": "hi"}}, key)
+        assert status == 200 and body["offset"] == set_offset  # nothing changed: nothing logged
         # The next call of every kind sees the change, without a restart.
         assert await _call(http, url, "query", "messages:greeting", {}) == "hi, 2 variable(s)"
         mid = await _call(http, url, "mutation", "messages:send_signed", {"body": "x"})
