@@ -5,11 +5,15 @@ mutation commits, edits a document, runs an internal function (and sees it on
 the Logs page), cancels a scheduled job, sets an environment variable that a
 function then reads, moves the History slider to before a delete and sees the
 deleted rows, restores that moment into a new directory and serves it with
-`tape serve`. Saves a screenshot of each page into docs/screenshots/.
+`tape serve`. Saves a screenshot of each page into $TAPE_SCREENSHOTS (docs/screenshots/ holds the
+README's: `TAPE_SCREENSHOTS=docs/screenshots pytest tests/gateway/test_dashboard_browser.py`), or a temporary
+directory when unset.
 """
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
@@ -18,7 +22,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOTS = ROOT / "docs" / "screenshots"
+SHOTS = Path(os.environ.get("TAPE_SCREENSHOTS") or tempfile.mkdtemp(prefix="tape-shots-"))
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
