@@ -1,0 +1,700 @@
+"""Full-text search indexes: tantivy indexes kept as projections of the log.
+
+A search index on ``table`` (``search_field`` plus equality ``filter_fields``)
+is one tantivy index in ``<projection dir>/search/<table>/<index>/``. It is
+fed by `Projection` in log order, with the documents (`SearchIndexes.apply`),
+and holds, for every live document, its id, the tokens of its search field
+and one raw term per filter field (the field's `encode_value_key`, in hex).
+
+**Commits run off the event loop.** A tantivy commit fsyncs (tens of ms), so
+applying a record only queues its writes; a worker thread adds them to the
+tantivy writer and commits every `COMMIT_INTERVAL` seconds. Until then the
+written documents are *pending*: a reader takes the committed searcher and
+the pending ids together (`candidates`), asks tantivy for `limit + pending`
+hits, drops the pending ones from them and re-checks each pending document
+against its own view of the data (`matches`, `bm25`). That makes a search
+exact at any snapshot: the committed searcher may be older or newer than the
+reader, and every document that differs between the two is in the pending
+set or among the documents the reader's snapshot says were written after it.
+
+**Durability and recovery.** Each commit also stores the projection offset it
+covers (in a meta document, atomically with the commit). An index whose
+offset is not the projection's applied offset when the projection is opened
+(after a crash, a copied checkpoint, a restore) is rebuilt from the
+projection's documents; `close` commits at the applied offset, so a clean
+shutdown reopens without a rebuild.
+
+**Backfill.** A new index (a schema change, or a rebuild as above) is filled
+from the stored documents in chunks, under the lock the apply path takes
+around its RocksDB write, so a chunk never overwrites a newer version of a
+document; while it runs, searches get `SearchIndexBuilding` with the progress.
+
+**Read sets** (`doc_search_keys`, `query_search_ranges`): a key space of its
+own (leading byte ``s``): ``s + table + index + mask + filter values + token``
+for each token of a document and each combination of its filter fields, so a
+subscription reads the points (exact terms) and prefix ranges (the last
+term) of its own filter values, and a write re-runs only the subscriptions
+whose terms it contains, old or new version.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import orjson
+import tantivy
+
+from .errors import IndexCatalogError, ProjectionError
+from .keys import UNDEFINED, encode_string_key, encode_value_key, prefix_successor
+
+log = logging.getLogger("tape.search")
+
+SEARCH_DIR = "search"
+SEARCH_KEY = b"s"
+"""Leading byte of the read-set keys of search indexes (see `doc_search_keys`)."""
+MAX_RESULTS = 1024
+"""At most this many results per search query, as in Convex."""
+COMMIT_INTERVAL = 0.25
+"""Seconds between tantivy commits while writes are pending."""
+PREFIX_EXPANSIONS = 32
+"""The last query term matches at most this many indexed terms it is a prefix of (the most frequent)."""
+MAX_QUEUED = 50_000
+"""Queued writes beyond which the apply path waits for the worker (back-pressure)."""
+BACKFILL_CHUNK = 256
+MAX_MASKED_FILTERS = 4
+"""Up to this many filter fields, read-set keys are written for every combination of them."""
+_META_ID = "\x00meta"
+_WRITER_HEAP = 48_000_000
+_K1 = 1.2
+_B = 0.75
+
+_TOKEN = re.compile(r"[^\W_]+")
+_MAX_TOKEN_BYTES = 40
+
+
+class SearchIndexBuilding(ProjectionError):
+    """A search query against an index still being backfilled."""
+
+
+class SearchError(ProjectionError):
+    """A search index cannot be read or written (names the index)."""
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """One search index: its table and name, the text field, and the filter fields."""
+
+    table: str
+    name: str
+    search_field: str
+    filter_fields: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"search_field": self.search_field, "filter_fields": list(self.filter_fields)}
+
+
+SearchCatalog = dict[str, dict[str, dict[str, Any]]]
+
+
+def is_search_entry(value: Any) -> bool:
+    """Whether an index catalog entry is a search index (a mapping with ``search_field``)."""
+    return isinstance(value, Mapping) and "search_field" in value
+
+
+def split_catalog(indexes: Mapping[str, Mapping[str, Any]] | None) -> tuple[dict[str, dict[str, Any]], SearchCatalog]:
+    """(ordinary index catalog, search catalog) of a catalog holding both kinds of entries."""
+    plain: dict[str, dict[str, Any]] = {}
+    search: SearchCatalog = {}
+    for table, per in (indexes or {}).items():
+        if not isinstance(per, Mapping):
+            plain[table] = per  # type: ignore[assignment]  # normalize_catalog reports it
+            continue
+        for name, value in per.items():
+            if is_search_entry(value):
+                search.setdefault(table, {})[name] = value
+            else:
+                plain.setdefault(table, {})[name] = value
+    return plain, search
+
+
+def normalize_search_catalog(search: Mapping[str, Mapping[str, Any]]) -> SearchCatalog:
+    """Validate a search catalog; returns a sorted plain copy (raises `IndexCatalogError`)."""
+    out: SearchCatalog = {}
+    for table in sorted(search):
+        for name in sorted(search[table]):
+            entry = search[table][name]
+            field = entry.get("search_field")
+            filters = entry.get("filter_fields", [])
+            where = f"{table}.{name}"
+            if type(name) is not str or not name or name.startswith("_"):
+                raise IndexCatalogError(f"{where}: invalid search index name")
+            if type(field) is not str or not field:
+                raise IndexCatalogError(f"{where}: search_field must be a non-empty field name")
+            if isinstance(filters, (str, bytes)) or not all(type(f) is str and f for f in filters):
+                raise IndexCatalogError(f"{where}: filter_fields must be a list of field names")
+            if len(set(filters)) != len(filters) or field in filters:
+                raise IndexCatalogError(f"{where}: filter_fields repeat a field: {list(filters)}")
+            out.setdefault(table, {})[name] = {"search_field": field, "filter_fields": list(filters)}
+    return out
+
+
+def specs_of(catalog: SearchCatalog) -> list[SearchSpec]:
+    return [SearchSpec(t, n, e["search_field"], tuple(e["filter_fields"]))
+            for t, per in sorted(catalog.items()) for n, e in sorted(per.items())]
+
+
+# --- text ----------------------------------------------------------------------------------
+
+
+def tokenize(text: str) -> list[str]:
+    """The terms tantivy's default analyzer makes of `text` (alphanumeric runs under 40 bytes, lowercased)."""
+    return [t.lower() for t in _TOKEN.findall(text) if len(t.encode()) < _MAX_TOKEN_BYTES]
+
+
+def filter_term(value: Any) -> str:
+    """The indexed term of a filter field's value (equal values, equal terms: `encode_value_key`)."""
+    return encode_value_key(value).hex()
+
+
+def _field(doc: Mapping[str, Any], path: str) -> Any:
+    v: Any = doc
+    for part in path.split("."):
+        if type(v) is not dict:
+            return UNDEFINED
+        v = v.get(part, UNDEFINED)
+    return v
+
+
+def doc_text(spec: SearchSpec, doc: Mapping[str, Any]) -> str:
+    """The searchable text of `doc` (empty unless its search field is a string)."""
+    v = _field(doc, spec.search_field)
+    return v if type(v) is str else ""
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """A parsed search: terms matched exactly, the last one also as a prefix, and filter equalities."""
+
+    terms: tuple[str, ...]
+    filters: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, text: str, filters: Iterable[tuple[str, Any]] = ()) -> "SearchQuery":
+        terms = tuple(dict.fromkeys(tokenize(text)))
+        return cls(terms, tuple(filters))
+
+    @property
+    def prefix(self) -> str | None:
+        return self.terms[-1] if self.terms else None
+
+    def matches(self, spec: SearchSpec, doc: Mapping[str, Any]) -> list[str] | None:
+        """The tokens of `doc` if it matches (filters equal, a term present or the prefix extended), else None."""
+        for name, value in self.filters:
+            if filter_term(_field(doc, name)) != filter_term(value):
+                return None
+        tokens = tokenize(doc_text(spec, doc))
+        if not self.terms:
+            return None
+        present = set(tokens)
+        prefix = self.terms[-1]
+        if any(t in present for t in self.terms) or any(t.startswith(prefix) for t in present):
+            return tokens
+        return None
+
+
+# --- read-set keys --------------------------------------------------------------------------
+
+
+def _masks(n: int) -> list[tuple[int, ...]]:
+    if n <= MAX_MASKED_FILTERS:
+        return [c for k in range(n + 1) for c in itertools.combinations(range(n), k)]
+    return [()] + [(i,) for i in range(n)]
+
+
+def _base(spec: SearchSpec, positions: tuple[int, ...], values: list[Any]) -> bytes:
+    mask = sum(1 << i for i in positions)
+    return (SEARCH_KEY + encode_string_key(spec.table) + encode_string_key(spec.name) + mask.to_bytes(2, "big")
+            + b"".join(encode_value_key(values[i]) for i in positions))
+
+
+def search_prefix(spec: SearchSpec) -> bytes:
+    """The prefix of every read-set key of `spec` (its bucket)."""
+    return SEARCH_KEY + encode_string_key(spec.table) + encode_string_key(spec.name)
+
+
+def doc_search_keys(spec: SearchSpec, doc: Mapping[str, Any]) -> list[bytes]:
+    """The read-set keys a write of `doc` (old or new version) touches in `spec`."""
+    tokens = set(tokenize(doc_text(spec, doc)))
+    if not tokens:
+        return []
+    values = [_field(doc, f) for f in spec.filter_fields]
+    out = []
+    for positions in _masks(len(spec.filter_fields)):
+        base = _base(spec, positions, values)
+        out.extend(base + t.encode() for t in tokens)
+    return out
+
+
+def query_search_ranges(spec: SearchSpec, query: SearchQuery) -> list[tuple[bytes, bytes]]:
+    """The read-set ranges of `query`: a point per exact term, a prefix range for the last one."""
+    if not query.terms:
+        return []
+    index_of = {f: i for i, f in enumerate(spec.filter_fields)}
+    given = {index_of[name]: value for name, value in query.filters}
+    positions = tuple(sorted(given))
+    if positions not in set(_masks(len(spec.filter_fields))):
+        positions = positions[:1]
+    values = [given.get(i) for i in range(len(spec.filter_fields))]
+    base = _base(spec, positions, values)
+    ranges = [(base + t.encode(), base + t.encode() + b"\x00") for t in query.terms[:-1]]
+    last = base + query.terms[-1].encode()
+    ranges.append((last, prefix_successor(last)))
+    return ranges
+
+
+# --- scoring ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SearchStats:
+    """What a pending document's score needs from the committed index: documents and term frequencies."""
+
+    searcher: Any
+    field: str
+    num_docs: int
+
+    def idf(self, term: str) -> float:
+        df = self.searcher.doc_freq(self.field, term) if self.num_docs else 0
+        n = max(self.num_docs, 1)
+        return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+
+
+def bm25(query: SearchQuery, tokens: list[str], stats: SearchStats) -> float:
+    """BM25 of a (pending) document's tokens, as tantivy scores the query (document length taken as average)."""
+    counts: dict[str, int] = {}
+    for t in tokens:
+        counts[t] = counts.get(t, 0) + 1
+    scored = set(query.terms)
+    prefix = query.terms[-1] if query.terms else None
+    if prefix is not None:
+        scored.update(t for t in counts if t.startswith(prefix))
+    score = 0.0
+    for term in scored:
+        tf = counts.get(term, 0)
+        if tf:
+            score += stats.idf(term) * tf * (_K1 + 1) / (tf + _K1)
+    return score
+
+
+# --- the indexes ----------------------------------------------------------------------------
+
+
+class _Index:
+    """One tantivy index and its state (committed searcher, pending ids, build progress)."""
+
+    def __init__(self, spec: SearchSpec, path: str) -> None:
+        self.spec = spec
+        self.path = path
+        builder = tantivy.SchemaBuilder()
+        builder.add_text_field("_id", stored=True, tokenizer_name="raw", index_option="basic")
+        builder.add_text_field("_meta", stored=True, tokenizer_name="raw", index_option="basic")
+        builder.add_text_field("body", tokenizer_name="default", index_option="freq")
+        self.filter_names = [f"f{i}" for i in range(len(spec.filter_fields))]
+        for name in self.filter_names:
+            builder.add_text_field(name, tokenizer_name="raw", index_option="basic")
+        self.schema = builder.build()
+        os.makedirs(path, exist_ok=True)
+        self.index = tantivy.Index(self.schema, path=path, reuse=True)
+        self.index.config_reader("Manual")
+        self.writer = self.index.writer(heap_size=_WRITER_HEAP, num_threads=1)
+        self.searcher = self.index.searcher()
+        self.offset = self._stored_offset()
+        self.pending: dict[str, int] = {}  # document id -> offset of its last write not yet committed
+        self.building: tuple[int, int] | None = None  # (documents done, documents in the table) while backfilling
+
+    def _stored_offset(self) -> int | None:
+        """The projection offset of the last commit (None: never committed)."""
+        hits = self.searcher.search(tantivy.Query.term_query(self.schema, "_id", _META_ID), 1, count=False).hits
+        if not hits:
+            return None
+        meta = orjson.loads(self.searcher.doc(hits[0][1])["_meta"][0])
+        if meta.get("spec") != self.spec.as_json():
+            return None
+        return int(meta["offset"])
+
+    def stage(self, doc_id: str, doc: Mapping[str, Any] | None, delete: bool) -> None:
+        if delete:
+            self.writer.delete_documents_by_term("_id", doc_id)
+        if doc is None:
+            return
+        fields: dict[str, Any] = {"_id": doc_id, "body": doc_text(self.spec, doc)}
+        for name, path in zip(self.filter_names, self.spec.filter_fields):
+            fields[name] = filter_term(_field(doc, path))
+        self.writer.add_document(tantivy.Document(**fields))
+
+    def commit(self, offset: int) -> Any:
+        """Commit at projection offset `offset`; returns the new searcher."""
+        self.writer.delete_documents_by_term("_id", _META_ID)
+        meta = orjson.dumps({"offset": offset, "spec": self.spec.as_json()}).decode()
+        self.writer.add_document(tantivy.Document(_id=_META_ID, _meta=meta))
+        self.writer.commit()
+        self.index.reload()
+        return self.index.searcher()
+
+    def release(self) -> None:
+        """Stop the writer (its merges finish) and free the index's lock."""
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.wait_merging_threads()
+
+    def query(self, searcher: Any, q: SearchQuery) -> Any:
+        """The tantivy query for `q` against `searcher` (whose term dictionary expands the prefix)."""
+        schema = self.schema
+        term = tantivy.Query.term_query
+        words = list(q.terms)
+        prefix = q.terms[-1]
+        expansions = searcher.terms_with_prefix("body", prefix, limit=PREFIX_EXPANSIONS)
+        words.extend(t for t, _n in expansions if t not in q.terms)
+        should = tantivy.Query.boolean_query([(tantivy.Occur.Should, term(schema, "body", w)) for w in words])
+        if not q.filters:
+            return should
+        position = {f: i for i, f in enumerate(self.spec.filter_fields)}
+        must = [(tantivy.Occur.Must, should)]
+        for name, value in q.filters:
+            must.append((tantivy.Occur.Must, term(schema, self.filter_names[position[name]], filter_term(value))))
+        return tantivy.Query.boolean_query(must)
+
+
+@dataclass
+class Candidates:
+    """A search's answer from the committed index: hits, and the documents the reader must re-check."""
+
+    hits: list[tuple[float, str]]
+    suspects: set[str]
+    stats: SearchStats
+
+
+class SearchIndexes:
+    """The search indexes of one projection, their worker thread and the lock around applies.
+
+    `docs_of(table, after_id, n)` yields up to `n` (id, document) pairs of
+    `table` in id order after `after_id` (None: from the start) — the
+    projection's stored documents, for backfills.
+    """
+
+    def __init__(self, root: str, docs_of: Callable[[str, str | None, int], list[tuple[str, dict[str, Any]]]],
+                 count_of: Callable[[str], int]) -> None:
+        self.root = root
+        self._docs_of = docs_of
+        self._count_of = count_of
+        self.lock = threading.RLock()  # held around a projection write and the queueing of its documents
+        self._cond = threading.Condition(threading.Lock())
+        self._queue: list[tuple[_Index, str, Any, bool] | tuple[_Index, None, int, bool]] = []
+        self._indexes: dict[tuple[str, str], _Index] = {}
+        self._by_table: dict[str, list[_Index]] = {}
+        self._applied = -1
+        self._queued_offset = -1  # applied offset as of the last queued write
+        self._bulk = False
+        self._flush_wanted = 0
+        self._flushed = 0
+        self._closing = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._backfills: list[threading.Thread] = []
+
+    # -- catalog -------------------------------------------------------------------------
+
+    @property
+    def tables(self) -> dict[str, list[_Index]]:
+        return self._by_table
+
+    def specs(self) -> list[SearchSpec]:
+        return [i.spec for i in self._indexes.values()]
+
+    def install(self, specs: list[SearchSpec], applied_offset: int, background: bool) -> None:
+        """Open, create or drop indexes so they are exactly `specs`; rebuild any not at `applied_offset`."""
+        self._applied = self._queued_offset = applied_offset
+        wanted = {(s.table, s.name): s for s in specs}
+        if any(wanted.get(key) != idx.spec for key, idx in self._indexes.items()):
+            self.flush()  # the worker is done with the indexes about to be dropped
+        with self.lock:
+            for key, idx in list(self._indexes.items()):
+                if wanted.get(key) != idx.spec:
+                    self._drop(key)
+            fresh = []
+            for key, spec in wanted.items():
+                if key in self._indexes:
+                    continue
+                path = os.path.join(self.root, _dir_name(spec.table), _dir_name(spec.name))
+                idx = self._open(spec, path)
+                if idx.offset != applied_offset:
+                    if idx.offset is not None:
+                        log.info("search index %s.%s is at offset %s, the projection at %d: rebuilding it",
+                                 spec.table, spec.name, idx.offset, applied_offset)
+                    idx.writer.delete_all_documents()
+                    idx.building = (0, self._count_of(spec.table))
+                    fresh.append(idx)
+                self._indexes[key] = idx
+                self._by_table.setdefault(spec.table, []).append(idx)
+        if self._indexes:
+            self._start()
+        for idx in fresh:
+            if background:
+                t = threading.Thread(target=self._backfill, args=(idx,), name=f"tape-search-backfill-{idx.spec.name}",
+                                     daemon=True)
+                self._backfills.append(t)
+                t.start()
+            else:
+                self._backfill(idx)
+        if fresh and not background:
+            self.flush()
+
+    def _open(self, spec: SearchSpec, path: str) -> _Index:
+        try:
+            return _Index(spec, path)
+        except (ValueError, OSError, KeyError) as exc:
+            log.warning("search index %s.%s at %s is unreadable (%s): recreating it", spec.table, spec.name, path, exc)
+            shutil.rmtree(path, ignore_errors=True)
+            return _Index(spec, path)
+
+    def _drop(self, key: tuple[str, str]) -> None:
+        idx = self._indexes.pop(key)
+        self._by_table[idx.spec.table].remove(idx)
+        if not self._by_table[idx.spec.table]:
+            del self._by_table[idx.spec.table]
+        with self._cond:
+            self._queue = [op for op in self._queue if op[0] is not idx]
+        idx.release()
+        shutil.rmtree(idx.path, ignore_errors=True)
+
+    # -- writing -------------------------------------------------------------------------
+
+    def apply(self, writes: Iterable[tuple[int, str, str, bytes | None]], last_offset: int, fresh: bool,
+              decode: Callable[[bytes], dict[str, Any]]) -> None:
+        """Queue the writes (offset, table, id, new encoding or None) of applied records, then `last_offset`.
+
+        Call with `lock` held, right after the projection's own write.
+        `fresh`: the projection was empty before this replay, so an insert
+        needs no delete of an older version.
+        """
+        by_table = self._by_table
+        ops = []
+        for off, table, doc_id, raw in writes:
+            indexes = by_table.get(table)
+            if not indexes:
+                continue
+            doc = decode(raw) if raw is not None else None
+            for idx in indexes:
+                idx.pending[doc_id] = off
+                ops.append((idx, doc_id, doc, not fresh or idx.building is not None))
+        self._applied = last_offset
+        if ops:
+            with self._cond:
+                self._queue.extend(ops)
+                self._queued_offset = last_offset
+                self._cond.notify()
+            if len(self._queue) > MAX_QUEUED:
+                self._wait_drained()
+        else:
+            self._queued_offset = last_offset
+
+    def _wait_drained(self) -> None:
+        with self._cond:
+            while len(self._queue) > MAX_QUEUED // 2 and self._error is None and self._thread is not None:
+                self._cond.wait(0.05)
+
+    def bulk(self, on: bool) -> None:
+        """During a replay: commit only at the end (`flush` when it is turned off)."""
+        self._bulk = on
+        if not on:
+            self.flush()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until everything queued so far is committed (at the applied offset)."""
+        if self._thread is None:
+            return
+        with self._cond:
+            self._flush_wanted += 1
+            wanted = self._flush_wanted
+            self._cond.notify()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self._flushed < wanted and self._error is None and self._thread is not None:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise SearchError(f"{self.root}: search indexes did not commit within {timeout}s")
+                self._cond.wait(0.1 if remaining is None else min(0.1, remaining))
+        self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise SearchError(f"{self.root}: the search index worker failed: {self._error}") from self._error
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tape-search", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        last_commit = time.monotonic()
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closing and self._flush_wanted == self._flushed:
+                        due = COMMIT_INTERVAL - (time.monotonic() - last_commit)
+                        if any(i.pending for i in self._indexes.values()) and not self._bulk and due <= 0:
+                            break
+                        self._cond.wait(max(due, 0.01) if due > 0 else COMMIT_INTERVAL)
+                    ops, self._queue = self._queue, []
+                    offset = self._queued_offset
+                    flush = self._flush_wanted
+                    closing = self._closing
+                    self._cond.notify_all()
+                touched = set()
+                for idx, doc_id, doc, delete in ops:
+                    if doc_id is None:  # a finished backfill
+                        continue
+                    idx.stage(doc_id, doc, delete)
+                    touched.add(idx)
+                now = time.monotonic()
+                want_commit = flush != self._flushed or closing or (
+                    not self._bulk and now - last_commit >= COMMIT_INTERVAL)
+                if want_commit:
+                    self._commit_all(offset, ops)
+                    last_commit = time.monotonic()
+                    with self._cond:
+                        self._flushed = flush
+                        self._cond.notify_all()
+                    if closing:
+                        return
+        except BaseException as exc:  # reported to every later caller
+            log.exception("search index worker failed")
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    def _commit_all(self, offset: int, ops: list[Any]) -> None:
+        finished = {op[0] for op in ops if op[1] is None}
+        for idx in list(self._indexes.values()):
+            if idx.building is not None and idx not in finished:
+                continue  # committed when its backfill ends
+            if not idx.pending and idx.offset == offset and idx not in finished:
+                continue
+            searcher = idx.commit(offset)
+            with self.lock:  # the searcher and the pending ids change together (see `candidates`)
+                idx.searcher = searcher
+                idx.offset = offset
+                idx.pending = {k: v for k, v in idx.pending.items() if v > offset}
+                if idx in finished:
+                    idx.building = None
+                    log.info("search index %s.%s built", idx.spec.table, idx.spec.name)
+
+    def _backfill(self, idx: _Index) -> None:
+        """Queue every stored document of the index's table (in chunks, under `lock`), then its end."""
+        after: str | None = None
+        done = 0
+        try:
+            while True:
+                with self.lock:
+                    if self._indexes.get((idx.spec.table, idx.spec.name)) is not idx:
+                        return  # dropped meanwhile
+                    chunk = self._docs_of(idx.spec.table, after, BACKFILL_CHUNK)
+                    with self._cond:
+                        self._queue.extend((idx, doc_id, doc, True) for doc_id, doc in chunk)
+                        if not chunk:
+                            self._queue.append((idx, None, 0, False))
+                        self._cond.notify()
+                if not chunk:
+                    return
+                after = chunk[-1][0]
+                done += len(chunk)
+                idx.building = (done, max(self._count_of(idx.spec.table), done))
+                if len(self._queue) > MAX_QUEUED:
+                    self._wait_drained()
+        except BaseException as exc:
+            log.exception("backfilling search index %s.%s failed", idx.spec.table, idx.spec.name)
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    # -- reading -------------------------------------------------------------------------
+
+    def spec(self, table: str, name: str) -> SearchSpec:
+        idx = self._indexes.get((table, name))
+        if idx is None:
+            raise KeyError(f"{table}.{name}: no such search index")
+        return idx.spec
+
+    def candidates(self, table: str, name: str, query: SearchQuery, limit: int,
+                   extra: Callable[[], Iterable[str]] | None = None) -> Candidates:
+        """Top hits of the committed index plus the pending ids (which the caller must re-check).
+
+        `extra()` (called once the searcher is taken) adds ids the caller's
+        view may hold differently (a snapshot's documents written after it).
+        Asks tantivy for as many more hits than `limit` as there are such
+        ids, and leaves them out of `hits`.
+        """
+        self._raise_error()
+        idx = self._indexes.get((table, name))
+        if idx is None:
+            raise KeyError(f"{table}.{name}: no such search index")
+        with self.lock:
+            building = idx.building
+            searcher = idx.searcher
+            suspects = set(idx.pending)
+        if extra is not None:
+            suspects.update(extra())
+        if building is not None:
+            done, total = building
+            pct = 100.0 * done / total if total else 0.0
+            raise SearchIndexBuilding(
+                f"search index {table}.{name} is still building: {done:,} of {total:,} documents ({pct:.0f}%); "
+                "retry when it is done")
+        stats = SearchStats(searcher, "body", searcher.num_docs)
+        if not query.terms or limit <= 0:
+            return Candidates([], suspects, stats)
+        q = idx.query(searcher, query)
+        result = searcher.search(q, limit + len(suspects), count=False)
+        hits = []
+        for score, address in result.hits:
+            doc_id = searcher.doc(address)["_id"][0]
+            if doc_id not in suspects and doc_id != _META_ID:
+                hits.append((score, doc_id))
+        return Candidates(hits[:limit], suspects, stats)
+
+    def progress(self) -> dict[str, Any]:
+        """Per index: building progress or ready, committed offset and pending writes."""
+        return {f"{i.spec.table}.{i.spec.name}": {"building": i.building, "offset": i.offset,
+                                                  "pending": len(i.pending)} for i in self._indexes.values()}
+
+    def close(self) -> None:
+        """Commit what is queued (at the applied offset) and stop the worker."""
+        for t in self._backfills:
+            t.join()
+        thread = self._thread
+        if thread is None:
+            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        thread.join()
+        self._thread = None
+        for idx in self._indexes.values():
+            idx.release()
+
+
+def _dir_name(name: str) -> str:
+    """A directory name for a table or index name (names are letters, digits and '_')."""
+    return re.sub(r"[^A-Za-z0-9_]", lambda m: f"%{ord(m.group()):02x}", name)
+
+
+def iter_hits(hits: Iterable[tuple[float, str]]) -> Iterator[str]:
+    for _score, doc_id in hits:
+        yield doc_id
