@@ -72,6 +72,7 @@ BACKFILL_CHUNK = 256
 MAX_MASKED_FILTERS = 4
 """Up to this many filter fields, read-set keys are written for every combination of them."""
 _META_ID = "\x00meta"
+_FRESH_MASK = (1 << 24) - 1
 _WRITER_HEAP = 48_000_000
 _K1 = 1.2
 _B = 0.75
@@ -403,6 +404,7 @@ class SearchIndexes:
         self._applied = -1
         self._queued_offset = -1  # applied offset as of the last queued write
         self._bulk = False
+        self._fresh_seen: bytearray | None = None
         self._flush_wanted = 0
         self._flushed = 0
         self._closing = False
@@ -487,14 +489,27 @@ class SearchIndexes:
         """
         by_table = self._by_table
         ops = []
+        seen = None
+        if fresh:  # ids written during this replay (a filter: a false "maybe" costs one needless delete)
+            seen = self._fresh_seen
+            if seen is None:
+                seen = self._fresh_seen = bytearray(_FRESH_MASK + 1)
+        else:
+            self._fresh_seen = None
         for off, table, doc_id, raw in writes:
             indexes = by_table.get(table)
             if not indexes:
                 continue
             doc = decode(raw) if raw is not None else None
+            if seen is None:
+                delete = True
+            else:
+                h = hash(doc_id) & _FRESH_MASK
+                delete = bool(seen[h])
+                seen[h] = 1
             for idx in indexes:
                 idx.pending[doc_id] = off
-                ops.append((idx, doc_id, doc, not fresh or idx.building is not None))
+                ops.append((idx, doc_id, doc, delete or idx.building is not None))
         self._applied = last_offset
         if ops:
             with self._cond:
@@ -544,30 +559,33 @@ class SearchIndexes:
 
     def _run(self) -> None:
         last_commit = time.monotonic()
+        dirty: set[_Index] = set()  # indexes with writes staged since their last commit
+        finished: set[_Index] = set()  # indexes whose backfill is all staged
         try:
             while True:
                 with self._cond:
                     while not self._queue and not self._closing and self._flush_wanted == self._flushed:
                         due = COMMIT_INTERVAL - (time.monotonic() - last_commit)
-                        if any(i.pending for i in self._indexes.values()) and not self._bulk and due <= 0:
+                        if (dirty or finished) and not self._bulk and due <= 0:
                             break
-                        self._cond.wait(max(due, 0.01) if due > 0 else COMMIT_INTERVAL)
+                        self._cond.wait(due if due > 0 else COMMIT_INTERVAL)
                     ops, self._queue = self._queue, []
                     offset = self._queued_offset
                     flush = self._flush_wanted
                     closing = self._closing
                     self._cond.notify_all()
-                touched = set()
                 for idx, doc_id, doc, delete in ops:
-                    if doc_id is None:  # a finished backfill
+                    if doc_id is None:  # the end of a backfill
+                        finished.add(idx)
                         continue
                     idx.stage(doc_id, doc, delete)
-                    touched.add(idx)
-                now = time.monotonic()
+                    dirty.add(idx)
                 want_commit = flush != self._flushed or closing or (
-                    not self._bulk and now - last_commit >= COMMIT_INTERVAL)
+                    not self._bulk and (dirty or finished) and time.monotonic() - last_commit >= COMMIT_INTERVAL)
                 if want_commit:
-                    self._commit_all(offset, ops)
+                    self._commit_all(offset, finished)
+                    dirty.clear()
+                    finished.clear()
                     last_commit = time.monotonic()
                     with self._cond:
                         self._flushed = flush
@@ -580,8 +598,7 @@ class SearchIndexes:
                 self._error = exc
                 self._cond.notify_all()
 
-    def _commit_all(self, offset: int, ops: list[Any]) -> None:
-        finished = {op[0] for op in ops if op[1] is None}
+    def _commit_all(self, offset: int, finished: set[_Index]) -> None:
         for idx in list(self._indexes.values()):
             if idx.building is not None and idx not in finished:
                 continue  # committed when its backfill ends
