@@ -63,7 +63,9 @@ class Node:
         self.log = open_log(location, read_only=True) if replica_of_file_log else open_log(location)
         await self.log.open()
         try:
-            self.projection = Projection(self.config.projection_dir, self.app.schema.index_catalog())
+            # Search indexes backfill on a thread: the server serves meanwhile (searches say how far it got).
+            self.projection = Projection(self.config.projection_dir, self.app.schema.index_catalog(),
+                                         background_search_backfill=True)
         except ProjectionError:
             raise
         except Exception as exc:  # RocksDB reports damage as a plain Exception

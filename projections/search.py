@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import orjson
+from orjson import dumps as _dumps
 import tantivy
 
 from .errors import IndexCatalogError, ProjectionError
@@ -73,7 +74,8 @@ MAX_MASKED_FILTERS = 4
 """Up to this many filter fields, read-set keys are written for every combination of them."""
 _META_ID = "\x00meta"
 _FRESH_MASK = (1 << 24) - 1
-_WRITER_HEAP = 48_000_000
+_WRITER_HEAP = 64_000_000
+_WRITER_THREADS = 1
 _K1 = 1.2
 _B = 0.75
 
@@ -161,8 +163,9 @@ def tokenize(text: str) -> list[str]:
 
 
 def filter_term(value: Any) -> str:
-    """The indexed term of a filter field's value (equal values, equal terms: `encode_value_key`)."""
-    return encode_value_key(value).hex()
+    """The indexed term of a filter field's value: equal values, equal terms (a string as itself after "s";
+    any other value as its `encode_value_key` in hex after "x")."""
+    return ("s" + value) if type(value) is str else "x" + encode_value_key(value).hex()
 
 
 def _field(doc: Mapping[str, Any], path: str) -> Any:
@@ -309,13 +312,15 @@ class _Index:
         builder.add_text_field("_meta", stored=True, tokenizer_name="raw", index_option="basic")
         builder.add_text_field("body", tokenizer_name="default", index_option="freq")
         self.filter_names = [f"f{i}" for i in range(len(spec.filter_fields))]
+        self._top_field = spec.search_field if "." not in spec.search_field else None
+        self._filters = [(n, f, "." not in f) for n, f in zip(self.filter_names, spec.filter_fields)]
         for name in self.filter_names:
             builder.add_text_field(name, tokenizer_name="raw", index_option="basic")
         self.schema = builder.build()
         os.makedirs(path, exist_ok=True)
         self.index = tantivy.Index(self.schema, path=path, reuse=True)
         self.index.config_reader("Manual")
-        self.writer = self.index.writer(heap_size=_WRITER_HEAP, num_threads=1)
+        self.writer = self.index.writer(heap_size=_WRITER_HEAP, num_threads=_WRITER_THREADS)
         self.searcher = self.index.searcher()
         self.offset = self._stored_offset()
         self.pending: dict[str, int] = {}  # document id -> offset of its last write not yet committed
@@ -336,10 +341,12 @@ class _Index:
             self.writer.delete_documents_by_term("_id", doc_id)
         if doc is None:
             return
-        fields: dict[str, Any] = {"_id": doc_id, "body": doc_text(self.spec, doc)}
-        for name, path in zip(self.filter_names, self.spec.filter_fields):
-            fields[name] = filter_term(_field(doc, path))
-        self.writer.add_document(tantivy.Document(**fields))
+        text = doc.get(self._top_field, "") if self._top_field is not None else doc_text(self.spec, doc)
+        fields: dict[str, Any] = {"_id": doc_id, "body": text if type(text) is str else ""}
+        for name, path, top in self._filters:
+            v = doc.get(path, UNDEFINED) if top else _field(doc, path)
+            fields[name] = ("s" + v) if type(v) is str else filter_term(v)
+        self.writer.add_json(_dumps(fields).decode())
 
     def commit(self, offset: int) -> Any:
         """Commit at projection offset `offset`; returns the new searcher."""
