@@ -186,9 +186,11 @@ async def _transfers(accounts: int, seconds: float, data: Path) -> dict[str, Any
     return out
 
 
-def transfers_beside_search(projection: Projection, schema: Any, corpus: Corpus, quick: bool) -> dict[str, Any]:
+def transfers_beside_search(projection: Projection, schema: Any, corpus: Corpus, quick: bool,
+                            seconds: float | None = None) -> dict[str, Any]:
     """Engine transfers alone, then with a paced search load in a thread of the same process."""
-    accounts, seconds = (5_000, 3.0) if quick else (20_000, 8.0)
+    accounts, default_seconds = (5_000, 3.0) if quick else (20_000, 8.0)
+    seconds = seconds or default_seconds
     queries = [corpus.query() for _ in range(2000)]
     runs: dict[str, Any] = {}
     for label in ("alone", "with_search", "alone_again"):
@@ -240,7 +242,7 @@ class _Collector:
         pass
 
 
-async def subscribers(corpus: Corpus, data: Path, quick: bool) -> dict[str, Any]:
+async def subscribers(corpus: Corpus, data: Path, quick: bool, samples: int | None = None) -> dict[str, Any]:
     """1,000 search subscriptions on a runtime; new matching messages timed from call to update."""
     from gateway.subscriptions import SubscriptionManager
     app = App.load(APP_DIR)
@@ -266,7 +268,7 @@ async def subscribers(corpus: Corpus, data: Path, quick: bool) -> dict[str, Any]
             if qid % 100 == 99:
                 await asyncio.sleep(0)
         latencies = []
-        samples = 100 if quick else 500
+        samples = samples or (100 if quick else 500)
         for i in range(samples):
             qid = corpus.rng.randrange(len(words))
             collector.arrived.clear()
@@ -290,8 +292,11 @@ async def subscribers(corpus: Corpus, data: Path, quick: bool) -> dict[str, Any]
         await log.close()
 
 
-def run(quick: bool = False, harness: Any = None, n: int | None = None, work_dir: Path | None = None) -> dict[str, Any]:
-    """All four parts; `n` documents (default 20,000 quick, 1,000,000 full)."""
+def run(quick: bool = False, harness: Any = None, n: int | None = None, work_dir: Path | None = None,
+        transfer_seconds: float | None = None, samples: int | None = None) -> dict[str, Any]:
+    """All four parts; `n` documents (default 20,000 quick, 1,000,000 full).
+
+    `transfer_seconds` and `samples` shorten the transfer runs and the subscriber samples (smoke tests)."""
     n = n or (20_000 if quick else 1_000_000)
     report = getattr(harness, "reporter", None)
 
@@ -320,7 +325,7 @@ def run(quick: bool = False, harness: Any = None, n: int | None = None, work_dir
             "met": n / t_search >= GOALS["build_docs_per_s"],
         }
         phase("search: two-term top-10 queries, Tape and SQLite FTS5")
-        queries = [corpus.query() for _ in range(300 if quick else 2000)]
+        queries = [corpus.query() for _ in range(min(300 if quick else 2000, max(n // 10, 60)))]
         time_queries(lambda t: tape_search(projection, schema, t), queries[:50])  # warm up
         tape_lat, tape_found = time_queries(lambda t: tape_search(projection, schema, t), queries)
         time_queries(lambda t: sqlite_search(db, t), queries[:50])
@@ -331,12 +336,12 @@ def run(quick: bool = False, harness: Any = None, n: int | None = None, work_dir
                                and out["query"]["tape"]["p99_ms"] <= GOALS["query_p99_ms"])
         db.close()
         phase("search: transfers alone and beside a search load")
-        out["beside"] = transfers_beside_search(projection, schema, corpus, quick)
+        out["beside"] = transfers_beside_search(projection, schema, corpus, quick, transfer_seconds)
         projection.close()
         phase("search: 1,000 search subscriptions, commit → update")
         sub_dir = root / "subs"
         sub_dir.mkdir()
-        out["subscribers"] = asyncio.run(subscribers(corpus, sub_dir, quick))
+        out["subscribers"] = asyncio.run(subscribers(corpus, sub_dir, quick, samples))
     return out
 
 
