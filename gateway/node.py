@@ -74,6 +74,9 @@ class Node:
                 f"from the log: tape doctor --data {self.config.data_dir} --rebuild-projection") from None
         self.runtime = Runtime(self.app, self.log, self.projection, self.config.limits, role=self.config.role)
         self.subscriptions = SubscriptionManager(self.runtime)
+        # A search index built in the background: searches that said "still building" now answer.
+        main_loop = asyncio.get_running_loop()
+        self.projection.on_search_ready(lambda: main_loop.call_soon_threadsafe(self.refresh_subscriptions))
         await self.runtime.start()
         if self.config.role == "replica":
             await start_replica(self)  # tails the log, forwards mutations
@@ -138,6 +141,13 @@ class Node:
         fresh = self.app.reload()
         self.runtime.install_app(fresh)
         self.app = fresh
+        self.refresh_subscriptions()
+        return [fn.summary() for fn in fresh.functions.values()]
+
+    def refresh_subscriptions(self) -> None:
+        """Re-run every live query and send the changed results (after a reload, or a search index built)."""
+        if self.subscriptions is None or self.runtime is None:
+            return
         changed = self.subscriptions.refresh_all()
         ts = self.runtime.projection.applied_ts
         per_session: dict[int, tuple[Any, list[Any]]] = {}
@@ -146,7 +156,6 @@ class Node:
                 per_session.setdefault(id(subscriber), (subscriber, []))[1].append((qid, shared))
         for subscriber, updates in per_session.values():
             subscriber.deliver(updates, ts)
-        return [fn.summary() for fn in fresh.functions.values()]
 
     async def _watch_app(self) -> None:
         while True:

@@ -418,6 +418,8 @@ class SearchIndexes:
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._backfills: list[threading.Thread] = []
+        #: called (on the worker thread) when an index finishes building: searches that failed may now succeed
+        self.on_ready: list[Callable[[], None]] = []
 
     # -- catalog -------------------------------------------------------------------------
 
@@ -455,15 +457,17 @@ class SearchIndexes:
                 self._by_table.setdefault(spec.table, []).append(idx)
         if self._indexes:
             self._start()
+        waited = False
         for idx in fresh:
-            if background:
+            if background and idx.building is not None and idx.building[1] > 0:
                 t = threading.Thread(target=self._backfill, args=(idx,), name=f"tape-search-backfill-{idx.spec.name}",
                                      daemon=True)
                 self._backfills.append(t)
                 t.start()
-            else:
+            else:  # here and now (an empty table costs one commit)
                 self._backfill(idx)
-        if fresh and not background:
+                waited = True
+        if waited:
             self.flush()
 
     def _open(self, spec: SearchSpec, path: str) -> _Index:
@@ -619,6 +623,12 @@ class SearchIndexes:
                 if idx in finished:
                     idx.building = None
                     log.info("search index %s.%s built", idx.spec.table, idx.spec.name)
+            if idx in finished:
+                for callback in list(self.on_ready):
+                    try:
+                        callback()
+                    except Exception:
+                        log.exception("search index ready callback failed")
 
     def _backfill(self, idx: _Index) -> None:
         """Queue every stored document of the index's table (in chunks, under `lock`), then its end."""

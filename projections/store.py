@@ -484,6 +484,10 @@ class Projection:
         """Per search index: whether it is building (documents done, total), its committed offset, pending writes."""
         return self._search.progress()
 
+    def on_search_ready(self, callback: Any) -> None:
+        """Call `callback()` (from a worker thread) whenever a search index finishes building."""
+        self._search.on_ready.append(callback)
+
     def bulk_search(self, on: bool) -> None:
         """While replaying many records: commit search indexes only at the end (when turned off)."""
         self._search.bulk(on)
