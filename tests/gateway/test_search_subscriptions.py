@@ -60,3 +60,18 @@ async def test_search_subscription_reactivity(make_runtime) -> None:
     runs, updates = await step("messages:remove", {"id": ids[0]})
     assert runs == 1 and updates[0] == ["wonderful words"]
     manager.close()
+
+
+async def test_time_travel_answers_a_search_as_of_the_past(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tests.gateway.served_node import served_node
+    async with served_node(tmp_path / "data", "search") as (node, _url):
+        rt = node.runtime
+        first = (await rt.run_mutation("messages:send", {"body": "early bird", "channel": "a"}))
+        await rt.run_mutation("messages:send", {"body": "early riser", "channel": "a"})
+        msg_id = first.value
+        await rt.run_mutation("messages:edit", {"id": msg_id, "body": "late bird"})
+        assert rt.run_query("messages:search", {"text": "early"}).value == ["early riser"]
+        past = await node.query_at("messages:search", {"text": "early"}, first.ts, None, admin=True)
+        assert past == ["early bird"]
+        past = await node.query_at("messages:search", {"text": "bird"}, first.ts, None, admin=True)
+        assert past == ["early bird"]
