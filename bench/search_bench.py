@@ -50,7 +50,7 @@ BANK_DIR = Path(__file__).resolve().parents[1] / "examples" / "bank"
 VOCABULARY = 20_000
 WORDS_PER_DOC = 20
 CHANNELS = 10
-RECORD_DOCS = 200
+RECORD_DOCS = 20
 SEARCH_RATE = 50.0  # queries/s of the search load run beside the transfers
 GOALS = {"build_docs_per_s": 20_000, "query_p50_ms": 5.0, "query_p99_ms": 20.0, "transfer_slowdown": 0.10,
          "subscriber_p99_ms": 20.0}
@@ -95,9 +95,9 @@ async def write_log(path: Path, corpus: Corpus, n: int) -> list[tuple[str, str]]
     docs = []
     clock = 1_700_000_000_000.0
     try:
-        for start in range(0, n, RECORD_DOCS * 50):
+        for start in range(0, n, RECORD_DOCS * 500):
             records = []
-            for first in range(start, min(start + RECORD_DOCS * 50, n), RECORD_DOCS):
+            for first in range(start, min(start + RECORD_DOCS * 500, n), RECORD_DOCS):
                 writes = []
                 for _ in range(first, min(first + RECORD_DOCS, n)):
                     body, channel = corpus.body(), f"c{corpus.rng.randrange(CHANNELS)}"
