@@ -415,6 +415,7 @@ class SearchIndexes:
         self._flush_wanted = 0
         self._flushed = 0
         self._closing = False
+        self._stopping = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
         self._backfills: list[threading.Thread] = []
@@ -637,8 +638,8 @@ class SearchIndexes:
         try:
             while True:
                 with self.lock:
-                    if self._indexes.get((idx.spec.table, idx.spec.name)) is not idx:
-                        return  # dropped meanwhile
+                    if self._indexes.get((idx.spec.table, idx.spec.name)) is not idx or self._stopping:
+                        return  # dropped meanwhile, or closing (the next open starts it again)
                     chunk = self._docs_of(idx.spec.table, after, BACKFILL_CHUNK)
                     with self._cond:
                         self._queue.extend((idx, doc_id, doc, True) for doc_id, doc in chunk)
@@ -709,7 +710,8 @@ class SearchIndexes:
                                                   "pending": len(i.pending)} for i in self._indexes.values()}
 
     def close(self) -> None:
-        """Commit what is queued (at the applied offset) and stop the worker."""
+        """Commit what is queued (at the applied offset) and stop the worker (and any backfill, unfinished)."""
+        self._stopping = True
         for t in self._backfills:
             t.join()
         thread = self._thread
