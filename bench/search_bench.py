@@ -242,7 +242,8 @@ class _Collector:
         pass
 
 
-async def subscribers(corpus: Corpus, data: Path, quick: bool, samples: int | None = None) -> dict[str, Any]:
+async def subscribers(corpus: Corpus, data: Path, quick: bool, samples: int | None = None,
+                      count: int = 1000) -> dict[str, Any]:
     """1,000 search subscriptions on a runtime; new matching messages timed from call to update."""
     from gateway.subscriptions import SubscriptionManager
     app = App.load(APP_DIR)
@@ -255,10 +256,11 @@ async def subscribers(corpus: Corpus, data: Path, quick: bool, samples: int | No
     await runtime.start()
     manager = SubscriptionManager(runtime)
     try:
-        for _ in range(200 if quick else 2000):
-            await runtime.run_mutation("messages:send", {"body": corpus.body(), "channel": "c0"})
+        for _ in range(10 if samples else 100 if quick else 1000):
+            await runtime.run_mutation("messages:send_many", {"items": [
+                {"body": corpus.body(), "channel": "c0"} for _ in range(20)]})
         projection.flush_search()
-        words = corpus.words[5000:6000]  # each word its own subscription: "word" (matched as a prefix)
+        words = corpus.words[5000:5000 + count]  # each word its own subscription: "word" (matched as a prefix)
         collector = _Collector()
         subscribe_times = []
         for qid, word in enumerate(words):
@@ -293,10 +295,10 @@ async def subscribers(corpus: Corpus, data: Path, quick: bool, samples: int | No
 
 
 def run(quick: bool = False, harness: Any = None, n: int | None = None, work_dir: Path | None = None,
-        transfer_seconds: float | None = None, samples: int | None = None) -> dict[str, Any]:
+        transfer_seconds: float | None = None, samples: int | None = None, subscriptions: int = 1000) -> dict[str, Any]:
     """All four parts; `n` documents (default 20,000 quick, 1,000,000 full).
 
-    `transfer_seconds` and `samples` shorten the transfer runs and the subscriber samples (smoke tests)."""
+    `transfer_seconds`, `samples` and `subscriptions` shorten the transfer runs and the subscriber part (smoke tests)."""
     n = n or (20_000 if quick else 1_000_000)
     report = getattr(harness, "reporter", None)
 
@@ -341,7 +343,7 @@ def run(quick: bool = False, harness: Any = None, n: int | None = None, work_dir
         phase("search: 1,000 search subscriptions, commit → update")
         sub_dir = root / "subs"
         sub_dir.mkdir()
-        out["subscribers"] = asyncio.run(subscribers(corpus, sub_dir, quick, samples))
+        out["subscribers"] = asyncio.run(subscribers(corpus, sub_dir, quick, samples, subscriptions))
     return out
 
 
