@@ -54,6 +54,7 @@ from orjson import dumps as _dumps
 import tantivy
 
 from .errors import IndexCatalogError, ProjectionError
+from .index_catalog import decode_stored
 from .keys import UNDEFINED, encode_string_key, encode_value_key, prefix_successor
 
 log = logging.getLogger("tape.search")
@@ -74,6 +75,7 @@ MAX_MASKED_FILTERS = 4
 """Up to this many filter fields, read-set keys are written for every combination of them."""
 _META_ID = "\x00meta"
 _FRESH_MASK = (1 << 24) - 1
+_FORMAT = 2  # the tantivy schema's layout; an index of another format is rebuilt
 _WRITER_HEAP = 64_000_000
 _WRITER_THREADS = 1
 _K1 = 1.2
@@ -163,9 +165,11 @@ def tokenize(text: str) -> list[str]:
 
 
 def filter_term(value: Any) -> str:
-    """The indexed term of a filter field's value: equal values, equal terms (a string as itself after "s";
-    any other value as its `encode_value_key` in hex after "x")."""
-    return ("s" + value) if type(value) is str else "x" + encode_value_key(value).hex()
+    """The indexed term of a filter field's value, equal for equal values: a string is itself (unless it
+    starts with NUL), any other value its `encode_value_key` in hex after a NUL."""
+    if type(value) is str and value[:1] != "\x00":
+        return value
+    return "\x00" + encode_value_key(value).hex()
 
 
 def _field(doc: Mapping[str, Any], path: str) -> Any:
@@ -310,10 +314,14 @@ class _Index:
         builder = tantivy.SchemaBuilder()
         builder.add_text_field("_id", stored=True, tokenizer_name="raw", index_option="basic")
         builder.add_text_field("_meta", stored=True, tokenizer_name="raw", index_option="basic")
-        builder.add_text_field("body", tokenizer_name="default", index_option="freq")
-        self.filter_names = [f"f{i}" for i in range(len(spec.filter_fields))]
-        self._top_field = spec.search_field if "." not in spec.search_field else None
+        # Top-level fields keep their own names (so a stored document's JSON can be indexed as it is, see
+        # `payload`); a dotted path gets a name no document field can have (they never start with "_").
+        top = "." not in spec.search_field
+        self.text_name = spec.search_field if top else "_text"
+        builder.add_text_field(self.text_name, tokenizer_name="default", index_option="freq")
+        self.filter_names = [f if "." not in f else f"_f{i}" for i, f in enumerate(spec.filter_fields)]
         self._filters = [(n, f, "." not in f) for n, f in zip(self.filter_names, spec.filter_fields)]
+        self._raw_ok = top and all(t for _n, _f, t in self._filters)
         for name in self.filter_names:
             builder.add_text_field(name, tokenizer_name="raw", index_option="basic")
         self.schema = builder.build()
@@ -332,26 +340,40 @@ class _Index:
         if not hits:
             return None
         meta = orjson.loads(self.searcher.doc(hits[0][1])["_meta"][0])
-        if meta.get("spec") != self.spec.as_json():
+        if meta.get("spec") != self.spec.as_json() or meta.get("format") != _FORMAT:
             return None
         return int(meta["offset"])
 
-    def stage(self, doc_id: str, doc: Mapping[str, Any] | None, delete: bool) -> None:
+    def payload(self, doc_id: str, doc: Mapping[str, Any], raw: bytes | None) -> str:
+        """The JSON tantivy indexes for `doc`: its stored encoding `raw` itself when its search field is a
+        string (or missing) and its filter values are strings (tantivy ignores the other fields), else
+        the fields built here."""
+        if raw is not None and self._raw_ok:
+            text = doc.get(self.text_name)
+            if text is None or type(text) is str:
+                for name, _path, _top in self._filters:
+                    v = doc.get(name)
+                    if v is not None and (type(v) is not str or v[:1] == "\x00"):
+                        break
+                else:
+                    return raw.decode()
+        text = _field(doc, self.spec.search_field)
+        fields: dict[str, Any] = {"_id": doc_id, self.text_name: text if type(text) is str else ""}
+        for name, path, _top in self._filters:
+            fields[name] = filter_term(_field(doc, path))
+        return _dumps(fields).decode()
+
+    def stage(self, doc_id: str, payload: str | None, delete: bool) -> None:
+        """Queue in tantivy's writer: the delete of the document's older version, then its new one (`payload`)."""
         if delete:
             self.writer.delete_documents_by_term("_id", doc_id)
-        if doc is None:
-            return
-        text = doc.get(self._top_field, "") if self._top_field is not None else doc_text(self.spec, doc)
-        fields: dict[str, Any] = {"_id": doc_id, "body": text if type(text) is str else ""}
-        for name, path, top in self._filters:
-            v = doc.get(path, UNDEFINED) if top else _field(doc, path)
-            fields[name] = ("s" + v) if type(v) is str else filter_term(v)
-        self.writer.add_json(_dumps(fields).decode())
+        if payload is not None:
+            self.writer.add_json(payload)
 
     def commit(self, offset: int) -> Any:
         """Commit at projection offset `offset`; returns the new searcher."""
         self.writer.delete_documents_by_term("_id", _META_ID)
-        meta = orjson.dumps({"offset": offset, "spec": self.spec.as_json()}).decode()
+        meta = orjson.dumps({"offset": offset, "spec": self.spec.as_json(), "format": _FORMAT}).decode()
         self.writer.add_document(tantivy.Document(_id=_META_ID, _meta=meta))
         self.writer.commit()
         self.index.reload()
@@ -369,9 +391,9 @@ class _Index:
         term = tantivy.Query.term_query
         words = list(q.terms)
         prefix = q.terms[-1]
-        expansions = searcher.terms_with_prefix("body", prefix, limit=PREFIX_EXPANSIONS)
+        expansions = searcher.terms_with_prefix(self.text_name, prefix, limit=PREFIX_EXPANSIONS)
         words.extend(t for t, _n in expansions if t not in q.terms)
-        should = tantivy.Query.boolean_query([(tantivy.Occur.Should, term(schema, "body", w)) for w in words])
+        should = tantivy.Query.boolean_query([(tantivy.Occur.Should, term(schema, self.text_name, w)) for w in words])
         if not q.filters:
             return should
         position = {f: i for i, f in enumerate(self.spec.filter_fields)}
@@ -393,12 +415,12 @@ class Candidates:
 class SearchIndexes:
     """The search indexes of one projection, their worker thread and the lock around applies.
 
-    `docs_of(table, after_id, n)` yields up to `n` (id, document) pairs of
+    `docs_of(table, after_id, n)` yields up to `n` (id, stored encoding) pairs of
     `table` in id order after `after_id` (None: from the start) — the
     projection's stored documents, for backfills.
     """
 
-    def __init__(self, root: str, docs_of: Callable[[str, str | None, int], list[tuple[str, dict[str, Any]]]],
+    def __init__(self, root: str, docs_of: Callable[[str, str | None, int], list[tuple[str, bytes]]],
                  count_of: Callable[[str], int]) -> None:
         self.root = root
         self._docs_of = docs_of
@@ -474,7 +496,7 @@ class SearchIndexes:
     def _open(self, spec: SearchSpec, path: str) -> _Index:
         try:
             return _Index(spec, path)
-        except (ValueError, OSError, KeyError) as exc:
+        except Exception as exc:  # tantivy reports a damaged or foreign index as ValueError or plain Exception
             log.warning("search index %s.%s at %s is unreadable (%s): recreating it", spec.table, spec.name, path, exc)
             shutil.rmtree(path, ignore_errors=True)
             return _Index(spec, path)
@@ -491,8 +513,7 @@ class SearchIndexes:
 
     # -- writing -------------------------------------------------------------------------
 
-    def apply(self, writes: Iterable[tuple[int, str, str, bytes | None]], last_offset: int, fresh: bool,
-              decode: Callable[[bytes], dict[str, Any]]) -> None:
+    def apply(self, writes: Iterable[tuple[int, str, str, bytes | None]], last_offset: int, fresh: bool) -> None:
         """Queue the writes (offset, table, id, new encoding or None) of applied records, then `last_offset`.
 
         Call with `lock` held, right after the projection's own write.
@@ -512,7 +533,6 @@ class SearchIndexes:
             indexes = by_table.get(table)
             if not indexes:
                 continue
-            doc = decode(raw) if raw is not None else None
             if seen is None:
                 delete = True
             else:
@@ -521,7 +541,7 @@ class SearchIndexes:
                 seen[h] = 1
             for idx in indexes:
                 idx.pending[doc_id] = off
-                ops.append((idx, doc_id, doc, delete or idx.building is not None))
+                ops.append((idx, doc_id, raw, delete or idx.building is not None))
         self._applied = last_offset
         if ops:
             with self._cond:
@@ -586,11 +606,11 @@ class SearchIndexes:
                     flush = self._flush_wanted
                     closing = self._closing
                     self._cond.notify_all()
-                for idx, doc_id, doc, delete in ops:
+                for idx, doc_id, raw, delete in ops:
                     if doc_id is None:  # the end of a backfill
                         finished.add(idx)
                         continue
-                    idx.stage(doc_id, doc, delete)
+                    idx.stage(doc_id, None if raw is None else idx.payload(doc_id, decode_stored(raw), raw), delete)
                     dirty.add(idx)
                 want_commit = flush != self._flushed or closing or (
                     not self._bulk and (dirty or finished) and time.monotonic() - last_commit >= COMMIT_INTERVAL)
@@ -642,7 +662,7 @@ class SearchIndexes:
                         return  # dropped meanwhile, or closing (the next open starts it again)
                     chunk = self._docs_of(idx.spec.table, after, BACKFILL_CHUNK)
                     with self._cond:
-                        self._queue.extend((idx, doc_id, doc, True) for doc_id, doc in chunk)
+                        self._queue.extend((idx, doc_id, raw, True) for doc_id, raw in chunk)
                         if not chunk:
                             self._queue.append((idx, None, 0, False))
                         self._cond.notify()
@@ -692,7 +712,7 @@ class SearchIndexes:
             raise SearchIndexBuilding(
                 f"search index {table}.{name} is still building: {done:,} of {total:,} documents ({pct:.0f}%); "
                 "retry when it is done")
-        stats = SearchStats(searcher, "body", searcher.num_docs)
+        stats = SearchStats(searcher, idx.text_name, searcher.num_docs)
         if not query.terms or limit <= 0:
             return Candidates([], suspects, stats)
         q = idx.query(searcher, query)

@@ -254,7 +254,7 @@ class Projection:
         with search.lock:  # a search backfill reads documents under it (see projections.search)
             fresh = self._seen is not None
             self._commit(batch, counts, last_off, last_ts)
-            search.apply([(w[0], w[1], w[2].decode(), w[3]) for w in writes], last_off, fresh, decode_stored)
+            search.apply([(w[0], w[1], w[2].decode(), w[3]) for w in writes], last_off, fresh)
 
     def _commit(self, batch: WriteBatch, counts: dict[str, int], last_off: int, last_ts: int) -> None:
         """Write `batch` (built by `_finish`) and take in its new counts and applied offset/ts."""
@@ -440,8 +440,8 @@ class Projection:
 
     # --- search -----------------------------------------------------------------------
 
-    def _search_docs(self, table: str, after: str | None, n: int) -> list[tuple[str, dict[str, Any]]]:
-        """Up to `n` (id, document) of `table` after id `after`, in id order (for search backfills)."""
+    def _search_docs(self, table: str, after: str | None, n: int) -> list[tuple[str, bytes]]:
+        """Up to `n` (id, stored encoding) of `table` after id `after`, in id order (for search backfills)."""
         lo, hi = self.index_range(table, "by_id")
         if after is not None:
             lo = prefix_successor(by_id_key(table, after))
@@ -450,7 +450,7 @@ class Projection:
         for _key, doc_id in self.scan(lo, hi):
             raw = get(DOC + doc_id.encode())
             if raw is not None:
-                out.append((doc_id, decode_stored(raw)))
+                out.append((doc_id, raw))
                 if len(out) >= n:
                     break
         return out
