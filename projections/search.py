@@ -47,7 +47,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import orjson
 from orjson import dumps as _dumps
@@ -427,7 +427,8 @@ class SearchIndexes:
         self._count_of = count_of
         self.lock = threading.RLock()  # held around a projection write and the queueing of its documents
         self._cond = threading.Condition(threading.Lock())
-        self._queue: list[tuple[_Index, str, Any, bool] | tuple[_Index, None, int, bool]] = []
+        # (index, document id, its new encoding or None, delete the older version first); id None: a backfill's end
+        self._queue: list[tuple[_Index, str | None, bytes | None, bool]] = []
         self._indexes: dict[tuple[str, str], _Index] = {}
         self._by_table: dict[str, list[_Index]] = {}
         self._applied = -1
@@ -607,6 +608,8 @@ class SearchIndexes:
                     closing = self._closing
                     self._cond.notify_all()
                 for idx, doc_id, raw, delete in ops:
+                    if idx.writer is None:  # dropped meanwhile
+                        continue
                     if doc_id is None:  # the end of a backfill
                         finished.add(idx)
                         continue
@@ -632,6 +635,8 @@ class SearchIndexes:
 
     def _commit_all(self, offset: int, finished: set[_Index]) -> None:
         for idx in list(self._indexes.values()):
+            if idx.writer is None:
+                continue
             if idx.building is not None and idx not in finished:
                 continue  # committed when its backfill ends
             if not idx.pending and idx.offset == offset and idx not in finished:
@@ -664,7 +669,7 @@ class SearchIndexes:
                     with self._cond:
                         self._queue.extend((idx, doc_id, raw, True) for doc_id, raw in chunk)
                         if not chunk:
-                            self._queue.append((idx, None, 0, False))
+                            self._queue.append((idx, None, None, False))
                         self._cond.notify()
                 if not chunk:
                     return
@@ -749,8 +754,3 @@ class SearchIndexes:
 def _dir_name(name: str) -> str:
     """A directory name for a table or index name (names are letters, digits and '_')."""
     return re.sub(r"[^A-Za-z0-9_]", lambda m: f"%{ord(m.group()):02x}", name)
-
-
-def iter_hits(hits: Iterable[tuple[float, str]]) -> Iterator[str]:
-    for _score, doc_id in hits:
-        yield doc_id
