@@ -349,11 +349,11 @@ class _Index:
         string (or missing) and its filter values are strings (tantivy ignores the other fields), else
         the fields built here."""
         if raw is not None and self._raw_ok:
-            text = doc.get(self.text_name)
-            if text is None or type(text) is str:
+            text = doc.get(self.text_name, UNDEFINED)
+            if text is UNDEFINED or type(text) is str:
                 for name, _path, _top in self._filters:
-                    v = doc.get(name)
-                    if v is not None and (type(v) is not str or v[:1] == "\x00"):
+                    v = doc.get(name, UNDEFINED)  # a missing field has no term either way; null needs its own
+                    if v is not UNDEFINED and (type(v) is not str or v[:1] == "\x00"):
                         break
                 else:
                     return raw.decode()

@@ -113,3 +113,13 @@ def test_schema_refuses_a_non_string_search_field() -> None:
         define_table({"n": v.number()}).search_index("s", search_field="n")
     with pytest.raises(ValueError, match="filter_fields"):
         define_table({"t": v.string()}).search_index("s", search_field="t", filter_fields=["t"])
+
+
+async def test_filter_value_starting_with_nul(make_runtime) -> None:
+    rt = await make_runtime("search")
+    # A filter value starting with NUL is indexed through the encoded form (not the stored JSON as is).
+    await seed(rt, [{"body": "shared words", "channel": "\x00odd"}, {"body": "shared words", "channel": "plain"}])
+    assert rt.run_query("messages:search", {"text": "shared", "channel": "\x00odd"}).value == ["shared words"]
+    rt.projection.flush_search()
+    assert rt.run_query("messages:search", {"text": "shared", "channel": "\x00odd"}).value == ["shared words"]
+    assert rt.run_query("messages:search", {"text": "shared", "channel": "plain"}).value == ["shared words"]

@@ -157,3 +157,25 @@ async def test_adding_an_index_backfills_in_the_background(tmp_path: Path, histo
     with pytest.raises(Exception, match="no search index|not installed"):
         search(p, "word7", None)
     p.close()
+
+
+@pytest.mark.parametrize("flush", [False, True])
+def test_filter_values_of_every_type(tmp_path: Path, history: Any, flush: bool) -> None:
+    values = [None, 5, 5.0, True, "x", "\x00x", [1], {"a": 1}]
+    ids = [history.insert("messages", body="same text", channel=v) for v in values]
+    missing = history.insert("messages", body="same text")
+    history.insert("messages", body=7, channel="x")  # a non-string search field is never found
+    p = Projection(tmp_path / "p", CATALOG)
+    p.apply(history.records)
+    if flush:
+        p.flush_search()  # from the committed index rather than the pending re-check
+
+    def found(value: Any) -> list[str]:
+        tx = Transaction(p, SCHEMA, DEFAULT_LIMITS, None, writable=False)
+        q = DatabaseReader(tx).query("messages").with_search_index(
+            "search_body", lambda s: s.search("body", "same").eq("channel", value))
+        return [d["_id"] for d in drive(q.collect(), "test")]
+    for doc_id, value in zip(ids, values):
+        assert found(value) == [doc_id], value
+    assert sorted(search(p, "same", None)) == sorted(ids + [missing])
+    p.close()
