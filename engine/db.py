@@ -13,7 +13,8 @@ from engine.overlay import Overlay
 from engine.readset import ReadSet, key_successor
 from engine.scan_cache import ScanCache
 from engine.schema import Schema
-from projections.search import MAX_RESULTS, SearchIndexBuilding, SearchQuery, bm25, query_search_ranges, search_prefix
+from projections.search import SearchIndexBuilding
+from projections.search_terms import MAX_RESULTS, SearchQuery, bm25, query_search_ranges, search_prefix
 from projections.types import DocumentReader
 from values import ConvexValueError, check_value, decode_doc, encode_doc, new_id, table_of
 

@@ -40,10 +40,8 @@ from log.record import Record
 from .errors import ProjectionError, ProjectionFormatError
 from .index_catalog import Catalog, TableIndexes, by_id_key, decode_stored, doc_key_from_id, normalize_catalog
 from .keys import encode_value_key, prefix_successor
-from .search import (
-    SEARCH_DIR,
-    Candidates,
-    SearchIndexes,
+from .search import SEARCH_DIR, Candidates, SearchIndexes
+from .search_terms import (
     SearchQuery,
     SearchSpec,
     doc_search_keys,

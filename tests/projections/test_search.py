@@ -15,7 +15,7 @@ from engine.schema import define_schema, define_table
 from history.build import build_projection
 from projections.checkpoints import copy_projection
 from projections.rebuild import rebuild
-from projections.search import SearchQuery, doc_search_keys, query_search_ranges, SearchSpec, tokenize
+from projections.search_terms import SearchQuery, SearchSpec, doc_search_keys, query_search_ranges, tokenize
 from projections.store import Projection
 
 SCHEMA = define_schema({"messages": define_table().search_index("search_body", search_field="body",
