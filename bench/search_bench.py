@@ -10,8 +10,9 @@
   term matched as a prefix as Convex does), top 10 through
   ``with_search_index(...).take(10)`` on the rebuilt projection; p50/p99,
   against SQLite FTS5 (``"a" OR "b"*`` ordered by ``bm25``) for the same queries.
-* **beside**: in-process bank transfers (bench.engine_bench) alone, then with
-  a paced search load on the same process (`SEARCH_RATE` queries/s): the
+* **beside**: in-process bank transfers (as bench.engine_bench) on a runtime
+  serving the search app, alone and then with `SEARCH_RATE` two-term
+  searches/s on the same event loop (as one server answers both): the
   transfer throughput ratio.
 * **subscribers**: 1,000 live search subscriptions (distinct words) on a
   runtime; each new matching message is timed from the mutation's call to
@@ -28,7 +29,6 @@ import random
 import sqlite3
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,6 @@ from projections.store import Projection
 from values import encode_doc, new_id
 
 APP_DIR = Path(__file__).resolve().parent / "apps" / "search"
-BANK_DIR = Path(__file__).resolve().parents[1] / "examples" / "bank"
 VOCABULARY = 20_000
 WORDS_PER_DOC = 20
 CHANNELS = 10
@@ -158,71 +157,71 @@ def time_queries(fn: Any, queries: list[str]) -> tuple[list[float], int]:
     return latencies, found
 
 
-async def _transfers(accounts: int, seconds: float, data: Path) -> dict[str, Any]:
-    """The bank transfer mutation from 256 in-process callers for `seconds` (as bench.engine_bench, α = 0)."""
-    app = App.load(BANK_DIR)
+async def _transfers(corpus: Corpus, accounts: int, seconds: float, data: Path, search_rate: float,
+                     messages: int) -> dict[str, Any]:
+    """Bank transfers from 256 in-process callers for `seconds` on a runtime serving the search app, with
+    `search_rate` two-term searches/s on the same event loop (as one server answers both)."""
+    app = App.load(APP_DIR)
     log = FileLog(data / "log")
     await log.open()
     projection = Projection(data / "projection", app.schema.index_catalog())
     runtime = Runtime(app, log, projection)
     await runtime.start()
+    searches: list[float] = []
     try:
         owners = [f"acct{i}" for i in range(accounts)]
         for i in range(0, accounts, 250):
             await runtime.run_mutation("accounts:seed", {"owners": owners[i:i + 250], "balance": 1_000_000_000.0})
+        for i in range(0, messages, 500):
+            await runtime.run_mutation("messages:send_many", {"items": [
+                {"body": corpus.body(), "channel": "c0"} for _ in range(min(500, messages - i))]})
+        projection.flush_search()
+        queries = [corpus.query() for _ in range(1000)]
         rng = random.Random(42)
         latencies: list[float] = []
         started = time.perf_counter()
         stop_at = started + seconds
-        await asyncio.gather(*(transfer_loop(runtime, owners, lambda: rng.randrange(accounts), stop_at, latencies)
-                               for _ in range(256)))
+
+        async def search_load() -> None:
+            i = 0
+            next_at = time.perf_counter()
+            while time.perf_counter() < stop_at:
+                next_at += 1.0 / search_rate
+                t0 = time.perf_counter()
+                await runtime.query("messages:search", {"text": queries[i % len(queries)]})
+                searches.append(time.perf_counter() - t0)
+                i += 1
+                await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+
+        loops = [transfer_loop(runtime, owners, lambda: rng.randrange(accounts), stop_at, latencies)
+                 for _ in range(256)]
+        await asyncio.gather(*loops, *([search_load()] if search_rate else []))
         elapsed = time.perf_counter() - started
     finally:
         await runtime.stop()
         projection.close()
         await log.close()
-    out: dict[str, Any] = {"mutations": len(latencies), "tps": len(latencies) / elapsed}
+    out: dict[str, Any] = {"mutations": len(latencies), "tps": len(latencies) / elapsed,
+                           "search_queries": len(searches)}
     out.update(latency_summary(latencies))
+    if searches:
+        out.update(latency_summary(searches, "search_"))
     return out
 
 
-def transfers_beside_search(projection: Projection, schema: Any, corpus: Corpus, quick: bool,
-                            seconds: float | None = None) -> dict[str, Any]:
-    """Engine transfers alone, then with a paced search load in a thread of the same process."""
-    accounts, default_seconds = (5_000, 3.0) if quick else (20_000, 8.0)
+def transfers_beside_search(corpus: Corpus, quick: bool, seconds: float | None = None) -> dict[str, Any]:
+    """Transfers alone, then beside `SEARCH_RATE` searches/s on the same runtime, then alone again."""
+    accounts, default_seconds, messages = (5_000, 3.0, 5_000) if quick else (20_000, 8.0, 50_000)
     seconds = seconds or default_seconds
-    queries = [corpus.query() for _ in range(2000)]
     runs: dict[str, Any] = {}
-    for label in ("alone", "with_search", "alone_again"):
-        stop = threading.Event()
-        served: list[float] = []
-
-        def load() -> None:
-            i = 0
-            next_at = time.perf_counter()
-            while not stop.is_set():
-                next_at += 1.0 / SEARCH_RATE
-                t0 = time.perf_counter()
-                tape_search(projection, schema, queries[i % len(queries)])
-                served.append(time.perf_counter() - t0)
-                i += 1
-                time.sleep(max(0.0, next_at - time.perf_counter()))
-
-        thread = threading.Thread(target=load, daemon=True) if label == "with_search" else None
-        if thread is not None:
-            thread.start()
+    for label, rate in (("alone", 0.0), ("with_search", SEARCH_RATE), ("alone_again", 0.0)):
         with tempfile.TemporaryDirectory() as tmp:
-            result = asyncio.run(_transfers(accounts, seconds, Path(tmp)))
-        stop.set()
-        if thread is not None:
-            thread.join()
-            result["search_queries"] = len(served)
-            result.update(latency_summary(served, "search_"))
-        runs[label] = result
+            runs[label] = asyncio.run(_transfers(corpus, accounts, seconds, Path(tmp), rate, messages))
     alone = statistics.mean([runs["alone"]["tps"], runs["alone_again"]["tps"]])
     slowdown = 1.0 - runs["with_search"]["tps"] / alone
-    return {"search_rate_per_s": SEARCH_RATE, "tps_alone": alone, "tps_with_search": runs["with_search"]["tps"],
-            "slowdown": slowdown, "met": slowdown <= GOALS["transfer_slowdown"],
+    return {"search_rate_per_s": SEARCH_RATE, "messages": messages, "tps_alone": alone,
+            "tps_with_search": runs["with_search"]["tps"], "slowdown": slowdown,
+            "met": slowdown <= GOALS["transfer_slowdown"],
             "search_p99_ms": runs["with_search"].get("search_p99_ms"), "runs": runs}
 
 
@@ -340,7 +339,7 @@ def run(quick: bool = False, harness: Any = None, n: int | None = None, work_dir
                                and out["query"]["tape"]["p99_ms"] <= GOALS["query_p99_ms"])
         db.close()
         phase("search: transfers alone and beside a search load")
-        out["beside"] = transfers_beside_search(projection, schema, corpus, quick, transfer_seconds)
+        out["beside"] = transfers_beside_search(corpus, quick, transfer_seconds)
         projection.close()
         phase("search: 1,000 search subscriptions, commit → update")
         sub_dir = root / "subs"

@@ -5,4 +5,5 @@ schema = define_schema({
                 .index("by_channel", ["channel"])
                 .search_index("search_body", search_field="body", filter_fields=["channel"]),
     "notes": define_table({"text": v.string()}),
+    "accounts": define_table({"owner": v.string(), "balance": v.number()}).index("by_owner", ["owner"]),
 })
