@@ -4,7 +4,8 @@ A search index on ``table`` (``search_field`` plus equality ``filter_fields``)
 is one tantivy index in ``<projection dir>/search/<table>/<index>/``. It is
 fed by `Projection` in log order, with the documents (`SearchIndexes.apply`),
 and holds, for every live document, its id, the tokens of its search field
-and one raw term per filter field (the field's `encode_value_key`, in hex).
+and one raw term per filter field (`filter_term`). A document whose fields
+allow it is handed to tantivy as its stored JSON (`_Index.payload`).
 
 **Commits run off the event loop.** A tantivy commit fsyncs (tens of ms), so
 applying a record only queues its writes; a worker thread adds them to the
