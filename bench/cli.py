@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth",
-             "scheduler", "memory", "metrics", "migration")
+             "scheduler", "memory", "metrics", "migration", "search")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
     "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
@@ -35,6 +35,8 @@ DESCRIPTIONS = {
     "memory": "server RSS over 10 minutes of the transfer workload (start, middle, end)",
     "metrics": "what counting for /metrics costs: per observation, and per WebSocket transfer (CPU share)",
     "migration": "Convex snapshot ZIP export/import vs Tape's Avro snapshots, same documents",
+    "search": "full-text index build from the log and two-term queries vs SQLite FTS5; transfers beside searches; "
+              "1,000 search subscriptions",
 }
 
 
@@ -132,6 +134,10 @@ def run_migration(quick: bool, harness: Any) -> dict[str, Any]:
     from bench import migration_bench
     harness.reporter.phase("migration: Convex ZIP vs Tape Avro export and import", 45 if quick else 240)
     return migration_bench.run(quick)
+def run_search(quick: bool, harness: Any) -> dict[str, Any]:
+    """Issue 20: search index build (20,000 docs quick, 1,000,000 full), queries, load beside transfers, subscribers."""
+    from bench import search_bench
+    return search_bench.run(quick, harness, work_dir=harness.work_dir if hasattr(harness, "work_dir") else None)
 
 
 def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
@@ -153,6 +159,8 @@ def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
         return run_memory
     if name == "migration":
         return run_migration
+    if name == "search":
+        return run_search
     module = {"transfer": "bench.transfer", "baseline": "bench.sqlite_baseline",
               "reactivity": "bench.reactivity", "polling": "bench.polling", "metrics": "bench.metrics_cost"}[name]
     mod = __import__(module, fromlist=["run"])
@@ -206,6 +214,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
         if name == "migration":
             from bench import migration_bench
             return migration_bench.headline(r)
+        if name == "search":
+            from bench import search_bench
+            return search_bench.headline(r)
         if name == "log":
             lg, pj = r["log"], r["projection"]
             text = (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "

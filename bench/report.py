@@ -187,6 +187,23 @@ def comparisons(w: dict[str, Any]) -> list[dict[str, Any]]:
                          100_000.0, "records/s", "≥ 100,000", rs["replay_records_per_s"] >= 100_000))
         rows.append(_row("restore", "change export to a file, JSON lines", rs["export_jsonl_events_per_s"], "target",
                          100_000.0, "events/s", "≥ 100,000", rs["export_jsonl_events_per_s"] >= 100_000))
+    se = w.get("search")
+    if se:
+        b, q, bs, sub, g = se["build"], se["query"], se["beside"], se["subscribers"], se["goals"]
+        n = se["documents"]
+        rows.append(_row("search", f"search index build from the log, {n:,} documents", b["docs_per_s"],
+                         "SQLite FTS5 insert", b["sqlite_fts5_docs_per_s"], "docs/s",
+                         f"≥ {g['build_docs_per_s']:,} (1M docs)",
+                         b["docs_per_s"] >= g["build_docs_per_s"] if n >= 1_000_000 else None,
+                         note=f"projection rebuild without the search index: {b['without_search_docs_per_s']:,.0f}/s"))
+        for pct, goal in (("p50", g["query_p50_ms"]), ("p99", g["query_p99_ms"])):
+            rows.append(_row("search", f"two-term top-10 query {pct}", q["tape"][f"{pct}_ms"], "SQLite FTS5",
+                             q["sqlite_fts5"][f"{pct}_ms"], "ms", f"≤ {goal:g} ms", q["tape"][f"{pct}_ms"] <= goal))
+        rows.append(_row("search", f"transfers/s beside {bs['search_rate_per_s']:g} searches/s", bs["tps_with_search"],
+                         "transfers alone", bs["tps_alone"], "transfers/s", "≤ 10% slower", bs["met"]))
+        rows.append(_row("search", f"new match → subscriber p99, {sub['subscriptions']:,} search subscriptions",
+                         sub["p99_ms"], "target", g["subscriber_p99_ms"], "ms", f"≤ {g['subscriber_p99_ms']:g} ms",
+                         sub["met"], note="from the mutation call, incl. its fsync"))
     iso = w.get("isolation")
     if iso:
         goal = iso["goal"]["p99_ms"]

@@ -13,6 +13,8 @@ from engine.overlay import Overlay
 from engine.readset import ReadSet, key_successor
 from engine.scan_cache import ScanCache
 from engine.schema import Schema
+from projections.search import SearchIndexBuilding
+from projections.search_terms import MAX_RESULTS, SearchQuery, bm25, query_search_ranges, search_prefix
 from projections.types import DocumentReader
 from values import ConvexValueError, check_value, decode_doc, encode_doc, new_id, table_of
 
@@ -439,6 +441,26 @@ class QueryBuilder:
             raise ArgumentError(f"table {self._table!r} has no index {name!r} (indexes: {', '.join(known)})")
         return definition.indexes[name]
 
+    def with_search_index(self, name: str, search_fn: Callable[["SearchFilter"], "SearchFilter"]) -> "SearchQueryBuilder":
+        """Full-text search through search index `name`: `q.search(field, text)` then `eq(filter_field, value)`s.
+
+        Results come in relevance order (BM25; the last term also matches as a prefix), at most 1,024.
+        """
+        definition = self._tx.schema.table(self._table)
+        spec = definition.search_indexes.get(name) if definition is not None else None
+        if spec is None:
+            known = list(definition.search_indexes) if definition is not None else []
+            raise ArgumentError(f"table {self._table!r} has no search index {name!r} "
+                                f"(search indexes: {', '.join(known) or 'none'})")
+        if not callable(search_fn):
+            raise ArgumentError(f"with_search_index({name!r}, ...): expected a function building the search")
+        builder = SearchFilter(name, spec.search_field, spec.filter_fields)
+        search_fn(builder)
+        if builder.text is None:
+            raise ArgumentError(f"search index {name!r}: the search needs q.search({spec.search_field!r}, text)")
+        return SearchQueryBuilder(self._tx, self._table, name, SearchQuery.parse(builder.text, builder.filters),
+                                  self._filters)
+
     def order(self, order: str) -> "QueryBuilder":
         if order not in ("asc", "desc"):
             raise ArgumentError(f"order must be 'asc' or 'desc', got {order!r}")
@@ -667,3 +689,162 @@ def _page(docs: list[dict[str, Any]], done: bool, continue_cursor: str, split_cu
     """A PaginationResult as Convex's `paginate` returns it."""
     return {"page": docs, "isDone": done, "continueCursor": continue_cursor, "splitCursor": split_cursor,
             "pageStatus": status}
+
+
+class SearchFilter:
+    """Builds a search: `q.search("body", "hello wor").eq("channel", c)`."""
+
+    def __init__(self, index: str, search_field: str, filter_fields: tuple[str, ...]) -> None:
+        self._index = index
+        self._search_field = search_field
+        self._filter_fields = filter_fields
+        self.text: str | None = None
+        self.filters: list[tuple[str, Any]] = []
+
+    def search(self, field_name: str, text: str) -> "SearchFilter":
+        if field_name != self._search_field:
+            raise ArgumentError(f"search index {self._index!r} searches {self._search_field!r}, not {field_name!r}")
+        if type(text) is not str:
+            raise ArgumentError(f"search index {self._index!r}: search text must be a string, got {type(text).__name__}")
+        if self.text is not None:
+            raise ArgumentError(f"search index {self._index!r}: search() given twice")
+        self.text = text
+        return self
+
+    def eq(self, field_name: str, value: Any) -> "SearchFilter":
+        if field_name not in self._filter_fields:
+            raise ArgumentError(f"search index {self._index!r} cannot filter on {field_name!r} "
+                                f"(filter fields: {', '.join(self._filter_fields) or 'none'})")
+        if any(name == field_name for name, _ in self.filters):
+            raise ArgumentError(f"search index {self._index!r}: eq({field_name!r}) given twice")
+        try:
+            check_value(value, f"search filter {field_name}")
+        except ConvexValueError as exc:
+            raise ArgumentError(str(exc)) from None
+        self.filters.append((field_name, value))
+        return self
+
+
+class SearchQueryBuilder:
+    """A full-text search query: `filter`, then `take`/`first`/`unique`/`collect`/`paginate`, in relevance order.
+
+    Consistency: tantivy answers from its last commit; every document that may
+    differ between that commit and this transaction's view (writes not yet
+    committed to the index, writes after a snapshot, this mutation's writes
+    in the overlay) is left out of tantivy's answer and re-checked against the
+    view itself, scored with the same BM25 (see `projections.search`).
+    """
+
+    def __init__(self, tx: Transaction, table: str, index: str, query: SearchQuery,
+                 filters: list[Callable[[dict[str, Any]], Any]]) -> None:
+        self._tx = tx
+        self._table = table
+        self._index = index
+        self._query = query
+        self._filters = list(filters)
+
+    def filter(self, predicate: Callable[[dict[str, Any]], Any]) -> "SearchQueryBuilder":
+        self._filters.append(predicate)
+        return self
+
+    def _ranked(self, limit: int) -> list[dict[str, Any]]:
+        """The top `limit` (≤ 1,024) matching documents as this transaction sees them; records the read set."""
+        tx = self._tx
+        reader: Any = tx.projection
+        table, query = self._table, self._query
+        try:
+            spec = reader.search_spec(table, self._index)
+        except (KeyError, AttributeError):
+            raise EngineError(f"search index {table}.{self._index} is not installed yet "
+                              "(the schema was just changed?); retry") from None
+        overlaid = [doc_id for doc_id, entry in tx.overlay.entries.items() if entry.table == table]
+        try:
+            found = reader.search_candidates(table, self._index, query, limit, lambda: overlaid)
+        except SearchIndexBuilding as exc:
+            raise EngineError(str(exc)) from None
+        bucket = search_prefix(spec)
+        for lo, hi in query_search_ranges(spec, query):
+            tx.read_set.add(lo, hi, bucket)
+        scored: list[tuple[float, str, dict[str, Any]]] = []
+        load = tx.load
+        for score, doc_id in found.hits:
+            raw = load(doc_id)
+            if raw is not None:
+                scored.append((score, doc_id, decode_doc(raw)))
+        for doc_id in found.suspects:
+            raw = load(doc_id)
+            if raw is None:
+                continue
+            doc = decode_doc(raw)
+            tokens = query.matches(spec, doc)
+            if tokens is not None:
+                scored.append((bm25(query, tokens, found.stats), doc_id, doc))
+        scored.sort(key=lambda item: -item[0])  # stable: ties keep tantivy's order (pages stay consistent)
+        out = []
+        filters = self._filters
+        doc_key = tx.projection.doc_key
+        for _score, doc_id, doc in scored:
+            tx.count_read()
+            tx.read_set.add_point(doc_key(doc_id, table))
+            if filters and not all(f(doc) for f in filters):
+                continue
+            out.append(doc)
+            if len(out) >= limit:
+                break
+        tx.tick()
+        return out
+
+    async def take(self, n: int) -> list[dict[str, Any]]:
+        if type(n) is not int or n < 0:
+            raise ArgumentError(f"take(n): n must be a non-negative int, got {n!r}")
+        return self._ranked(min(n, MAX_RESULTS)) if n else []
+
+    async def collect(self) -> list[dict[str, Any]]:
+        """Every match, best first, up to 1,024 (Convex's bound for search queries)."""
+        return self._ranked(MAX_RESULTS)
+
+    async def first(self) -> dict[str, Any] | None:
+        docs = await self.take(1)
+        return docs[0] if docs else None
+
+    async def unique(self) -> dict[str, Any] | None:
+        docs = await self.take(2)
+        if len(docs) > 1:
+            raise EngineError(f"unique(): search on {self._table!r} returned more than one document")
+        return docs[0] if docs else None
+
+    def __aiter__(self) -> Any:
+        return self._aiter()
+
+    async def _aiter(self) -> Any:
+        for doc in await self.collect():
+            yield doc
+
+    async def paginate(self, opts: dict[str, Any]) -> dict[str, Any]:
+        """One page of the ranking: `{"page", "isDone", "continueCursor"}` (the cursor counts the results before it)."""
+        if type(opts) is not dict:
+            raise ArgumentError("paginationOpts must be an object {numItems, cursor}")
+        num = opts.get("numItems")
+        if isinstance(num, float) and num.is_integer():
+            num = int(num)
+        if type(num) is not int or num < 0:
+            raise ArgumentError(f"paginationOpts.numItems: expected a non-negative number, got {num!r}")
+        start = _search_cursor(opts.get("cursor"))
+        end = _search_cursor(opts.get("endCursor")) if opts.get("endCursor") is not None else start + num
+        end = min(max(end, start), MAX_RESULTS)
+        ranked = self._ranked(end) if end else []
+        page = ranked[start:end]
+        done = len(ranked) < end or end >= MAX_RESULTS
+        return {"page": page, "isDone": done, "continueCursor": _SEARCH_CURSOR + str(end)}
+
+
+_SEARCH_CURSOR = "search:"
+
+
+def _search_cursor(cursor: Any) -> int:
+    """The position a search page cursor stands for (None: the start)."""
+    if cursor is None:
+        return 0
+    if type(cursor) is not str or not cursor.startswith(_SEARCH_CURSOR) or not cursor[len(_SEARCH_CURSOR):].isdigit():
+        raise ArgumentError(f"paginationOpts.cursor: not a cursor of a search query: {cursor!r}")
+    return int(cursor[len(_SEARCH_CURSOR):])

@@ -10,6 +10,18 @@ from engine.validators import Validator, _Object, as_object_validator
 SYSTEM_INDEXES = ("by_id", "by_creation_time")
 
 
+@dataclass(frozen=True)
+class SearchIndexSpec:
+    """A full-text search index: the string field it searches and the fields it filters on by equality."""
+
+    search_field: str
+    filter_fields: tuple[str, ...] = ()
+
+    def as_catalog_entry(self) -> dict[str, Any]:
+        """The shape the projection's index catalog takes for it."""
+        return {"search_field": self.search_field, "filter_fields": list(self.filter_fields)}
+
+
 @dataclass
 class TableDefinition:
     """A table: an optional document validator and its indexes (name → field list)."""
@@ -18,6 +30,8 @@ class TableDefinition:
     indexes: dict[str, list[str]] = field(default_factory=dict)
     #: top-level fields any user index reads (a patch of other fields keeps every index key)
     indexed_fields: frozenset[str] = frozenset()
+    #: full-text search indexes (name -> spec), declared with `search_index`
+    search_indexes: dict[str, SearchIndexSpec] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.indexed_fields = frozenset(f.split(".")[0] for fs in self.indexes.values() for f in fs)
@@ -30,6 +44,26 @@ class TableDefinition:
             raise ValueError(f"index {name!r} needs a non-empty list of field names")
         self.indexes[name] = list(fields)
         self.indexed_fields = frozenset(f.split(".")[0] for fs in self.indexes.values() for f in fs)
+        return self
+
+    def search_index(self, name: str, search_field: str, filter_fields: list[str] | None = None) -> "TableDefinition":
+        """Declare a full-text search index; chainable like Convex's `.searchIndex("search_body", {...})`."""
+        if not isinstance(name, str) or not name or name.startswith("_") or name in SYSTEM_INDEXES \
+                or name in self.indexes or name in self.search_indexes:
+            raise ValueError(f"search index name {name!r} is invalid, reserved or already declared")
+        if not isinstance(search_field, str) or not search_field:
+            raise ValueError(f"search index {name!r}: search_field must be a field name")
+        filters = list(filter_fields or [])
+        if not all(isinstance(f, str) and f for f in filters) or len(set(filters)) != len(filters) \
+                or search_field in filters:
+            raise ValueError(f"search index {name!r}: filter_fields must be distinct field names "
+                             f"other than the search field, got {filters!r}")
+        fields = getattr(self.validator, "fields", None)
+        declared = fields.get(search_field.split(".")[0]) if isinstance(fields, dict) and "." not in search_field else None
+        if declared is not None and "string" not in declared.describe() and declared.describe() != "any":
+            raise ValueError(f"search index {name!r}: search_field {search_field!r} is declared "
+                             f"{declared.describe()}, not a string")
+        self.search_indexes[name] = SearchIndexSpec(search_field, tuple(filters))
         return self
 
     def validate(self, table: str, doc: dict[str, Any]) -> dict[str, Any]:
@@ -63,9 +97,13 @@ class Schema:
         if self.strict and name not in self.tables:
             raise ArgumentError(f"table {name!r} is not declared in schema.py")
 
-    def index_catalog(self) -> dict[str, dict[str, list[str]]]:
-        """User indexes per table, in the shape the projection takes."""
-        return {name: dict(t.indexes) for name, t in self.tables.items() if t.indexes}
+    def index_catalog(self) -> dict[str, dict[str, Any]]:
+        """User indexes per table, in the shape the projection takes (search indexes as their catalog entries)."""
+        out: dict[str, dict[str, Any]] = {name: dict(t.indexes) for name, t in self.tables.items() if t.indexes}
+        for name, t in self.tables.items():
+            for index, spec in t.search_indexes.items():
+                out.setdefault(name, {})[index] = spec.as_catalog_entry()
+        return out
 
 
 def define_schema(tables: Mapping[str, TableDefinition], *, strict_tables: bool = False) -> Schema:

@@ -70,7 +70,9 @@ class Node:
         if isinstance(self.log, FileLog):
             self.log.on_sync = FSYNC_SECONDS.observe
         try:
-            self.projection = Projection(self.config.projection_dir, self.app.schema.index_catalog())
+            # Search indexes backfill on a thread: the server serves meanwhile (searches say how far it got).
+            self.projection = Projection(self.config.projection_dir, self.app.schema.index_catalog(),
+                                         background_search_backfill=True)
         except ProjectionError:
             raise
         except Exception as exc:  # RocksDB reports damage as a plain Exception
@@ -81,6 +83,9 @@ class Node:
         # pagination cursors are sealed under a key derived from the deployment's admin key (data dir)
         self.runtime.cursors = CursorSealer.from_text(self.admin.value)
         self.subscriptions = SubscriptionManager(self.runtime)
+        # A search index built in the background: searches that said "still building" now answer.
+        main_loop = asyncio.get_running_loop()
+        self.projection.on_search_ready(lambda: main_loop.call_soon_threadsafe(self.refresh_subscriptions))
         await self.runtime.start()
         if self.config.role == "replica":
             await start_replica(self)  # tails the log, forwards mutations
@@ -145,6 +150,13 @@ class Node:
         fresh = self.app.reload()
         self.runtime.install_app(fresh)
         self.app = fresh
+        self.refresh_subscriptions()
+        return [fn.summary() for fn in fresh.functions.values()]
+
+    def refresh_subscriptions(self) -> None:
+        """Re-run every live query and send the changed results (after a reload, or a search index built)."""
+        if self.subscriptions is None or self.runtime is None:
+            return
         changed = self.subscriptions.refresh_all()
         ts = self.runtime.projection.applied_ts
         per_session: dict[int, tuple[Any, list[Any]]] = {}
@@ -153,7 +165,6 @@ class Node:
                 per_session.setdefault(id(subscriber), (subscriber, []))[1].append((qid, shared))
         for subscriber, updates in per_session.values():
             subscriber.deliver(updates, ts)
-        return [fn.summary() for fn in fresh.functions.values()]
 
     async def _watch_app(self) -> None:
         while True:

@@ -275,6 +275,11 @@ class SubscriptionManager:
                         continue
                     for index, key in projection.index_keys(table, decode_doc(raw)):
                         written[key] = prefixes[index]
+                if table in projection.search_tables:  # the search read-set keys of both versions
+                    for raw in (write.prev, write.doc):
+                        if raw is not None:
+                            for bucket, key in projection.search_keys(table, decode_doc(raw)):
+                                written[key] = bucket
         return written
 
     def on_applied(self, records: list[Record]) -> None:

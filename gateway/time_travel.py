@@ -117,6 +117,13 @@ class PinnedProjection:
     def iter_documents(self, table: str | None = None) -> Iterator[bytes]:
         return self._projection.iter_documents(table)
 
+    def search_spec(self, table: str, index: str) -> Any:
+        return self._projection.search_spec(table, index)
+
+    def search_candidates(self, table: str, index: str, query: Any, limit: int, extra: Any = None) -> Any:
+        """The past projection's own search index (built from its documents when it was opened)."""
+        return self._projection.search_candidates(table, index, query, limit, extra)
+
     def close(self) -> None:
         """Give the projection back (it may then be closed by the cache)."""
         if not self._closed:

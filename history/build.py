@@ -70,7 +70,8 @@ async def build_projection(
         except OSError:
             shutil.rmtree(dest, ignore_errors=True)
             continue
-        projection = Projection(dest, catalog)
+        # On a thread: opening a copy rebuilds its search indexes from its documents (see projections.search).
+        projection = await asyncio.to_thread(Projection, dest, catalog)
         if projection.applied_offset != base.offset:
             projection.close()
             raise RestoreError(f"checkpoint {base.path} holds offset {projection.applied_offset}, "

@@ -59,7 +59,8 @@ from log.errors import LogCorruptError, LogError, LogFormatError
 from log.file_log import FileLog
 from log.seal import read_seal, remove_seals, verify_seal
 from log.segment import list_segments, read_file, scan_buffer, segment_name, valid_frame_after
-from projections.layout import DOC, META_APPLIED_OFFSET, META_APPLIED_TS, META_CATALOG, META_FORMAT, unpack_int
+from projections.layout import (DOC, META_APPLIED_OFFSET, META_APPLIED_TS, META_CATALOG, META_FORMAT,
+                                META_SEARCH_CATALOG, unpack_int)
 from projections.rebuild import rebuild
 
 console = Console(highlight=False, soft_wrap=True)
@@ -328,6 +329,10 @@ def check_projection(path: Path) -> ProjectionReport:
             rep.applied_ts = unpack_int(raw) if raw is not None else 0
             raw = db.get(META_CATALOG)
             rep.catalog = orjson.loads(raw) if raw is not None else None
+            raw = db.get(META_SEARCH_CATALOG)  # search indexes: part of the catalog a rebuild installs
+            if raw is not None and rep.catalog is not None:
+                for table, per in orjson.loads(raw).items():
+                    rep.catalog.setdefault(table, {}).update(per)
             ro = ReadOptions()
             ro.set_verify_checksums(True)
             it = db.iter(ro)

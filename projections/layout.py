@@ -31,6 +31,7 @@ META_APPLIED_OFFSET = META + b"applied_offset"
 META_APPLIED_TS = META + b"applied_ts"
 META_CATALOG = META + b"index_catalog"
 META_COUNT = META + b"count\x00"  # + table (UTF-8)
+META_SEARCH_CATALOG = META + b"search_catalog"  # search index definitions (only when there are some)
 
 BY_ID = "by_id"
 BY_CREATION_TIME = "by_creation_time"

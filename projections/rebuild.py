@@ -67,6 +67,7 @@ async def catch_up(
     if upto is not None and upto < start:
         return 0
     tracking = projection.track_new_documents()
+    projection.bulk_search(True)  # search indexes commit once, at the end
     try:
         if isinstance(log, ReadsFlatWrites):
             return await _catch_up_writes(projection, log, start, upto, progress, batch_records)
@@ -74,6 +75,7 @@ async def catch_up(
     finally:
         if tracking:
             projection.track_new_documents(False)
+        await asyncio.to_thread(projection.bulk_search, False)
 
 
 async def _catch_up_records(

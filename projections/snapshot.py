@@ -148,6 +148,19 @@ class ProjectionSnapshot:
                     upper: Bound | None = None) -> tuple[bytes, bytes]:
         return self._live.index_range(table, index, list(eq), lower, upper)
 
+    def search_spec(self, table: str, index: str) -> Any:
+        return self._live.search_spec(table, index)  # type: ignore[attr-defined]
+
+    def search_candidates(self, table: str, index: str, query: Any, limit: int, extra: Any = None) -> Any:
+        """The live index's candidates; documents written after this view's offset are re-checked too."""
+        def written_after() -> list[str]:  # read after the live searcher is taken (see projections.search)
+            ids = [i for i, (t, _raw) in self._touched_now().items() if t == table]
+            return ids + list(extra()) if extra is not None else ids
+        return self._live.search_candidates(table, index, query, limit, written_after)  # type: ignore[attr-defined]
+
+    def _touched_now(self) -> _Touched:
+        return self._journal.touched_after(self._offset)
+
     def iter_documents(self, table: str | None = None) -> Iterable[bytes]:
         raise NotImplementedError("a read view serves queries' reads only")
 

@@ -40,6 +40,16 @@ from log.record import Record
 from .errors import ProjectionError, ProjectionFormatError
 from .index_catalog import Catalog, TableIndexes, by_id_key, decode_stored, doc_key_from_id, normalize_catalog
 from .keys import encode_value_key, prefix_successor
+from .search import SEARCH_DIR, Candidates, SearchIndexes
+from .search_terms import (
+    SearchQuery,
+    SearchSpec,
+    doc_search_keys,
+    normalize_search_catalog,
+    search_prefix,
+    specs_of,
+    split_catalog,
+)
 from .layout import (
     DOC,
     DOC_RANGE,
@@ -49,6 +59,7 @@ from .layout import (
     META_CATALOG,
     META_COUNT,
     META_FORMAT,
+    META_SEARCH_CATALOG,
     count_key,
     index_prefix,
     pack_int,
@@ -81,9 +92,11 @@ class Projection:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], indexes: Mapping[str, Mapping[str, list[str]]] | None = None
+        self, path: str | os.PathLike[str], indexes: Mapping[str, Mapping[str, Any]] | None = None,
+        *, background_search_backfill: bool = False,
     ) -> None:
         self.path = os.fspath(path)
+        self._background_search = background_search_backfill
         self._db: Rdict | None = Rdict(self.path, _options())
         self._wo = WriteOptions()
         self._wo.disable_wal = True
@@ -95,8 +108,17 @@ class Projection:
             self._db.close()
             self._db = None
             raise
-        if indexes is not None and normalize_catalog(indexes) != self._catalog:
-            self.set_indexes(indexes)
+        self._search = SearchIndexes(os.path.join(self.path, SEARCH_DIR), self._search_docs, self.count)
+        try:
+            if indexes is not None:
+                plain, search = split_catalog(indexes)
+                if normalize_catalog(plain) != self._catalog or normalize_search_catalog(search) != self._search_catalog:
+                    self.set_indexes(indexes)
+            if self._search_catalog and not self._search.specs():
+                self._search.install(specs_of(self._search_catalog), self._applied_offset, self._background_search)
+        except BaseException:
+            self.close()
+            raise
 
     def _load_meta(self) -> None:
         db = self._db
@@ -125,6 +147,8 @@ class Projection:
         self._applied_ts = unpack_int(raw) if raw is not None else 0
         raw = db.get(META_CATALOG)
         self._catalog: Catalog = normalize_catalog(orjson.loads(raw)) if raw is not None else {}
+        raw = db.get(META_SEARCH_CATALOG)
+        self._search_catalog = normalize_search_catalog(orjson.loads(raw)) if raw is not None else {}
         self._tables: dict[str, TableIndexes] = {}
         self._counts: dict[str, int] = {}
         lo = META_COUNT
@@ -146,9 +170,14 @@ class Projection:
         return self._applied_ts
 
     @property
-    def indexes(self) -> Catalog:
-        """A copy of the current user index catalog."""
-        return {t: {n: list(f) for n, f in per.items()} for t, per in self._catalog.items()}
+    def indexes(self) -> dict[str, dict[str, Any]]:
+        """A copy of the current user index catalog (search indexes as ``{search_field, filter_fields}``)."""
+        out: dict[str, dict[str, Any]] = {t: {n: list(f) for n, f in per.items()} for t, per in self._catalog.items()}
+        for table, per in self._search_catalog.items():
+            for name, entry in per.items():
+                out.setdefault(table, {})[name] = {"search_field": entry["search_field"],
+                                                   "filter_fields": list(entry["filter_fields"])}
+        return out
 
     def _db_open(self) -> Rdict:
         if self._db is None:
@@ -216,7 +245,14 @@ class Projection:
         if last_off == self._applied_offset:
             return
         batch, counts = self._build(writes, last_off, last_ts)
-        self._commit(batch, counts, last_off, last_ts)
+        search = self._search
+        if not search.tables:
+            self._commit(batch, counts, last_off, last_ts)
+            return
+        with search.lock:  # a search backfill reads documents under it (see projections.search)
+            fresh = self._seen is not None
+            self._commit(batch, counts, last_off, last_ts)
+            search.apply([(w[0], w[1], w[2].decode(), w[3]) for w in writes], last_off, fresh)
 
     def _commit(self, batch: WriteBatch, counts: dict[str, int], last_off: int, last_ts: int) -> None:
         """Write `batch` (built by `_finish`) and take in its new counts and applied offset/ts."""
@@ -352,13 +388,29 @@ class Projection:
                 self._seen = bytearray(_SEEN_MASK + 1)
         return self._seen is not None
 
-    def set_indexes(self, indexes: Mapping[str, Mapping[str, list[str]]]) -> None:
+    def set_indexes(self, indexes: Mapping[str, Mapping[str, Any]]) -> None:
         """Install a new user index catalog.
 
         Entries of removed (or redefined) indexes are deleted, added ones are
         backfilled from the stored documents, and the catalog is stored — all
-        in one atomic write.
+        in one atomic write. Search indexes (entries ``{search_field,
+        filter_fields}``) are stored in the catalog, dropped or backfilled in
+        their own directories (in the background when the projection was
+        opened with `background_search_backfill`).
         """
+        plain, search = split_catalog(indexes)
+        self._set_plain_indexes(plain)
+        new_search = normalize_search_catalog(search)
+        if new_search != self._search_catalog or (new_search and not self._search.specs()):
+            db = self._db_open()
+            if new_search:
+                db.put(META_SEARCH_CATALOG, orjson.dumps(new_search, option=orjson.OPT_SORT_KEYS), self._wo)
+            else:
+                db.delete(META_SEARCH_CATALOG, self._wo)
+            self._search_catalog = new_search
+            self._search.install(specs_of(new_search), self._applied_offset, self._background_search)
+
+    def _set_plain_indexes(self, indexes: Mapping[str, Mapping[str, list[str]]]) -> None:
         db = self._db_open()
         new = normalize_catalog(indexes)
         old = self._catalog
@@ -383,6 +435,64 @@ class Projection:
         db.write(wb, self._wo)
         self._catalog = new
         self._tables = {}
+
+    # --- search -----------------------------------------------------------------------
+
+    def _search_docs(self, table: str, after: str | None, n: int) -> list[tuple[str, bytes]]:
+        """Up to `n` (id, stored encoding) of `table` after id `after`, in id order (for search backfills)."""
+        lo, hi = self.index_range(table, "by_id")
+        if after is not None:
+            lo = prefix_successor(by_id_key(table, after))
+        get = self._db_open().get
+        out = []
+        for _key, doc_id in self.scan(lo, hi):
+            raw = get(DOC + doc_id.encode())
+            if raw is not None:
+                out.append((doc_id, raw))
+                if len(out) >= n:
+                    break
+        return out
+
+    def search_spec(self, table: str, index: str) -> SearchSpec:
+        """The definition of search index `index` of `table` (KeyError if there is none)."""
+        return self._search.spec(table, index)
+
+    def search_candidates(self, table: str, index: str, query: SearchQuery, limit: int,
+                          extra: Any = None) -> Candidates:
+        """Search hits of the committed index and the ids to re-check (see `projections.search`).
+
+        `extra()`, called after the searcher is taken, names more ids the caller's view may differ on.
+        """
+        return self._search.candidates(table, index, query, limit, extra)
+
+    @property
+    def search_tables(self) -> dict[str, Any]:
+        """The tables that have search indexes (a mapping keyed by table name)."""
+        return self._search.tables
+
+    def search_keys(self, table: str, doc: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+        """(bucket, key) of every search read-set key a version of `doc` in `table` touches."""
+        out = []
+        for idx in self._search.tables.get(table, ()):
+            bucket = search_prefix(idx.spec)
+            out.extend((bucket, key) for key in doc_search_keys(idx.spec, doc))
+        return out
+
+    def search_progress(self) -> dict[str, Any]:
+        """Per search index: whether it is building (documents done, total), its committed offset, pending writes."""
+        return self._search.progress()
+
+    def on_search_ready(self, callback: Any) -> None:
+        """Call `callback()` (from a worker thread) whenever a search index finishes building."""
+        self._search.on_ready.append(callback)
+
+    def bulk_search(self, on: bool) -> None:
+        """While replaying many records: commit search indexes only at the end (when turned off)."""
+        self._search.bulk(on)
+
+    def flush_search(self) -> None:
+        """Wait until every search index has committed all applied writes."""
+        self._search.flush()
 
     # --- reading --------------------------------------------------------------------
 
@@ -564,6 +674,9 @@ class Projection:
         db = self._db
         if db is None:
             return
+        search = getattr(self, "_search", None)
+        if search is not None:
+            search.close()
         self._db = None
         db.flush(True)
         db.close()
