@@ -12,7 +12,8 @@ from engine.limits import Limits
 from engine.overlay import Overlay
 from engine.readset import ReadSet, key_successor
 from engine.scan_cache import ScanCache
-from engine.schema import Schema
+from engine.schema import Schema, schema_error
+from engine.validators import ValidationError
 from projections.types import DocumentReader
 from values import ConvexValueError, check_value, decode_doc, encode_doc, new_id, table_of
 
@@ -354,7 +355,10 @@ class DatabaseWriter(DatabaseReader):
                 if validator is None:
                     raise ArgumentError(f"patch of {doc_id!r}: {table} document: unexpected field {key!r} "
                                         f"(allowed: {', '.join(field_validators)})")
-                value = validator.check(value, f"{table} document.{key}")
+                try:
+                    value = validator.check(value, f".{key}")
+                except ValidationError as exc:
+                    raise schema_error(table, exc) from None
             try:
                 check_value(value, f"{table} document.{key}", 1)
             except ConvexValueError as exc:

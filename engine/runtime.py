@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from engine.action_workers import ActionWorkers
@@ -15,6 +15,7 @@ from engine.crons import CronRunner
 from engine.db import DatabaseReader, Transaction
 from engine.errors import AppError, EngineError, InternalFunctionError, LimitExceeded, SchemaViolation
 from engine.execution import SliceExpired, SlowPaths, check_result, run_handler
+from engine import function_logs
 from engine.limits import DEFAULT_LIMITS, Limits
 from engine.preempt import Preempted, expire_workers, worker_deadline
 from engine.readset import ReadSet
@@ -40,6 +41,15 @@ class QueryResult:
     offset: int
     ts: int
     error: Exception | None = None
+    log_lines: list[str] = field(default_factory=list)  # what the query printed or logged (Convex format)
+
+
+@dataclass
+class ActionOutcome:
+    """An action's return value and the log lines it printed or logged."""
+
+    value: Any
+    log_lines: list[str]
 
 
 class Runtime:
@@ -61,6 +71,8 @@ class Runtime:
         self.snapshots = SnapshotJournal()  # read views for queries running off the loop
         self._listeners: list[AppliedListener] = []
         self.mutation_forwarder: Callable[..., Any] | None = None
+        self.function_logs = function_logs.LogStream()  # finished calls' logs, for /api/admin/logs
+        function_logs.install()
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -115,6 +127,8 @@ class Runtime:
         if bad:
             raise SchemaViolation("schema.py does not match existing documents: " + "; ".join(problems), bad)
         self.projection.set_indexes(app.schema.index_catalog())
+        if app._package:
+            function_logs.enable_app_logging(app._package)
         self.app = app
 
     # -- projection feed -------------------------------------------------------
@@ -157,16 +171,26 @@ class Runtime:
         source = reader if reader is not None else self.projection
         tx = Transaction(source, self.app.schema, self.limits, None, writable=False)
         offset, ts = source.applied_offset, source.applied_ts
-        try:
-            fn = self.app.function(path, allow_internal=allow_internal)
-            if fn.kind != "query":
-                raise EngineError(f"{fn.path} is a {fn.kind}, not a query")
-            checked = fn.validate_args(args)
-            ctx = QueryCtx(DatabaseReader(tx), Auth(identity))
-            value = run_handler(fn.handler(ctx, **checked), fn.path, self.limits.max_seconds, slice_seconds)
-        except (AppError, EngineError) as exc:
-            return QueryResult(None, tx.read_set, offset, ts, exc)
-        return QueryResult(value, tx.read_set, offset, ts)
+        with function_logs.capture(path, "query") as flog:
+            try:
+                fn = self.app.function(path, allow_internal=allow_internal)
+                if fn.kind != "query":
+                    raise EngineError(f"{fn.path} is a {fn.kind}, not a query")
+                checked = fn.validate_args(args)
+                ctx = QueryCtx(DatabaseReader(tx), Auth(identity))
+                value = fn.check_returns(run_handler(fn.handler(ctx, **checked), fn.path, self.limits.max_seconds,
+                                                     slice_seconds))
+            except (AppError, EngineError) as exc:
+                error: Exception | None = exc
+                value = None
+            else:
+                error = None
+        lines = flog.lines if flog is not None else []
+        if flog is not None:
+            if error is not None:
+                function_logs.attach(error, lines)
+            function_logs.publish(flog, self.function_logs, error)
+        return QueryResult(value, tx.read_set, offset, ts, error, lines)
 
     # -- keeping user code off the event loop -------------------------------------
     def is_slow(self, path: str) -> bool:
@@ -245,23 +269,48 @@ class Runtime:
     async def run_action(self, path: str, args: Any, *, allow_internal: bool = False,
                          identity: dict[str, Any] | None = None) -> Any:
         """Run an action: ordinary async code that may do I/O and call other functions."""
+        return (await self.call_action(path, args, allow_internal=allow_internal, identity=identity)).value
+
+    async def call_action(self, path: str, args: Any, *, allow_internal: bool = False,
+                          identity: dict[str, Any] | None = None) -> ActionOutcome:
+        """`run_action`, also returning the log lines the action printed (a failure carries them too:
+        `function_logs.lines_of(error)`)."""
         fn = self.app.function(path, allow_internal=allow_internal)
         if fn.kind != "action":
             raise EngineError(f"{fn.path} is a {fn.kind}, not an action")
         checked = fn.validate_args(args)
         ctx = ActionCtx(self, Auth(identity), asyncio.get_running_loop())
+        logs: list[function_logs.FunctionLog] = []
+
+        async def logged() -> Any:  # runs on the action's worker, in its own task (its own context)
+            with function_logs.capture(fn.path, "action") as flog:
+                if flog is not None:
+                    logs.append(flog)
+                return await fn.handler(ctx, **checked)
+
+        def request_id() -> str | None:
+            return logs[0].request_id if logs else None
         try:
-            result = await self.actions.run(lambda: fn.handler(ctx, **checked), self.limits.max_action_seconds,
-                                            fn.path)
-        except Preempted:
-            raise EngineError(f"{fn.path} ran longer than {self.limits.max_action_seconds:g}s") from None
-        except (AppError, EngineError):
+            try:
+                result = await self.actions.run(logged, self.limits.max_action_seconds, fn.path)
+            except Preempted:
+                raise EngineError(f"{fn.path} ran longer than {self.limits.max_action_seconds:g}s") from None
+            except (AppError, EngineError):
+                raise
+            except asyncio.TimeoutError:
+                raise EngineError(f"{fn.path} ran longer than {self.limits.max_action_seconds:g}s") from None
+            except Exception as exc:
+                error = InternalFunctionError(fn.path, request_id())
+                log.error("uncaught exception in %s (request %s)", fn.path, error.request_id, exc_info=exc)
+                raise error from None
+            check_result(result, fn.path)
+            result = fn.check_returns(result)
+        except (AppError, EngineError) as exc:
+            if logs:
+                function_logs.attach(exc, logs[0].lines)
+                function_logs.publish(logs[0], self.function_logs, exc)
             raise
-        except asyncio.TimeoutError:
-            raise EngineError(f"{fn.path} ran longer than {self.limits.max_action_seconds:g}s") from None
-        except Exception as exc:
-            error = InternalFunctionError(fn.path)
-            log.error("uncaught exception in %s (request %s)", fn.path, error.request_id, exc_info=exc)
-            raise error from None
-        check_result(result, fn.path)
-        return result
+        lines = logs[0].lines if logs else []
+        if logs:
+            function_logs.publish(logs[0], self.function_logs)
+        return ActionOutcome(result, lines)
