@@ -32,10 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from engine.client_values import error_data_wire, result_wire
 from engine.errors import AppError
 from engine.runtime import QueryResult
 from gateway import protocol as p
-from gateway.ws_frames import QUERY_UPDATED
+from gateway.ws_frames import QUERY_UPDATED, QUERY_UPDATED_LOGGED
 from values import to_wire
 
 if TYPE_CHECKING:
@@ -66,13 +67,16 @@ class LaneStep:
     reevaluate_all: bool = False                       # the identity changed
 
 
-def modification(query_id: int, result: QueryResult, path: str) -> bytes:
-    """The Transition modification for a lane query's result."""
+def modification(query_id: int, result: QueryResult, path: str, app: Any = None) -> bytes:
+    """The Transition modification for a lane query's result (values under the int/float rule with `app`)."""
     if result.error is None:
-        return QUERY_UPDATED % (query_id, orjson.dumps(to_wire(result.value)))
-    message = p.query_failed(query_id, p.elide(str(result.error), path))
+        value = result_wire(app, path, result.value) if app is not None else to_wire(result.value)
+        if result.log_lines:
+            return QUERY_UPDATED_LOGGED % (query_id, orjson.dumps(value), orjson.dumps(result.log_lines))
+        return QUERY_UPDATED % (query_id, orjson.dumps(value))
+    message = p.query_failed(query_id, p.elide(str(result.error), path), log_lines=result.log_lines)
     if isinstance(result.error, AppError):
-        message["errorData"] = to_wire(result.error.data)
+        message["errorData"] = error_data_wire(app, result.error.data) if app is not None else to_wire(result.error.data)
     return orjson.dumps(message)
 
 
@@ -179,7 +183,7 @@ class SessionLane:
                     manager.track_lane(session, qid, ranges, result.read_set.buckets)
                     if since and manager.touches(since, ranges):
                         self.dirty.add(qid)  # written after the view was taken: run it again next step
-                    mod = modification(qid, result, lane_query.path)
+                    mod = modification(qid, result, lane_query.path, runtime.app)
                     if mod != lane_query.sent:
                         lane_query.sent = mod
                         mods.append(mod)

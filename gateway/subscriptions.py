@@ -13,10 +13,11 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Protocol
+from typing import Any, Callable, Hashable, Protocol
 
 import orjson
 
+from engine.client_values import error_data_wire, result_wire
 from engine.errors import AppError
 from engine.db import READABLE_SYSTEM_TABLES, is_system_table
 from engine.runtime import QueryResult, Runtime
@@ -58,22 +59,29 @@ class SharedQuery:
     value_json: bytes = b"null"
     error_message: str | None = None
     error_data_json: bytes | None = None
+    log_json: bytes = b"[]"  # the log lines of the execution that produced the result (a JSON array)
     offset: int = -1
     ts: int = 0
     read_ranges: list[tuple[bytes, bytes]] | None = None  # as last indexed, to skip re-indexing an unchanged read set
     read_buckets: list[bytes] | None = None
     subscribers: dict[tuple[int, int], tuple[Subscriber, int]] = field(default_factory=dict)
 
-    def set_result(self, result: QueryResult) -> bool:
-        """Store a new result; returns True if what clients see changed."""
+    def set_result(self, result: QueryResult, encode: Callable[[Any], Any] = to_wire,
+                   encode_data: Callable[[Any], Any] = to_wire) -> bool:
+        """Store a new result; returns True if what clients see changed.
+
+        `encode` turns the value into Convex JSON (`engine.client_values.result_wire`: the int/float
+        rule), `encode_data` an AppError's data. The log lines of this execution are kept with it.
+        """
         self.offset, self.ts = result.offset, result.ts
+        self.log_json = orjson.dumps(result.log_lines) if result.log_lines else b"[]"
         if result.error is None:
-            value_json = orjson.dumps(to_wire(result.value))
+            value_json = orjson.dumps(encode(result.value))
             changed = self.error_message is not None or value_json != self.value_json
             self.value_json, self.error_message, self.error_data_json = value_json, None, None
             return changed
         message = elide(str(result.error), self.path)
-        data = orjson.dumps(to_wire(result.error.data)) if isinstance(result.error, AppError) else None
+        data = orjson.dumps(encode_data(result.error.data)) if isinstance(result.error, AppError) else None
         changed = message != self.error_message or data != self.error_data_json
         self.error_message, self.error_data_json = message, data
         return changed
@@ -160,7 +168,9 @@ class SubscriptionManager:
         if ranges != shared.read_ranges or buckets != shared.read_buckets:
             self._ranges.set(shared.key, ranges, buckets)
             shared.read_ranges, shared.read_buckets = ranges, buckets
-        return shared.set_result(result)
+        app = self.runtime.app
+        return shared.set_result(result, lambda value: result_wire(app, shared.path, value),
+                                 lambda data: error_data_wire(app, data))
 
     def refresh_all(self) -> list[SharedQuery]:
         """Re-run every live query (after an app reload); returns those whose result changed.

@@ -18,6 +18,9 @@ TEXT = 0x81  # FIN + text opcode
 QUERY_UPDATED = b'{"type":"QueryUpdated","queryId":%d,"value":%s,"logLines":[],"journal":null}'
 """A ``QueryUpdated`` modification: ``QUERY_UPDATED % (query id, the value's Convex JSON)``."""
 
+QUERY_UPDATED_LOGGED = b'{"type":"QueryUpdated","queryId":%d,"value":%s,"logLines":%s,"journal":null}'
+"""``QUERY_UPDATED`` with log lines: ``% (query id, the value's Convex JSON, the lines as a JSON array)``."""
+
 
 def text_frame(payload: bytes) -> bytes:
     """One complete, unmasked server text frame carrying `payload`."""
