@@ -471,7 +471,7 @@ async def test_app_error_data_arrives_as_exception_data(server_factory) -> None:
 
         with pytest.raises(ClientAppError) as info:
             await tape.action("values:fail_action", {"data": "plain message"})
-        assert info.value.data == "plain message" and info.value.message == "plain message"
+        assert info.value.data == "plain message" and info.value.message == "Uncaught ConvexError: plain message"
 
         # Engine errors (bad arguments, unknown functions) carry no data.
         with pytest.raises(FunctionError) as plain:
