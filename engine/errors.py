@@ -45,8 +45,9 @@ class AppError(Exception):
 
     def __init__(self, data: Any = None, message: str | None = None) -> None:
         self.data = data
-        text = message if message is not None else (data if isinstance(data, str) else js_stringify(data))
-        super().__init__(f"Uncaught ConvexError: {text}")
+        if message is None:  # (an explicit message is used as it is: e.g. one forwarded from the committer)
+            message = f"Uncaught ConvexError: {data if isinstance(data, str) else js_stringify(data)}"
+        super().__init__(message)
 
 
 class EngineError(Exception):

@@ -38,6 +38,7 @@ from aiohttp import web
 from engine.committer import MutationOutcome
 from gateway.config import NODE_KEY
 from engine.errors import AppError, EngineError
+from engine.function_logs import attach, lines_of
 from values import from_wire, to_wire
 from log.errors import LogError
 from log.file_log import FileLog
@@ -106,11 +107,12 @@ async def handle_internal_mutation(request: web.Request) -> web.Response:
         outcome = await node.runtime.run_mutation(path, args, allow_internal=True, identity=identity,
                                                   session_id=session_id, request_id=request_id)
     except AppError as exc:
-        return _json({"ok": False, "kind": "app", "message": str(exc), "data": to_wire(exc.data)})
+        return _json({"ok": False, "kind": "app", "message": str(exc), "data": to_wire(exc.data),
+                      "logLines": lines_of(exc)})
     except EngineError as exc:
-        return _json({"ok": False, "kind": "engine", "message": str(exc)})
+        return _json({"ok": False, "kind": "engine", "message": str(exc), "logLines": lines_of(exc)})
     return _json({"ok": True, "value": to_wire(outcome.value), "ts": outcome.ts, "offset": outcome.offset,
-                  "replayed": outcome.replayed})
+                  "replayed": outcome.replayed, "logLines": outcome.log_lines})
 
 
 # ---------------------------------------------------------------- replica side
@@ -217,13 +219,14 @@ class Replica:
         body = orjson.dumps({"path": path, "args": to_wire(args), "identity": identity,
                              "session_id": session_id, "request_id": request_id})
         data = await self._post(body, retry_after_send=session_id is not None and request_id is not None)
+        lines = [str(x) for x in data.get("logLines") or []]
         if not data.get("ok"):
             message = str(data.get("message") or "the committer refused the mutation")
-            if data.get("kind") == "app":
-                raise AppError(from_wire(data.get("data")), message)
-            raise EngineError(message)
+            error = AppError(from_wire(data.get("data")), message) if data.get("kind") == "app" else EngineError(message)
+            attach(error, lines)
+            raise error
         outcome = MutationOutcome(from_wire(data.get("value")), int(data["ts"]), int(data["offset"]),
-                                  bool(data.get("replayed")))
+                                  bool(data.get("replayed")), log_lines=lines)
         self.forwarded += 1
         await self.wait_applied(outcome.offset, outcome.ts)
         return outcome
