@@ -171,20 +171,22 @@ class Runtime:
         source = reader if reader is not None else self.projection
         tx = Transaction(source, self.app.schema, self.limits, None, writable=False)
         offset, ts = source.applied_offset, source.applied_ts
-        with function_logs.capture(path, "query") as flog:
-            try:
-                fn = self.app.function(path, allow_internal=allow_internal)
-                if fn.kind != "query":
-                    raise EngineError(f"{fn.path} is a {fn.kind}, not a query")
-                checked = fn.validate_args(args)
-                ctx = QueryCtx(DatabaseReader(tx), Auth(identity))
-                value = fn.check_returns(run_handler(fn.handler(ctx, **checked), fn.path, self.limits.max_seconds,
-                                                     slice_seconds))
-            except (AppError, EngineError) as exc:
-                error: Exception | None = exc
-                value = None
-            else:
-                error = None
+        flog, token = function_logs.begin(path, "query")  # (not a with-block: this runs for every query)
+        try:
+            fn = self.app.function(path, allow_internal=allow_internal)
+            if fn.kind != "query":
+                raise EngineError(f"{fn.path} is a {fn.kind}, not a query")
+            checked = fn.validate_args(args)
+            ctx = QueryCtx(DatabaseReader(tx), Auth(identity))
+            value = fn.check_returns(run_handler(fn.handler(ctx, **checked), fn.path, self.limits.max_seconds,
+                                                 slice_seconds))
+        except (AppError, EngineError) as exc:
+            error: Exception | None = exc
+            value = None
+        else:
+            error = None
+        finally:
+            function_logs.end(flog, token)
         lines = flog.lines if flog is not None else []
         if flog is not None:
             if error is not None:

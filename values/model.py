@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import struct
 from typing import Any
 
@@ -76,8 +77,18 @@ def field_name_problem(key: Any) -> str | None:
     return None
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+_KNOWN_IDENTIFIERS: set[str] = set()  # names seen valid (field names repeat: most checks are one lookup)
+
+
 def identifier_problem(name: str) -> str | None:
     """Why `name` is not a Convex identifier (a top-level document field), or None."""
+    if name in _KNOWN_IDENTIFIERS:
+        return None
+    if _IDENTIFIER.match(name) and name.strip("_"):
+        if len(_KNOWN_IDENTIFIERS) < 65536:
+            _KNOWN_IDENTIFIERS.add(name)
+        return None
     if not name:
         return "Identifier cannot be empty"
     if not (name[0].isascii() and (name[0].isalpha() or name[0] == "_")):
