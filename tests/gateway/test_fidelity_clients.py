@@ -3,6 +3,7 @@ and `tape logs` following a live deployment (tests/apps/fidelity)."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import threading
@@ -87,11 +88,14 @@ def test_python_client_follows_the_int_float_rule(server_factory) -> None:
     assert numbers["exact"].value == 5 and numbers["plain"] == 5.0
 
 
-async def test_tape_python_client_follows_the_int_float_rule(server_factory) -> None:
+async def test_tape_python_client_follows_the_int_float_rule(server_factory, caplog) -> None:
     from client import Client
 
     server = server_factory("fidelity")
+    caplog.set_level(logging.INFO, logger="tape.client.functions")
     async with Client(server.url) as tape:
+        await tape.mutation("logs:chatty", {"n": 1.0})
+        assert "[CONVEX M(logs:chatty)] [LOG] line 0" in [r.getMessage() for r in caplog.records]
         assert await tape.query("shapes:count", {"n": 3.0}) == 3.0
         numbers = await tape.query("shapes:numbers", {})
         assert {k: type(v) for k, v in numbers.items()} == {"exact": int, "approx": float, "plain": float, "maybe": int}
