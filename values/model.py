@@ -149,7 +149,14 @@ def check_value(value: Any, path: str = "value", depth: int = 0, max_depth: int 
         if len(value) > MAX_ARRAY_LEN:
             raise ConvexValueError(f"{path}: Array length is too long ({len(value)} > maximum length {MAX_ARRAY_LEN})")
         special = False
+        shallow = depth < max_depth  # its scalar items are checked here, without a call (the common case)
         for i, item in enumerate(value):
+            ti = type(item)
+            if shallow and (ti is bool or item is None or (ti is str and item.isascii())):
+                continue
+            if shallow and ti is float:
+                special |= item - item != 0.0  # inf and nan
+                continue
             special |= check_value(item, f"{path}[{i}]", depth + 1, max_depth)
         return special
     if t is dict:
@@ -157,10 +164,17 @@ def check_value(value: Any, path: str = "value", depth: int = 0, max_depth: int 
             raise ConvexValueError(f"{path}: Object has too many fields ({len(value)} > maximum number "
                                    f"{MAX_OBJECT_FIELDS})")
         special = False
+        shallow = depth < max_depth
         for key, item in value.items():
             if type(key) is not str or key.startswith("$") or not (key.isascii() and key.isprintable()) \
                     or len(key) > MAX_FIELD_NAME_LEN:
                 raise ConvexValueError(f"{path}: {field_name_problem(key)}")
+            ti = type(item)
+            if shallow and (ti is bool or item is None or (ti is str and item.isascii())):
+                continue
+            if shallow and ti is float:
+                special |= item - item != 0.0  # inf and nan
+                continue
             special |= check_value(item, f"{path}.{key}", depth + 1, max_depth)
         return special
     if isinstance(value, (bytearray, memoryview)):
