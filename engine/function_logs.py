@@ -13,8 +13,9 @@ streams them. Tape does the same for Python functions:
 * ``sys.stdout`` / ``sys.stderr`` are replaced by proxies (`install`) that
   send text written inside a call to that call's log (stdout as ``LOG``,
   stderr as ``ERROR``) and pass everything else through unchanged.
-* A handler on the root logger takes records logged inside a call (levels
-  DEBUG/INFO/WARNING/ERROR map to Convex's DEBUG/INFO/WARN/ERROR). Logger
+* Records logged inside a call are taken as they are made (a wrapper of the
+  log record factory, so handlers and ``basicConfig`` are left alone); levels
+  DEBUG/INFO/WARNING/ERROR map to Convex's DEBUG/INFO/WARN/ERROR. Logger
   levels apply as usual; the app's own modules log from DEBUG up.
 * Lines look as Convex sends them: ``[LEVEL] text``. A call keeps at most
   `MAX_LINES` lines (the last one then says the rest was dropped, as
@@ -297,6 +298,9 @@ def lines_of(error: BaseException) -> list[str]:
 
 # --- process-wide hooks ---------------------------------------------------------------------------
 
+_STREAM_HANDLER_EMIT = logging.StreamHandler.emit.__code__
+
+
 class _StreamProxy(io.TextIOBase):
     """Stands in for sys.stdout / sys.stderr: text written inside a call goes to its log."""
 
@@ -306,7 +310,7 @@ class _StreamProxy(io.TextIOBase):
 
     def write(self, text: str) -> int:  # type: ignore[override]
         entry = _CURRENT.get()
-        if entry is None:
+        if entry is None or sys._getframe(1).f_code is _STREAM_HANDLER_EMIT:  # (a log handler: not the call's print)
             return self._target.write(text)
         entry.write(self._level, str(text))
         return len(text)
@@ -342,17 +346,22 @@ def _message(record: logging.LogRecord) -> str:
     return message
 
 
-class _CaptureHandler(logging.Handler):
-    """Root handler: a record logged inside a call (not by the server itself) joins the call's log.
+APP_PACKAGE_PREFIX = "tape_app_"
+"""Loggers of app modules (`engine.app`): their records are taken by `_AppHandler`."""
 
-    The root logger's other handlers print it to the server log as usual, so it is marked echoed.
+
+def _capture_record(record: logging.LogRecord) -> None:
+    """A record logged inside a call (not by the server, not by the app's own modules) joins the call's log.
+
+    The logger's handlers print it to the server log as usual, so it is marked echoed.
     """
-
-    def emit(self, record: logging.LogRecord) -> None:
-        entry = _CURRENT.get()
-        if entry is None or record.name.partition(".")[0] in SERVER_NAMESPACES:
-            return
-        entry.add(level_name(record.levelno), _message(record), echoed=True)
+    entry = _CURRENT.get()
+    if entry is None:
+        return
+    top = record.name.partition(".")[0]
+    if top in SERVER_NAMESPACES or top.startswith(APP_PACKAGE_PREFIX):
+        return
+    entry.add(level_name(record.levelno), _message(record), echoed=True)
 
 
 class _AppHandler(logging.Handler):
@@ -370,8 +379,23 @@ class _AppHandler(logging.Handler):
 
 
 _installed_lock = threading.Lock()
-_HANDLER = _CaptureHandler(logging.NOTSET)
 _APP_HANDLER = _AppHandler(logging.NOTSET)
+_factory_installed = False
+
+
+def _install_record_factory() -> None:
+    """Wrap the log record factory: every record created (its logger's level allowed it) passes by
+    `_capture_record`. Unlike a root handler this leaves the handlers alone (`basicConfig` still works)."""
+    global _factory_installed
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if _CURRENT.get() is not None:
+            _capture_record(record)
+        return record
+    logging.setLogRecordFactory(factory)
+    _factory_installed = True
 
 
 def install() -> None:
@@ -381,9 +405,8 @@ def install() -> None:
             sys.stdout = _StreamProxy(sys.stdout, "LOG")  # type: ignore[assignment]
         if not isinstance(sys.stderr, _StreamProxy):
             sys.stderr = _StreamProxy(sys.stderr, "ERROR")  # type: ignore[assignment]
-        root = logging.getLogger()
-        if _HANDLER not in root.handlers:
-            root.addHandler(_HANDLER)
+        if not _factory_installed:
+            _install_record_factory()
         if server_log.level == logging.NOTSET:
             server_log.setLevel(logging.INFO)  # function output reaches the server log at its default level
 

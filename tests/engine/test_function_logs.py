@@ -106,3 +106,21 @@ async def test_output_outside_calls_is_untouched(make_runtime, capsys: pytest.Ca
     await make_runtime("fidelity")
     print("plain server output")
     assert "plain server output" in capsys.readouterr().out
+
+
+def test_a_log_record_is_captured_once_and_handlers_still_work() -> None:
+    fl.install()
+    logger = logging.getLogger("thirdparty.lib")
+    handler = logging.StreamHandler()  # writes to sys.stderr, which is the capturing proxy now
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with fl.capture("m:f", "query") as entry:
+            assert entry is not None
+            logger.warning("careful %s", "now")
+            logger.debug("below the logger's level")
+        assert entry.lines == ["[WARN] careful now"]  # not also the handler's own output as an [ERROR] line
+        assert logging.getLogger().handlers == [] or fl._APP_HANDLER not in logging.getLogger().handlers
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = True
