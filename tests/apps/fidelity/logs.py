@@ -2,6 +2,7 @@
 import asyncio
 import logging
 import sys
+import time
 
 from engine import AppError, action, mutation, query, v
 
@@ -46,7 +47,6 @@ async def tagged(ctx, tag, lines, pause):
 @query(args={"tag": v.string(), "spin": v.number()})
 async def slow_tagged(ctx, tag, spin):
     """Prints its tag, burns CPU for `spin` seconds (so it runs on a query worker thread), prints again."""
-    import time
     print(f"{tag} start")
     end = time.monotonic() + spin
     while time.monotonic() < end:
