@@ -5,7 +5,8 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Literal, Mapping
 
-from engine.errors import EngineError
+from engine.errors import ArgumentError, EngineError
+from values import ConvexValueError, check_value
 from engine.validators import ValidationError, Validator, as_object_validator
 
 Kind = Literal["query", "mutation", "action"]
@@ -29,6 +30,10 @@ class FunctionDef:
 
     def validate_args(self, args: Any) -> dict[str, Any]:
         """Validate arguments; errors name the argument (its path), the validator and the value, as Convex's."""
+        try:
+            check_value(args, "args")  # Convex's value limits (array length, field names, ...)
+        except ConvexValueError as exc:
+            raise ArgumentError(f"ArgumentValidationError: {exc}") from None
         try:
             return self.args.check(args, "")
         except ValidationError as exc:

@@ -284,9 +284,7 @@ def from_wire(value: Any, path: str = "value", depth: int = 0) -> Any:
         return value
     if t is int:
         return float(value)
-    if t is list:
-        if len(value) > MAX_ARRAY_LEN:
-            raise ConvexValueError(f"{path}: Array length is too long ({len(value)} > maximum length {MAX_ARRAY_LEN})")
+    if t is list:  # (Convex's size limits are checked where the value is used: `check_value`)
         return [from_wire(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     if t is dict:
         if len(value) == 1:
@@ -308,12 +306,9 @@ def from_wire(value: Any, path: str = "value", depth: int = 0) -> Any:
                 except (ValueError, TypeError, AttributeError) as exc:
                     raise ConvexValueError(f"{path}: malformed {key} value ({exc})") from None
                 raise ConvexValueError(f"{path}: unknown special value {key!r}")
-        if len(value) > MAX_OBJECT_FIELDS:
-            raise ConvexValueError(f"{path}: Object has too many fields ({len(value)} > maximum number "
-                                   f"{MAX_OBJECT_FIELDS})")
         out = {}
         for k, v in value.items():
-            if k.startswith("$") or not (k.isascii() and k.isprintable()) or len(k) > MAX_FIELD_NAME_LEN:
+            if k.startswith("$"):
                 raise ConvexValueError(f"{path}: {field_name_problem(k)}")
             out[k] = from_wire(v, f"{path}.{k}", depth + 1)
         return out

@@ -82,13 +82,19 @@ async def test_value_limits_name_the_path(make_runtime) -> None:
         ({"_secret": 1.0}, r"insert into 'bag': field '_secret' is reserved"),
         ({"bad-name": 1.0}, r"bag document\.bad-name: Identifier 'bad-name' can only contain alphanumeric"),
         ({"x" * 65: 1.0}, r"Identifier is too long \(65 > maximum 64\)"),
-        ({"ok": {"nested key ok": [1.0] * 8193}}, r"bag document\.ok\.nested key ok: Array length is too long"),
-        ({"ok": {f"f{i}": 1.0 for i in range(1025)}}, r"bag document\.ok: Object has too many fields \(1025 > maximum"),
-        ({"ok": "\ud800"}, r"bag document\.ok: string is not valid Unicode"),
+        # arguments are checked against the same limits before the function runs
+        ({"ok": {"nested key ok": [1.0] * 8193}},
+         r"ArgumentValidationError: args\.doc\.ok\.nested key ok: Array length is too long \(8193 > maximum length"),
+        ({"ok": {f"f{i}": 1.0 for i in range(1025)}},
+         r"args\.doc\.ok: Object has too many fields \(1025 > maximum number 1024\)"),
+        ({"ok": "\ud800"}, r"args\.doc\.ok: string is not valid Unicode"),
     ]
     for doc, pattern in cases:
         with pytest.raises(ArgumentError, match=pattern):
             await rt.run_mutation("shapes:store", {"doc": doc})
+    with pytest.raises(ArgumentError, match=r"bag document\.rows: Array length is too long \(8193 > maximum length"):
+        await rt.run_mutation("shapes:store_long", {"n": 8193.0})
+    await rt.run_mutation("shapes:store_long", {"n": 8192.0})
     deep: object = 1.0
     for _ in range(15):
         deep = [deep]

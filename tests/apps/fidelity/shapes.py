@@ -74,3 +74,9 @@ async def store(ctx, doc):
 async def odd_key(ctx, key):
     """An object with the field name `key`."""
     return {key: 1.0}
+
+
+@mutation(args={"n": v.number()})
+async def store_long(ctx, n):
+    """Inserts a document holding a list of `n` numbers built here (not passed in)."""
+    return await ctx.db.insert("bag", {"rows": [1.0] * int(n)})
