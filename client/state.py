@@ -49,6 +49,16 @@ __all__ = [
 ]
 
 log = logging.getLogger("tape.client")
+function_log = logging.getLogger("tape.client.functions")
+"""Where the log lines functions send (``logLines``) are written, as the JS client prints them."""
+
+
+def print_log_lines(letter: str, path: str, lines: Any) -> None:
+    """Log a function's ``logLines`` at INFO: ``[CONVEX Q(path)] [LOG] text`` (as the official JS client does)."""
+    if not lines or not isinstance(lines, list) or not function_log.isEnabledFor(logging.INFO):
+        return
+    for line in lines:
+        function_log.info("[CONVEX %s(%s)] %s", letter, path, line)
 
 RequestKind = Literal["Mutation", "Action"]
 SendFn = Callable[[dict[str, Any]], None]
@@ -504,6 +514,7 @@ class ClientCore:
             kind = mod.get("type")
             if entry is None or kind == "QueryRemoved":
                 continue  # removed locally already; ids are never reused
+            print_log_lines("Q", entry.path, mod.get("logLines"))
             if kind == "QueryUpdated":
                 wire = mod.get("value")
                 decoded.append((entry, kind, wire, from_wire(wire, f"Transition.modifications[{i}].value")))
@@ -545,6 +556,7 @@ class ClientCore:
         request = self.requests.get(_field(message, "requestId", "MutationResponse"))
         if request is None or request.kind != "Mutation":
             return
+        print_log_lines("M", request.path, message.get("logLines"))
         if message.get("success") is True:
             ts = decode_ts(_field(message, "ts", "MutationResponse"), "MutationResponse.ts")
             request.result = from_wire(message.get("result"), "MutationResponse.result")
@@ -564,6 +576,7 @@ class ClientCore:
         request = self.requests.get(_field(message, "requestId", "ActionResponse"))
         if request is None or request.kind != "Action":
             return
+        print_log_lines("A", request.path, message.get("logLines"))
         if message.get("success") is True:
             value = from_wire(message.get("result"), "ActionResponse.result")
             del self.requests[request.request_id]

@@ -32,11 +32,12 @@ import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from engine import function_logs
 from engine.context import Auth, MutationCtx
 from engine.db import DatabaseWriter, Transaction
 from engine.errors import EngineError, LimitExceeded, OutcomeUnknown, WritesUnavailable
@@ -112,6 +113,7 @@ class MutationOutcome:
     ts: int
     offset: int
     replayed: bool = False
+    log_lines: list[str] = field(default_factory=list)  # what the mutation printed or logged (Convex format)
 
 
 @dataclass
@@ -180,6 +182,7 @@ class _Staged:
     end_mark: int
     keys: list[tuple[str, int]]
     first_offset: int
+    logs: dict[int, list[str]] = field(default_factory=dict)  # record index -> its mutation's log lines
 
 
 class Committer:
@@ -476,6 +479,7 @@ class Committer:
         records: list[Record] = []
         owners: list[list[_Queued]] = []
         values: list[Any] = []
+        logs: dict[int, list[str]] = {}  # record index -> log lines of its mutation
         keys: list[tuple[str, int]] = []
         for i, p in enumerate(batch):
             if not off_loop and (records or i) and time.monotonic() > slice_end:
@@ -522,12 +526,17 @@ class Committer:
                              cursors=runtime.cursors)
             db = DatabaseWriter(tx, self._creation_clock)
             ctx = MutationCtx(db, Auth(p.identity), MutationScheduler(db, runtime.app), runtime.app)
+            flog, token = function_logs.begin(p.fn.path, "mutation")
             try:
-                value = run_handler(p.fn.handler(ctx, **p.args), p.fn.path, limits.max_seconds, slice_seconds)
-                result = encode_value(value)
+                try:
+                    value = p.fn.check_returns(run_handler(p.fn.handler(ctx, **p.args), p.fn.path,
+                                                           limits.max_seconds, slice_seconds))
+                    result = encode_value(value)
+                finally:
+                    function_logs.end(flog, token)
                 if job is not None:
                     self._finish_job(db, tx, job, "success")
-            except SliceExpired:
+            except SliceExpired:  # (its log is dropped: it runs again)
                 overlay.rollback(mark)
                 log.info("mutation %s outran its %.0f ms slice on the event loop: it runs on a worker thread "
                          "from now on", p.fn.path, limits.loop_slice_seconds * 1000)
@@ -536,6 +545,10 @@ class Committer:
                 break
             except Exception as exc:
                 overlay.rollback(mark)
+                if flog is not None:
+                    function_logs.attach(exc, flog.lines)
+                    function_logs.publish(flog, runtime.function_logs, exc)
+                    flog = None
                 if job is not None:
                     # A failed scheduled mutation commits only its job's new state (failed, with the error).
                     tx = Transaction(projection, runtime.app.schema, limits, overlay, writable=True, batch=seq,
@@ -575,12 +588,16 @@ class Committer:
             records.append(record)
             owners.append(group)
             values.append(value)
+            if flog is not None:
+                function_logs.publish(flog, runtime.function_logs)
+                if flog.lines:
+                    logs[len(records) - 1] = flog.lines
         if not records:
             return None, rest, slow
         first_offset = self._next_offset
         self._next_offset += len(records)
         return (_Staged(seq, self._generation, records, owners, values, changed_tables, overlay.mark(), keys,
-                        first_offset), rest, slow)
+                        first_offset, logs), rest, slow)
 
     async def _finish(self, staged: _Staged) -> bool:
         """Append a staged batch, apply it and answer its callers; undo everything on failure."""
@@ -641,8 +658,8 @@ class Committer:
         self.batches += 1
         self.committed += len(staged.records)
         COMMIT_BATCH_RECORDS.observe(len(staged.records))
-        for record, group, value in zip(staged.records, staged.owners, staged.values):
-            outcome = MutationOutcome(value, record.ts, record.offset)
+        for i, (record, group, value) in enumerate(zip(staged.records, staged.owners, staged.values)):
+            outcome = MutationOutcome(value, record.ts, record.offset, log_lines=staged.logs.get(i, []))
             for p in group:
                 if not p.future.done():
                     p.future.set_result(outcome)

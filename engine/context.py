@@ -5,6 +5,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Coroutine
 
+from engine import function_logs
 from engine.db import DatabaseReader, DatabaseWriter
 from engine.env_vars import EnvVars, env_now, env_of_transaction
 from engine.errors import EngineError
@@ -96,7 +97,7 @@ class MutationCtx:
         """Run a query inside this transaction: it sees this mutation's writes so far."""
         target = self._callee(fn, "query")
         checked = target.validate_args({} if args is None else args)
-        return await target.handler(QueryCtx(DatabaseReader(self.db._tx), self.auth), **checked)
+        return target.check_returns(await target.handler(QueryCtx(DatabaseReader(self.db._tx), self.auth), **checked))
 
     async def run_mutation(self, fn: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
         """Run a mutation as a sub-transaction of this one (Convex semantics).
@@ -110,7 +111,8 @@ class MutationCtx:
         mark = tx.overlay.mark()
         touched = dict(tx.touched)
         try:
-            return await target.handler(MutationCtx(self.db, self.auth, self.scheduler, self.app), **checked)
+            return target.check_returns(
+                await target.handler(MutationCtx(self.db, self.auth, self.scheduler, self.app), **checked))
         except BaseException:
             guard = preempt_guard()
             guard.critical += 1  # a preemption must not land halfway through the undo
@@ -139,6 +141,7 @@ class ActionCtx:
 
     async def _on_server(self, coro: Coroutine[Any, Any, Any]) -> Any:
         server = self._server_loop
+        coro = function_logs.isolated(coro)  # a function called by an action logs as a call of its own
         if server is None or asyncio.get_running_loop() is server:
             return await coro
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, server))

@@ -12,11 +12,13 @@ from engine.limits import Limits
 from engine.overlay import Overlay
 from engine.readset import ReadSet, key_successor
 from engine.scan_cache import ScanCache
-from engine.schema import Schema
+from engine.schema import Schema, schema_error
+from engine.validators import ValidationError
 from projections.search import SearchIndexBuilding
 from projections.search_terms import MAX_RESULTS, SearchQuery, bm25, query_search_ranges, search_prefix
 from projections.types import DocumentReader
-from values import ConvexValueError, check_value, decode_doc, encode_doc, new_id, table_of
+from values import MAX_DOC_DEPTH, ConvexValueError, check_document, check_value, decode_doc, encode_doc, new_id, table_of
+from values.model import identifier_problem
 
 
 class _Delete:
@@ -255,7 +257,7 @@ class DatabaseWriter(DatabaseReader):
         else:
             tx.schema.check_table_allowed(table)
         try:
-            check_value(doc, f"{table} document")
+            check_document(doc, f"{table} document")
         except ConvexValueError as exc:
             raise ArgumentError(str(exc)) from None
         raw = encode_doc(doc)
@@ -354,8 +356,10 @@ class DatabaseWriter(DatabaseReader):
                 if value != current[key]:
                     raise ArgumentError(f"patch: system field {key!r} cannot be changed")
                 continue
-            if type(key) is not str or key.startswith("$"):
-                raise ArgumentError(f"patch of {doc_id!r}: invalid field name {key!r}")
+            if type(key) is not str or key.startswith(("$", "_")) or identifier_problem(key) is not None:
+                why = identifier_problem(key) if type(key) is str and not key.startswith(("$", "_")) else \
+                    "top-level fields starting with '_' or '$' are reserved"
+                raise ArgumentError(f"patch of {doc_id!r}: invalid field name {key!r}: {why}")
             if value is DELETE:
                 if field_validators is not None and key in field_validators and not field_validators[key].optional:
                     raise ArgumentError(f"patch of {doc_id!r}: {table} document.{key} is required and cannot be removed")
@@ -366,9 +370,12 @@ class DatabaseWriter(DatabaseReader):
                 if validator is None:
                     raise ArgumentError(f"patch of {doc_id!r}: {table} document: unexpected field {key!r} "
                                         f"(allowed: {', '.join(field_validators)})")
-                value = validator.check(value, f"{table} document.{key}")
+                try:
+                    value = validator.check(value, f".{key}")
+                except ValidationError as exc:
+                    raise schema_error(table, exc) from None
             try:
-                check_value(value, f"{table} document.{key}", 1)
+                check_value(value, f"{table} document.{key}", 1, MAX_DOC_DEPTH)
             except ConvexValueError as exc:
                 raise ArgumentError(str(exc)) from None
             current[key] = value

@@ -1,19 +1,53 @@
 """Errors raised by the function runtime."""
 from __future__ import annotations
 
+import json
+import math
 import uuid
 from typing import Any
 
 
+JS_SAFE_INT = 1 << 53
+"""Integers up to this magnitude are exact as JavaScript numbers."""
+
+
+def _js_value(value: Any) -> Any:
+    """`value` as the JS client holds it, for JSON.stringify (ints within ±2**53 as numbers, others as "Nn")."""
+    t = type(value)
+    if t is int:
+        return value if -JS_SAFE_INT <= value <= JS_SAFE_INT else f"{value}n"
+    if t is float:
+        if not math.isfinite(value):
+            return None  # JSON.stringify(NaN) is null
+        return int(value) if value == int(value) and abs(value) < 1e21 else value
+    if t is dict:
+        return {str(k): _js_value(v) for k, v in value.items()}
+    if t is list or t is tuple:
+        return [_js_value(v) for v in value]
+    if t is bytes or isinstance(value, (bytearray, memoryview)):
+        return {}  # JSON.stringify(ArrayBuffer)
+    return value
+
+
+def js_stringify(value: Any) -> str:
+    """JSON text of a value as the JS client's `ConvexError` message shows it (compact, like JSON.stringify)."""
+    return json.dumps(_js_value(value), separators=(",", ":"), ensure_ascii=False)
+
+
 class AppError(Exception):
-    """An error a function raises on purpose; the client receives `data` as errorData.
+    """An error a function raises on purpose, Convex's ``ConvexError``: the client receives `data` as errorData.
+
+    The message is Convex's: ``Uncaught ConvexError: {"code":"NOT_FOUND"}`` (a string `data` as is), so
+    the official clients raise a ``ConvexError`` whose ``.data`` is `data`.
 
     >>> raise AppError({"code": "NOT_FOUND"})
     """
 
     def __init__(self, data: Any = None, message: str | None = None) -> None:
         self.data = data
-        super().__init__(message or (data if isinstance(data, str) else f"AppError: {data!r}"))
+        if message is None:  # (an explicit message is used as it is: e.g. one forwarded from the committer)
+            message = f"Uncaught ConvexError: {data if isinstance(data, str) else js_stringify(data)}"
+        super().__init__(message)
 
 
 class EngineError(Exception):
@@ -55,8 +89,8 @@ class SchemaViolation(EngineError):
 class InternalFunctionError(EngineError):
     """An unexpected exception inside app code: the client sees only a request id."""
 
-    def __init__(self, path: str) -> None:
-        self.request_id = uuid.uuid4().hex[:16]
+    def __init__(self, path: str, request_id: str | None = None) -> None:
+        self.request_id = request_id or uuid.uuid4().hex[:16]
         super().__init__(f"[Request ID: {self.request_id}] Server Error: uncaught exception in {path}")
 
 

@@ -6,7 +6,7 @@ import time
 from threading import get_ident
 from typing import Any, Coroutine, Iterator
 
-from engine import preempt
+from engine import function_logs, preempt
 from engine.errors import AppError, EngineError, InternalFunctionError, LimitExceeded, SuspendedError
 from engine.metrics import APP_ERROR, ERROR, FUNCTION_SECONDS, SUCCESS, TIMEOUT, observe_function
 from values import ConvexValueError, check_value
@@ -107,7 +107,8 @@ def run_handler(coro: Coroutine[Any, Any, Any], path: str, max_seconds: float | 
         raise
     except Exception as exc:  # app bug: log the traceback, give the client a request id only
         observe_function(path, ERROR, started)
-        error = InternalFunctionError(path)
+        flog = function_logs.current()
+        error = InternalFunctionError(path, flog.request_id if flog is not None else None)
         log.error("uncaught exception in %s (request %s)", path, error.request_id, exc_info=exc,
                   extra={"request_id": error.request_id, "path": path})
         raise error from None

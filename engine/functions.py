@@ -5,10 +5,16 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Literal, Mapping
 
-from engine.validators import Validator, as_object_validator
+from engine.errors import ArgumentError, EngineError
+from values import ConvexValueError, check_value
+from engine.validators import ValidationError, Validator, as_object_validator
 
 Kind = Literal["query", "mutation", "action"]
 Handler = Callable[..., Awaitable[Any]]
+
+
+class ReturnsValidationError(EngineError):
+    """A function returned a value its `returns=` validator refuses."""
 
 
 @dataclass
@@ -23,8 +29,27 @@ class FunctionDef:
     path: str = ""
 
     def validate_args(self, args: Any) -> dict[str, Any]:
-        """Validate arguments; errors name the argument and the expected type."""
-        return self.args.check(args, "args")
+        """Validate arguments; errors name the argument (its path), the validator and the value, as Convex's."""
+        try:
+            check_value(args, "args")  # Convex's value limits (array length, field names, ...)
+        except ConvexValueError as exc:
+            raise ArgumentError(f"ArgumentValidationError: {exc}") from None
+        try:
+            return self.args.check(args, "")
+        except ValidationError as exc:
+            raise exc.prefixed("ArgumentValidationError: ") from None
+
+    def check_returns(self, value: Any) -> Any:
+        """Check a result against `returns` (normalised: a `v.number()` int becomes a float).
+
+        A mismatch is a server error naming this function and the path inside the value.
+        """
+        if self.returns is None:
+            return value
+        try:
+            return self.returns.check(value, "")
+        except ValidationError as exc:
+            raise ReturnsValidationError(f"ReturnsValidationError: {exc}\nFunction: {self.path}") from None
 
     def summary(self) -> str:
         visibility = "internal " if self.internal else ""
@@ -42,7 +67,8 @@ def _register(kind: Kind, internal: bool) -> Callable[..., Any]:
             if not inspect.iscoroutinefunction(handler):
                 raise TypeError(f"{kind} {handler.__qualname__} must be declared with `async def`")
             return FunctionDef(kind, handler, as_object_validator(args if args is not None else {}) if args is not None
-                               else as_object_validator(None), internal, returns)
+                               else as_object_validator(None), internal,
+                               as_object_validator(returns) if returns is not None else None)
         if fn is not None:
             return wrap(fn)
         return wrap

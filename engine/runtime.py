@@ -5,7 +5,7 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from engine.action_workers import ActionWorkers
@@ -17,6 +17,7 @@ from engine.cursors import DEFAULT_SEALER, CursorSealer
 from engine.db import DatabaseReader, Transaction
 from engine.errors import AppError, EngineError, InternalFunctionError, LimitExceeded, SchemaViolation
 from engine.execution import SliceExpired, SlowPaths, check_result, run_handler
+from engine import function_logs
 from engine.limits import DEFAULT_LIMITS, Limits
 from engine.metrics import APP_ERROR, ERROR, SUCCESS, TIMEOUT, observe_function
 from engine.preempt import Preempted, expire_workers, worker_deadline
@@ -46,6 +47,15 @@ class QueryResult:
     error: Exception | None = None
     #: the query journal this run leaves (a paginated query's page end: see engine.db paginate), or None
     journal: str | None = None
+    log_lines: list[str] = field(default_factory=list)  # what the query printed or logged (Convex format)
+
+
+@dataclass
+class ActionOutcome:
+    """An action's return value and the log lines it printed or logged."""
+
+    value: Any
+    log_lines: list[str]
 
 
 class Runtime:
@@ -69,6 +79,8 @@ class Runtime:
         self.mutation_forwarder: Callable[..., Any] | None = None
         #: seals pagination cursors; a node installs one keyed by its deployment secret (gateway.node)
         self.cursors: CursorSealer = DEFAULT_SEALER
+        self.function_logs = function_logs.LogStream()  # finished calls' logs, for /api/admin/logs
+        function_logs.install()
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -123,6 +135,8 @@ class Runtime:
         if bad:
             raise SchemaViolation("schema.py does not match existing documents: " + "; ".join(problems), bad)
         self.projection.set_indexes(app.schema.index_catalog())
+        if app._package:
+            function_logs.enable_app_logging(app._package)
         self.app = app
 
     # -- projection feed -------------------------------------------------------
@@ -167,16 +181,29 @@ class Runtime:
         tx = Transaction(source, self.app.schema, self.limits, None, writable=False, cursors=self.cursors,
                          journal=journal)
         offset, ts = source.applied_offset, source.applied_ts
+        flog, token = function_logs.begin(path, "query")  # (not a with-block: this runs for every query)
         try:
             fn = self.app.function(path, allow_internal=allow_internal)
             if fn.kind != "query":
                 raise EngineError(f"{fn.path} is a {fn.kind}, not a query")
             checked = fn.validate_args(args)
             ctx = QueryCtx(DatabaseReader(tx), Auth(identity))
-            value = run_handler(fn.handler(ctx, **checked), fn.path, self.limits.max_seconds, slice_seconds)
+            value = fn.check_returns(run_handler(fn.handler(ctx, **checked), fn.path, self.limits.max_seconds,
+                                                 slice_seconds))
         except (AppError, EngineError) as exc:
-            return QueryResult(None, tx.read_set, offset, ts, exc, journal)
-        return QueryResult(value, tx.read_set, offset, ts, journal=tx.journal_out)
+            error: Exception | None = exc
+            value = None
+        else:
+            error = None
+        finally:
+            function_logs.end(flog, token)
+        lines = flog.lines if flog is not None else []
+        if flog is not None:
+            if error is not None:
+                function_logs.attach(error, lines)
+            function_logs.publish(flog, self.function_logs, error)
+        return QueryResult(value, tx.read_set, offset, ts, error, journal if error is not None else tx.journal_out,
+                           lines)
 
     # -- keeping user code off the event loop -------------------------------------
     def is_slow(self, path: str) -> bool:
@@ -286,34 +313,59 @@ class Runtime:
     async def run_action(self, path: str, args: Any, *, allow_internal: bool = False,
                          identity: dict[str, Any] | None = None) -> Any:
         """Run an action: ordinary async code that may do I/O and call other functions."""
+        return (await self.call_action(path, args, allow_internal=allow_internal, identity=identity)).value
+
+    async def call_action(self, path: str, args: Any, *, allow_internal: bool = False,
+                          identity: dict[str, Any] | None = None) -> ActionOutcome:
+        """`run_action`, also returning the log lines the action printed (a failure carries them too:
+        `function_logs.lines_of(error)`)."""
         fn = self.app.function(path, allow_internal=allow_internal)
         if fn.kind != "action":
             raise EngineError(f"{fn.path} is a {fn.kind}, not an action")
         checked = fn.validate_args(args)
         ctx = ActionCtx(self, Auth(identity), asyncio.get_running_loop())
+        logs: list[function_logs.FunctionLog] = []
+
+        async def logged() -> Any:  # runs on the action's worker, in its own task (its own context)
+            with function_logs.capture(fn.path, "action") as flog:
+                if flog is not None:
+                    logs.append(flog)
+                return await fn.handler(ctx, **checked)
+
+        def request_id() -> str | None:
+            return logs[0].request_id if logs else None
         started = time.monotonic()
         try:
-            result = await self.actions.run(lambda: fn.handler(ctx, **checked), self.limits.max_action_seconds,
-                                            fn.path)
-        except (Preempted, asyncio.TimeoutError):
-            observe_function(fn.path, TIMEOUT, started)
-            raise EngineError(f"{fn.path} ran longer than {self.limits.max_action_seconds:g}s") from None
-        except AppError:
-            observe_function(fn.path, APP_ERROR, started)
-            raise
-        except EngineError:
-            observe_function(fn.path, ERROR, started)
-            raise
-        except Exception as exc:
-            observe_function(fn.path, ERROR, started)
-            error = InternalFunctionError(fn.path)
-            log.error("uncaught exception in %s (request %s)", fn.path, error.request_id, exc_info=exc,
-                      extra={"request_id": error.request_id, "path": fn.path})
-            raise error from None
-        try:
-            check_result(result, fn.path)
-        except EngineError:
-            observe_function(fn.path, ERROR, started)
+            try:
+                result = await self.actions.run(logged, self.limits.max_action_seconds, fn.path)
+            except (Preempted, asyncio.TimeoutError):
+                observe_function(fn.path, TIMEOUT, started)
+                raise EngineError(f"{fn.path} ran longer than {self.limits.max_action_seconds:g}s") from None
+            except AppError:
+                observe_function(fn.path, APP_ERROR, started)
+                raise
+            except EngineError:
+                observe_function(fn.path, ERROR, started)
+                raise
+            except Exception as exc:
+                observe_function(fn.path, ERROR, started)
+                error = InternalFunctionError(fn.path, request_id())
+                log.error("uncaught exception in %s (request %s)", fn.path, error.request_id, exc_info=exc,
+                          extra={"request_id": error.request_id, "path": fn.path})
+                raise error from None
+            try:
+                check_result(result, fn.path)
+                result = fn.check_returns(result)
+            except EngineError:
+                observe_function(fn.path, ERROR, started)
+                raise
+        except (AppError, EngineError) as exc:
+            if logs:
+                function_logs.attach(exc, logs[0].lines)
+                function_logs.publish(logs[0], self.function_logs, exc)
             raise
         observe_function(fn.path, SUCCESS, started)
-        return result
+        lines = logs[0].lines if logs else []
+        if logs:
+            function_logs.publish(logs[0], self.function_logs)
+        return ActionOutcome(result, lines)

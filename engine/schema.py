@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from engine.errors import ArgumentError
-from engine.validators import Validator, _Object, as_object_validator
+from engine.validators import ValidationError, Validator, _Object, as_object_validator
 
 SYSTEM_INDEXES = ("by_id", "by_creation_time")
 
@@ -70,7 +70,16 @@ class TableDefinition:
         """Check a document against the table's validator; returns it (normalised)."""
         if self.validator is None:
             return doc
-        return self.validator.check(doc, f"{table} document")
+        try:
+            return self.validator.check(doc, "")
+        except ValidationError as exc:
+            raise schema_error(table, exc) from None
+
+
+def schema_error(table: str, exc: ValidationError) -> ArgumentError:
+    """A document refused by its table's validator, worded as Convex words it."""
+    return exc.prefixed(f'Failed to insert or update a document in table "{table}" because it does not match '
+                        "the schema: ")
 
 
 def define_table(fields: Mapping[str, Validator] | Validator | None = None) -> TableDefinition:

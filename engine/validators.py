@@ -1,6 +1,7 @@
 """Argument and document validators: the `v` namespace, modelled on Convex's `v`."""
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -9,30 +10,85 @@ from engine.errors import ArgumentError
 from values import INT64_MAX, INT64_MIN, MAX_DEPTH, table_of
 
 
+def show_value(value: Any, limit: int = 200) -> str:
+    """A value as Convex error messages show it: JSON-like, int64 as ``5n``, object keys bare; cut at `limit`."""
+    text = _show(value, 0)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _show(value: Any, depth: int) -> str:
+    t = type(value)
+    if value is None:
+        return "null"
+    if t is bool:
+        return "true" if value else "false"
+    if t is int:
+        return f"{value}n"
+    if t is float:
+        if math.isfinite(value) and value == int(value) and abs(value) < 1e21:
+            return str(int(value))
+        return {math.inf: "Infinity", -math.inf: "-Infinity"}.get(value, "NaN" if value != value else repr(value))
+    if t is str:
+        return json.dumps(value, ensure_ascii=False)
+    if t is bytes or isinstance(value, (bytearray, memoryview)):
+        return f"<bytes: {len(value)}>"
+    if depth > 8:
+        return "..."
+    if t is list or t is tuple:
+        return "[" + ", ".join(_show(v, depth + 1) for v in value[:20]) + (", ...]" if len(value) > 20 else "]")
+    if t is dict:
+        items = list(value.items())
+        body = ", ".join(f"{k}: {_show(v, depth + 1)}" for k, v in items[:20])
+        return "{" + body + (", ...}" if len(items) > 20 else "}")
+    return f"<{t.__name__}>"
+
+
+class ValidationError(ArgumentError):
+    """A value that does not match a validator, worded like Convex's (``Value does not match validator.``).
+
+    `path` is where inside the checked value (``.list_id``, ``[2].text``; "" for the value itself);
+    `detail` the Convex-style description. The message is `detail` with the path; callers add
+    what was checked (``ArgumentValidationError: ...``, ``ReturnsValidationError: ...``).
+    """
+
+    def __init__(self, detail: str, path: str, value: Any = None, validator: str | None = None,
+                 *, object_form: bool = False) -> None:
+        self.detail, self.path, self.value, self.validator = detail, path, value, validator
+        where = f"\nPath: {path}" if path else ""
+        if object_form:  # missing / extra field: the object and the object validator (Convex's layout)
+            text = f"{detail}\n{where[1:]}\nObject: {show_value(value)}\nValidator: {validator}"
+        elif validator is not None:
+            text = f"{detail}{where}\nValue: {show_value(value)}\nValidator: {validator}"
+        else:
+            text = f"{detail}{where}"
+        super().__init__(text)
+
+    def prefixed(self, prefix: str) -> ArgumentError:
+        """The same failure as an `ArgumentError` whose message starts with `prefix`."""
+        error = ArgumentError(f"{prefix}{self}")
+        error.path = self.path  # type: ignore[attr-defined]
+        return error
+
+
 class Validator:
-    """Base class: `check(value, path)` returns the (possibly normalised) value or raises ArgumentError."""
+    """Base class: `check(value, path)` returns the (possibly normalised) value or raises `ValidationError`.
+
+    `path` is the Convex path of `value` inside what is being checked ("" for the whole value).
+    """
 
     optional: bool = False
     kind: str = "any"
+    declares_int64: bool = False  # whether some position under it is v.int64() (see engine.client_values)
 
     def check(self, value: Any, path: str) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def describe(self) -> str:
-        return self.kind
+        """The validator as Convex writes it: ``v.string()``, ``v.object({a: v.float64()})``, ..."""
+        return f"v.{self.kind}()"
 
-    def _fail(self, value: Any, path: str) -> ArgumentError:
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        return ArgumentError(f"{path}: expected {self.describe()}, got {_type_name(value)} {shown}")
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "boolean", int: "int64", float: "number", str: "string", bytes: "bytes",
-            list: "array", dict: "object"}.get(type(value), type(value).__name__)
+    def _fail(self, value: Any, path: str) -> ValidationError:
+        return ValidationError("Value does not match validator.", path, value, self.describe())
 
 
 class _Any(Validator):
@@ -52,7 +108,7 @@ class _String(Validator):
 
 
 class _Number(Validator):
-    kind = "number (float64)"
+    kind = "float64"
 
     def check(self, value: Any, path: str) -> Any:
         t = type(value)
@@ -65,6 +121,7 @@ class _Number(Validator):
 
 class _Int64(Validator):
     kind = "int64"
+    declares_int64 = True
 
     def check(self, value: Any, path: str) -> Any:
         if type(value) is int and INT64_MIN <= value <= INT64_MAX:
@@ -105,12 +162,16 @@ class _Id(Validator):
     kind: str = "id"
 
     def describe(self) -> str:
-        return f'id("{self.table}")'
+        return f'v.id("{self.table}")'
 
     def check(self, value: Any, path: str) -> Any:
-        if table_of(value) != self.table:
-            raise self._fail(value, path)
-        return value
+        found = table_of(value)
+        if found == self.table:
+            return value
+        if found is not None:
+            raise ValidationError(f'Found ID "{value}" from table `{found}`, which does not match the table name '
+                                  f"in validator `{self.describe()}`.", path)
+        raise self._fail(value, path)
 
 
 @dataclass
@@ -118,15 +179,19 @@ class _Literal(Validator):
     value: Any
     kind: str = "literal"
 
+    def __post_init__(self) -> None:
+        self.declares_int64 = type(self.value) is int
+
     def describe(self) -> str:
-        return f"literal {self.value!r}"
+        shown = json.dumps(self.value) if type(self.value) in (str, bool, float) else f"{self.value}n"
+        return f"v.literal({shown})"
 
     def check(self, value: Any, path: str) -> Any:
         if type(value) is type(self.value) and value == self.value:
             return value
         if isinstance(self.value, float) and type(value) is int and float(value) == self.value:
             return float(value)
-        raise self._fail(value, path)
+        raise ValidationError(f"`{show_value(value)}` does not match literal validator `{self.describe()}`.", path)
 
 
 @dataclass
@@ -134,14 +199,17 @@ class _Array(Validator):
     item: Validator
     kind: str = "array"
 
+    def __post_init__(self) -> None:
+        self.declares_int64 = self.item.declares_int64
+
     def describe(self) -> str:
-        return f"array of {self.item.describe()}"
+        return f"v.array({self.item.describe()})"
 
     def check(self, value: Any, path: str) -> Any:
         if type(value) is not list:
             raise self._fail(value, path)
         if path.count("[") + path.count(".") > MAX_DEPTH:
-            raise ArgumentError(f"{path}: nesting deeper than {MAX_DEPTH} levels")
+            raise ValidationError(f"Value is too nested (more than {MAX_DEPTH} levels).", path)
         check = self.item.check
         return [check(item, f"{path}[{i}]") for i, item in enumerate(value)]
 
@@ -152,24 +220,33 @@ class _Object(Validator):
     kind: str = "object"
     allow_system_fields: bool = False
 
+    def __post_init__(self) -> None:
+        self.declares_int64 = any(f.declares_int64 for f in self.fields.values())
+
     def describe(self) -> str:
-        return "object {" + ", ".join(f"{k}{'?' if f.optional else ''}: {f.describe()}" for k, f in self.fields.items()) + "}"
+        return "v.object({" + ", ".join(f"{k}: {f.describe()}" for k, f in self.fields.items()) + "})"
 
     def check(self, value: Any, path: str) -> Any:
         if type(value) is not dict:
             raise self._fail(value, path)
         out: dict[str, Any] = {}
-        for key, item in value.items():
-            validator = self.fields.get(key)
-            if validator is None:
+        fields = self.fields
+        for key, validator in fields.items():
+            if key in value:
+                out[key] = validator.check(value[key], f"{path}.{key}")
+            elif not validator.optional:
+                raise ValidationError(f"Object is missing the required field `{key}`. Consider wrapping the field "
+                                      "validator in `v.optional(...)` if this is expected.", path, value,
+                                      self.describe(), object_form=True)
+        if len(out) != len(value):
+            for key, item in value.items():
+                if key in fields:
+                    continue
                 if self.allow_system_fields and key in ("_id", "_creationTime"):
                     out[key] = item
                     continue
-                raise ArgumentError(f"{path}: unexpected field {key!r} (allowed: {', '.join(self.fields) or 'none'})")
-            out[key] = validator.check(item, f"{path}.{key}")
-        for key, validator in self.fields.items():
-            if key not in value and not validator.optional:
-                raise ArgumentError(f"{path}.{key}: missing required field (expected {validator.describe()})")
+                raise ValidationError(f"Object contains extra field `{key}` that is not in the validator.", path,
+                                      value, self.describe(), object_form=True)
         return out
 
 
@@ -179,13 +256,16 @@ class _Record(Validator):
     value: Validator
     kind: str = "record"
 
+    def __post_init__(self) -> None:
+        self.declares_int64 = self.value.declares_int64
+
     def describe(self) -> str:
-        return f"record<{self.key.describe()}, {self.value.describe()}>"
+        return f"v.record({self.key.describe()}, {self.value.describe()})"
 
     def check(self, value: Any, path: str) -> Any:
         if type(value) is not dict:
             raise self._fail(value, path)
-        return {self.key.check(k, f"{path} key"): self.value.check(item, f"{path}.{k}") for k, item in value.items()}
+        return {self.key.check(k, f"{path}.keys()"): self.value.check(item, f"{path}.{k}") for k, item in value.items()}
 
 
 @dataclass
@@ -194,8 +274,11 @@ class _Optional(Validator):
     optional: bool = True
     kind: str = "optional"
 
+    def __post_init__(self) -> None:
+        self.declares_int64 = self.inner.declares_int64
+
     def describe(self) -> str:
-        return f"optional {self.inner.describe()}"
+        return f"v.optional({self.inner.describe()})"
 
     def check(self, value: Any, path: str) -> Any:
         return self.inner.check(value, path)
@@ -206,10 +289,15 @@ class _Union(Validator):
     members: list[Validator] = field(default_factory=list)
     kind: str = "union"
 
+    def __post_init__(self) -> None:
+        self.declares_int64 = any(m.declares_int64 for m in self.members)
+
     def describe(self) -> str:
-        return " | ".join(m.describe() for m in self.members)
+        return "v.union(" + ", ".join(m.describe() for m in self.members) + ")"
 
     def check(self, value: Any, path: str) -> Any:
+        if len(self.members) == 1:
+            return self.members[0].check(value, path)
         for member in self.members:
             try:
                 return member.check(value, path)

@@ -41,7 +41,9 @@ import orjson
 from aiohttp import web
 
 from engine.context import ADMIN_IDENTITY
+from engine.client_values import result_wire
 from engine.errors import AppError, EngineError, FunctionNotFound
+from engine.function_logs import lines_of
 from gateway.auth import AuthFailure, decode_acting_as
 from gateway.config import NODE_KEY
 from gateway import http_protocol as hp
@@ -186,14 +188,18 @@ async def run_function(request: web.Request) -> web.Response:
             result = await runtime.query(call.path, call.args, allow_internal=True, identity=identity)
             if result.error is not None:
                 raise result.error
-            value = result.value
+            value, lines = result.value, result.log_lines
         elif kind == "mutation":
-            value = (await runtime.run_mutation(call.path, call.args, allow_internal=True, identity=identity)).value
+            outcome = await runtime.run_mutation(call.path, call.args, allow_internal=True, identity=identity)
+            value, lines = outcome.value, outcome.log_lines
         else:
-            value = await runtime.run_action(call.path, call.args, allow_internal=True, identity=identity)
+            action = await runtime.call_action(call.path, call.args, allow_internal=True, identity=identity)
+            value, lines = action.value, action.log_lines
     except (AppError, EngineError) as exc:  # (FunctionNotFound is an EngineError)
         return _function_error(exc, fmt)
-    return _json(hp.success_body(value, fmt=fmt))
+    if fmt == "convex_encoded_json":
+        value = hp.Wire(result_wire(runtime.app, call.path, value))
+    return _json(hp.success_body(value, fmt=fmt, log_lines=lines))
 
 
 def _function_error(exc: BaseException, fmt: Any) -> web.Response:
@@ -202,9 +208,10 @@ def _function_error(exc: BaseException, fmt: Any) -> web.Response:
         return _json(hp.error_body(str(exc), fmt=fmt), 404)
     if isinstance(exc, AppError):
         text, data = error_fields(exc)
-        return _json(hp.error_body(text, error_data=data, fmt=fmt), hp.FUNCTION_ERROR_STATUS)
+        return _json(hp.error_body(text, error_data=data, fmt=fmt, log_lines=lines_of(exc)),
+                     hp.FUNCTION_ERROR_STATUS)
     if isinstance(exc, EngineError):
-        return _json(hp.error_body(str(exc), fmt=fmt), hp.FUNCTION_ERROR_STATUS)
+        return _json(hp.error_body(str(exc), fmt=fmt, log_lines=lines_of(exc)), hp.FUNCTION_ERROR_STATUS)
     raise exc
 
 

@@ -47,7 +47,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from engine.context import ADMIN_IDENTITY
+from engine.client_values import result_wire
 from engine.errors import AppError, EngineError, FunctionNotFound, OutcomeUnknown, WritesUnavailable
+from engine.function_logs import lines_of
 from gateway.auth import AuthFailure, decode_acting_as, verifier_for
 from gateway.config import NODE_KEY
 from gateway import http_protocol as hp
@@ -202,6 +204,7 @@ async def _call(request: web.Request, endpoint: hp.Endpoint) -> web.Response:
         return response
     fmt = hp.response_format(call.format, request.headers.get("Convex-Client"))
     runtime = node.runtime
+    lines: list[str] = []
     try:
         kind = endpoint
         if endpoint == "function":
@@ -211,7 +214,7 @@ async def _call(request: web.Request, endpoint: hp.Endpoint) -> web.Response:
                                          identity=identity)  # off the loop when slow
             if result.error is not None:
                 raise result.error
-            value = result.value
+            value, lines = result.value, result.log_lines
         elif kind == "query_at_ts":  # older history than the public window needs the admin key
             admin = node.admin.check(request.headers.get("Authorization"))
             try:
@@ -222,18 +225,22 @@ async def _call(request: web.Request, endpoint: hp.Endpoint) -> web.Response:
         elif kind == "mutation":
             outcome = await runtime.run_mutation(call.path, call.args, allow_internal=internal, identity=identity,
                                                  session_id=session, request_id=request_id)
-            value = outcome.value
+            value, lines = outcome.value, outcome.log_lines
         else:
-            value = await runtime.run_action(call.path, call.args, allow_internal=internal, identity=identity)
+            action = await runtime.call_action(call.path, call.args, allow_internal=internal, identity=identity)
+            value, lines = action.value, action.log_lines
     except (OutcomeUnknown, WritesUnavailable) as exc:
         return outcome_unknown_response(exc, fmt)
     except FunctionNotFound as exc:
         text, _ = error_fields(exc, call.path)
         return json_response(hp.error_body(text, fmt=fmt), 404 if endpoint == "function" else hp.FUNCTION_ERROR_STATUS)
     except (AppError, EngineError) as exc:
-        text, data = error_fields(exc, call.path)
-        return json_response(hp.error_body(text, error_data=data, fmt=fmt), hp.FUNCTION_ERROR_STATUS)
-    return json_response(hp.success_body(value, fmt=fmt))
+        text, data = error_fields(exc, call.path, runtime.app if fmt == "convex_encoded_json" else None)
+        return json_response(hp.error_body(text, error_data=data, fmt=fmt, log_lines=lines_of(exc)),
+                             hp.FUNCTION_ERROR_STATUS)
+    if fmt == "convex_encoded_json":
+        value = hp.Wire(result_wire(runtime.app, call.path, value))
+    return json_response(hp.success_body(value, fmt=fmt, log_lines=lines))
 
 
 def outcome_unknown_response(exc: OutcomeUnknown | WritesUnavailable, fmt: hp.ValueFormat) -> web.Response:

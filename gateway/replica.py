@@ -39,6 +39,7 @@ from engine.committer import MutationOutcome
 from engine.cursors import CursorSealer
 from gateway.config import NODE_KEY
 from engine.errors import AppError, EngineError, OutcomeUnknown, WritesUnavailable
+from engine.function_logs import attach, lines_of
 from gateway.metrics import observe_replica_apply
 from values import from_wire, to_wire
 from log.errors import LogError
@@ -110,15 +111,16 @@ async def handle_internal_mutation(request: web.Request) -> web.Response:
         outcome = await node.runtime.run_mutation(path, args, allow_internal=True, identity=identity,
                                                   session_id=session_id, request_id=request_id)
     except AppError as exc:
-        return _json({"ok": False, "kind": "app", "message": str(exc), "data": to_wire(exc.data)})
+        return _json({"ok": False, "kind": "app", "message": str(exc), "data": to_wire(exc.data),
+                      "logLines": lines_of(exc)})
     except OutcomeUnknown as exc:
         return _json({"ok": False, "kind": "unknown", "message": str(exc)})
     except WritesUnavailable as exc:
         return _json({"ok": False, "kind": "unavailable", "message": str(exc)})
     except EngineError as exc:
-        return _json({"ok": False, "kind": "engine", "message": str(exc)})
+        return _json({"ok": False, "kind": "engine", "message": str(exc), "logLines": lines_of(exc)})
     return _json({"ok": True, "value": to_wire(outcome.value), "ts": outcome.ts, "offset": outcome.offset,
-                  "replayed": outcome.replayed})
+                  "replayed": outcome.replayed, "logLines": outcome.log_lines})
 
 
 # ---------------------------------------------------------------- replica side
@@ -228,18 +230,23 @@ class Replica:
         body = orjson.dumps({"path": path, "args": to_wire(args), "identity": identity,
                              "session_id": session_id, "request_id": request_id})
         data = await self._post(body, retry_after_send=session_id is not None and request_id is not None)
+        lines = [str(x) for x in data.get("logLines") or []]
         if not data.get("ok"):
             message = str(data.get("message") or "the committer refused the mutation")
             kind = data.get("kind")
+            error: Exception
             if kind == "app":
-                raise AppError(from_wire(data.get("data")), message)
-            if kind == "unknown":
-                raise OutcomeUnknown(message)
-            if kind == "unavailable":
-                raise WritesUnavailable(message)
-            raise EngineError(message)
+                error = AppError(from_wire(data.get("data")), message)
+            elif kind == "unknown":
+                error = OutcomeUnknown(message)
+            elif kind == "unavailable":
+                error = WritesUnavailable(message)
+            else:
+                error = EngineError(message)
+            attach(error, lines)
+            raise error
         outcome = MutationOutcome(from_wire(data.get("value")), int(data["ts"]), int(data["offset"]),
-                                  bool(data.get("replayed")))
+                                  bool(data.get("replayed")), log_lines=lines)
         self.forwarded += 1
         await self.wait_applied(outcome.offset, outcome.ts)
         return outcome

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from engine.client_values import error_data_wire, result_wire
 from engine.errors import AppError
 from engine.runtime import QueryResult
 from gateway import protocol as p
@@ -67,13 +68,16 @@ class LaneStep:
     reevaluate_all: bool = False                       # the identity changed
 
 
-def modification(query_id: int, result: QueryResult, path: str) -> bytes:
-    """The Transition modification for a lane query's result (with the journal it leaves)."""
+def modification(query_id: int, result: QueryResult, path: str, app: Any = None) -> bytes:
+    """The Transition modification for a lane query's result (values under the int/float rule with `app`,
+    with its log lines and the journal it leaves)."""
     if result.error is None:
-        return query_updated_bytes(query_id, orjson.dumps(to_wire(result.value)), result.journal)
-    message = p.query_failed(query_id, p.elide(str(result.error), path), journal=result.journal)
+        value = result_wire(app, path, result.value) if app is not None else to_wire(result.value)
+        return query_updated_bytes(query_id, orjson.dumps(value), result.journal, orjson.dumps(result.log_lines))
+    message = p.query_failed(query_id, p.elide(str(result.error), path), log_lines=result.log_lines,
+                             journal=result.journal)
     if isinstance(result.error, AppError):
-        message["errorData"] = to_wire(result.error.data)
+        message["errorData"] = error_data_wire(app, result.error.data) if app is not None else to_wire(result.error.data)
     return orjson.dumps(message)
 
 
@@ -183,7 +187,7 @@ class SessionLane:
                     manager.track_lane(session, qid, ranges, result.read_set.buckets)
                     if since and manager.touches(since, ranges):
                         self.dirty.add(qid)  # written after the view was taken: run it again next step
-                    mod = modification(qid, result, lane_query.path)
+                    mod = modification(qid, result, lane_query.path, runtime.app)
                     if mod != lane_query.sent:
                         lane_query.sent = mod
                         mods.append(mod)

@@ -17,10 +17,11 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Protocol
+from typing import Any, Callable, Hashable, Protocol
 
 import orjson
 
+from engine.client_values import error_data_wire, result_wire
 from engine.errors import AppError
 from engine.committer import REQUESTS_TABLE
 from engine.runtime import QueryResult, Runtime
@@ -63,22 +64,29 @@ class SharedQuery:
     value_json: bytes = b"null"
     error_message: str | None = None
     error_data_json: bytes | None = None
+    log_json: bytes = b"[]"  # the log lines of the execution that produced the result (a JSON array)
     offset: int = -1
     ts: int = 0
     read_ranges: list[tuple[bytes, bytes]] | None = None  # as last indexed, to skip re-indexing an unchanged read set
     read_buckets: list[bytes] | None = None
     subscribers: dict[tuple[int, int], tuple[Subscriber, int]] = field(default_factory=dict)
 
-    def set_result(self, result: QueryResult) -> bool:
-        """Store a new result; returns True if what clients see changed."""
+    def set_result(self, result: QueryResult, encode: Callable[[Any], Any] = to_wire,
+                   encode_data: Callable[[Any], Any] = to_wire) -> bool:
+        """Store a new result; returns True if what clients see changed.
+
+        `encode` turns the value into Convex JSON (`engine.client_values.result_wire`: the int/float
+        rule), `encode_data` an AppError's data. The log lines of this execution are kept with it.
+        """
         self.offset, self.ts = result.offset, result.ts
+        self.log_json = orjson.dumps(result.log_lines) if result.log_lines else b"[]"
         if result.error is None:
-            value_json = orjson.dumps(to_wire(result.value))
+            value_json = orjson.dumps(encode(result.value))
             changed = self.error_message is not None or value_json != self.value_json
             self.value_json, self.error_message, self.error_data_json = value_json, None, None
             return changed
         message = elide(str(result.error), self.path)
-        data = orjson.dumps(to_wire(result.error.data)) if isinstance(result.error, AppError) else None
+        data = orjson.dumps(encode_data(result.error.data)) if isinstance(result.error, AppError) else None
         changed = message != self.error_message or data != self.error_data_json
         self.error_message, self.error_data_json = message, data
         return changed
@@ -183,7 +191,10 @@ class SubscriptionManager:
         shared.journal = result.journal
         if journal_changed and shared.key in self._queries:
             self._rekey(shared)
-        return shared.set_result(result) or journal_changed
+        app = self.runtime.app
+        changed = shared.set_result(result, lambda value: result_wire(app, shared.path, value),
+                                    lambda data: error_data_wire(app, data))
+        return changed or journal_changed
 
     def _rekey(self, shared: SharedQuery) -> None:
         """A live shared query's journal changed: file it under its new key (unless that one is taken)."""

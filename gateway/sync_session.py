@@ -48,7 +48,9 @@ import orjson
 from aiohttp import WSMsgType, web
 
 from engine.context import ADMIN_IDENTITY
+from engine.client_values import error_data_wire, result_wire
 from engine.errors import AppError, EngineError, OutcomeUnknown
+from engine.function_logs import lines_of
 from gateway.auth import AuthFailure, Verified, acting_identity, verifier_for
 from gateway.config import NODE_KEY
 from gateway import protocol as p
@@ -67,9 +69,12 @@ DIRECT_WRITE_LIMIT = 64 << 10  # write frames directly while the socket's buffer
 
 
 def _modification(query_id: int, shared: SharedQuery) -> bytes:
+    logged = shared.log_json != b"[]"
     if shared.error_message is None:
-        return query_updated_bytes(query_id, shared.value_json, shared.journal)
+        return query_updated_bytes(query_id, shared.value_json, shared.journal, shared.log_json)
     message = p.query_failed(query_id, shared.error_message, journal=shared.journal)
+    if logged:
+        message["logLines"] = orjson.Fragment(shared.log_json)
     if shared.error_data_json is not None:
         message["errorData"] = orjson.Fragment(shared.error_data_json)
     return orjson.dumps(message)
@@ -88,15 +93,16 @@ def _warn_overloaded(held: int, limit: int) -> None:
                     limit, held)
 
 
-def error_fields(exc: BaseException, path: str | None = None) -> tuple[str, Any]:
+def error_fields(exc: BaseException, path: str | None = None, app: Any = None) -> tuple[str, Any]:
     """(message, errorData or MISSING) for a function error sent to a client.
 
     A function ``path`` longer than `protocol.MAX_QUOTED_CHARS` quoted in the
-    message is cut short (see `protocol.elide`).
+    message is cut short (see `protocol.elide`). With the `app`, errorData is
+    Convex JSON already, under the int/float rule (`engine.client_values`).
     """
     text = str(exc) if path is None else p.elide(str(exc), path)
     if isinstance(exc, AppError):
-        return text, exc.data
+        return text, exc.data if app is None else p.Wire(error_data_wire(app, exc.data))
     return text, p.MISSING
 
 
@@ -659,8 +665,9 @@ class SyncSession:
                              "reconnect and resend it")
             return
         except (AppError, EngineError) as exc:
-            text, data = error_fields(exc, message.udf_path)
-            self.send_message(p.mutation_failure_message(message.request_id, text, error_data=data))
+            text, data = error_fields(exc, message.udf_path, self.node.runtime.app)
+            self.send_message(p.mutation_failure_message(message.request_id, text, error_data=data,
+                                                         log_lines=lines_of(exc)))
             self.confirm()
             return
         except Exception as exc:  # pragma: no cover - defensive: never leave a client hanging
@@ -669,7 +676,9 @@ class SyncSession:
             self.confirm()
             return
         # The response and the Transition reaching its ts go out in one write.
-        response = text_frame(orjson.dumps(p.mutation_success_message(message.request_id, outcome.value, outcome.ts)))
+        value = p.Wire(result_wire(self.node.runtime.app, message.udf_path, outcome.value))
+        response = text_frame(orjson.dumps(p.mutation_success_message(message.request_id, value, outcome.ts,
+                                                                      log_lines=outcome.log_lines)))
         ts = max(outcome.ts, self.node.runtime.projection.applied_ts)
         if self._lane is not None:
             self.send_frame(response)
@@ -678,11 +687,13 @@ class SyncSession:
         self.send_frame(response + self._transition_frame(ts, []))
 
     async def _action(self, message: p.Action) -> None:
+        runtime = self.node.runtime
         try:
-            value = await self.node.runtime.run_action(message.udf_path, message.args, identity=self.identity)
+            outcome = await runtime.call_action(message.udf_path, message.args, identity=self.identity)
         except (AppError, EngineError) as exc:
-            text, data = error_fields(exc, message.udf_path)
-            self.send_message(p.action_failure_message(message.request_id, text, error_data=data))
+            text, data = error_fields(exc, message.udf_path, runtime.app)
+            self.send_message(p.action_failure_message(message.request_id, text, error_data=data,
+                                                       log_lines=lines_of(exc)))
             self.confirm()
             return
         except Exception as exc:  # pragma: no cover
@@ -690,7 +701,8 @@ class SyncSession:
             self.send_message(p.action_failure_message(message.request_id, f"Server Error: {type(exc).__name__}"))
             self.confirm()
             return
-        self.send_message(p.action_success_message(message.request_id, value))
+        value = p.Wire(result_wire(runtime.app, message.udf_path, outcome.value))
+        self.send_message(p.action_success_message(message.request_id, value, log_lines=outcome.log_lines))
         self.confirm()
 
 

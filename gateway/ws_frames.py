@@ -20,15 +20,17 @@ TEXT = 0x81  # FIN + text opcode
 QUERY_UPDATED = b'{"type":"QueryUpdated","queryId":%d,"value":%s,"logLines":[],"journal":null}'
 """A ``QueryUpdated`` modification: ``QUERY_UPDATED % (query id, the value's Convex JSON)``."""
 
-QUERY_UPDATED_JOURNAL = b'{"type":"QueryUpdated","queryId":%d,"value":%s,"logLines":[],"journal":%s}'
-"""The same with a journal: ``QUERY_UPDATED_JOURNAL % (query id, value JSON, journal as a JSON string)``."""
+QUERY_UPDATED_FULL = b'{"type":"QueryUpdated","queryId":%d,"value":%s,"logLines":%s,"journal":%s}'
+"""With log lines and a journal: ``% (query id, value JSON, the lines as a JSON array, journal JSON)``."""
 
 
-def query_updated_bytes(query_id: int, value_json: bytes, journal: str | None) -> bytes:
-    """The ``QueryUpdated`` modification bytes, with the query's journal (a paginated page's end) if any."""
-    if journal is None:
+def query_updated_bytes(query_id: int, value_json: bytes, journal: str | None = None,
+                        log_lines_json: bytes = b"[]") -> bytes:
+    """The ``QueryUpdated`` modification bytes, with the function's log lines (a JSON array) and the
+    query's journal (a paginated page's end) when there are any."""
+    if journal is None and log_lines_json == b"[]":
         return QUERY_UPDATED % (query_id, value_json)
-    return QUERY_UPDATED_JOURNAL % (query_id, value_json, orjson.dumps(journal))
+    return QUERY_UPDATED_FULL % (query_id, value_json, log_lines_json, orjson.dumps(journal))
 
 
 def text_frame(payload: bytes) -> bytes:

@@ -33,7 +33,7 @@ from gateway.replica import (ADMIN_KEY_ENV, ADMIN_KEY_FILE_ENV, AdminKeyFileErro
                              read_admin_key_file)
 from gateway.server import BadHost, PortInUse, serve
 from log.errors import LogError
-from ops import bench_cmd, codegen_cmd, doctor_cmd, env_cmd, export_cmd, restore_cmd, run_cmd, stream_cmd
+from ops import bench_cmd, codegen_cmd, doctor_cmd, env_cmd, export_cmd, logs_cmd, restore_cmd, run_cmd, stream_cmd
 from ops.errors import CliError
 from ops.help import HelpFormatter
 from ops.logs import FORMATS as LOG_FORMATS, LEVELS as LOG_LEVELS, configure_logging
@@ -52,7 +52,7 @@ PRIVATE_UMASK = 0o077  # files 0600, directories 0700
 DATA_COMMANDS = frozenset({"dev", "serve", "restore", "import", "export", "doctor", "stream"})  # run with it
 
 # Each module adds its sub-commands with `register(subparsers)`.
-COMMAND_MODULES = (restore_cmd, stream_cmd, export_cmd, doctor_cmd, bench_cmd, run_cmd, codegen_cmd, env_cmd)
+COMMAND_MODULES = (restore_cmd, stream_cmd, export_cmd, doctor_cmd, bench_cmd, run_cmd, codegen_cmd, env_cmd, logs_cmd)
 
 
 def _event_loop_policy() -> None:

@@ -17,13 +17,25 @@ from __future__ import annotations
 
 import base64
 import math
+import re
 import struct
 from typing import Any
 
 import orjson
 
 MAX_DEPTH = 64
+"""Deepest nesting of arrays and objects in any value (Convex: ``MAX_NESTING``)."""
+MAX_DOC_DEPTH = 16
+"""Deepest nesting inside a stored document (Convex's documented "field nesting depth")."""
 MAX_DOC_BYTES = 1 << 20
+MAX_ARRAY_LEN = 8192
+"""Most elements of one array (Convex's limit, for every value)."""
+MAX_OBJECT_FIELDS = 1024
+"""Most fields of one object (Convex's limit, for every value)."""
+MAX_FIELD_NAME_LEN = 1024
+"""Longest field name of a nested object; top-level document fields are identifiers of at most 64."""
+MAX_IDENTIFIER_LEN = 64
+SYSTEM_FIELDS = ("_id", "_creationTime")
 INT64_MIN = -(1 << 63)
 INT64_MAX = (1 << 63) - 1
 
@@ -50,16 +62,82 @@ def _storage_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not a Convex value")
 
 
-def check_value(value: Any, path: str = "value", depth: int = 0) -> bool:
-    """Validate `value` against the Convex value model.
+def field_name_problem(key: Any) -> str | None:
+    """Why `key` cannot name a field of a Convex object (None when it can), worded as Convex's."""
+    if type(key) is not str:
+        return f"object keys must be strings, got {type(key).__name__}"
+    if key.startswith("$"):
+        return f"Field name {key!r} starts with a '$', which is reserved."
+    if not (key.isascii() and key.isprintable()):
+        bad = next(ch for ch in key if not (ch.isascii() and ch.isprintable()))
+        return (f"Field name {key!r} has invalid character {bad!r}: Field names can only contain non-control "
+                "ASCII characters")
+    if len(key) > MAX_FIELD_NAME_LEN:
+        return f"Field name is too long ({len(key)} > maximum {MAX_FIELD_NAME_LEN})"
+    return None
 
-    Raises `ConvexValueError` naming the offending path. Returns True when the value
-    holds a non-finite float (which the storage encoding must rewrite).
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+_KNOWN_IDENTIFIERS: set[str] = set()  # names seen valid (field names repeat: most checks are one lookup)
+
+
+def identifier_problem(name: str) -> str | None:
+    """Why `name` is not a Convex identifier (a top-level document field), or None."""
+    if name in _KNOWN_IDENTIFIERS:
+        return None
+    if _IDENTIFIER.match(name) and name.strip("_"):
+        if len(_KNOWN_IDENTIFIERS) < 65536:
+            _KNOWN_IDENTIFIERS.add(name)
+        return None
+    if not name:
+        return "Identifier cannot be empty"
+    if not (name[0].isascii() and (name[0].isalpha() or name[0] == "_")):
+        return f"Identifier {name!r} must start with a letter or underscore"
+    if not all(ch.isascii() and (ch.isalnum() or ch == "_") for ch in name):
+        return f"Identifier {name!r} can only contain alphanumeric characters or underscores"
+    if len(name) > MAX_IDENTIFIER_LEN:
+        return f"Identifier is too long ({len(name)} > maximum {MAX_IDENTIFIER_LEN})"
+    if set(name) == {"_"}:
+        return f"Identifier {name!r} cannot have exclusively underscores"
+    return None
+
+
+def check_document(doc: dict[str, Any], path: str) -> bool:
+    """`check_value` plus the rules of stored documents: top-level fields are identifiers, names starting
+    with ``_`` are reserved (but ``_id`` and ``_creationTime``), and nesting is at most `MAX_DOC_DEPTH`."""
+    for key in doc:
+        if type(key) is str and key not in SYSTEM_FIELDS:
+            if key.startswith("_"):
+                raise ConvexValueError(f"{path}: field {key!r} is reserved (top-level fields starting with '_' "
+                                       "are system fields)")
+            problem = identifier_problem(key)
+            if problem is not None:
+                raise ConvexValueError(f"{path}.{key}: {problem}")
+    return check_value(doc, path, 0, MAX_DOC_DEPTH)
+
+
+def check_value(value: Any, path: str = "value", depth: int = 0, max_depth: int = MAX_DEPTH) -> bool:
+    """Validate `value` against the Convex value model and its limits.
+
+    Raises `ConvexValueError` naming the offending path: nesting deeper than
+    `MAX_DEPTH`, an array over `MAX_ARRAY_LEN` elements, an object over
+    `MAX_OBJECT_FIELDS` fields, a field name Convex refuses (``$``-prefixed,
+    not printable ASCII, too long), an int outside int64, a string that is not
+    valid Unicode. Returns True when the value holds a non-finite float (which
+    the storage encoding must rewrite).
     """
-    if depth > MAX_DEPTH:
-        raise ConvexValueError(f"{path}: nesting deeper than {MAX_DEPTH} levels")
+    if depth > max_depth:
+        raise ConvexValueError(f"{path}: Value is too nested (nesting deeper than {max_depth} levels)")
     t = type(value)
-    if value is None or t is bool or t is str or t is bytes:
+    if t is str:
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConvexValueError(f"{path}: string is not valid Unicode (it holds an unpaired surrogate)") \
+                    from None
+        return False
+    if value is None or t is bool or t is bytes:
         return False
     if t is float:
         return not math.isfinite(value)
@@ -68,18 +146,36 @@ def check_value(value: Any, path: str = "value", depth: int = 0) -> bool:
             raise ConvexValueError(f"{path}: integer {value} does not fit in int64")
         return False
     if t is list or t is tuple:
+        if len(value) > MAX_ARRAY_LEN:
+            raise ConvexValueError(f"{path}: Array length is too long ({len(value)} > maximum length {MAX_ARRAY_LEN})")
         special = False
+        shallow = depth < max_depth  # its scalar items are checked here, without a call (the common case)
         for i, item in enumerate(value):
-            special |= check_value(item, f"{path}[{i}]", depth + 1)
+            ti = type(item)
+            if shallow and (ti is bool or item is None or (ti is str and item.isascii())):
+                continue
+            if shallow and ti is float:
+                special |= item - item != 0.0  # inf and nan
+                continue
+            special |= check_value(item, f"{path}[{i}]", depth + 1, max_depth)
         return special
     if t is dict:
+        if len(value) > MAX_OBJECT_FIELDS:
+            raise ConvexValueError(f"{path}: Object has too many fields ({len(value)} > maximum number "
+                                   f"{MAX_OBJECT_FIELDS})")
         special = False
+        shallow = depth < max_depth
         for key, item in value.items():
-            if type(key) is not str:
-                raise ConvexValueError(f"{path}: object keys must be strings, got {type(key).__name__}")
-            if key.startswith("$"):
-                raise ConvexValueError(f"{path}: field name {key!r} may not start with '$'")
-            special |= check_value(item, f"{path}.{key}", depth + 1)
+            if type(key) is not str or key.startswith("$") or not (key.isascii() and key.isprintable()) \
+                    or len(key) > MAX_FIELD_NAME_LEN:
+                raise ConvexValueError(f"{path}: {field_name_problem(key)}")
+            ti = type(item)
+            if shallow and (ti is bool or item is None or (ti is str and item.isascii())):
+                continue
+            if shallow and ti is float:
+                special |= item - item != 0.0  # inf and nan
+                continue
+            special |= check_value(item, f"{path}.{key}", depth + 1, max_depth)
         return special
     if isinstance(value, (bytearray, memoryview)):
         return False
@@ -182,13 +278,13 @@ def from_wire(value: Any, path: str = "value", depth: int = 0) -> Any:
     become int/bytes/float. Raises `ConvexValueError` naming the path on bad input.
     """
     if depth > MAX_DEPTH:
-        raise ConvexValueError(f"{path}: nesting deeper than {MAX_DEPTH} levels")
+        raise ConvexValueError(f"{path}: Value is too nested (nesting deeper than {MAX_DEPTH} levels)")
     t = type(value)
     if t is str or t is bool or value is None or t is float:
         return value
     if t is int:
         return float(value)
-    if t is list:
+    if t is list:  # (Convex's size limits are checked where the value is used: `check_value`)
         return [from_wire(v, f"{path}[{i}]", depth + 1) for i, v in enumerate(value)]
     if t is dict:
         if len(value) == 1:
@@ -213,7 +309,7 @@ def from_wire(value: Any, path: str = "value", depth: int = 0) -> Any:
         out = {}
         for k, v in value.items():
             if k.startswith("$"):
-                raise ConvexValueError(f"{path}: field name {k!r} may not start with '$'")
+                raise ConvexValueError(f"{path}: {field_name_problem(k)}")
             out[k] = from_wire(v, f"{path}.{k}", depth + 1)
         return out
     raise ConvexValueError(f"{path}: {t.__name__} is not a Convex JSON value")

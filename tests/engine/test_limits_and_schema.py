@@ -24,7 +24,7 @@ async def test_write_read_size_depth_and_time_limits(make_runtime) -> None:
     with pytest.raises(LimitExceeded, match="over the 1048576 byte limit"):
         await rt.run_mutation("stress:big_doc", {"size": (1 << 20) + 10})
     assert (await rt.run_mutation("stress:big_doc", {"size": 1000})).value
-    with pytest.raises(ArgumentError, match="nesting deeper than 64"):
+    with pytest.raises(ArgumentError, match="too nested .nesting deeper than 16 levels"):
         await rt.run_mutation("stress:deep_doc", {"depth": 70})
     with pytest.raises(LimitExceeded, match="longer than 1s"):
         rt.run_query("stress:spin", {})

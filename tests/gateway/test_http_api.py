@@ -30,7 +30,7 @@ async def test_request_shapes_and_errors(server_factory) -> None:
         status, body = await post(s, server.url + "/api/mutation", {"path": "lists:add", "args": {"list_id": list_id, "text": ""}})
         assert status == 560 and body["errorData"] == {"code": "EMPTY_TEXT"}
         status, body = await post(s, server.url + "/api/query", {"path": "lists:items", "args": {"list_id": 3}})
-        assert status == 560 and "args.list_id" in body["errorMessage"]
+        assert status == 560 and "Path: .list_id" in body["errorMessage"]
         status, body = await post(s, server.url + "/api/query", {"path": "nope:x", "args": {}})
         assert status == 560 and "Could not find public function" in body["errorMessage"]
         async with s.post(server.url + "/api/query", data=b"{not json") as r:
