@@ -149,4 +149,4 @@ def validator_json(validator: Validator | None) -> Any:
         return {"type": "literal", "value": getattr(validator, "value")}
     if kind == "id":
         return {"type": "id", "tableName": getattr(validator, "table")}
-    return {"type": "number" if kind.startswith("number") else kind}
+    return {"type": "number" if kind.startswith("number") or kind == "float64" else kind}

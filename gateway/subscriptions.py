@@ -25,7 +25,7 @@ from engine.client_values import error_data_wire, result_wire
 from engine.errors import AppError
 from engine.committer import REQUESTS_TABLE
 from engine.runtime import QueryResult, Runtime
-from values import decode_doc, to_wire
+from values import compact, decode_doc, to_wire
 from gateway.protocol import elide
 from gateway.range_index import RangeIndex
 from log.record import Record
@@ -79,11 +79,14 @@ class SharedQuery:
         rule), `encode_data` an AppError's data. The log lines of this execution are kept with it.
         """
         self.offset, self.ts = result.offset, result.ts
-        self.log_json = orjson.dumps(result.log_lines) if result.log_lines else b"[]"
+        # (compact: each live query keeps these bytes; see values.compact)
+        self.log_json = compact(orjson.dumps(result.log_lines)) if result.log_lines else b"[]"
         if result.error is None:
             value_json = orjson.dumps(encode(result.value))
             changed = self.error_message is not None or value_json != self.value_json
-            self.value_json, self.error_message, self.error_data_json = value_json, None, None
+            if changed:
+                self.value_json = compact(value_json)
+            self.error_message, self.error_data_json = None, None
             return changed
         message = elide(str(result.error), self.path)
         data = orjson.dumps(encode_data(result.error.data)) if isinstance(result.error, AppError) else None

@@ -6,13 +6,13 @@ gateway all build on it.
 from values.ids import new_id, table_of
 from values.model import (
     INT64_MAX, INT64_MIN, MAX_ARRAY_LEN, MAX_DEPTH, MAX_DOC_BYTES, MAX_DOC_DEPTH, MAX_OBJECT_FIELDS,
-    ConvexValueError, check_document, check_value, decode_doc,
+    ConvexValueError, check_document, check_value, compact, decode_doc,
     decode_value, encode_doc, encode_value, from_wire, to_wire, wire_dumps,
 )
 
 __all__ = [
     "INT64_MAX", "INT64_MIN", "MAX_ARRAY_LEN", "MAX_DEPTH", "MAX_DOC_BYTES", "MAX_DOC_DEPTH", "MAX_OBJECT_FIELDS",
-    "ConvexValueError", "check_document", "check_value",
+    "ConvexValueError", "check_document", "check_value", "compact",
     "decode_doc", "decode_value", "encode_doc", "encode_value", "from_wire", "new_id", "table_of",
     "to_wire", "wire_dumps",
 ]

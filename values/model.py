@@ -193,12 +193,22 @@ def _rewrite_special_floats(value: Any) -> Any:
     return value
 
 
+def compact(raw: bytes) -> bytes:
+    """`raw` in an allocation of its own size.
+
+    orjson (3.13) returns bytes whose allocation keeps its whole output buffer: at least 4 KiB even for
+    a 60-byte document. Bytes that outlive the call (cached documents, `_requests` memos, subscription
+    results) are copied once, for ~0.2 µs, so they cost their length instead of 4 KiB each.
+    """
+    return bytes(memoryview(raw))
+
+
 def encode_value(value: Any, *, checked_special: bool | None = None) -> bytes:
     """Encode any Convex value in the storage encoding."""
     special = check_value(value) if checked_special is None else checked_special
     if special:
         value = _rewrite_special_floats(value)
-    return orjson.dumps(value, default=_storage_default)
+    return compact(orjson.dumps(value, default=_storage_default))
 
 
 def encode_doc(doc: dict[str, Any]) -> bytes:
@@ -209,8 +219,8 @@ def encode_doc(doc: dict[str, Any]) -> bytes:
         return encode_value(doc)
     # orjson writes NaN and ±inf as null; only then is a walk needed to keep them.
     if b"null" in raw and _has_special_float(doc):
-        return orjson.dumps(_rewrite_special_floats(doc), default=_storage_default)
-    return raw
+        raw = orjson.dumps(_rewrite_special_floats(doc), default=_storage_default)
+    return compact(raw)
 
 
 def _has_special_float(value: Any) -> bool:
