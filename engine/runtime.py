@@ -24,6 +24,7 @@ from log.base import Log
 from log.record import Record
 from projections.rebuild import catch_up
 from projections.snapshot import SnapshotJournal
+from projections.vectors import VectorIndexes
 from projections.types import DocumentReader, ProjectionStore, SnapshotReader
 
 log = logging.getLogger("tape.runtime")
@@ -60,6 +61,8 @@ class Runtime:
         self.slow_queries = SlowPaths()  # query paths that outran their slice on the loop (for a while)
         self.snapshots = SnapshotJournal()  # read views for queries running off the loop
         self._listeners: list[AppliedListener] = []
+        self.vectors = VectorIndexes(projection)  # in memory, built from the projection at start
+        self._listeners.append(self.vectors.apply)
         self.mutation_forwarder: Callable[..., Any] | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -74,6 +77,8 @@ class Runtime:
         self.install_app(self.app)
         if self.role == "committer":
             await self.catch_up()
+        self.vectors.start()  # builds vector indexes from the caught-up projection, in the background
+        if self.role == "committer":
             self.committer.start()
             await self.scheduler.start()
             self.crons.start()
@@ -93,6 +98,7 @@ class Runtime:
         await self.scheduler.stop()
         await self.committer.stop(drain_seconds=0.0)
         self.actions.close()
+        self.vectors.close()
         self.query_workers.shutdown(wait=False, cancel_futures=True)
 
     def install_app(self, app: App) -> None:
@@ -115,6 +121,7 @@ class Runtime:
         if bad:
             raise SchemaViolation("schema.py does not match existing documents: " + "; ".join(problems), bad)
         self.projection.set_indexes(app.schema.index_catalog())
+        self.vectors.install(app.schema.vector_catalog())
         self.app = app
 
     # -- projection feed -------------------------------------------------------

@@ -1,0 +1,303 @@
+"""`VectorIndexes`: the vector indexes of one projection, kept in log order and built in the background.
+
+A vector catalog maps ``{table: {index name: {"field": str, "dimensions": int,
+"filter_fields": [str, ...]}}}``. Each index is a `projections.vector_index.VectorIndex`
+held in memory and derived from the projection's documents:
+
+* `install` takes a (new) catalog: indexes no longer declared are dropped, new
+  ones start *building*. `start` (called once the projection has caught up
+  with the log) builds them on a background thread from the projection's
+  documents, so the server keeps serving; searching one still building raises
+  `VectorIndexBuilding` naming its progress.
+* `apply` is the runtime's apply listener: after each batch of records reaches
+  the projection it updates every ready index in log order (an index still
+  building remembers the written ids and re-reads them from the projection
+  before it turns ready, so no write is missed).
+* `search` takes the latest applied state and checks each hit against the
+  projection: a document deleted (or no longer matching the filter) is never
+  returned, even in the instant between the projection and the index applying it.
+
+Because the indexes are rebuilt from the projection whenever a node opens, they
+are correct after `tape doctor --rebuild-projection`, `tape restore` and on
+replicas with no extra step (see docs/architecture.md for the measurement
+behind rebuilding rather than persisting them).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from log.record import Record
+
+from .index_catalog import decode_stored
+from .vector_index import VectorIndex, filter_key
+
+log = logging.getLogger("tape.vectors")
+
+VectorCatalog = dict[str, dict[str, dict[str, Any]]]
+
+BUILD_BATCH = 512
+"""Documents added to the graph per step of a background build."""
+
+
+class VectorIndexError(Exception):
+    """A vector index cannot answer (unknown, or still building); the message says why."""
+
+
+class UnknownVectorIndex(VectorIndexError):
+    """No vector index of that name on that table."""
+
+
+class VectorIndexBuilding(VectorIndexError):
+    """The index is still being built from existing documents; `done`/`total` say how far it is."""
+
+    def __init__(self, label: str, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        pct = 100.0 * done / total if total else 0.0
+        super().__init__(f"vector index {label} is still being built from existing documents: "
+                         f"{done:,} of {total:,} indexed ({pct:.0f}%); try again shortly")
+
+
+def normalize_vector_catalog(catalog: Mapping[str, Mapping[str, Mapping[str, Any]]] | None) -> VectorCatalog:
+    """A canonical copy of `catalog` (filter fields as lists, only the known keys)."""
+    out: VectorCatalog = {}
+    for table, per in (catalog or {}).items():
+        for name, spec in per.items():
+            out.setdefault(table, {})[name] = {"field": str(spec["field"]), "dimensions": int(spec["dimensions"]),
+                                               "filter_fields": list(spec.get("filter_fields", ()))}
+    return out
+
+
+@dataclass
+class _Entry:
+    """One index with its build state."""
+
+    spec: dict[str, Any]
+    index: VectorIndex
+    ready: bool = False
+    done: int = 0
+    total: int = 0
+    pending: set[str] = field(default_factory=set)  # ids written while building (re-read before ready)
+    dropped: bool = False
+    building: bool = False  # a build thread was started
+    build_seconds: float = 0.0
+    error: str | None = None
+
+
+class VectorIndexes:
+    """Every vector index of a projection (see the module docstring)."""
+
+    def __init__(self, projection: Any) -> None:
+        self.projection = projection
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._by_table: dict[str, list[_Entry]] = {}
+        self._started = False
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+
+    # --- catalog ----------------------------------------------------------------------
+
+    def install(self, catalog: Mapping[str, Mapping[str, Mapping[str, Any]]] | None) -> None:
+        """Take the declared vector indexes: drop the undeclared or redefined, add (and build) the new."""
+        new = normalize_vector_catalog(catalog)
+        for key, entry in list(self._entries.items()):
+            if new.get(key[0], {}).get(key[1]) != entry.spec:
+                entry.dropped = True
+                del self._entries[key]
+        for table, per in new.items():
+            for name, spec in per.items():
+                if (table, name) not in self._entries:
+                    index = VectorIndex(table, name, spec["field"], spec["dimensions"], spec["filter_fields"])
+                    self._entries[(table, name)] = _Entry(spec, index)
+        by_table: dict[str, list[_Entry]] = {}
+        for (table, _name), entry in self._entries.items():
+            by_table.setdefault(table, []).append(entry)
+        self._by_table = by_table
+        if self._started:
+            self._build_missing()
+
+    @property
+    def catalog(self) -> VectorCatalog:
+        """The installed vector catalog."""
+        out: VectorCatalog = {}
+        for (table, name), entry in self._entries.items():
+            out.setdefault(table, {})[name] = dict(entry.spec)
+        return out
+
+    def start(self) -> None:
+        """Build every index not built yet (call once the projection has caught up with the log)."""
+        self._started = True
+        self._build_missing()
+
+    def _build_missing(self) -> None:
+        for entry in self._entries.values():
+            if not entry.building:
+                entry.building = True
+                thread = threading.Thread(target=self._build, args=(entry,), daemon=True,
+                                          name=f"tape-vector-build-{entry.index.label}")
+                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+                thread.start()
+
+    def _build(self, entry: _Entry) -> None:
+        """Index the table's existing documents, then the ones written meanwhile; then mark the index ready."""
+        index = entry.index
+        started = time.perf_counter()
+        try:
+            entry.total = self.projection.count(index.table)
+            ids: list[str] = []
+            rows: list[Any] = []
+
+            def flush() -> None:
+                with index.lock:
+                    # a write applied meanwhile re-reads its document at the end: keep the newest
+                    keep = [i for i, doc_id in enumerate(ids) if doc_id not in entry.pending]
+                    index.put_many([ids[i] for i in keep], [rows[i] for i in keep], threads=1)
+                entry.done += len(ids)
+                ids.clear()
+                rows.clear()
+
+            for raw in self.projection.iter_documents(index.table):
+                if entry.dropped or self._closed:
+                    return
+                doc = decode_stored(raw)
+                row = index.document_entry(doc)
+                if row is not None:
+                    ids.append(doc["_id"])
+                    rows.append(row)
+                else:
+                    entry.done += 1
+                if len(ids) >= BUILD_BATCH:
+                    flush()
+            if ids:
+                flush()
+            while not entry.dropped and not self._closed:
+                with index.lock:
+                    if not entry.pending:
+                        entry.ready = True
+                        break
+                    todo = list(entry.pending)
+                    entry.pending.clear()
+                for doc_id, raw in zip(todo, self.projection.get_many(todo)):
+                    with index.lock:
+                        if doc_id in entry.pending:
+                            continue  # written again meanwhile: read once more in the next round
+                        if raw is None:
+                            index.remove(doc_id)
+                        else:
+                            index.upsert(doc_id, decode_stored(raw))
+            entry.build_seconds = time.perf_counter() - started
+            if entry.ready:
+                log.info("vector index %s built: %d vectors in %.1f s", index.label, len(index),
+                         entry.build_seconds)
+        except Exception as exc:  # the projection closed under us, or a damaged store
+            if not self._closed:
+                entry.error = f"{type(exc).__name__}: {exc}"
+                log.exception("building vector index %s failed", index.label)
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Block until every index is built (for tests, benchmarks and tools); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entries = list(self._entries.values())
+            if all(e.ready for e in entries):
+                return True
+            failed = [e for e in entries if e.error is not None]
+            if failed:
+                raise VectorIndexError(f"vector index {failed[0].index.label} failed to build: {failed[0].error}")
+            time.sleep(0.005)
+        return False
+
+    # --- the apply listener -------------------------------------------------------------
+
+    def apply(self, records: Iterable[Record]) -> None:
+        """Bring every index up to date with `records` (just applied to the projection), in log order."""
+        by_table = self._by_table
+        if not by_table:
+            return
+        for rec in records:
+            for w in rec.writes:
+                entries = by_table.get(w.table)
+                if entries is None:
+                    continue
+                doc = None if w.doc is None else decode_stored(w.doc)
+                for entry in entries:
+                    index = entry.index
+                    with index.lock:
+                        if not entry.ready:
+                            entry.pending.add(w.id)
+                        elif doc is None:
+                            index.remove(w.id)
+                        else:
+                            index.upsert(w.id, doc)
+
+    # --- searching ---------------------------------------------------------------------
+
+    def index(self, table: str, name: str) -> VectorIndex:
+        """The ready index `name` of `table`; raises `UnknownVectorIndex` / `VectorIndexBuilding`."""
+        entry = self._entries.get((table, name))
+        if entry is None:
+            known = sorted(n for t, n in self._entries if t == table)
+            hint = f" (its vector indexes: {', '.join(known)})" if known else " (it has no vector index)"
+            raise UnknownVectorIndex(f"table {table!r} has no vector index {name!r}{hint}")
+        if not entry.ready:
+            if entry.error is not None:
+                raise VectorIndexError(f"vector index {entry.index.label} failed to build: {entry.error}")
+            raise VectorIndexBuilding(entry.index.label, entry.done, max(entry.total, entry.done))
+        return entry.index
+
+    def search(self, table: str, name: str, query: np.ndarray, limit: int,
+               any_of: Sequence[tuple[str, bytes]] | None = None) -> list[tuple[str, float]]:
+        """The `limit` documents most similar to the unit vector `query`, best first, as (id, score).
+
+        Every hit is checked against the projection: it still exists and, with
+        `any_of`, its filter field still equals one of the given keys.
+        """
+        index = self.index(table, name)
+        want = limit
+        while True:
+            with index.lock:
+                hits = index.search(query, want + 8, any_of)
+            kept = self._still_valid(index, hits, any_of)
+            if len(kept) >= limit or len(hits) < want + 8:
+                return kept[:limit]
+            want *= 2  # many hits were stale (a burst of deletes not yet applied to the index)
+
+    def _still_valid(self, index: VectorIndex, hits: list[tuple[str, float]],
+                     any_of: Sequence[tuple[str, bytes]] | None) -> list[tuple[str, float]]:
+        if not hits:
+            return []
+        raws = self.projection.get_many([doc_id for doc_id, _ in hits])
+        if any_of is None:
+            return [hit for hit, raw in zip(hits, raws) if raw is not None]
+        allowed: dict[str, set[bytes]] = {}
+        for fieldname, key in any_of:
+            allowed.setdefault(fieldname, set()).add(key)
+        kept = []
+        for hit, raw in zip(hits, raws):
+            if raw is None:
+                continue
+            doc = decode_stored(raw)
+            if any(f in doc and filter_key(doc[f]) in keys for f, keys in allowed.items()):
+                kept.append(hit)
+        return kept
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per index: table, name, state (ready / building / failed), vectors, progress."""
+        out = []
+        for (table, name), e in sorted(self._entries.items()):
+            state = "ready" if e.ready else ("failed" if e.error else "building")
+            out.append({"table": table, "index": name, "state": state, "vectors": len(e.index),
+                        "done": e.done, "total": e.total, "error": e.error})
+        return out
+
+    def close(self) -> None:
+        """Stop background builds (their threads exit at the next batch)."""
+        self._closed = True
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+
