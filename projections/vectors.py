@@ -247,7 +247,8 @@ class VectorIndexes:
         if not entry.ready:
             if entry.error is not None:
                 raise VectorIndexError(f"vector index {entry.index.label} failed to build: {entry.error}")
-            raise VectorIndexBuilding(entry.index.label, entry.done, max(entry.total, entry.done))
+            total = entry.total or self.projection.count(table)
+            raise VectorIndexBuilding(entry.index.label, entry.done, max(total, entry.done))
         return entry.index
 
     def search(self, table: str, name: str, query: np.ndarray, limit: int,
