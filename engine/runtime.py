@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -47,7 +48,7 @@ class Runtime:
     """Binds an app to a log and a projection. The committer role also owns the write path."""
 
     def __init__(self, app: App, log_: Log, projection: ProjectionStore, limits: Limits = DEFAULT_LIMITS,
-                 role: str = "committer") -> None:
+                 role: str = "committer", vector_dir: str | os.PathLike[str] | None = None) -> None:
         self.app = app
         self.log = log_
         self.projection = projection
@@ -61,7 +62,8 @@ class Runtime:
         self.slow_queries = SlowPaths()  # query paths that outran their slice on the loop (for a while)
         self.snapshots = SnapshotJournal()  # read views for queries running off the loop
         self._listeners: list[AppliedListener] = []
-        self.vectors = VectorIndexes(projection)  # in memory, built from the projection at start
+        # vector indexes: in memory, saved to `vector_dir` at stop, loaded (or built from the projection) at start
+        self.vectors = VectorIndexes(projection, vector_dir)
         self._listeners.append(self.vectors.apply)
         self.mutation_forwarder: Callable[..., Any] | None = None
 
@@ -77,7 +79,8 @@ class Runtime:
         self.install_app(self.app)
         if self.role == "committer":
             await self.catch_up()
-        self.vectors.start()  # builds vector indexes from the caught-up projection, in the background
+        await self.vectors.load_saved(self.log)
+        self.vectors.start()  # builds the rest from the caught-up projection, in the background
         if self.role == "committer":
             self.committer.start()
             await self.scheduler.start()
@@ -99,6 +102,10 @@ class Runtime:
         await self.committer.stop(drain_seconds=0.0)
         self.actions.close()
         self.vectors.close()
+        try:
+            self.vectors.save()  # the next start loads them instead of building them again
+        except Exception:
+            log.exception("saving the vector indexes failed; the next start builds them from the projection")
         self.query_workers.shutdown(wait=False, cancel_futures=True)
 
     def install_app(self, app: App) -> None:

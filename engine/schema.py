@@ -52,8 +52,10 @@ class TableDefinition:
     def vector_index(self, name: str, *, vector_field: str, dimensions: int,
                      filter_fields: list[str] | tuple[str, ...] = ()) -> "TableDefinition":
         """Declare a vector index (Convex's `.vectorIndex`); search it with `ctx.vector_search` in actions."""
-        if not isinstance(name, str) or not name or name in SYSTEM_INDEXES or name in self.vector_indexes:
-            raise ValueError(f"vector index name {name!r} is empty, reserved or already declared")
+        if not isinstance(name, str) or not name.replace("_", "a").isalnum() or name in SYSTEM_INDEXES \
+                or name in self.vector_indexes:
+            raise ValueError(f"vector index name {name!r} is not letters, digits and '_', is reserved or is "
+                             "already declared")
         if not isinstance(vector_field, str) or not vector_field or vector_field.startswith("_"):
             raise ValueError(f"vector index {name!r}: vector_field must be a user field name, got {vector_field!r}")
         if type(dimensions) is not int or not 2 <= dimensions <= MAX_VECTOR_DIMENSIONS:

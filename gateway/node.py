@@ -70,7 +70,8 @@ class Node:
             raise ProjectionError(
                 f"{self.config.projection_dir}: the projection cannot be opened ({exc}). It is rebuildable "
                 f"from the log: tape doctor --data {self.config.data_dir} --rebuild-projection") from None
-        self.runtime = Runtime(self.app, self.log, self.projection, self.config.limits, role=self.config.role)
+        self.runtime = Runtime(self.app, self.log, self.projection, self.config.limits, role=self.config.role,
+                               vector_dir=self.config.data_dir / "vectors")
         self.subscriptions = SubscriptionManager(self.runtime)
         await self.runtime.start()
         if self.config.role == "replica":

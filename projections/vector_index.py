@@ -15,10 +15,13 @@ GIL while they compute.
 from __future__ import annotations
 
 import math
+import os
 import threading
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import orjson
 from usearch.index import Index
 
 from .keys import encode_value_key
@@ -244,6 +247,51 @@ class VectorIndex:
             if fetch * 4 >= total:
                 return self._exact(query, count, rows)
             fetch *= 4
+
+    # --- saving (callers hold `lock`) ---------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        """Write the index into the empty directory `directory` (graph, vectors, rows), each file fsynced."""
+        used = len(self._id_of)
+        graph = directory / "graph.usearch"
+        self._graph.save(str(graph))
+        np.save(directory / "vectors.npy", self._vectors[:used])
+        rows = {"ids": self._id_of, "free": self._free,
+                "keys": [None if k is None else [None if x is None else x.hex() for x in k] for k in self._keys_of]}
+        (directory / "rows.json").write_bytes(orjson.dumps(rows))
+        for path in directory.iterdir():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def load(self, directory: Path) -> None:
+        """Replace this (empty) index's contents with those `save` wrote into `directory`."""
+        rows = orjson.loads((directory / "rows.json").read_bytes())
+        vectors = np.load(directory / "vectors.npy")
+        ids: list[str | None] = rows["ids"]
+        if vectors.shape != (len(ids), self.dimensions) or len(rows["keys"]) != len(ids):
+            raise ValueError(f"{directory}: the saved rows and vectors do not match")
+        self._graph.load(str(directory / "graph.usearch"))
+        capacity = max(_GROW, len(ids))
+        self._vectors = np.zeros((capacity, self.dimensions), dtype=np.float32)
+        self._vectors[:len(ids)] = vectors
+        self._live = np.zeros(capacity, dtype=bool)
+        self._id_of = ids
+        self._free = list(rows["free"])
+        self._keys_of = [None] * len(ids)
+        self._row_of = {}
+        self._postings = [{} for _ in self.filter_fields]
+        for row, (doc_id, keys) in enumerate(zip(ids, rows["keys"])):
+            if doc_id is None:
+                continue
+            self._row_of[doc_id] = row
+            self._live[row] = True
+            self._post(row, tuple(None if x is None else bytes.fromhex(x) for x in keys))
+        if len(self._graph) != len(self._row_of):
+            raise ValueError(f"{directory}: the saved graph holds {len(self._graph)} vectors, the rows "
+                             f"{len(self._row_of)}")
 
     # --- reading ----------------------------------------------------------------------
 

@@ -25,12 +25,16 @@ behind rebuilding rather than persisting them).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+import orjson
 
 from log.record import Record
 
@@ -85,6 +89,7 @@ class _Entry:
     pending: set[str] = field(default_factory=set)  # ids written while building (re-read before ready)
     dropped: bool = False
     building: bool = False  # a build thread was started
+    loaded: bool = False  # loaded from its saved copy: only the documents written since need reading
     build_seconds: float = 0.0
     error: str | None = None
 
@@ -92,8 +97,11 @@ class _Entry:
 class VectorIndexes:
     """Every vector index of a projection (see the module docstring)."""
 
-    def __init__(self, projection: Any) -> None:
+    def __init__(self, projection: Any, directory: str | os.PathLike[str] | None = None) -> None:
         self.projection = projection
+        self.directory = None if directory is None else Path(directory)
+        # the last record `apply` finished with (an index holds at least its effects)
+        self._offset, self._ts = projection.applied_offset, projection.applied_ts
         self._entries: dict[tuple[str, str], _Entry] = {}
         self._by_table: dict[str, list[_Entry]] = {}
         self._started = False
@@ -132,6 +140,7 @@ class VectorIndexes:
     def start(self) -> None:
         """Build every index not built yet (call once the projection has caught up with the log)."""
         self._started = True
+        self._offset, self._ts = self.projection.applied_offset, self.projection.applied_ts
         self._build_missing()
 
     def _build_missing(self) -> None:
@@ -149,6 +158,8 @@ class VectorIndexes:
         started = time.perf_counter()
         try:
             entry.total = self.projection.count(index.table)
+            if entry.loaded:
+                entry.done = entry.total
             ids: list[str] = []
             rows: list[Any] = []
 
@@ -161,7 +172,7 @@ class VectorIndexes:
                 ids.clear()
                 rows.clear()
 
-            for raw in self.projection.iter_documents(index.table):
+            for raw in () if entry.loaded else self.projection.iter_documents(index.table):
                 if entry.dropped or self._closed:
                     return
                 doc = decode_stored(raw)
@@ -217,9 +228,11 @@ class VectorIndexes:
     def apply(self, records: Iterable[Record]) -> None:
         """Bring every index up to date with `records` (just applied to the projection), in log order."""
         by_table = self._by_table
-        if not by_table:
-            return
-        for rec in records:
+        last = None
+        for last in records:
+            if not by_table:
+                continue
+            rec = last
             for w in rec.writes:
                 entries = by_table.get(w.table)
                 if entries is None:
@@ -234,6 +247,96 @@ class VectorIndexes:
                             index.remove(w.id)
                         else:
                             index.upsert(w.id, doc)
+        if last is not None:  # after the indexes took the records in: a saved stamp never runs ahead of them
+            self._offset, self._ts = last.offset, last.ts
+
+    # --- saving and loading --------------------------------------------------------------
+
+    def save(self) -> list[str]:
+        """Save every built index under `directory` (atomically, fsynced), stamped with the last applied record.
+
+        Call it where no record is being applied (the runtime does at stop).
+        Saved indexes no longer declared are removed. Returns the labels saved.
+        """
+        directory = self.directory
+        if directory is None:
+            return []
+        directory.mkdir(parents=True, exist_ok=True)
+        saved = []
+        for (table, name), entry in self._entries.items():
+            if not entry.ready:
+                continue
+            final, tmp, old = (directory / f"{table}.{name}", directory / f".{table}.{name}.tmp",
+                               directory / f".{table}.{name}.old")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            with entry.index.lock:
+                entry.index.save(tmp)
+                stamp = {"spec": entry.spec, "offset": self._offset, "ts": self._ts}
+            _write_synced(tmp / "meta.json", orjson.dumps(stamp))
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                os.rename(final, old)
+            os.rename(tmp, final)
+            _fsync_dir(directory)
+            shutil.rmtree(old, ignore_errors=True)
+            saved.append(entry.index.label)
+        wanted = {f"{t}.{n}" for t, n in self._entries}
+        for child in directory.iterdir():
+            if child.name not in wanted and not child.name.startswith("."):
+                shutil.rmtree(child, ignore_errors=True)
+        return saved
+
+    async def load_saved(self, log_: Any) -> list[str]:
+        """Load the saved copies that still fit the log, and note the documents written since they were saved.
+
+        A copy fits when its spec is the declared one, its stamp is at or
+        before the projection's applied offset and the log still holds that
+        record with that ts (not after a restore or a truncation that rewrote
+        it). The rest are built from the projection as usual. Returns the labels loaded.
+        """
+        if self.directory is None or not self.directory.is_dir():
+            return []
+        loaded = []
+        for (table, name), entry in self._entries.items():
+            path = self.directory / f"{table}.{name}"
+            if entry.ready or entry.building or not (path / "meta.json").is_file():
+                continue
+            try:
+                changed = await self._changes_since_saved(path, entry, log_)
+                with entry.index.lock:
+                    entry.index.load(path)
+            except Exception as exc:  # unusable: build from the projection instead
+                log.warning("saved vector index %s not used (%s); building it from the projection",
+                            entry.index.label, exc)
+                spec = entry.spec
+                entry.index = VectorIndex(table, name, spec["field"], spec["dimensions"], spec["filter_fields"])
+                continue
+            entry.pending |= changed
+            entry.loaded = True
+            loaded.append(entry.index.label)
+        return loaded
+
+    async def _changes_since_saved(self, path: Path, entry: _Entry, log_: Any) -> set[str]:
+        meta = orjson.loads((path / "meta.json").read_bytes())
+        if meta.get("spec") != entry.spec:
+            raise ValueError("it was saved for a different definition")
+        offset, applied = int(meta["offset"]), self.projection.applied_offset
+        if offset > applied:
+            raise ValueError(f"it was saved at log offset {offset}, beyond the projection's {applied}")
+        if offset >= 0:
+            found = None
+            async for batch in log_.read(offset, offset + 1):
+                found = next((r for r in batch if r.offset == offset), found)
+            if found is None or found.ts != meta["ts"]:
+                raise ValueError(f"the log no longer holds the record {offset} it was saved at")
+        changed: set[str] = set()
+        table = entry.index.table
+        if offset < applied:
+            async for batch in log_.read(offset + 1, applied + 1):
+                for rec in batch:
+                    changed.update(w.id for w in rec.writes if w.table == table)
+        return changed
 
     # --- searching ---------------------------------------------------------------------
 
@@ -302,3 +405,18 @@ class VectorIndexes:
         for thread in self._threads:
             thread.join(timeout=5.0)
 
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
