@@ -20,6 +20,7 @@ distribution. A filtered search (`kind` = one of 4 values) is measured too.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import shutil
 import statistics
 import tempfile
@@ -68,6 +69,14 @@ def _fill(projection: Projection, vectors: np.ndarray) -> list[str]:
         projection.apply([Record(writes=writes, offset=offset, ts=offset + 1)])
     projection.flush()
     return ids
+
+
+class _StampLog:
+    """The log `_fill` implies (record N has ts N + 1): enough for `VectorIndexes.load_saved` to check a stamp."""
+
+    async def read(self, start: int, end: int | None = None, batch: int = 4096) -> Any:
+        for offset in range(start, start if end is None else end):
+            yield [Record(writes=[], offset=offset, ts=offset + 1)]
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -138,6 +147,22 @@ def run(quick: bool = False, harness: Any = None, *, n: int | None = None, dims:
                 truth = {ids[i] for i in np.argpartition(-masked, 10)[:10]}
                 f_recalls.append(len(truth & {h for h, _ in hits}) / 10)
             indexes.close()
+            phase("vector: saving the index and loading it back")
+            indexes.directory = scratch / "vectors"
+            t0 = time.perf_counter()
+            indexes.save()
+            save_s = time.perf_counter() - t0
+            again = VectorIndexes(projection, scratch / "vectors")
+            again.install(indexes.catalog)
+            t0 = time.perf_counter()
+            loaded = asyncio.run(again.load_saved(_StampLog()))
+            again.start()
+            again.wait_ready(600.0)
+            load_s = time.perf_counter() - t0
+            if loaded != ["docs.by_embedding"] or again.search("docs", "by_embedding", qs[0], 10) != \
+                    indexes.search("docs", "by_embedding", qs[0], 10):
+                raise RuntimeError("the saved vector index did not load back equal")
+            again.close()
         finally:
             projection.close()
     finally:
@@ -149,6 +174,7 @@ def run(quick: bool = False, harness: Any = None, *, n: int | None = None, dims:
         "n": n, "dims": dims, "queries": queries,
         "write_docs_per_s": round(n / write_s),
         "build_s": round(build_s, 2), "build_docs_per_s": round(n / build_s),
+        "save_s": round(save_s, 2), "load_s": round(load_s, 2),
         "ann_p50_ms": round(ann_p50, 3), "ann_p99_ms": round(_pct(ann_ms, 0.99), 3),
         "exact_p50_ms": round(statistics.median(exact_ms), 3), "exact_p99_ms": round(_pct(exact_ms, 0.99), 3),
         "recall_at_10": round(recall, 4),
@@ -162,7 +188,8 @@ def run(quick: bool = False, harness: Any = None, *, n: int | None = None, dims:
 
 def headline(r: dict[str, Any]) -> str:
     """One console line for `tape bench`."""
-    return (f"{r['n']:,}×{r['dims']}: build {r['build_docs_per_s']:,}/s; top-10 p50 {r['ann_p50_ms']:.2f} ms "
+    return (f"{r['n']:,}×{r['dims']}: build {r['build_docs_per_s']:,}/s ({r['build_s']:.1f} s; saved copy "
+            f"loads in {r['load_s']:.1f} s); top-10 p50 {r['ann_p50_ms']:.2f} ms "
             f"(exact numpy {r['exact_p50_ms']:.2f} ms) recall@10 {r['recall_at_10']:.3f}; filtered p50 "
             f"{r['filtered_p50_ms']:.2f} ms recall {r['filtered_recall_at_10']:.3f} (goal p50 ≤ "
             f"{GOAL_P50_MS:g} ms, recall ≥ {GOAL_RECALL}: {'met' if r['goal']['met'] else 'not met'})")
