@@ -71,6 +71,8 @@ def parse_request(request: Any, dimensions: int, filter_fields: tuple[str, ...],
     except VectorValueError as exc:
         raise ArgumentError(str(exc)) from None
     limit = request.get("limit", DEFAULT_LIMIT)
+    if type(limit) is float and limit.is_integer():
+        limit = int(limit)  # a JavaScript number, as clients send it
     if type(limit) is not int or not 1 <= limit <= MAX_LIMIT:
         raise ArgumentError(f"vector_search({label}): limit must be an integer from 1 to {MAX_LIMIT}, got {limit!r}")
     any_of = None

@@ -37,9 +37,9 @@ async def titles(ctx: Any, ids: list[str]) -> list[str | None]:
     return out
 
 
-@action(args={"vector": v.array(v.number()), "limit": v.optional(v.int64()), "kind": v.optional(v.string()),
+@action(args={"vector": v.array(v.number()), "limit": v.optional(v.number()), "kind": v.optional(v.string()),
               "kinds": v.optional(v.array(v.string()))})
-async def similar(ctx: Any, vector: list[float], limit: int | None = None, kind: str | None = None,
+async def similar(ctx: Any, vector: list[float], limit: float | None = None, kind: str | None = None,
                   kinds: list[str] | None = None) -> list[dict[str, Any]]:
     request: dict[str, Any] = {"vector": vector}
     if limit is not None:
