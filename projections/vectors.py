@@ -17,10 +17,14 @@ held in memory and derived from the projection's documents:
   projection: a document deleted (or no longer matching the filter) is never
   returned, even in the instant between the projection and the index applying it.
 
-Because the indexes are rebuilt from the projection whenever a node opens, they
-are correct after `tape doctor --rebuild-projection`, `tape restore` and on
-replicas with no extra step (see docs/architecture.md for the measurement
-behind rebuilding rather than persisting them).
+* `save` (at stop) writes each built index to ``DATA/vectors/<table>.<index>/``
+  stamped with the last record it reflects; `load_saved` (at start) takes a
+  copy back only if the log still holds that record with that ts, and re-reads
+  the documents written since. Anything else (no copy, a damaged one, one
+  from before a restore rewound the log, `tape doctor --rebuild-projection`
+  removing them) is built from the projection, so the indexes are correct
+  after a rebuild, a restore and on replicas (docs/architecture.md gives the
+  measurement behind saving them rather than building them at every start).
 """
 from __future__ import annotations
 
