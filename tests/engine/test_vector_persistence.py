@@ -1,4 +1,4 @@
-"""Vector indexes saved at stop and loaded at start; equal to live after restarts, doctor rebuilds and restores."""
+"""Vector indexes saved at stop and loaded at start; equal to live after restarts, doctor rebuilds, restores, on replicas."""
 from __future__ import annotations
 
 import asyncio
@@ -126,3 +126,29 @@ async def test_doctor_rebuild_and_restore_equal_live(open_rt: Opener, tmp_path: 
     rt = await open_rt(data)  # the copy saved at the end is past the restored log: rebuilt
     assert not rt.vectors._entries[("docs", "by_embedding")].loaded
     assert entries(rt) == at_midpoint
+
+
+async def test_a_replica_following_the_log_equals_the_committer(open_rt: Opener, tmp_path: Path) -> None:
+    rt = await open_rt(tmp_path / "d")
+    ids, _ = await seed(rt, 80)
+    replica_log = FileLog(tmp_path / "d" / "log", read_only=True)
+    await replica_log.open()
+    app = App.load(APPS / "vectors")
+    replica = Runtime(app, replica_log, Projection(tmp_path / "replica", app.schema.index_catalog()), role="replica")
+    await replica.start()
+    try:
+        async def follow() -> None:  # what gateway.replica does: apply the log through apply_committed
+            async for batch in replica_log.read(replica.projection.applied_offset + 1, rt.log.next_offset()):
+                replica.apply_committed(batch)
+
+        await follow()
+        assert replica.vectors.wait_ready(20.0)
+        await churn(rt, ids, 0)
+        await follow()
+        assert entries(replica) == entries(rt)
+        assert await replica.run_action("docs:similar", {"vector": [0.25] * DIMS, "limit": 5}) == \
+            await rt.run_action("docs:similar", {"vector": [0.25] * DIMS, "limit": 5})
+    finally:
+        await replica.stop()
+        replica.projection.close()
+        await replica_log.close()
