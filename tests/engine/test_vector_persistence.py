@@ -1,4 +1,4 @@
-"""Vector indexes saved at stop and loaded at start; equal to live after restarts, doctor rebuilds, restores, on replicas."""
+"""Vector indexes saved at stop, loaded at start; equal to live after restarts, doctor, restores, on replicas."""
 from __future__ import annotations
 
 import asyncio
