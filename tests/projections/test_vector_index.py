@@ -112,3 +112,20 @@ def test_indexes_build_from_the_projection_and_follow_records(tmp_path: Path, hi
         vectors.index("docs", "by_e")
     vectors.close()
     projection.close()
+
+
+def test_an_index_added_to_a_running_projection_is_backfilled(tmp_path: Path, history: Any) -> None:
+    rows = unit_rows(40, 6)
+    history.commit(*[_doc(history, {"e": rows[i].tolist(), "kind": "k"}) for i in range(40)])
+    projection = Projection(tmp_path / "p", {})
+    projection.apply(history.records)
+    vectors = VectorIndexes(projection)
+    vectors.start()  # running, no vector index yet
+    vectors.install({"docs": {"by_e": {"field": "e", "dimensions": DIMS, "filter_fields": []}}})
+    assert vectors.wait_ready(10.0)  # built by a background thread, without a restart
+    assert len(vectors.index("docs", "by_e")) == 40
+    vectors.install({"docs": {"by_e": {"field": "e", "dimensions": DIMS, "filter_fields": ["kind"]}}})
+    assert vectors.wait_ready(10.0)  # redefined: dropped and built again with the filter field
+    assert len(vectors.search("docs", "by_e", rows[3], 40, [("kind", filter_key("k"))])) == 40
+    vectors.close()
+    projection.close()
