@@ -72,7 +72,7 @@ def _fill(projection: Projection, vectors: np.ndarray) -> list[str]:
 
 
 def _live_inserts(projection: Projection, indexes: VectorIndexes, vectors: np.ndarray) -> list[float]:
-    """Per new document: the time `VectorIndexes.apply` (the runtime's apply listener) takes to index it."""
+    """Per new document: from `VectorIndexes.apply` (the runtime's apply listener) until the applier indexed it."""
     times = []
     offset = projection.applied_offset
     for i, vec in enumerate(vectors):
@@ -84,6 +84,7 @@ def _live_inserts(projection: Projection, indexes: VectorIndexes, vectors: np.nd
         projection.apply([rec])
         t = time.perf_counter()
         indexes.apply([rec])
+        indexes.wait_applied()
         times.append((time.perf_counter() - t) * 1000)
     return times
 

@@ -10,10 +10,12 @@ held in memory and derived from the projection's documents:
   documents, so the server keeps serving; searching one still building raises
   `VectorIndexBuilding` naming its progress.
 * `apply` is the runtime's apply listener: after each batch of records reaches
-  the projection it updates every ready index in log order (an index still
-  building remembers the written ids and re-reads them from the projection
-  before it turns ready, so no write is missed).
-* `search` takes the latest applied state and checks each hit against the
+  the projection it queues their writes for one applier thread, which updates
+  every ready index in log order (an index still building remembers the
+  written ids and re-reads them from the projection before it turns ready, so
+  no write is missed). The event loop never decodes a vector or walks the graph.
+* `search` first waits for the applier to take in what was queued when it
+  started (an action sees the mutations it awaited), and checks each hit against the
   projection: a document deleted (or no longer matching the filter) is never
   returned, even in the instant between the projection and the index applying it.
 
@@ -33,6 +35,7 @@ import os
 import shutil
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -48,6 +51,9 @@ from .vector_index import VectorIndex, filter_key
 log = logging.getLogger("tape.vectors")
 
 VectorCatalog = dict[str, dict[str, dict[str, Any]]]
+
+APPLY_WAIT_SECONDS = 10.0
+"""How long a search waits for the applier to take in the records applied to the projection before it."""
 
 BUILD_BATCH = 512
 """Documents added to the graph per step of a background build."""
@@ -111,6 +117,11 @@ class VectorIndexes:
         self._started = False
         self._closed = False
         self._threads: list[threading.Thread] = []
+        # records queued by `apply` for the applier thread: (offset, ts, [(table, id, doc or None)])
+        self._queue: deque[tuple[int, int, list[tuple[str, str, bytes | None]]]] = deque()
+        self._cv = threading.Condition()
+        self._enqueued = self._offset
+        self._applier: threading.Thread | None = None
 
     # --- catalog ----------------------------------------------------------------------
 
@@ -144,7 +155,10 @@ class VectorIndexes:
     def start(self) -> None:
         """Build every index not built yet (call once the projection has caught up with the log)."""
         self._started = True
-        self._offset, self._ts = self.projection.applied_offset, self.projection.applied_ts
+        with self._cv:  # the projection caught up without the listener: the indexes start from its state
+            if not self._queue and self._enqueued <= self.projection.applied_offset:
+                self._offset = self._enqueued = self.projection.applied_offset
+                self._ts = self.projection.applied_ts
         self._build_missing()
 
     def _build_missing(self) -> None:
@@ -230,29 +244,66 @@ class VectorIndexes:
     # --- the apply listener -------------------------------------------------------------
 
     def apply(self, records: Iterable[Record]) -> None:
-        """Bring every index up to date with `records` (just applied to the projection), in log order."""
+        """Queue `records` (just applied to the projection) for the applier thread, which updates the indexes.
+
+        Only the writes to tables with a vector index are kept; the event loop
+        does no decoding or graph work. The applier takes the records in log order.
+        """
         by_table = self._by_table
         last = None
+        writes: list[tuple[str, str, bytes | None]] = []
         for last in records:
-            if not by_table:
+            if by_table:
+                writes.extend((w.table, w.id, w.doc) for w in last.writes if w.table in by_table)
+        if last is None:
+            return
+        with self._cv:
+            self._queue.append((last.offset, last.ts, writes))
+            self._enqueued = last.offset
+            self._cv.notify_all()
+            if self._applier is None and not self._closed:
+                self._applier = threading.Thread(target=self._apply_loop, daemon=True, name="tape-vector-apply")
+                self._applier.start()
+
+    def wait_applied(self, timeout: float = APPLY_WAIT_SECONDS) -> bool:
+        """Block until the applier has taken in every record queued so far; False on timeout."""
+        with self._cv:
+            target = self._enqueued
+            return self._cv.wait_for(lambda: self._offset >= target or self._applier is None, timeout)
+
+    def _apply_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue:
+                    self._applier = None
+                    self._cv.notify_all()
+                    return
+                offset, ts, writes = self._queue.popleft()
+            try:
+                self._apply_writes(writes)
+            except Exception:  # pragma: no cover - a bug; the searches' projection check still holds
+                log.exception("applying records %d to the vector indexes failed", offset)
+            with self._cv:  # after the indexes took the record in: a saved stamp never runs ahead of them
+                self._offset, self._ts = offset, ts
+                self._cv.notify_all()
+
+    def _apply_writes(self, writes: list[tuple[str, str, bytes | None]]) -> None:
+        for table, doc_id, raw in writes:
+            entries = self._by_table.get(table)
+            if entries is None:
                 continue
-            rec = last
-            for w in rec.writes:
-                entries = by_table.get(w.table)
-                if entries is None:
-                    continue
-                doc = None if w.doc is None else decode_stored(w.doc)
-                for entry in entries:
-                    index = entry.index
-                    with index.lock:
-                        if not entry.ready:
-                            entry.pending.add(w.id)
-                        elif doc is None:
-                            index.remove(w.id)
-                        else:
-                            index.upsert(w.id, doc)
-        if last is not None:  # after the indexes took the records in: a saved stamp never runs ahead of them
-            self._offset, self._ts = last.offset, last.ts
+            doc = None if raw is None else decode_stored(raw)
+            for entry in entries:
+                index = entry.index
+                with index.lock:
+                    if not entry.ready:
+                        entry.pending.add(doc_id)
+                    elif doc is None:
+                        index.remove(doc_id)
+                    else:
+                        index.upsert(doc_id, doc)
 
     # --- saving and loading --------------------------------------------------------------
 
@@ -366,6 +417,7 @@ class VectorIndexes:
         `any_of`, its filter field still equals one of the given keys.
         """
         index = self.index(table, name)
+        self.wait_applied()  # read your writes: what the projection had when the search started
         want = limit
         while True:
             with index.lock:
@@ -404,8 +456,13 @@ class VectorIndexes:
         return out
 
     def close(self) -> None:
-        """Stop background builds (their threads exit at the next batch)."""
-        self._closed = True
+        """Apply what is queued, then stop the applier and the background builds (they exit at the next batch)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+            applier = self._applier
+        if applier is not None:
+            applier.join(timeout=30.0)
         for thread in self._threads:
             thread.join(timeout=5.0)
 

@@ -53,6 +53,7 @@ async def close(rt: Runtime) -> None:
 
 
 def entries(rt: Runtime) -> dict[str, Any]:
+    assert rt.vectors.wait_applied()
     return rt.vectors.index("docs", "by_embedding").entries()
 
 

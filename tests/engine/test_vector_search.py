@@ -155,6 +155,7 @@ async def test_restart_rebuilds_the_index_equal_to_live(make_runtime, tmp_path: 
     for doc_id in ids[:20]:
         await rt.run_mutation("docs:remove", {"id": doc_id})
     await rt.run_mutation("docs:patch", {"id": ids[30], "fields": {"kind": "note", "embedding": [0.5] * DIMS}})
+    assert rt.vectors.wait_applied()
     live = rt.vectors.index("docs", "by_embedding").entries()
     await rt.stop()
     rt.projection.close()

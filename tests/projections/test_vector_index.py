@@ -104,7 +104,7 @@ def test_indexes_build_from_the_projection_and_follow_records(tmp_path: Path, hi
     history.commit(late)
     projection.apply(history.records[-1:])
     vectors.apply(history.records[-1:])
-    assert vectors.search("docs", "by_e", rows[59], 1)[0][0] == late.id
+    assert vectors.search("docs", "by_e", rows[59], 1)[0][0] == late.id  # waits for the applier thread
     assert vectors.status() == [{"table": "docs", "index": "by_e", "state": "ready", "vectors": 50,
                                  "done": 49, "total": 49, "error": None}]
     vectors.install({})  # the index is dropped
@@ -128,4 +128,39 @@ def test_an_index_added_to_a_running_projection_is_backfilled(tmp_path: Path, hi
     assert vectors.wait_ready(10.0)  # redefined: dropped and built again with the filter field
     assert len(vectors.search("docs", "by_e", rows[3], 40, [("kind", filter_key("k"))])) == 40
     vectors.close()
+    projection.close()
+
+
+def test_a_burst_of_records_applied_in_order_equals_a_build_from_the_projection(tmp_path: Path, history: Any) -> None:
+    rng = np.random.default_rng(11)
+    rows = unit_rows(300, 12)
+    catalog = {"docs": {"by_e": {"field": "e", "dimensions": DIMS, "filter_fields": ["kind"]}}}
+    projection = Projection(tmp_path / "p", {})
+    live = VectorIndexes(projection)
+    live.install(catalog)
+    live.start()
+    assert live.wait_ready(10.0)
+    ids: list[str] = []
+    for i in range(300):  # inserts, re-embeddings, kind changes, vectors removed, deletes: one record each
+        choice = rng.integers(4) if ids else 0
+        if choice == 0:
+            w = _doc(history, {"e": rows[i].tolist(), "kind": f"k{i % 3}"})
+            ids.append(w.id)
+        elif choice == 1:
+            w = history.update_write(ids[rng.integers(len(ids))], {"e": rows[i].tolist(), "kind": "k1"})
+        elif choice == 2:
+            w = history.update_write(ids[rng.integers(len(ids))], {"kind": "k2"})  # no vector: leaves the index
+        else:
+            w = history.delete_write(ids.pop(rng.integers(len(ids))))
+        history.commit(w)
+        projection.apply(history.records[-1:])
+        live.apply(history.records[-1:])
+    assert live.wait_applied()
+    built = VectorIndexes(projection)
+    built.install(catalog)
+    built.start()
+    assert built.wait_ready(10.0)
+    assert live.index("docs", "by_e").entries() == built.index("docs", "by_e").entries()
+    for v in (live, built):
+        v.close()
     projection.close()
