@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth",
-             "scheduler", "memory", "metrics", "migration", "search")
+             "scheduler", "memory", "metrics", "migration", "search", "vector")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
     "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
@@ -37,6 +37,7 @@ DESCRIPTIONS = {
     "migration": "Convex snapshot ZIP export/import vs Tape's Avro snapshots, same documents",
     "search": "full-text index build from the log and two-term queries vs SQLite FTS5; transfers beside searches; "
               "1,000 search subscriptions",
+    "vector": "vector index build rate; 100,000 × 768 top-10 latency and recall@10 vs exact numpy search",
 }
 
 
@@ -129,15 +130,25 @@ def run_memory(quick: bool, harness: Any) -> dict[str, Any]:
     """Issue 22: memory stays flat under steady load (RSS at end ≤ 1.2× the middle)."""
     from bench import memory_soak
     return memory_soak.run(quick, harness)
+
+
 def run_migration(quick: bool, harness: Any) -> dict[str, Any]:
     """Issue 18: Convex snapshot ZIPs (out and in) against Tape's own snapshot format."""
     from bench import migration_bench
     harness.reporter.phase("migration: Convex ZIP vs Tape Avro export and import", 45 if quick else 240)
     return migration_bench.run(quick)
+
+
 def run_search(quick: bool, harness: Any) -> dict[str, Any]:
     """Issue 20: search index build (20,000 docs quick, 1,000,000 full), queries, load beside transfers, subscribers."""
     from bench import search_bench
     return search_bench.run(quick, harness, work_dir=harness.work_dir if hasattr(harness, "work_dir") else None)
+
+
+def run_vector(quick: bool, harness: Any) -> dict[str, Any]:
+    """Issue 20: vector index build rate, top-10 p50 and recall@10 against exact numpy search in the same run."""
+    from bench import vector_bench
+    return vector_bench.run(quick, harness)
 
 
 def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
@@ -161,6 +172,8 @@ def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
         return run_migration
     if name == "search":
         return run_search
+    if name == "vector":
+        return run_vector
     module = {"transfer": "bench.transfer", "baseline": "bench.sqlite_baseline",
               "reactivity": "bench.reactivity", "polling": "bench.polling", "metrics": "bench.metrics_cost"}[name]
     mod = __import__(module, fromlist=["run"])
@@ -217,6 +230,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
         if name == "search":
             from bench import search_bench
             return search_bench.headline(r)
+        if name == "vector":
+            from bench import vector_bench
+            return vector_bench.headline(r)
         if name == "log":
             lg, pj = r["log"], r["projection"]
             text = (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "

@@ -235,6 +235,15 @@ def comparisons(w: dict[str, Any]) -> list[dict[str, Any]]:
             rows.append(_row("migration", f"Convex snapshot ZIP {kind}, {mig['documents']:,} documents: docs/s",
                              mig[f"convex_{kind}_docs_per_s"], f"Tape Avro snapshot {kind}",
                              mig[f"tape_{kind}_docs_per_s"], "docs/s"))
+    vec = w.get("vector")
+    if vec:
+        size = f"{vec['n']:,} × {vec['dims']}"
+        full = vec["n"] >= 100_000 and vec["dims"] >= 768
+        rows.append(_row("vector", f"top-10 p50, {size}, vector index (recall@10 {vec['recall_at_10']:.3f})",
+                         vec["ann_p50_ms"], "exact numpy search", vec["exact_p50_ms"], "ms",
+                         "p50 ≤ 5 ms, recall@10 ≥ 0.95", vec["goal"]["met"] if full else None))
+        rows.append(_row("vector", f"index build from the projection, {size}", float(vec["build_docs_per_s"]),
+                         "documents written to the projection", float(vec["write_docs_per_s"]), "docs/s"))
     if log:
         rows.append(_row("log", "FileLog durable appends/s ÷ raw fsyncs/s (64 appenders)", log["append_per_s"],
                          "raw write+fdatasync", log["fsync_per_s"], "per s"))

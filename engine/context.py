@@ -12,6 +12,7 @@ from engine.errors import EngineError
 from engine.functions import FunctionDef
 from engine.preempt import guard_state as preempt_guard
 from engine.scheduler import ActionScheduler, MutationScheduler, function_path
+from engine.vector_search import vector_search
 
 if TYPE_CHECKING:
     from engine.app import App
@@ -60,6 +61,11 @@ class Auth:
         return is_admin(self.identity)
 
 
+def _actions_only(table: Any, index: Any, request: Any = None) -> Any:
+    raise EngineError("ctx.vector_search is only available in actions (as in Convex): call it from an "
+                      "@action, then load documents with ctx.run_query")
+
+
 @dataclass
 class QueryCtx:
     db: DatabaseReader
@@ -69,6 +75,10 @@ class QueryCtx:
     def env(self) -> EnvVars:
         """The deployment's environment variables (read-only; see `engine.env_vars`)."""
         return env_of_transaction(self.db._tx)
+
+    async def vector_search(self, table: str, index: str, request: Any = None) -> Any:
+        """Not in queries: vector search runs in actions only."""
+        _actions_only(table, index, request)
 
 
 @dataclass
@@ -84,6 +94,10 @@ class MutationCtx:
     def env(self) -> EnvVars:
         """The deployment's environment variables (read-only; see `engine.env_vars`)."""
         return env_of_transaction(self.db._tx)
+
+    async def vector_search(self, table: str, index: str, request: Any = None) -> Any:
+        """Not in mutations: vector search runs in actions only."""
+        _actions_only(table, index, request)
 
     def _callee(self, fn: FunctionDef | str, kind: str) -> FunctionDef:
         if self.app is None:
@@ -163,6 +177,16 @@ class ActionCtx:
 
     async def run_query(self, path: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
         return await self._on_server(self._query(function_path(path), args or {}))
+
+    async def vector_search(self, table: str, index: str, request: dict[str, Any]) -> list[dict[str, Any]]:
+        """The documents of `table` nearest `request["vector"]` by cosine similarity, via vector index `index`.
+
+        `request`: ``{"vector": [...], "limit": 1..256 (default 10), "filter": lambda q: q.eq(field, value)}``
+        (`q.or_(...)` of `q.eq` on the index's filter fields). Returns ``[{"_id", "_score"}]``, best first,
+        from the latest committed state (deleted documents never appear). Runs on this action's thread.
+        """
+        runtime = self._runtime
+        return vector_search(runtime.vectors, runtime.app.schema.check_table_allowed, table, index, request)
 
     async def run_mutation(self, path: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
         return await self._on_server(self._mutation(function_path(path), args or {}))

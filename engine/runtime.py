@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from log.base import Log
 from log.record import Record
 from projections.rebuild import catch_up
 from projections.snapshot import SnapshotJournal
+from projections.vectors import VectorIndexes
 from projections.types import DocumentReader, ProjectionStore, SnapshotReader
 
 log = logging.getLogger("tape.runtime")
@@ -62,7 +64,7 @@ class Runtime:
     """Binds an app to a log and a projection. The committer role also owns the write path."""
 
     def __init__(self, app: App, log_: Log, projection: ProjectionStore, limits: Limits = DEFAULT_LIMITS,
-                 role: str = "committer") -> None:
+                 role: str = "committer", vector_dir: str | os.PathLike[str] | None = None) -> None:
         self.app = app
         self.log = log_
         self.projection = projection
@@ -76,6 +78,9 @@ class Runtime:
         self.slow_queries = SlowPaths()  # query paths that outran their slice on the loop (for a while)
         self.snapshots = SnapshotJournal()  # read views for queries running off the loop
         self._listeners: list[AppliedListener] = []
+        # vector indexes: in memory, saved to `vector_dir` at stop, loaded (or built from the projection) at start
+        self.vectors = VectorIndexes(projection, vector_dir)
+        self._listeners.append(self.vectors.apply)
         self.mutation_forwarder: Callable[..., Any] | None = None
         #: seals pagination cursors; a node installs one keyed by its deployment secret (gateway.node)
         self.cursors: CursorSealer = DEFAULT_SEALER
@@ -94,6 +99,9 @@ class Runtime:
         self.install_app(self.app)
         if self.role == "committer":
             await self.catch_up()
+        await self.vectors.load_saved(self.log)
+        self.vectors.start()  # builds the rest from the caught-up projection, in the background
+        if self.role == "committer":
             self.committer.start()
             await self.scheduler.start()
             self.crons.start()
@@ -113,6 +121,11 @@ class Runtime:
         await self.scheduler.stop()
         await self.committer.stop(drain_seconds=0.0)
         self.actions.close()
+        self.vectors.close()
+        try:
+            self.vectors.save()  # the next start loads them instead of building them again
+        except Exception:
+            log.exception("saving the vector indexes failed; the next start builds them from the projection")
         self.query_workers.shutdown(wait=False, cancel_futures=True)
 
     def install_app(self, app: App) -> None:
@@ -137,6 +150,7 @@ class Runtime:
         self.projection.set_indexes(app.schema.index_catalog())
         if app._package:
             function_logs.enable_app_logging(app._package)
+        self.vectors.install(app.schema.vector_catalog())
         self.app = app
 
     # -- projection feed -------------------------------------------------------

@@ -79,7 +79,8 @@ class Node:
             raise ProjectionError(
                 f"{self.config.projection_dir}: the projection cannot be opened ({exc}). It is rebuildable "
                 f"from the log: tape doctor --data {self.config.data_dir} --rebuild-projection") from None
-        self.runtime = Runtime(self.app, self.log, self.projection, self.config.limits, role=self.config.role)
+        self.runtime = Runtime(self.app, self.log, self.projection, self.config.limits, role=self.config.role,
+                               vector_dir=self.config.data_dir / "vectors")
         # pagination cursors are sealed under a key derived from the deployment's admin key (data dir)
         self.runtime.cursors = CursorSealer.from_text(self.admin.value)
         self.subscriptions = SubscriptionManager(self.runtime)

@@ -566,6 +566,9 @@ def rebuild_projection(data: Path, log_dir: Path | None = None, app_dir: str | N
                 os.rename(target, moved)
                 fsync_dir(data)
                 out.print(f"moved the old projection to {escape(str(moved))}")
+            if (data / "vectors").exists():  # saved vector indexes: rebuilt from the new projection at start
+                shutil.rmtree(data / "vectors")
+                out.print("removed the saved vector indexes (the server rebuilds them from the projection)")
             end = log.next_offset()
             out.print(f"rebuilding {escape(str(target))} from {end} log records with {escape(source)} ...")
             started = time.monotonic()

@@ -1,0 +1,483 @@
+"""`VectorIndexes`: the vector indexes of one projection, kept in log order and built in the background.
+
+A vector catalog maps ``{table: {index name: {"field": str, "dimensions": int,
+"filter_fields": [str, ...]}}}``. Each index is a `projections.vector_index.VectorIndex`
+held in memory and derived from the projection's documents:
+
+* `install` takes a (new) catalog: indexes no longer declared are dropped, new
+  ones start *building*. `start` (called once the projection has caught up
+  with the log) builds them on a background thread from the projection's
+  documents, so the server keeps serving; searching one still building raises
+  `VectorIndexBuilding` naming its progress.
+* `apply` is the runtime's apply listener: after each batch of records reaches
+  the projection it queues their writes for one applier thread, which updates
+  every ready index in log order (an index still building remembers the
+  written ids and re-reads them from the projection before it turns ready, so
+  no write is missed). The event loop never decodes a vector or walks the graph.
+* `search` first waits for the applier to take in what was queued when it
+  started (an action sees the mutations it awaited), and checks each hit against the
+  projection: a document deleted (or no longer matching the filter) is never
+  returned, even in the instant between the projection and the index applying it.
+
+* `save` (at stop) writes each built index to ``DATA/vectors/<table>.<index>/``
+  stamped with the last record it reflects; `load_saved` (at start) takes a
+  copy back only if the log still holds that record with that ts, and re-reads
+  the documents written since. Anything else (no copy, a damaged one, one
+  from before a restore rewound the log, `tape doctor --rebuild-projection`
+  removing them) is built from the projection, so the indexes are correct
+  after a rebuild, a restore and on replicas (docs/architecture.md gives the
+  measurement behind saving them rather than building them at every start).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import orjson
+
+from log.record import Record
+
+from .index_catalog import decode_stored
+from .vector_index import VectorIndex, filter_key
+
+log = logging.getLogger("tape.vectors")
+
+VectorCatalog = dict[str, dict[str, dict[str, Any]]]
+
+APPLY_WAIT_SECONDS = 10.0
+"""How long a search waits for the applier to take in the records applied to the projection before it."""
+
+BUILD_BATCH = 512
+"""Documents added to the graph per step of a background build."""
+
+
+class VectorIndexError(Exception):
+    """A vector index cannot answer (unknown, or still building); the message says why."""
+
+
+class UnknownVectorIndex(VectorIndexError):
+    """No vector index of that name on that table."""
+
+
+class VectorIndexBuilding(VectorIndexError):
+    """The index is still being built from existing documents; `done`/`total` say how far it is."""
+
+    def __init__(self, label: str, done: int, total: int) -> None:
+        self.done, self.total = done, total
+        pct = 100.0 * done / total if total else 0.0
+        super().__init__(f"vector index {label} is still being built from existing documents: "
+                         f"{done:,} of {total:,} indexed ({pct:.0f}%); try again shortly")
+
+
+def normalize_vector_catalog(catalog: Mapping[str, Mapping[str, Mapping[str, Any]]] | None) -> VectorCatalog:
+    """A canonical copy of `catalog` (filter fields as lists, only the known keys)."""
+    out: VectorCatalog = {}
+    for table, per in (catalog or {}).items():
+        for name, spec in per.items():
+            out.setdefault(table, {})[name] = {"field": str(spec["field"]), "dimensions": int(spec["dimensions"]),
+                                               "filter_fields": list(spec.get("filter_fields", ()))}
+    return out
+
+
+@dataclass
+class _Entry:
+    """One index with its build state."""
+
+    spec: dict[str, Any]
+    index: VectorIndex
+    ready: bool = False
+    done: int = 0
+    total: int = 0
+    pending: set[str] = field(default_factory=set)  # ids written while building (re-read before ready)
+    dropped: bool = False
+    building: bool = False  # a build thread was started
+    loaded: bool = False  # loaded from its saved copy: only the documents written since need reading
+    build_seconds: float = 0.0
+    error: str | None = None
+
+
+class VectorIndexes:
+    """Every vector index of a projection (see the module docstring)."""
+
+    def __init__(self, projection: Any, directory: str | os.PathLike[str] | None = None) -> None:
+        self.projection = projection
+        self.directory = None if directory is None else Path(directory)
+        # the last record `apply` finished with (an index holds at least its effects)
+        self._offset, self._ts = projection.applied_offset, projection.applied_ts
+        self._entries: dict[tuple[str, str], _Entry] = {}
+        self._by_table: dict[str, list[_Entry]] = {}
+        self._started = False
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+        # records queued by `apply` for the applier thread: (offset, ts, [(table, id, doc or None)])
+        self._queue: deque[tuple[int, int, list[tuple[str, str, bytes | None]]]] = deque()
+        self._cv = threading.Condition()
+        self._enqueued = self._offset
+        self._applier: threading.Thread | None = None
+
+    # --- catalog ----------------------------------------------------------------------
+
+    def install(self, catalog: Mapping[str, Mapping[str, Mapping[str, Any]]] | None) -> None:
+        """Take the declared vector indexes: drop the undeclared or redefined, add (and build) the new."""
+        new = normalize_vector_catalog(catalog)
+        for key, entry in list(self._entries.items()):
+            if new.get(key[0], {}).get(key[1]) != entry.spec:
+                entry.dropped = True
+                del self._entries[key]
+        for table, per in new.items():
+            for name, spec in per.items():
+                if (table, name) not in self._entries:
+                    index = VectorIndex(table, name, spec["field"], spec["dimensions"], spec["filter_fields"])
+                    self._entries[(table, name)] = _Entry(spec, index)
+        by_table: dict[str, list[_Entry]] = {}
+        for (table, _name), entry in self._entries.items():
+            by_table.setdefault(table, []).append(entry)
+        self._by_table = by_table
+        if self._started:
+            self._build_missing()
+
+    @property
+    def catalog(self) -> VectorCatalog:
+        """The installed vector catalog."""
+        out: VectorCatalog = {}
+        for (table, name), entry in self._entries.items():
+            out.setdefault(table, {})[name] = dict(entry.spec)
+        return out
+
+    def start(self) -> None:
+        """Build every index not built yet (call once the projection has caught up with the log)."""
+        self._started = True
+        with self._cv:  # the projection caught up without the listener: the indexes start from its state
+            if not self._queue and self._enqueued <= self.projection.applied_offset:
+                self._offset = self._enqueued = self.projection.applied_offset
+                self._ts = self.projection.applied_ts
+        self._build_missing()
+
+    def _build_missing(self) -> None:
+        for entry in self._entries.values():
+            if not entry.building:
+                entry.building = True
+                thread = threading.Thread(target=self._build, args=(entry,), daemon=True,
+                                          name=f"tape-vector-build-{entry.index.label}")
+                self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+                thread.start()
+
+    def _build(self, entry: _Entry) -> None:
+        """Index the table's existing documents, then the ones written meanwhile; then mark the index ready."""
+        index = entry.index
+        started = time.perf_counter()
+        try:
+            entry.total = self.projection.count(index.table)
+            if entry.loaded:
+                entry.done = entry.total
+            ids: list[str] = []
+            rows: list[Any] = []
+
+            def flush() -> None:
+                with index.lock:
+                    # a write applied meanwhile re-reads its document at the end: keep the newest
+                    keep = [i for i, doc_id in enumerate(ids) if doc_id not in entry.pending]
+                    index.put_many([ids[i] for i in keep], [rows[i] for i in keep], threads=1)
+                entry.done += len(ids)
+                ids.clear()
+                rows.clear()
+
+            for raw in () if entry.loaded else self.projection.iter_documents(index.table):
+                if entry.dropped or self._closed:
+                    return
+                doc = decode_stored(raw)
+                row = index.document_entry(doc)
+                if row is not None:
+                    ids.append(doc["_id"])
+                    rows.append(row)
+                else:
+                    entry.done += 1
+                if len(ids) >= BUILD_BATCH:
+                    flush()
+            if ids:
+                flush()
+            while not entry.dropped and not self._closed:
+                with index.lock:
+                    if not entry.pending:
+                        entry.ready = True
+                        break
+                    todo = list(entry.pending)
+                    entry.pending.clear()
+                for doc_id, raw in zip(todo, self.projection.get_many(todo)):
+                    with index.lock:
+                        if doc_id in entry.pending:
+                            continue  # written again meanwhile: read once more in the next round
+                        if raw is None:
+                            index.remove(doc_id)
+                        else:
+                            index.upsert(doc_id, decode_stored(raw))
+            entry.build_seconds = time.perf_counter() - started
+            if entry.ready:
+                log.info("vector index %s built: %d vectors in %.1f s", index.label, len(index),
+                         entry.build_seconds)
+        except Exception as exc:  # the projection closed under us, or a damaged store
+            if not self._closed:
+                entry.error = f"{type(exc).__name__}: {exc}"
+                log.exception("building vector index %s failed", index.label)
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Block until every index is built (for tests, benchmarks and tools); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            entries = list(self._entries.values())
+            if all(e.ready for e in entries):
+                return True
+            failed = [e for e in entries if e.error is not None]
+            if failed:
+                raise VectorIndexError(f"vector index {failed[0].index.label} failed to build: {failed[0].error}")
+            time.sleep(0.005)
+        return False
+
+    # --- the apply listener -------------------------------------------------------------
+
+    def apply(self, records: Iterable[Record]) -> None:
+        """Queue `records` (just applied to the projection) for the applier thread, which updates the indexes.
+
+        Only the writes to tables with a vector index are kept; the event loop
+        does no decoding or graph work. The applier takes the records in log order.
+        """
+        by_table = self._by_table
+        last = None
+        writes: list[tuple[str, str, bytes | None]] = []
+        for last in records:
+            if by_table:
+                writes.extend((w.table, w.id, w.doc) for w in last.writes if w.table in by_table)
+        if last is None:
+            return
+        with self._cv:
+            self._queue.append((last.offset, last.ts, writes))
+            self._enqueued = last.offset
+            self._cv.notify_all()
+            if self._applier is None and not self._closed:
+                self._applier = threading.Thread(target=self._apply_loop, daemon=True, name="tape-vector-apply")
+                self._applier.start()
+
+    def wait_applied(self, timeout: float = APPLY_WAIT_SECONDS) -> bool:
+        """Block until the applier has taken in every record queued so far; False on timeout."""
+        with self._cv:
+            target = self._enqueued
+            return self._cv.wait_for(lambda: self._offset >= target or self._applier is None, timeout)
+
+    def _apply_loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue:
+                    self._applier = None
+                    self._cv.notify_all()
+                    return
+                offset, ts, writes = self._queue.popleft()
+            try:
+                self._apply_writes(writes)
+            except Exception:  # pragma: no cover - a bug; the searches' projection check still holds
+                log.exception("applying records %d to the vector indexes failed", offset)
+            with self._cv:  # after the indexes took the record in: a saved stamp never runs ahead of them
+                self._offset, self._ts = offset, ts
+                self._cv.notify_all()
+
+    def _apply_writes(self, writes: list[tuple[str, str, bytes | None]]) -> None:
+        for table, doc_id, raw in writes:
+            entries = self._by_table.get(table)
+            if entries is None:
+                continue
+            doc = None if raw is None else decode_stored(raw)
+            for entry in entries:
+                index = entry.index
+                with index.lock:
+                    if not entry.ready:
+                        entry.pending.add(doc_id)
+                    elif doc is None:
+                        index.remove(doc_id)
+                    else:
+                        index.upsert(doc_id, doc)
+
+    # --- saving and loading --------------------------------------------------------------
+
+    def save(self) -> list[str]:
+        """Save every built index under `directory` (atomically, fsynced), stamped with the last applied record.
+
+        Call it where no record is being applied (the runtime does at stop).
+        Saved indexes no longer declared are removed. Returns the labels saved.
+        """
+        directory = self.directory
+        if directory is None:
+            return []
+        directory.mkdir(parents=True, exist_ok=True)
+        saved = []
+        for (table, name), entry in self._entries.items():
+            if not entry.ready:
+                continue
+            final, tmp, old = (directory / f"{table}.{name}", directory / f".{table}.{name}.tmp",
+                               directory / f".{table}.{name}.old")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir()
+            with entry.index.lock:
+                entry.index.save(tmp)
+                stamp = {"spec": entry.spec, "offset": self._offset, "ts": self._ts}
+            _write_synced(tmp / "meta.json", orjson.dumps(stamp))
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                os.rename(final, old)
+            os.rename(tmp, final)
+            _fsync_dir(directory)
+            shutil.rmtree(old, ignore_errors=True)
+            saved.append(entry.index.label)
+        wanted = {f"{t}.{n}" for t, n in self._entries}
+        for child in directory.iterdir():
+            if child.name not in wanted and not child.name.startswith("."):
+                shutil.rmtree(child, ignore_errors=True)
+        return saved
+
+    async def load_saved(self, log_: Any) -> list[str]:
+        """Load the saved copies that still fit the log, and note the documents written since they were saved.
+
+        A copy fits when its spec is the declared one, its stamp is at or
+        before the projection's applied offset and the log still holds that
+        record with that ts (not after a restore or a truncation that rewrote
+        it). The rest are built from the projection as usual. Returns the labels loaded.
+        """
+        if self.directory is None or not self.directory.is_dir():
+            return []
+        loaded = []
+        for (table, name), entry in self._entries.items():
+            path = self.directory / f"{table}.{name}"
+            if entry.ready or entry.building or not (path / "meta.json").is_file():
+                continue
+            try:
+                changed = await self._changes_since_saved(path, entry, log_)
+                with entry.index.lock:
+                    entry.index.load(path)
+            except Exception as exc:  # unusable: build from the projection instead
+                log.warning("saved vector index %s not used (%s); building it from the projection",
+                            entry.index.label, exc)
+                spec = entry.spec
+                entry.index = VectorIndex(table, name, spec["field"], spec["dimensions"], spec["filter_fields"])
+                continue
+            entry.pending |= changed
+            entry.loaded = True
+            loaded.append(entry.index.label)
+        return loaded
+
+    async def _changes_since_saved(self, path: Path, entry: _Entry, log_: Any) -> set[str]:
+        meta = orjson.loads((path / "meta.json").read_bytes())
+        if meta.get("spec") != entry.spec:
+            raise ValueError("it was saved for a different definition")
+        offset, applied = int(meta["offset"]), self.projection.applied_offset
+        if offset > applied:
+            raise ValueError(f"it was saved at log offset {offset}, beyond the projection's {applied}")
+        if offset >= 0:
+            found = None
+            async for batch in log_.read(offset, offset + 1):
+                found = next((r for r in batch if r.offset == offset), found)
+            if found is None or found.ts != meta["ts"]:
+                raise ValueError(f"the log no longer holds the record {offset} it was saved at")
+        changed: set[str] = set()
+        table = entry.index.table
+        if offset < applied:
+            async for batch in log_.read(offset + 1, applied + 1):
+                for rec in batch:
+                    changed.update(w.id for w in rec.writes if w.table == table)
+        return changed
+
+    # --- searching ---------------------------------------------------------------------
+
+    def index(self, table: str, name: str) -> VectorIndex:
+        """The ready index `name` of `table`; raises `UnknownVectorIndex` / `VectorIndexBuilding`."""
+        entry = self._entries.get((table, name))
+        if entry is None:
+            known = sorted(n for t, n in self._entries if t == table)
+            hint = f" (its vector indexes: {', '.join(known)})" if known else " (it has no vector index)"
+            raise UnknownVectorIndex(f"table {table!r} has no vector index {name!r}{hint}")
+        if not entry.ready:
+            if entry.error is not None:
+                raise VectorIndexError(f"vector index {entry.index.label} failed to build: {entry.error}")
+            total = entry.total or self.projection.count(table)
+            raise VectorIndexBuilding(entry.index.label, entry.done, max(total, entry.done))
+        return entry.index
+
+    def search(self, table: str, name: str, query: np.ndarray, limit: int,
+               any_of: Sequence[tuple[str, bytes]] | None = None) -> list[tuple[str, float]]:
+        """The `limit` documents most similar to the unit vector `query`, best first, as (id, score).
+
+        Every hit is checked against the projection: it still exists and, with
+        `any_of`, its filter field still equals one of the given keys.
+        """
+        index = self.index(table, name)
+        self.wait_applied()  # read your writes: what the projection had when the search started
+        want = limit
+        while True:
+            with index.lock:
+                hits = index.search(query, want + 8, any_of)
+            kept = self._still_valid(index, hits, any_of)
+            if len(kept) >= limit or len(hits) < want + 8:
+                return kept[:limit]
+            want *= 2  # many hits were stale (a burst of deletes not yet applied to the index)
+
+    def _still_valid(self, index: VectorIndex, hits: list[tuple[str, float]],
+                     any_of: Sequence[tuple[str, bytes]] | None) -> list[tuple[str, float]]:
+        if not hits:
+            return []
+        raws = self.projection.get_many([doc_id for doc_id, _ in hits])
+        if any_of is None:
+            return [hit for hit, raw in zip(hits, raws) if raw is not None]
+        allowed: dict[str, set[bytes]] = {}
+        for fieldname, key in any_of:
+            allowed.setdefault(fieldname, set()).add(key)
+        kept = []
+        for hit, raw in zip(hits, raws):
+            if raw is None:
+                continue
+            doc = decode_stored(raw)
+            if any(f in doc and filter_key(doc[f]) in keys for f, keys in allowed.items()):
+                kept.append(hit)
+        return kept
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per index: table, name, state (ready / building / failed), vectors, progress."""
+        out = []
+        for (table, name), e in sorted(self._entries.items()):
+            state = "ready" if e.ready else ("failed" if e.error else "building")
+            out.append({"table": table, "index": name, "state": state, "vectors": len(e.index),
+                        "done": e.done, "total": e.total, "error": e.error})
+        return out
+
+    def close(self) -> None:
+        """Apply what is queued, then stop the applier and the background builds (they exit at the next batch)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+            applier = self._applier
+        if applier is not None:
+            applier.join(timeout=30.0)
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
