@@ -20,3 +20,7 @@ class LogWriteError(LogError):
 
 class LogClosedError(LogError):
     """The log was used after close()."""
+
+
+class LogTrimmedError(LogError):
+    """An offset before the first one the log still holds (removed by retention, or deleted by Kafka)."""
