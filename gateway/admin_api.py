@@ -25,6 +25,10 @@ nothing is done.
   and applied, just before subscriptions were updated (``clock`` names the clock, so a client on
   the same host can time commit → update against its own ``perf_counter``).
 * ``POST /api/admin/checkpoints`` — take a checkpoint now.
+* ``GET /api/admin/checkpoints/latest`` — a fresh checkpoint (taken now, or the newest if nothing
+  changed since) as a tar stream ending with SHA-256 digests of its members
+  (`projections.checkpoint_transfer`); headers ``X-Tape-Checkpoint-Offset``, ``-Ts`` and ``-Bytes``.
+  New replicas bootstrap from it (`gateway.bootstrap`).
 * ``POST /api/admin/run`` — body ``{"path", "args", "format"?}``: runs any function (query,
   mutation or action; internal ones included) as the admin (or, with ``<key>:<identity>``, as that
   user), on the live deployment. Answers like ``/api/function``. This is what ``tape run`` and the
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +57,7 @@ from history.points import format_ns, iso_to_ns
 from history.stream import start_offset
 from log.changes import DOC_FORMATS, TableFilter, encode_changes, jsonl_chunk
 from log.errors import LogClosedError, LogError
+from projections.checkpoint_transfer import checkpoint_size, pin_checkpoint, tar_checkpoint
 from projections.checkpoints import list_checkpoints as checkpoints_of
 
 if TYPE_CHECKING:
@@ -341,6 +347,46 @@ async def create_checkpoint(request: web.Request) -> web.Response:
     return _json({"created": True, **info.as_json()})
 
 
+TRANSFER_BLOCK = 1 << 20
+
+
+def _next_block(chunks: Any) -> bytes:
+    """Up to about TRANSFER_BLOCK bytes from the `tar_checkpoint` iterator (b"" at its end)."""
+    out = bytearray()
+    for chunk in chunks:
+        out += chunk
+        if len(out) >= TRANSFER_BLOCK:
+            break
+    return bytes(out)
+
+
+async def stream_latest_checkpoint(request: web.Request) -> web.StreamResponse:
+    """GET /api/admin/checkpoints/latest: a fresh checkpoint as a verified tar stream (see the module docstring)."""
+    if not _authorized(request):
+        return _unauthorized()
+    node: Node = request.app[NODE_KEY]
+    await node.checkpoint()  # None when nothing was applied since the newest one: that one is current
+    found = await asyncio.to_thread(checkpoints_of, node.config.data_dir)
+    if not found:
+        return _bad("this node has applied nothing yet, so it has no checkpoint: replay the log from offset 0",
+                    code="NoCheckpoint", status=404)
+    info = found[-1]
+    pinned = await asyncio.to_thread(pin_checkpoint, info, node.config.data_dir)
+    try:
+        resp = web.StreamResponse(headers={
+            "Content-Type": "application/x-tar", "X-Tape-Checkpoint-Offset": str(info.offset),
+            "X-Tape-Checkpoint-Ts": str(info.ts),
+            "X-Tape-Checkpoint-Bytes": str(await asyncio.to_thread(checkpoint_size, pinned))})
+        await resp.prepare(request)
+        chunks = tar_checkpoint(pinned)
+        while block := await asyncio.to_thread(_next_block, chunks):
+            await resp.write(block)
+        await resp.write_eof()
+        return resp
+    finally:
+        await asyncio.to_thread(shutil.rmtree, pinned, True)
+
+
 # ----------------------------------------------------------------- wiring
 
 
@@ -368,6 +414,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/admin/query_at", query_at)
     app.router.add_get("/api/admin/changes", changes)
     app.router.add_get("/api/admin/checkpoints", list_checkpoints)
+    app.router.add_get("/api/admin/checkpoints/latest", stream_latest_checkpoint)
     app.router.add_get("/api/admin/commit_times", commit_times)
     app.router.add_post("/api/admin/checkpoints", create_checkpoint)
     app.router.add_post("/api/admin/run", run_function)

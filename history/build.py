@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from history.errors import RestoreError
+from history.retention import window_error, window_start
 from history.progress import Reporter
 from projections.checkpoints import CheckpointInfo, copy_projection, list_checkpoints, take_checkpoint, verify
 from projections.rebuild import catch_up
@@ -77,6 +78,9 @@ async def build_projection(
                                f"not {base.offset} as its metadata says")
         info.base_offset, info.base = base.offset, f"checkpoint {base.path.name}"
         break
+    if projection is None and log_.first_offset() > 0:
+        oldest = await window_start(log_, data_dir)
+        raise RestoreError(window_error(log_, f"offset {upto}", oldest))
     if projection is None:
         dest.mkdir(parents=True, exist_ok=True)
         projection = Projection(dest, catalog or {})

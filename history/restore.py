@@ -132,7 +132,7 @@ async def restore_to_dir(source: str, point: Point, new_dir: str | os.PathLike[s
 
                 async def copy_part() -> None:
                     t0 = time.perf_counter()
-                    await copy_verified_log_prefix(log_dir, work / "log", upto, reporter)
+                    await copy_verified_log_prefix(log_dir, work / "log", upto, reporter, src.archive_dir)
                     report.log_seconds = time.perf_counter() - t0
 
                 results = await asyncio.gather(copy_part(), projection_part(src.log, upto), return_exceptions=True)
