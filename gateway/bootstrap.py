@@ -69,6 +69,7 @@ async def _from_directory(shared: Path, data_dir: Path, log_: Any) -> tuple[Chec
     if not list_checkpoints(root):
         raise BootstrapError(f"{shared} holds no checkpoint to bootstrap from (take one on the committer: "
                              "POST /api/admin/checkpoints, or run it with --checkpoint-every)")
+    await _see_offset(log_, list_checkpoints(root)[-1].offset)
     info = await nearest_valid_checkpoint(root, log_.next_offset(), log_)
     if info is None:
         raise BootstrapError(f"no checkpoint in {shared} belongs to the log (or covers its first offset "
@@ -121,6 +122,16 @@ async def _fetch(url: str, admin_key: str | None, data_dir: Path) -> tuple[Check
     return found[0], receiver.received
 
 
+async def _see_offset(log_: Any, offset: int, timeout: float = 10.0) -> None:
+    """Let the log (opened before the checkpoint was taken) learn that it holds `offset`: a read refreshes it."""
+    deadline = time.monotonic() + timeout
+    while log_.next_offset() <= offset and time.monotonic() < deadline:
+        async for _batch in log_.read(offset, offset + 1):
+            pass
+        if log_.next_offset() <= offset:
+            await asyncio.sleep(0.05)
+
+
 def _install(info: CheckpointInfo, projection_dir: Path) -> None:
     """Copy the checkpoint's RocksDB files to `projection_dir` (hard links where possible), atomically."""
     work = projection_dir.with_name(f"{TMP_PREFIX}{projection_dir.name}-{os.getpid()}")
@@ -161,6 +172,7 @@ async def bootstrap_projection(config: Any, log_: Any) -> BootstrapReport | None
                 "records were removed by retention): start it with --committer URL (it fetches the committer's "
                 "newest checkpoint) or --bootstrap-from DIR (a shared checkpoint directory)")
         return None  # replay from offset 0
+    await _see_offset(log_, info.offset)
     from_checkpoint = await nearest_valid_checkpoint(info.path.parent.parent, info.offset, log_)
     if from_checkpoint is None or from_checkpoint.offset != info.offset:
         raise BootstrapError(f"the checkpoint at offset {info.offset} from {source} does not belong to the log "
