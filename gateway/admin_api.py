@@ -52,9 +52,10 @@ from gateway.config import NODE_KEY
 from gateway import http_protocol as hp
 from gateway.sync_session import error_fields
 from gateway.time_travel import close_time_travel, get_time_travel
-from history.errors import RestoreError
+from history.errors import RestoreError, StreamError
 from history.points import format_ns, iso_to_ns
 from history.stream import start_offset
+from log.archived_log import ArchivedLog
 from log.changes import DOC_FORMATS, TableFilter, encode_changes, jsonl_chunk
 from log.errors import LogClosedError, LogError
 from projections.checkpoint_transfer import checkpoint_size, pin_checkpoint, tar_checkpoint
@@ -124,6 +125,18 @@ async def _target_offset(node: "Node", body: dict[str, Any]) -> tuple[int, str]:
             ts = iso_to_ns(body["time"])
         except (ValueError, RestoreError) as exc:
             raise hp.HttpApiError(f"time: {exc}", code="BadTimestamp") from None
+    start = getattr(node.log, "start", None)
+    if node.log.first_offset() > 0 and start is not None and ts < start.prev_ts:
+        if node.archive_directory is not None:  # before the window, but the archive holds it
+            joined = ArchivedLog(node.archive_directory, node.log, owns_live=False)
+            await joined.open()
+            try:
+                return await joined.offset_for_timestamp(ts + 1) - 1, f"ts {ts}"
+            finally:
+                await joined.close()
+        raise hp.HttpApiError(f"ts {ts} ({format_ns(ts)}) is outside the retention window: retention removed the "
+                              f"log before offset {node.log.first_offset()} (records after ts {start.prev_ts})",
+                              code="OutsideRetentionWindow")
     return await tt.offset_at_ts(ts), f"ts {ts}"
 
 
@@ -160,6 +173,8 @@ async def query_at(request: web.Request) -> web.Response:
     tt = get_time_travel(node)
     try:
         result = await tt.evaluate(call.path, call.args, offset, identity=identity)
+    except RestoreError as exc:  # a point before the retention window
+        return _bad(str(exc), code="OutsideRetentionWindow")
     except LogError as exc:
         return _bad(f"cannot read the log: {exc}", code="LogError", status=500)
     if result.error is not None:
@@ -236,7 +251,7 @@ async def changes(request: web.Request) -> web.StreamResponse:
     follow = _flag(q.get("follow"), True)
     try:
         start = await start_offset(node.log, q.get("from"))
-    except RestoreError as exc:
+    except (RestoreError, StreamError) as exc:
         return _bad(str(exc), code="BadOffset")
     end = None if follow else node.log.next_offset()
     streams: set[asyncio.Task[Any]] = request.app[_STREAMS]

@@ -5,6 +5,7 @@ import asyncio
 import gc
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -72,6 +73,15 @@ class Node:
         archive = (None if where == "none" else
                    default_archive(self.config.data_dir) if where is None else DirectoryArchive(where))
         return RetentionPolicy(self.config.retain_seconds, archive)
+
+    @property
+    def archive_directory(self) -> Path | None:
+        """The segment archive directory retention moved the log's prefix to, if it holds anything."""
+        policy = self.retention_policy
+        archive = policy.archive if policy is not None else default_archive(self.config.data_dir)
+        if isinstance(archive, DirectoryArchive) and archive.exists():
+            return archive.directory
+        return None
 
     async def start(self) -> None:
         """Open storage, catch the projection up with the log, start the writer and background tasks."""

@@ -19,15 +19,18 @@ from log.record import Record
 class ArchivedLog(Log):
     """Read-only view of `archive` (a FileLog directory) followed by the open FileLog `live`."""
 
-    def __init__(self, archive_dir: str | Path, live: FileLog) -> None:
+    def __init__(self, archive_dir: str | Path, live: FileLog, *, owns_live: bool = True) -> None:
+        """`owns_live=False`: `live` belongs to someone else (a running node) and stays open on `close`."""
         self.archive = FileLog(archive_dir, read_only=True)
         self.live = live
+        self.owns_live = owns_live
         self.directory = live.directory
 
     async def open(self) -> None:
         """Open the archive (the live log is opened by its owner)."""
         await self.archive.open()
-        await self.live.open()
+        if self.owns_live:
+            await self.live.open()
         if self.archive.next_offset() < self.live.first_offset():
             end = self.archive.next_offset()
             await self.archive.close()
@@ -36,9 +39,10 @@ class ArchivedLog(Log):
                            "are missing")
 
     async def close(self) -> None:
-        """Close both."""
+        """Close the archive, and the live log if this owns it."""
         await self.archive.close()
-        await self.live.close()
+        if self.owns_live:
+            await self.live.close()
 
     async def append(self, records: list[Record]) -> None:
         """Refused: read-only."""
