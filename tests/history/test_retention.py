@@ -1,6 +1,7 @@
 """The retention window (history.retention): what is removed, and restores at its edge, inside and outside."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -8,6 +9,8 @@ from typing import Any, AsyncIterator
 import pytest
 
 from engine.app import App
+from engine.committer import EXPIRE_REQUESTS_FUNCTION, REQUESTS_TABLE
+from engine.limits import DEFAULT_LIMITS, Limits
 from engine.runtime import Runtime
 from history.errors import RestoreError, StreamError
 from history.points import Point
@@ -28,8 +31,9 @@ APPS = Path(__file__).resolve().parents[1] / "apps"
 class Deployment:
     """A runtime on a FileLog with small segments, writing to one list."""
 
-    def __init__(self, data: Path) -> None:
+    def __init__(self, data: Path, limits: Limits = DEFAULT_LIMITS) -> None:
         self.data = data
+        self.limits = limits
         self.app = App.load(APPS / "kitchen")
         self.log = FileLog(data / "log", segment_bytes=1500)
         self.projection: Projection | None = None
@@ -39,7 +43,7 @@ class Deployment:
     async def start(self) -> None:
         await self.log.open()
         self.projection = Projection(self.data / "projection", self.app.schema.index_catalog())
-        self.rt = Runtime(self.app, self.log, self.projection)
+        self.rt = Runtime(self.app, self.log, self.projection, self.limits)
         await self.rt.start()
         self.list_id = (await self.rt.run_mutation("lists:create", {"name": "l"})).value
 
@@ -149,3 +153,38 @@ async def test_retention_without_archive_deletes(deployment: Deployment) -> None
     assert result.removed_records > 0
     assert not (d.data / "log-archive").exists()
     assert list_segments(d.data / "log")[0][0] == d.log.first_offset()
+
+
+async def test_request_expiry_inside_the_window_restores_exactly(tmp_path: Path) -> None:
+    """`_requests` housekeeping is logged (`_system:expire_requests`), so restores on both sides of it are exact."""
+    d = Deployment(tmp_path / "data", dataclasses.replace(DEFAULT_LIMITS, request_retention_seconds=3600.0))
+    await d.start()
+    try:
+        assert d.rt is not None and d.projection is not None
+        await d.write(40)
+        cp = d.checkpoint()
+        last = None
+        for i in range(20):
+            last = await d.rt.run_mutation("lists:add", {"list_id": d.list_id, "text": f"r{i}"},
+                                           session_id="s", request_id=i)
+        before_expiry = d.log.next_offset() - 1
+        assert d.projection.count(REQUESTS_TABLE) == 20
+        assert last is not None
+        assert await d.rt.committer.expire_requests(now_ns=last.ts + 3601 * 10**9) == 20
+        after_expiry = d.log.next_offset() - 1
+        functions = [r.function async for b in d.log.read(before_expiry + 1) for r in b]
+        assert functions and set(functions) == {EXPIRE_REQUESTS_FUNCTION}
+        await d.write(5)
+        ref = {p: await restored_digest(d.data, Point("offset", p), tmp_path / f"ref-{p}")
+               for p in (before_expiry, after_expiry)}
+        result = await apply_retention(d.log, d.data, RetentionPolicy(1.0, None), now_ns=cp.ts + int(1e9) + 1)
+        assert result.removed_records > 0 and d.log.first_offset() <= cp.offset + 1
+        for p in (before_expiry, after_expiry):
+            assert await restored_digest(d.data, Point("offset", p), tmp_path / f"after-{p}") == ref[p]
+        restored = Projection(tmp_path / f"after-{before_expiry}" / "projection")
+        try:
+            assert restored.count(REQUESTS_TABLE) == 20  # the memos, as they were before the cleanup
+        finally:
+            restored.close()
+    finally:
+        await d.stop()
