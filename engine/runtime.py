@@ -17,6 +17,7 @@ from engine.errors import AppError, EngineError, InternalFunctionError, LimitExc
 from engine.execution import SliceExpired, SlowPaths, check_result, run_handler
 from engine.limits import DEFAULT_LIMITS, Limits
 from engine.preempt import Preempted, expire_workers, worker_deadline
+from engine.schema_check import checked_fingerprint, mark_checked, schema_fingerprint
 from engine.readset import ReadSet
 from engine.scheduler import Scheduler
 from values import decode_doc
@@ -99,7 +100,11 @@ class Runtime:
         """Switch to `app` (e.g. after a reload), refusing a schema that existing data violates."""
         bad: list[str] = []
         problems: list[str] = []
+        fingerprint = schema_fingerprint(app.schema)
+        checked = checked_fingerprint(self.projection.path) == fingerprint  # see engine.schema_check
         for table, definition in app.schema.tables.items():
+            if checked:
+                break
             if definition.validator is None:
                 continue
             for raw in self.projection.iter_documents(table):
@@ -114,6 +119,8 @@ class Runtime:
                         break
         if bad:
             raise SchemaViolation("schema.py does not match existing documents: " + "; ".join(problems), bad)
+        if not checked:
+            mark_checked(self.projection.path, fingerprint)
         self.projection.set_indexes(app.schema.index_catalog())
         self.app = app
 

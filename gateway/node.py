@@ -127,7 +127,7 @@ class Node:
             self._tasks.append(loop.create_task(checkpointer, name="tape-checkpointer"))
         retention = self.retention_policy
         if retention is not None and self.config.role == "committer" and isinstance(self.log, FileLog):
-            every = min(60.0, max(0.2, retention.window_s / RETENTION_STEPS))
+            every = min(60.0, max(0.1, retention.window_s / 8))  # how late segments go: ≤ window/8 + a checkpoint
             self._tasks.append(loop.create_task(run_retention(self.log, self.config.data_dir, retention, every),
                                                 name="tape-retention"))
         if self.config.reload:

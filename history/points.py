@@ -110,7 +110,7 @@ async def resolve_point(log_: Any, point: Point, *, strict_offset: bool = True) 
         return min(point.value, end - 1)
     assert point.value is not None
     start = getattr(log_, "start", None)
-    if log_.first_offset() > 0 and start is not None and point.value < start.prev_ts:
+    if start is not None and log_.first_offset() > 0 and point.value < start.prev_ts:
         raise RestoreError(f"{point.describe()} is outside the retention window: retention removed the log "
                            f"before offset {log_.first_offset()} (records after ts {start.prev_ts}, "
                            f"{format_ns(start.prev_ts)}). Pick a later point, or restore from a data directory "

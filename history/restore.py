@@ -34,7 +34,7 @@ import orjson
 from history.archive import ArchiveLog, write_archive
 from history.build import ProjectionBuild, build_projection, snapshot_live_projection
 from history.errors import RestoreError
-from history.retention import window_error, window_start
+from history.retention import first_offset_of, window_error, window_start
 from history.points import Point, format_ns, record_at, resolve_point
 from history.progress import Reporter
 from history.segments import copy_log_prefix, copy_verified_log_prefix
@@ -89,7 +89,7 @@ class RestoreReport:
 
 async def check_in_window(log_: Any, data_dir: Path | None, upto: int, point: Point) -> None:
     """RestoreError (naming the window) if the state after offset `upto` cannot be rebuilt from what is kept."""
-    if log_.first_offset() > 0:
+    if first_offset_of(log_) > 0:
         oldest = await window_start(log_, data_dir)
         if upto < oldest:
             raise RestoreError(window_error(log_, point.describe(), oldest))

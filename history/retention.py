@@ -51,6 +51,12 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def first_offset_of(log_: Any) -> int:
+    """`log_.first_offset()`, or 0 for a log-like object without one."""
+    first = getattr(log_, "first_offset", None)
+    return first() if first is not None else 0
+
+
 def default_archive(data_dir: Path) -> DirectoryArchive:
     """The default segment archive of a data directory: DATA/log-archive."""
     return DirectoryArchive(Path(data_dir) / ARCHIVE_DIR)
@@ -117,7 +123,7 @@ async def run_retention(log_: FileLog, data_dir: Path, policy: RetentionPolicy, 
 async def window_start(log_: Any, data_dir: Path | None) -> int:
     """The oldest offset whose state can be rebuilt: -1 (empty) if the log starts at 0, else the oldest
     checkpoint that belongs to the log (the log's first offset - 1 if none does: nothing is restorable before)."""
-    first = log_.first_offset()
+    first = first_offset_of(log_)
     if first == 0:
         return -1
     for info in list_checkpoints(data_dir) if data_dir is not None else []:
@@ -128,7 +134,7 @@ async def window_start(log_: Any, data_dir: Path | None) -> int:
 
 def window_error(log_: Any, asked: str, oldest: int, window: str | None = None) -> str:
     """The message for a point before the window: names the window and what to do."""
-    first = log_.first_offset()
+    first = first_offset_of(log_)
     start = getattr(log_, "start", None)
     since = f" (records after ts {start.prev_ts}, {format_ns(start.prev_ts)})" if start is not None else ""
     kept = f"the retention window ({window}) " if window else "retention "
@@ -138,5 +144,5 @@ def window_error(log_: Any, asked: str, oldest: int, window: str | None = None) 
             f"{oldest_text}. Pick a later point, or use the segment archive (DATA/{ARCHIVE_DIR}) if it was kept.")
 
 
-__all__ = ["ARCHIVE_DIR", "RetentionPolicy", "RetentionResult", "apply_retention", "default_archive",
+__all__ = ["ARCHIVE_DIR", "RetentionPolicy", "RetentionResult", "apply_retention", "default_archive", "first_offset_of",
            "format_duration", "parse_duration", "run_retention", "window_error", "window_start"]

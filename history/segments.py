@@ -106,7 +106,7 @@ async def copy_verified_log_prefix(src_dir: Path, dest_dir: Path, upto: int, rep
     n = upto + 1
     task = reporter.task("copy log", n)
     if n > 0:
-        await asyncio.to_thread(copy_segments, src_dir, dest_dir, n, archive_dir)
+        await asyncio.to_thread(copy_segments, src_dir, dest_dir, n, *((archive_dir,) if archive_dir else ()))
         got = await _open_and_close(dest_dir)
         if got != n:
             raise RestoreError(f"the copied log ends at offset {got - 1}, expected {n - 1}")
@@ -138,7 +138,7 @@ async def copy_log_prefix(src: Source, dest_dir: Path, upto: int, reporter: Repo
     n = upto + 1
     task = reporter.task("copy log", n)
     if src.log_dir is not None and n > 0:
-        await asyncio.to_thread(copy_segments, src.log_dir, dest_dir, n, src.archive_dir)
+        await asyncio.to_thread(copy_segments, src.log_dir, dest_dir, n, *((src.archive_dir,) if src.archive_dir else ()))
         dest = FileLog(dest_dir, read_only=False)
         await dest.open()  # scans and verifies every copied frame
         if dest.next_offset() != n:

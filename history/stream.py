@@ -17,7 +17,7 @@ from typing import Any, Callable
 import orjson
 
 from history.errors import StreamError
-from history.retention import window_error
+from history.retention import first_offset_of, window_error
 from history.points import parse_point
 from history.sinks import Sink
 from log.base import ReadsChanges
@@ -155,7 +155,7 @@ async def _batch_done(
 
 async def start_offset(log_: Any, text: str | None) -> int:
     """The first offset to export for --from TEXT (bare number = offset)."""
-    first = log_.first_offset()
+    first = first_offset_of(log_)
     if text is None:
         return first  # from the oldest record the log still holds
     point = parse_point(text, bare="offset")

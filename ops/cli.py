@@ -170,7 +170,7 @@ def _duration(flag: str, text: str | None) -> float | None:
 def _lifecycle_options(args: argparse.Namespace) -> dict[str, object]:
     """ServerConfig fields from --retain, --archive, --checkpoint-every/--checkpoint-interval, --bootstrap-from.
 
-    Checkpoints are on by default (every 5 minutes, or a quarter of a shorter --retain window) when
+    Checkpoints are on by default (every 5 minutes, or an eighth of a shorter --retain window) when
     --retain is given or the log is on Kafka, where replicas bootstrap from them.
     """
     retain = _duration("--retain", getattr(args, "retain", None))
@@ -181,7 +181,7 @@ def _lifecycle_options(args: argparse.Namespace) -> dict[str, object]:
         every = getattr(args, "checkpoint_interval", None)
     if every is None:
         needed = retain is not None or str(getattr(args, "log", None) or "").startswith("kafka://")
-        every = 0.0 if not needed else min(DEFAULT_CHECKPOINT_EVERY, retain / 4) if retain else DEFAULT_CHECKPOINT_EVERY
+        every = 0.0 if not needed else min(DEFAULT_CHECKPOINT_EVERY, retain / 8) if retain else DEFAULT_CHECKPOINT_EVERY
     archive = getattr(args, "archive", None)
     if archive is not None and retain is None:
         raise CliError("--archive only applies with --retain")
@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--admin-key", metavar="KEY",
                        help="the committer's admin key on the command line (visible in ps: prefer --admin-key-file)")
     serve.add_argument("--checkpoint-every", metavar="DURATION",
-                       help="take a projection checkpoint this often (e.g. 5m; 0: never). Default: 5m (or a quarter "
+                       help="take a projection checkpoint this often (e.g. 5m; 0: never). Default: 5m (or an eighth "
                             "of --retain) when --retain is given or the log is on Kafka, else never")
     serve.add_argument("--checkpoint-interval", type=float, default=None, metavar="SECONDS",
                        help="the same in seconds (older spelling)")

@@ -49,6 +49,7 @@ META_FILE = "checkpoint.json"
 PROJECTION_DIR = "projection"
 TMP_PREFIX = ".tmp-"
 FORMAT = 1
+SCHEMA_MARKER = "TAPE_SCHEMA_CHECKED"  # in a projection directory: see engine.schema_check (copied with it)
 
 _counter = itertools.count()
 
@@ -135,7 +136,7 @@ async def verify(info: CheckpointInfo, log_: Any) -> bool:
     """
     if info.offset < 0 or info.offset >= log_.next_offset():
         return False
-    first = log_.first_offset()
+    first = log_.first_offset() if hasattr(log_, "first_offset") else 0
     if info.offset < first - 1:
         return False  # records after the checkpoint are gone: it cannot be caught up
     if info.offset == first - 1:
@@ -269,6 +270,9 @@ def take_checkpoint(projection: Projection, data_dir: str | os.PathLike[str],
     try:
         tmp.mkdir()
         projection.checkpoint(tmp / PROJECTION_DIR)
+        marker = Path(projection.path) / SCHEMA_MARKER
+        if marker.exists():  # the documents were checked against the schema: so were the checkpoint's
+            shutil.copy2(marker, tmp / PROJECTION_DIR / SCHEMA_MARKER)
         blocked_ms = (time.perf_counter() - started) * 1000.0
         documents = sum(projection.count(t) for t in projection.tables())
         meta = {
@@ -394,6 +398,7 @@ async def run_checkpointer(projection: Projection, data_dir: str | os.PathLike[s
 __all__ = [
     "CheckpointInfo",
     "CheckpointPolicy",
+    "SCHEMA_MARKER",
     "partial_checkpoints",
     "checkpoint_live",
     "checkpoints_dir",
