@@ -1,6 +1,6 @@
 """`tape bench`: run the benchmark workloads and write results.json, results.md and plots.
 
-    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling,kafka,restore,isolation,auth]
+    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling,kafka,restore,isolation,auth,lifecycle]
                [--profile] [--base-port N] [--work-dir DIR]
 
 Everything runs on loopback: a Tape server on the bank example app, the
@@ -17,7 +17,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth")
+WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth",
+             "lifecycle")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
     "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
@@ -29,6 +30,8 @@ DESCRIPTIONS = {
     "restore": "point-in-time restore with and without checkpoints, change export to a file",
     "isolation": "a bystander's query and subscribe latency, idle and while clients run CPU-bound functions",
     "auth": "transfers with every caller authenticated vs anonymous; 1,000 sockets re-authenticating at once",
+    "lifecycle": "a new replica joining 10,000,000 records of history (checkpoint copy vs plain copy); disk use "
+                 "under --retain",
 }
 
 
@@ -110,7 +113,16 @@ def run_auth(quick: bool, harness: Any) -> dict[str, Any]:
     return auth_bench.run(quick, harness)
 
 
+def run_lifecycle(quick: bool, harness: Any) -> dict[str, Any]:
+    """Issue 22: replica bootstrap from a checkpoint, and the retention window's disk use."""
+    from bench import lifecycle_bench
+    harness.reporter.phase("lifecycle: replica join from a checkpoint; disk use with --retain", 60 if quick else 900)
+    return lifecycle_bench.run(quick, harness, work_dir=getattr(harness, "work_dir", None))
+
+
 def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
+    if name == "lifecycle":
+        return run_lifecycle
     if name == "log":
         return run_log
     if name == "engine":
@@ -163,6 +175,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
         if name == "auth":
             from bench import auth_bench
             return auth_bench.headline(r)
+        if name == "lifecycle":
+            from bench import lifecycle_bench
+            return lifecycle_bench.headline(r)
         if name == "log":
             lg, pj = r["log"], r["projection"]
             text = (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "

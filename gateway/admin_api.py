@@ -40,6 +40,7 @@ import asyncio
 import logging
 import shutil
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -59,6 +60,7 @@ from log.archived_log import ArchivedLog
 from log.changes import DOC_FORMATS, TableFilter, encode_changes, jsonl_chunk
 from log.errors import LogClosedError, LogError
 from projections.checkpoint_transfer import checkpoint_size, pin_checkpoint, tar_checkpoint
+from projections.checkpoints import SCHEMA_MARKER
 from projections.checkpoints import list_checkpoints as checkpoints_of
 
 if TYPE_CHECKING:
@@ -380,7 +382,10 @@ async def stream_latest_checkpoint(request: web.Request) -> web.StreamResponse:
     if not _authorized(request):
         return _unauthorized()
     node: Node = request.app[NODE_KEY]
-    await node.checkpoint()  # None when nothing was applied since the newest one: that one is current
+    found = await asyncio.to_thread(checkpoints_of, node.config.data_dir)
+    live_marker = Path(node.config.projection_dir) / SCHEMA_MARKER
+    stale = bool(found) and live_marker.exists() and not (found[-1].projection_dir / SCHEMA_MARKER).exists()
+    await node.checkpoint(force=stale)  # None when nothing was applied since the newest one: that one is current
     found = await asyncio.to_thread(checkpoints_of, node.config.data_dir)
     if not found:
         return _bad("this node has applied nothing yet, so it has no checkpoint: replay the log from offset 0",

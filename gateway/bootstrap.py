@@ -39,6 +39,7 @@ log = logging.getLogger("tape.bootstrap")
 LATEST_CHECKPOINT_PATH = "/api/admin/checkpoints/latest"
 FETCH_TIMEOUT_SECONDS = 3600.0
 CONNECT_RETRY_SECONDS = 10.0
+FEED_BYTES = 4 << 20
 
 
 @dataclass
@@ -110,8 +111,15 @@ async def _fetch(url: str, admin_key: str | None, data_dir: Path) -> tuple[Check
                 shutil.rmtree(dest)
             receiver = CheckpointReceiver(dest)
             try:
+                pending: list[bytes] = []
+                size = 0
                 async for chunk in resp.content.iter_chunked(1 << 20):
-                    await asyncio.to_thread(receiver.feed, chunk)
+                    pending.append(chunk)
+                    size += len(chunk)
+                    if size >= FEED_BYTES:  # hash and write in a worker thread, a few MiB at a time
+                        await asyncio.to_thread(receiver.feed, b"".join(pending))
+                        pending, size = [], 0
+                await asyncio.to_thread(receiver.feed, b"".join(pending))
                 await asyncio.to_thread(receiver.finish)
             except BaseException:
                 receiver.abort()

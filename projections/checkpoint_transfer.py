@@ -127,44 +127,51 @@ class CheckpointReceiver:
     def feed(self, data: bytes) -> None:
         """Take the next bytes of the stream."""
         self.received += len(data)
-        self._buf += data
-        while self._step():
-            pass
+        if self._buf:
+            self._buf += data
+            view = memoryview(bytes(self._buf))
+            self._buf = bytearray()
+        else:
+            view = memoryview(data)
+        pos = 0
+        while (used := self._step(view, pos)) >= 0:
+            pos += used
+        if pos < len(view):
+            self._buf += view[pos:]
 
-    def _step(self) -> bool:
-        buf = self._buf
+    def _step(self, view: memoryview, pos: int) -> int:
+        """Consume bytes of `view` from `pos`; returns how many (-1: no progress until more bytes come)."""
+        left_in_view = len(view) - pos
         if self._ended:
-            return False
+            return -1
         if self._member is not None:
             name, left = self._member
             if left == 0:
-                if len(buf) < self._pad:
-                    return False
-                del buf[:self._pad]
+                if left_in_view < self._pad:
+                    return -1
                 self._close_member(name)
-                return True
-            if not buf:
-                return False
-            take = bytes(buf[:left])
-            del buf[:len(take)]
+                return self._pad
+            if left_in_view == 0:
+                return -1
+            take = view[pos:pos + min(left, left_in_view)]
             self._hash.update(take)
             if self._file is not None:
                 self._file.write(take)
             else:
-                self._meta += take
+                self._meta += bytes(take)
             self._member = (name, left - len(take))
-            return True
-        if len(buf) < BLOCK:
-            return False
-        head = bytes(buf[:BLOCK])
+            return len(take)
+        if left_in_view < BLOCK:
+            return -1
+        head = bytes(view[pos:pos + BLOCK])
         if head == b"\0" * BLOCK:
             self._ended = True
-            return False
+            return -1
         try:
             info = tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
         except tarfile.TarError as exc:
-            raise CheckpointTransferError(f"damaged checkpoint stream at byte {self.received - len(buf)}: {exc}") from None
-        del buf[:BLOCK]
+            raise CheckpointTransferError(f"damaged checkpoint stream at byte {self.received - left_in_view}: "
+                                          f"{exc}") from None
         name = info.name
         if name != META_FILE and name != DIGESTS_FILE and not (
                 name.startswith(PROJECTION_DIR + "/") and "/" not in name[len(PROJECTION_DIR) + 1:]
@@ -174,7 +181,7 @@ class CheckpointReceiver:
         self._file = None if name in (META_FILE, DIGESTS_FILE) else open(self.work / name, "wb")
         self._meta = b""
         self._member, self._pad = (name, info.size), -info.size % BLOCK
-        return True
+        return BLOCK
 
     def _close_member(self, name: str) -> None:
         if self._file is not None:
