@@ -62,6 +62,8 @@ from log.errors import LogCorruptError, LogError, LogFormatError
 from log.file_log import FileLog
 from log.seal import read_seal, remove_seals, verify_seal
 from log.segment import list_segments, read_file, scan_buffer, segment_name, valid_frame_after
+from history.build import build_projection
+from history.errors import RestoreError
 from history.points import format_ns
 from history.retention import default_archive
 from projections.checkpoints import CheckpointInfo, list_checkpoints, partial_checkpoints
@@ -385,13 +387,21 @@ def check_projection(path: Path) -> ProjectionReport:
     return rep
 
 
-async def _replay_digest(log_dir: Path, upto: int, catalog: dict[str, Any] | None) -> str:
-    """Content digest of a fresh projection rebuilt from the log through offset `upto`."""
+async def _replay_digest(log_dir: Path, upto: int, catalog: dict[str, Any] | None,
+                         data: Path | None = None) -> str:
+    """Content digest of a fresh projection rebuilt from the log through offset `upto`.
+
+    A log whose start retention removed is replayed from the checkpoint that covers it.
+    """
     log = FileLog(log_dir, read_only=True)
     await log.open()
     try:
         with tempfile.TemporaryDirectory(prefix="tape-doctor-") as tmp:
-            projection = await rebuild(log, Path(tmp) / "projection", catalog or {}, upto=upto)
+            if log.first_offset() > 0:
+                projection, _build = await build_projection(log, Path(tmp) / "projection", upto, data_dir=data,
+                                                            catalog=catalog)
+            else:
+                projection = await rebuild(log, Path(tmp) / "projection", catalog or {}, upto=upto)
             try:
                 return projection.content_digest()
             finally:
@@ -487,7 +497,7 @@ def diagnose(data: Path, log_dir: Path | None = None, verify: bool = False) -> R
                 prep.verify_note = "skipped: a server is running on this data directory"
             else:
                 try:
-                    fresh = asyncio.run(_replay_digest(log_dir, prep.applied_offset, prep.catalog))
+                    fresh = asyncio.run(_replay_digest(log_dir, prep.applied_offset, prep.catalog, data))
                 except Exception as exc:
                     prep.verify_note = f"could not replay the log: {exc}"
                     rep.problems.append(f"replaying the log failed: {exc}")
@@ -647,7 +657,14 @@ def rebuild_projection(data: Path, log_dir: Path | None = None, app_dir: str | N
                 if now - last[0] >= 2:
                     last[0] = now
                     out.print(f"  ... offset {applied} of {end - 1}")
-            projection = await rebuild(log, target, catalog, progress=progress)
+            if log.first_offset() > 0:  # retention removed the start: from the checkpoint that covers it
+                try:
+                    projection, _build = await build_projection(log, target, end - 1, data_dir=data,
+                                                                catalog=catalog)
+                except RestoreError as exc:
+                    raise RepairError(str(exc)) from None
+            else:
+                projection = await rebuild(log, target, catalog, progress=progress)
             try:
                 projection.flush()
                 out.print(f"[green]rebuilt[/] the projection through offset {projection.applied_offset} "

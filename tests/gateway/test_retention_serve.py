@@ -57,10 +57,16 @@ async def test_serve_with_retain_keeps_a_bounded_log(tmp_path: Path, archive: st
         assert status == 200 and len(body["value"]) == n, body
     finally:
         assert server.stop() == 0, server.output()
-    doctor = subprocess.run([sys.executable, "-m", "ops.cli", "doctor", "--data", str(data)], cwd=ROOT,
-                            capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    doctor = subprocess.run([sys.executable, "-m", "ops.cli", "doctor", "--data", str(data), "--verify"], cwd=ROOT,
+                            capture_output=True, text=True, env=env)
     assert doctor.returncode == 0, doctor.stdout + doctor.stderr
     assert "retention: the log starts at offset" in doctor.stdout and "checkpoints: " in doctor.stdout
+    assert "digest vs fresh replay: equal" in doctor.stdout  # replayed from the checkpoint covering the start
+    if archive == "none":  # the projection is rebuilt from that checkpoint, not from offset 0
+        rebuilt = subprocess.run([sys.executable, "-m", "ops.cli", "doctor", "--data", str(data),
+                                  "--rebuild-projection"], cwd=ROOT, capture_output=True, text=True, env=env)
+        assert rebuilt.returncode == 0 and "rebuilt" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
     restore = subprocess.run([sys.executable, "-m", "ops.cli", "restore", "--from", str(data), "--to", "offset:1", "--data",
                               str(tmp_path / "restored")], cwd=ROOT, capture_output=True, text=True,
                              env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
