@@ -113,10 +113,10 @@ async def restore_to_dir(source: str, point: Point, new_dir: str | os.PathLike[s
     src = await open_source(source)
     try:
         upto = await resolve_point(src.log, point)
-        await check_in_window(src.log, src.data_dir, upto, point)
         if isinstance(src.log, ArchiveLog) and src.log.first_offset() > 0:
             raise RestoreError(f"{source} holds only offsets {src.log.first_offset()}.. of a log: "
                                "it cannot be restored on its own")
+        await check_in_window(src.log, src.data_dir, upto, point)
         last = await record_at(src.log, upto)
         work = dest.parent / f".{dest.name}.restoring-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
