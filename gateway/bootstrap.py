@@ -13,8 +13,9 @@ installs one before the node opens it:
 The node then follows the log from the checkpoint's offset + 1, so writes made
 during the copy are simply the first records it applies. A checkpoint that does
 not belong to the log (`projections.checkpoints.verify`) is refused. Only when
-the committer has no checkpoint yet (it applied nothing) and the log still
-starts at offset 0 does the replica replay from the start.
+the committer has no checkpoint yet (it applied nothing), or cannot give one
+(unreachable, or it refuses the admin key: logged as a WARNING), and the log
+still starts at offset 0 does the replica replay from the start.
 """
 from __future__ import annotations
 
@@ -169,8 +170,16 @@ async def bootstrap_projection(config: Any, log_: Any) -> BootstrapReport | None
         info, size = await _from_directory(Path(shared), config.data_dir, log_)
         source = f"checkpoint directory {shared}"
     elif config.committer_url:
-        info, size = await _fetch(config.committer_url, getattr(config, "admin_key", None), config.data_dir)
         source = f"committer {config.committer_url}"
+        try:
+            info, size = await _fetch(config.committer_url, getattr(config, "admin_key", None), config.data_dir)
+        except (BootstrapError, CheckpointTransferError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            if log_.first_offset() > 0:
+                raise BootstrapError(f"{exc}; and the log no longer starts at offset 0 (it starts at "
+                                     f"{log_.first_offset()}), so this replica cannot replay it instead") from None
+            log.warning("could not bootstrap from the committer's checkpoint (%s); replaying the log from "
+                        "offset 0 instead", exc)
+            info, size = None, 0
     else:
         info, size, source = None, 0, ""
     if info is None:
