@@ -185,6 +185,10 @@ def _lifecycle_options(args: argparse.Namespace) -> dict[str, object]:
     archive = getattr(args, "archive", None)
     if archive is not None and retain is None:
         raise CliError("--archive only applies with --retain")
+    if archive is not None and archive.lower() != "none":
+        archive = str(Path(archive).resolve())
+    elif archive is not None:
+        archive = "none"
     bootstrap = getattr(args, "bootstrap_from", None)
     return {"retain_seconds": retain, "archive": archive, "checkpoint_interval": float(every),
             "segment_bytes": getattr(args, "log_segment_bytes", None),
