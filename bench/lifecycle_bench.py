@@ -13,7 +13,11 @@ the end (and the largest after the first window) against the bytes the
 writers appended per window, plus the checkpoints' own bytes (each file once:
 checkpoints hard-link their SST files). Goal: log ≤ 1.5 × window.
 
-Run ``python -m bench.lifecycle_bench [--quick] [--records N] [--dir DIR]``.
+Building 10,000,000 records takes a while: ``--history DIR`` builds the history
+into DIR once (log + checkpoint) and later runs clone it (hard links for the
+immutable files), so only the join itself is repeated.
+
+Run ``python -m bench.lifecycle_bench [--quick] [--records N] [--dir DIR] [--history DIR]``.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from bench.restore_bench import _write_log
 from engine.app import App
 from log.file_log import FileLog
 from log.segment import list_segments
-from projections.checkpoints import list_checkpoints, take_checkpoint
+from projections.checkpoints import copy_projection, list_checkpoints, take_checkpoint
 from projections.rebuild import catch_up
 from projections.store import Projection
 
@@ -45,6 +49,7 @@ FULL_RECORDS = 10_000_000
 QUICK_RECORDS = 100_000
 GOAL_FIRST_QUERY_S = 30.0
 GOAL_RETENTION_RATIO = 1.5
+COMMITTER_START_TIMEOUT = 3600.0
 _BOOT = re.compile(r"bootstrapped from (.+?): checkpoint at offset (\d+), (\d+) bytes in ([\d.]+)s")
 
 
@@ -69,6 +74,33 @@ async def _build_history(data: Path, records: int) -> dict[str, Any]:
         projection.close()
         await log.close()
     return {"records": records, "write_s": round(written, 1), "build_s": round(time.perf_counter() - started, 1)}
+
+
+def _clone_history(src: Path, dest: Path) -> None:
+    """A data directory at `dest` holding `src`'s log and checkpoints (hard links for sealed segments and
+    checkpoint files, copies of what the committer changes) and a projection copied from the newest checkpoint."""
+    (dest / "log").mkdir(parents=True)
+    segs = list_segments(src / "log")
+    active = segs[-1][1].name if segs else None
+    for entry in os.scandir(src / "log"):
+        if entry.name == "LOCK":
+            continue
+        sealed = entry.name.endswith((".seg", ".seal")) and not entry.name.startswith(active or "-")
+        (os.link if sealed else shutil.copy2)(entry.path, dest / "log" / entry.name)
+    shutil.copytree(src / "checkpoints", dest / "checkpoints", copy_function=os.link)
+    copy_projection(list_checkpoints(dest)[-1].projection_dir, dest / "projection")
+
+
+async def _history(data: Path, records: int, keep: Path | None) -> dict[str, Any]:
+    """Build the history into `data` (or into `keep` once, then clone it from there)."""
+    if keep is None:
+        return await _build_history(data, records)
+    if not list_checkpoints(keep):
+        shutil.rmtree(keep, ignore_errors=True)
+        built = await _build_history(keep, records)
+        (keep / "built.json").write_text(json.dumps(built))
+    await asyncio.to_thread(_clone_history, keep, data)
+    return {**json.loads((keep / "built.json").read_text()), "reused": str(keep)}
 
 
 async def _writer(url: str, stop: asyncio.Event, counts: list[int], pause: float = 0.0) -> None:
@@ -110,11 +142,14 @@ def _plain_copy(src: Path, dest: Path) -> tuple[int, float]:
     return total, time.perf_counter() - started
 
 
-async def replica_join(root: Path, records: int) -> dict[str, Any]:
+async def replica_join(root: Path, records: int, keep: Path | None = None) -> dict[str, Any]:
     """Build the history, start the committer and a writer, then time a new replica to its first query."""
     data = root / "committer"
-    history = await _build_history(data, records)
-    committer = _serve("committer", data, free_port(), root).start(120)
+    history = await _history(data, records, keep)
+    started = time.monotonic()
+    # (its first start checks every document against schema.py once: minutes for 10,000,000)
+    committer = _serve("committer", data, free_port(), root).start(COMMITTER_START_TIMEOUT)
+    history["committer_first_start_s"] = round(time.monotonic() - started, 1)
     try:
         key_file = root / "admin_key"
         key_file.write_text((data / "admin_key").read_text())
@@ -230,9 +265,10 @@ async def retention_disk(root: Path, window_s: float, segment_bytes: int, writer
     }
 
 
-async def run_async(records: int, root: Path, quick: bool, window: float | None = None) -> dict[str, Any]:
-    """Both measurements under `root` (a `window` of None: 3 s quick, 10 s full)."""
-    join = await replica_join(root / "join", records)
+async def run_async(records: int, root: Path, quick: bool, window: float | None = None,
+                    keep: Path | None = None) -> dict[str, Any]:
+    """Both measurements under `root` (a `window` of None: 3 s quick, 10 s full; `keep`: see --history)."""
+    join = await replica_join(root / "join", records, keep)
     shutil.rmtree(root / "join", ignore_errors=True)
     window = window or (3.0 if quick else 10.0)
     retention = await retention_disk(root / "retention", window, 32 << 10 if quick else 64 << 10,
@@ -240,12 +276,13 @@ async def run_async(records: int, root: Path, quick: bool, window: float | None 
     return {"replica_join": join, "retention": retention}
 
 
-def run(quick: bool = False, harness: Any = None, records: int | None = None, work_dir: Path | None = None) -> dict[str, Any]:
+def run(quick: bool = False, harness: Any = None, records: int | None = None, work_dir: Path | None = None,
+        keep: Path | None = None) -> dict[str, Any]:
     """The benchmark (quick: 100,000 records of history and a 3 s window; full: 10,000,000 and 10 s)."""
     n = records or (QUICK_RECORDS if quick else FULL_RECORDS)
     root = Path(tempfile.mkdtemp(prefix="tape-lifecycle-", dir=work_dir))
     try:
-        return asyncio.run(run_async(n, root, quick))
+        return asyncio.run(run_async(n, root, quick, keep=keep))
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -265,8 +302,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--records", type=int)
     parser.add_argument("--dir", help="work directory (default: a temporary one)")
+    parser.add_argument("--history", help="build the history here once and reuse it in later runs")
     args = parser.parse_args()
-    result = run(args.quick, records=args.records, work_dir=Path(args.dir) if args.dir else None)
+    result = run(args.quick, records=args.records, work_dir=Path(args.dir) if args.dir else None,
+                 keep=Path(args.history) if args.history else None)
     print(json.dumps(result, indent=2))
     print(headline(result))
 
