@@ -10,7 +10,6 @@ from bench import lifecycle_bench
 from bench.cli import _selected
 
 
-
 @pytest.mark.slow
 def test_lifecycle_bench_runs_end_to_end(tmp_path: Path) -> None:
     result = asyncio.run(lifecycle_bench.run_async(2_000, tmp_path, True, window=1.0))
