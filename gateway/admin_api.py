@@ -364,7 +364,7 @@ async def create_checkpoint(request: web.Request) -> web.Response:
     return _json({"created": True, **info.as_json()})
 
 
-TRANSFER_BLOCK = 1 << 20
+TRANSFER_BLOCK = 4 << 20
 
 
 def _next_block(chunks: Any) -> bytes:

@@ -40,7 +40,7 @@ log = logging.getLogger("tape.bootstrap")
 LATEST_CHECKPOINT_PATH = "/api/admin/checkpoints/latest"
 FETCH_TIMEOUT_SECONDS = 3600.0
 CONNECT_RETRY_SECONDS = 10.0
-FEED_BYTES = 4 << 20
+FEED_BYTES = 8 << 20
 
 
 @dataclass

@@ -29,7 +29,7 @@ import orjson
 from projections.checkpoints import META_FILE, PROJECTION_DIR, TMP_PREFIX, CheckpointInfo, checkpoints_dir
 
 DIGESTS_FILE = "DIGESTS.json"
-CHUNK = 1 << 20
+CHUNK = 4 << 20
 BLOCK = 512
 _counter = itertools.count()
 
