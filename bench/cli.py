@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth",
-             "scheduler", "memory", "metrics", "migration", "search", "vector")
+             "scheduler", "memory", "metrics", "migration", "search", "vector", "lifecycle")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
     "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
@@ -38,6 +38,8 @@ DESCRIPTIONS = {
     "search": "full-text index build from the log and two-term queries vs SQLite FTS5; transfers beside searches; "
               "1,000 search subscriptions",
     "vector": "vector index build rate; 100,000 × 768 top-10 latency and recall@10 vs exact numpy search",
+    "lifecycle": "a new replica joining 10,000,000 records of history (checkpoint copy vs plain copy); disk use "
+                 "under --retain",
 }
 
 
@@ -64,9 +66,12 @@ def _cli_error(message: str) -> Exception:
     return cls(message)
 
 
-def _selected(only: str | None) -> list[str]:
+FULL_ONLY_WHEN_ASKED = frozenset({"lifecycle"})  # builds 10,000,000 records first (~30 min): run with --only
+
+
+def _selected(only: str | None, quick: bool = True) -> list[str]:
     if not only:
-        return list(WORKLOADS)
+        return [n for n in WORKLOADS if quick or n not in FULL_ONLY_WHEN_ASKED]
     names = [n.strip() for n in only.split(",") if n.strip()]
     unknown = [n for n in names if n not in WORKLOADS]
     if unknown:
@@ -151,7 +156,16 @@ def run_vector(quick: bool, harness: Any) -> dict[str, Any]:
     return vector_bench.run(quick, harness)
 
 
+def run_lifecycle(quick: bool, harness: Any) -> dict[str, Any]:
+    """Issue 22: replica bootstrap from a checkpoint, and the retention window's disk use."""
+    from bench import lifecycle_bench
+    harness.reporter.phase("lifecycle: replica join from a checkpoint; disk use with --retain", 60 if quick else 900)
+    return lifecycle_bench.run(quick, harness, work_dir=getattr(harness, "work_dir", None))
+
+
 def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
+    if name == "lifecycle":
+        return run_lifecycle
     if name == "log":
         return run_log
     if name == "engine":
@@ -233,6 +247,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
         if name == "vector":
             from bench import vector_bench
             return vector_bench.headline(r)
+        if name == "lifecycle":
+            from bench import lifecycle_bench
+            return lifecycle_bench.headline(r)
         if name == "log":
             lg, pj = r["log"], r["projection"]
             text = (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "
@@ -288,7 +305,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     from bench import report
     from bench.common import BenchError, Harness
-    names = _selected(args.only)
+    names = _selected(args.only, args.quick)
     out_dir = Path(args.out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

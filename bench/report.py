@@ -426,7 +426,8 @@ def markdown(results: dict[str, Any]) -> str:
 
     out += isolation_section(w.get("isolation"))
 
-    for name, title in (("kafka", "Kafka: committer and replica"), ("restore", "Restore and export")):
+    for name, title in (("kafka", "Kafka: committer and replica"), ("restore", "Restore and export"),
+                        ("lifecycle", "Lifecycle: replica join from a checkpoint, retention disk use")):
         x = w.get(name)
         if x:
             out.append(f"## {title}")

@@ -22,6 +22,7 @@ from engine import function_logs
 from engine.limits import DEFAULT_LIMITS, Limits
 from engine.metrics import APP_ERROR, ERROR, SUCCESS, TIMEOUT, observe_function
 from engine.preempt import Preempted, expire_workers, worker_deadline
+from engine.schema_check import checked_fingerprint, mark_checked, schema_fingerprint
 from engine.readset import ReadSet
 from engine.scheduler import (CANCEL_JOB_PATH, SCHEDULE_JOB_PATH, SYSTEM_JOB_PATHS, Scheduler, commit_cancel,
                               commit_schedule)
@@ -132,7 +133,11 @@ class Runtime:
         """Switch to `app` (e.g. after a reload), refusing a schema that existing data violates."""
         bad: list[str] = []
         problems: list[str] = []
+        fingerprint = schema_fingerprint(app.schema)
+        checked = checked_fingerprint(self.projection.path) == fingerprint  # see engine.schema_check
         for table, definition in app.schema.tables.items():
+            if checked:
+                break
             if definition.validator is None:
                 continue
             for raw in self.projection.iter_documents(table):
@@ -147,6 +152,8 @@ class Runtime:
                         break
         if bad:
             raise SchemaViolation("schema.py does not match existing documents: " + "; ".join(problems), bad)
+        if not checked:
+            mark_checked(self.projection.path, fingerprint)
         self.projection.set_indexes(app.schema.index_catalog())
         if app._package:
             function_logs.enable_app_logging(app._package)

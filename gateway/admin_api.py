@@ -25,6 +25,10 @@ nothing is done.
   and applied, just before subscriptions were updated (``clock`` names the clock, so a client on
   the same host can time commit → update against its own ``perf_counter``).
 * ``POST /api/admin/checkpoints`` — take a checkpoint now.
+* ``GET /api/admin/checkpoints/latest`` — a fresh checkpoint (taken now, or the newest if nothing
+  changed since) as a tar stream ending with SHA-256 digests of its members
+  (`projections.checkpoint_transfer`); headers ``X-Tape-Checkpoint-Offset``, ``-Ts`` and ``-Bytes``.
+  New replicas bootstrap from it (`gateway.bootstrap`).
 * ``POST /api/admin/run`` — body ``{"path", "args", "format"?}``: runs any function (query,
   mutation or action; internal ones included) as the admin (or, with ``<key>:<identity>``, as that
   user), on the live deployment. Answers like ``/api/function``. This is what ``tape run`` and the
@@ -34,7 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -49,11 +55,14 @@ from gateway.config import NODE_KEY
 from gateway import http_protocol as hp
 from gateway.sync_session import error_fields
 from gateway.time_travel import close_time_travel, get_time_travel
-from history.errors import RestoreError
+from history.errors import RestoreError, StreamError
 from history.points import format_ns, iso_to_ns
 from history.stream import start_offset
+from log.archived_log import ArchivedLog
 from log.changes import DOC_FORMATS, TableFilter, encode_changes, jsonl_chunk
 from log.errors import LogClosedError, LogError
+from projections.checkpoint_transfer import checkpoint_size, pin_checkpoint, tar_checkpoint
+from projections.checkpoints import SCHEMA_MARKER
 from projections.checkpoints import list_checkpoints as checkpoints_of
 
 if TYPE_CHECKING:
@@ -120,6 +129,18 @@ async def _target_offset(node: "Node", body: dict[str, Any]) -> tuple[int, str]:
             ts = iso_to_ns(body["time"])
         except (ValueError, RestoreError) as exc:
             raise hp.HttpApiError(f"time: {exc}", code="BadTimestamp") from None
+    start = getattr(node.log, "start", None)
+    if node.log.first_offset() > 0 and start is not None and ts < start.prev_ts:
+        if node.archive_directory is not None:  # before the window, but the archive holds it
+            joined = ArchivedLog(node.archive_directory, node.log, owns_live=False)
+            await joined.open()
+            try:
+                return await joined.offset_for_timestamp(ts + 1) - 1, f"ts {ts}"
+            finally:
+                await joined.close()
+        raise hp.HttpApiError(f"ts {ts} ({format_ns(ts)}) is outside the retention window: retention removed the "
+                              f"log before offset {node.log.first_offset()} (records after ts {start.prev_ts})",
+                              code="OutsideRetentionWindow")
     return await tt.offset_at_ts(ts), f"ts {ts}"
 
 
@@ -156,6 +177,8 @@ async def query_at(request: web.Request) -> web.Response:
     tt = get_time_travel(node)
     try:
         result = await tt.evaluate(call.path, call.args, offset, identity=identity)
+    except RestoreError as exc:  # a point before the retention window
+        return _bad(str(exc), code="OutsideRetentionWindow")
     except LogError as exc:
         return _bad(f"cannot read the log: {exc}", code="LogError", status=500)
     if result.error is not None:
@@ -237,7 +260,7 @@ async def changes(request: web.Request) -> web.StreamResponse:
     follow = _flag(q.get("follow"), True)
     try:
         start = await start_offset(node.log, q.get("from"))
-    except RestoreError as exc:
+    except (RestoreError, StreamError) as exc:
         return _bad(str(exc), code="BadOffset")
     end = None if follow else node.log.next_offset()
     streams: set[asyncio.Task[Any]] = request.app[_STREAMS]
@@ -348,6 +371,49 @@ async def create_checkpoint(request: web.Request) -> web.Response:
     return _json({"created": True, **info.as_json()})
 
 
+TRANSFER_BLOCK = 4 << 20
+
+
+def _next_block(chunks: Any) -> bytes:
+    """Up to about TRANSFER_BLOCK bytes from the `tar_checkpoint` iterator (b"" at its end)."""
+    out = bytearray()
+    for chunk in chunks:
+        out += chunk
+        if len(out) >= TRANSFER_BLOCK:
+            break
+    return bytes(out)
+
+
+async def stream_latest_checkpoint(request: web.Request) -> web.StreamResponse:
+    """GET /api/admin/checkpoints/latest: a fresh checkpoint as a verified tar stream (see the module docstring)."""
+    if not _authorized(request):
+        return _unauthorized()
+    node: Node = request.app[NODE_KEY]
+    found = await asyncio.to_thread(checkpoints_of, node.config.data_dir)
+    live_marker = Path(node.config.projection_dir) / SCHEMA_MARKER
+    stale = bool(found) and live_marker.exists() and not (found[-1].projection_dir / SCHEMA_MARKER).exists()
+    await node.checkpoint(force=stale)  # None when nothing was applied since the newest one: that one is current
+    found = await asyncio.to_thread(checkpoints_of, node.config.data_dir)
+    if not found:
+        return _bad("this node has applied nothing yet, so it has no checkpoint: replay the log from offset 0",
+                    code="NoCheckpoint", status=404)
+    info = found[-1]
+    pinned = await asyncio.to_thread(pin_checkpoint, info, node.config.data_dir)
+    try:
+        resp = web.StreamResponse(headers={
+            "Content-Type": "application/x-tar", "X-Tape-Checkpoint-Offset": str(info.offset),
+            "X-Tape-Checkpoint-Ts": str(info.ts),
+            "X-Tape-Checkpoint-Bytes": str(await asyncio.to_thread(checkpoint_size, pinned))})
+        await resp.prepare(request)
+        chunks = tar_checkpoint(pinned)
+        while block := await asyncio.to_thread(_next_block, chunks):
+            await resp.write(block)
+        await resp.write_eof()
+        return resp
+    finally:
+        await asyncio.to_thread(shutil.rmtree, pinned, True)
+
+
 # ----------------------------------------------------------------- wiring
 
 
@@ -375,6 +441,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/admin/query_at", query_at)
     app.router.add_get("/api/admin/changes", changes)
     app.router.add_get("/api/admin/checkpoints", list_checkpoints)
+    app.router.add_get("/api/admin/checkpoints/latest", stream_latest_checkpoint)
     app.router.add_get("/api/admin/commit_times", commit_times)
     app.router.add_post("/api/admin/checkpoints", create_checkpoint)
     app.router.add_post("/api/admin/run", run_function)

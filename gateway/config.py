@@ -38,6 +38,10 @@ class ServerConfig:
     switch_interval: float = 0.001       # GIL switch interval while serving (sys.setswitchinterval)
     checkpoint_interval: float = 0.0     # seconds between projection checkpoints (0: off)
     checkpoint_keep: int = 3
+    retain_seconds: float | None = None  # --retain: seconds of history kept (None: everything)
+    archive: str | None = None           # where retention moves segments: None = DATA/log-archive, "none" = delete
+    bootstrap_from: Path | None = None   # a new replica's checkpoint source directory (else: the committer)
+    segment_bytes: int | None = None     # FileLog segment size (None: the default, 64 MiB); retention removes whole ones
     static_dir: Path | None = None       # served at /, defaults to APP_DIR/public
     query_at_ts_window: float = 300.0    # seconds of history /api/query_at_ts serves without the admin key
                                          # (a state that was live within that long ago; Convex serves ~30 s)

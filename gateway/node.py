@@ -5,6 +5,7 @@ import asyncio
 import gc
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,14 +17,16 @@ from engine.metrics import FSYNC_SECONDS
 from engine.runtime import Runtime
 from gateway.admin import AdminKey
 from gateway.config import ServerConfig
+from gateway.bootstrap import BootstrapReport, bootstrap_projection
 from gateway.protocol import ping_message
 from gateway.replica import start_replica
 from gateway.subscriptions import SubscriptionManager
 from gateway.time_travel import close_time_travel
 from gateway.time_travel import query_at as query_in_the_past
-from log import open_log
-from log.file_log import FileLog
-from projections.checkpoints import CheckpointInfo, checkpoint_live, run_checkpointer
+from history.retention import RetentionPolicy, default_archive, run_retention
+from log import FileLog, open_log
+from log.segment_archive import DirectoryArchive
+from projections.checkpoints import CheckpointInfo, CheckpointPolicy, checkpoint_live, run_checkpointer
 from projections.errors import ProjectionError
 from projections.store import Projection
 
@@ -32,6 +35,7 @@ log = logging.getLogger("tape.node")
 VERSION = "0.1.0"
 PING_AFTER_SECONDS = 15.0
 GC_GEN0_THRESHOLD = 20_000
+RETENTION_STEPS = 4  # checkpoints kept per retention window (one per window/4 of commit time)
 
 
 class Node:
@@ -52,6 +56,36 @@ class Node:
         self.reload_error: str | None = None
         self.site_url: str | None = None  # where HTTP actions are served (set by gateway.server.serve)
         self.pushed_bytes = 0  # WebSocket frame bytes sent (or queued) to clients, for /metrics
+        self.bootstrap: BootstrapReport | None = None  # how a new replica got its projection
+
+    @property
+    def checkpoint_policy(self) -> CheckpointPolicy:
+        """Newest `checkpoint_keep`, plus (with --retain) one per window/4 and the one covering the window's start."""
+        retain = self.config.retain_seconds
+        if not retain:
+            return CheckpointPolicy(keep=self.config.checkpoint_keep)
+        window_ns = int(retain * 1e9)
+        return CheckpointPolicy(keep=self.config.checkpoint_keep, step_ns=max(1, window_ns // RETENTION_STEPS),
+                                window_ns=window_ns)
+
+    @property
+    def retention_policy(self) -> RetentionPolicy | None:
+        """The --retain window and where removed segments go (None: keep everything)."""
+        if not self.config.retain_seconds:
+            return None
+        where = self.config.archive
+        archive = (None if where == "none" else
+                   default_archive(self.config.data_dir) if where is None else DirectoryArchive(where))
+        return RetentionPolicy(self.config.retain_seconds, archive)
+
+    @property
+    def archive_directory(self) -> Path | None:
+        """The segment archive directory retention moved the log's prefix to, if it holds anything."""
+        policy = self.retention_policy
+        archive = policy.archive if policy is not None else default_archive(self.config.data_dir)
+        if isinstance(archive, DirectoryArchive) and archive.exists():
+            return archive.directory
+        return None
 
     async def start(self) -> None:
         """Open storage, catch the projection up with the log, start the writer and background tasks."""
@@ -65,10 +99,15 @@ class Node:
         self.config.data_dir.mkdir(parents=True, exist_ok=True)
         location = self.config.log_location
         replica_of_file_log = self.config.role == "replica" and not location.startswith("kafka://")
-        self.log = open_log(location, read_only=True) if replica_of_file_log else open_log(location)
+        options: dict[str, Any] = {}
+        if self.config.segment_bytes and not location.startswith("kafka://"):
+            options["segment_bytes"] = self.config.segment_bytes
+        self.log = open_log(location, read_only=True, **options) if replica_of_file_log else open_log(location, **options)
         await self.log.open()
         if isinstance(self.log, FileLog):
             self.log.on_sync = FSYNC_SECONDS.observe
+        if self.config.role == "replica":
+            self.bootstrap = await bootstrap_projection(self.config, self.log)  # a new replica: from a checkpoint
         try:
             # Search indexes backfill on a thread: the server serves meanwhile (searches say how far it got).
             self.projection = Projection(self.config.projection_dir, self.app.schema.index_catalog(),
@@ -98,8 +137,13 @@ class Node:
         gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
         if self.config.checkpoint_interval > 0:  # periodic RocksDB checkpoints
             checkpointer = run_checkpointer(self.runtime.projection, self.config.data_dir,
-                                            self.config.checkpoint_interval, self.config.checkpoint_keep)
+                                            self.config.checkpoint_interval, self.checkpoint_policy)
             self._tasks.append(loop.create_task(checkpointer, name="tape-checkpointer"))
+        retention = self.retention_policy
+        if retention is not None and self.config.role == "committer" and isinstance(self.log, FileLog):
+            every = min(60.0, max(0.1, retention.window_s / 8))  # how late segments go: ≤ window/8 + a checkpoint
+            self._tasks.append(loop.create_task(run_retention(self.log, self.config.data_dir, retention, every),
+                                                name="tape-retention"))
         if self.config.reload:
             self._tasks.append(loop.create_task(self._watch_app(), name="tape-reloader"))
 
@@ -134,7 +178,7 @@ class Node:
         """Checkpoint the live projection now (None if nothing new was applied since the newest one)."""
         projection = self.runtime.projection if self.runtime is not None else self.projection
         assert projection is not None, "the node is not started"
-        return await checkpoint_live(projection, self.config.data_dir, self.config.checkpoint_keep, force=force)
+        return await checkpoint_live(projection, self.config.data_dir, self.checkpoint_policy, force=force)
 
     async def _pinger(self) -> None:
         ping = orjson.dumps(ping_message())

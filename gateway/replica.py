@@ -342,9 +342,23 @@ async def _as_follower(node: "Node") -> None:
                     current.directory)
 
 
+def check_start_offset(log_: Any, needed: int, where: str) -> None:
+    """Refuse to follow a log that no longer holds offset `needed` (Kafka topic retention or --retain removed it)."""
+    first = log_.first_offset()
+    if needed < first:
+        raise LogError(
+            f"this replica needs the log from offset {needed}, but {where} now starts at offset {first}: the "
+            "records in between were deleted (Kafka topic retention, or --retain on the committer). Fix: "
+            "start the replica with an empty --data directory and --committer URL, so it bootstraps from the "
+            "committer's newest checkpoint (or --bootstrap-from a shared checkpoint directory).")
+
+
 async def start_replica(node: "Node") -> Replica:
     """Make `node` a replica: catch up, follow the log, forward mutations to the committer."""
     await _as_follower(node)
+    low_watermark = getattr(node.runtime.log, "low_watermark", None)
+    if low_watermark is not None:
+        await low_watermark()  # Kafka: ask the broker what topic retention deleted
     replica = Replica(node, node.config.committer_url, _admin_key(node))
     if replica.committer_url is None:
         log.warning("replica without --committer: mutations will fail, queries are served")
@@ -355,6 +369,7 @@ async def start_replica(node: "Node") -> Replica:
     if replica.admin_key:  # the committer's: cursors this replica issues open there too (and back)
         node.runtime.cursors = CursorSealer.from_text(replica.admin_key)
     applied, end = node.runtime.projection.applied_offset, node.runtime.log.next_offset()
+    check_start_offset(node.runtime.log, applied + 1, node.config.log_location)
     if end <= applied:
         raise LogError(f"the log {node.config.log_location} ends at offset {end} but this replica's projection "
                        f"has applied up to offset {applied}: the log was lost or replaced. Refusing to follow "
@@ -368,5 +383,5 @@ async def start_replica(node: "Node") -> Replica:
     return replica
 
 
-__all__ = ["Replica", "start_replica", "add_internal_routes", "INTERNAL_MUTATION_PATH", "ADMIN_KEY_ENV",
+__all__ = ["Replica", "check_start_offset", "start_replica", "add_internal_routes", "INTERNAL_MUTATION_PATH", "ADMIN_KEY_ENV",
            "ADMIN_KEY_FILE_ENV", "AdminKeyFileError", "admin_key_from_env", "read_admin_key_file"]

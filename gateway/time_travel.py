@@ -48,6 +48,8 @@ from engine.runtime import QueryResult
 from gateway import http_protocol as hp
 from history.build import build_projection
 from history.points import format_ns
+from log.archived_log import ArchivedLog
+from log.file_log import FileLog
 from projections.checkpoints import CheckpointInfo, take_checkpoint
 from projections.store import Projection
 
@@ -59,6 +61,17 @@ MAX_WAITING_BUILDS = 8  # distinct past states waiting to be built; beyond it ne
 ROOT_DIR = ".timetravel"
 
 _instances: "weakref.WeakKeyDictionary[Any, TimeTravel]" = weakref.WeakKeyDictionary()
+
+
+async def _with_archive(node: Any, offset: int) -> Any:
+    """The node's log, read together with its segment archive when `offset` is before the retention window."""
+    live = node.log
+    archive = getattr(node, "archive_directory", None)
+    if offset >= live.first_offset() or not isinstance(live, FileLog) or archive is None:
+        return live
+    joined = ArchivedLog(archive, live, owns_live=False)
+    await joined.open()
+    return joined
 
 
 class TimeTravelBusy(EngineError):
@@ -215,11 +228,14 @@ class TimeTravel:
                 lent.close()
             if info is not None:
                 extra.append(info)
+        source = await _with_archive(node, offset)
         try:
             projection, build = await build_projection(
-                node.log, path, offset, data_dir=Path(node.config.data_dir),
+                source, path, offset, data_dir=Path(node.config.data_dir),
                 catalog=node.app.schema.index_catalog(), extra_bases=extra, batch_records=REPLAY_BATCH)
         finally:
+            if source is not node.log:
+                await source.close()
             await asyncio.to_thread(shutil.rmtree, scratch, True)
         try:  # on a thread (without the GIL): frees its memtable, and later checkpoints and closes are quick
             await asyncio.to_thread(projection.flush)

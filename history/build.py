@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from history.errors import RestoreError
+from history.retention import first_offset_of, window_error, window_start
 from history.progress import Reporter
-from projections.checkpoints import CheckpointInfo, copy_projection, list_checkpoints, take_checkpoint, verify
+from projections.checkpoints import SCHEMA_MARKER, CheckpointInfo, copy_projection, list_checkpoints, take_checkpoint, verify
 from projections.rebuild import catch_up
 from projections.store import Projection
 
@@ -78,6 +79,9 @@ async def build_projection(
                                f"not {base.offset} as its metadata says")
         info.base_offset, info.base = base.offset, f"checkpoint {base.path.name}"
         break
+    if projection is None and first_offset_of(log_) > 0:
+        oldest = await window_start(log_, data_dir)
+        raise RestoreError(window_error(log_, f"offset {upto}", oldest))
     if projection is None:
         dest.mkdir(parents=True, exist_ok=True)
         projection = Projection(dest, catalog or {})
@@ -100,6 +104,8 @@ async def build_projection(
         projection.close()
         raise
     info.replay_seconds = time.perf_counter() - started
+    if info.replayed:  # replayed records were checked by whatever schema wrote them: not necessarily the base's
+        (Path(projection.path) / SCHEMA_MARKER).unlink(missing_ok=True)
     task.update(max(todo, 0))
     task.finish()
     if projection.applied_offset != upto:

@@ -109,6 +109,12 @@ async def resolve_point(log_: Any, point: Point, *, strict_offset: bool = True) 
             raise RestoreError(f"offset {point.value} is past the end of the log (its last offset is {end - 1})")
         return min(point.value, end - 1)
     assert point.value is not None
+    start = getattr(log_, "start", None)
+    if start is not None and log_.first_offset() > 0 and point.value < start.prev_ts:
+        raise RestoreError(f"{point.describe()} is outside the retention window: retention removed the log "
+                           f"before offset {log_.first_offset()} (records after ts {start.prev_ts}, "
+                           f"{format_ns(start.prev_ts)}). Pick a later point, or restore from a data directory "
+                           "whose segment archive (DATA/log-archive) holds it.")
     return await log_.offset_for_timestamp(point.value + 1) - 1
 
 

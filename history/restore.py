@@ -34,6 +34,7 @@ import orjson
 from history.archive import ArchiveLog, write_archive
 from history.build import ProjectionBuild, build_projection, snapshot_live_projection
 from history.errors import RestoreError
+from history.retention import first_offset_of, window_error, window_start
 from history.points import Point, format_ns, record_at, resolve_point
 from history.progress import Reporter
 from history.segments import copy_log_prefix, copy_verified_log_prefix
@@ -86,6 +87,14 @@ class RestoreReport:
         }
 
 
+async def check_in_window(log_: Any, data_dir: Path | None, upto: int, point: Point) -> None:
+    """RestoreError (naming the window) if the state after offset `upto` cannot be rebuilt from what is kept."""
+    if first_offset_of(log_) > 0:
+        oldest = await window_start(log_, data_dir)
+        if upto < oldest:
+            raise RestoreError(window_error(log_, point.describe(), oldest))
+
+
 def _check_new_dir(path: Path) -> None:
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise RestoreError(f"{path} exists and is not empty: restore into a new directory (or use --in-place)")
@@ -107,6 +116,7 @@ async def restore_to_dir(source: str, point: Point, new_dir: str | os.PathLike[s
         if isinstance(src.log, ArchiveLog) and src.log.first_offset() > 0:
             raise RestoreError(f"{source} holds only offsets {src.log.first_offset()}.. of a log: "
                                "it cannot be restored on its own")
+        await check_in_window(src.log, src.data_dir, upto, point)
         last = await record_at(src.log, upto)
         work = dest.parent / f".{dest.name}.restoring-{os.getpid()}"
         shutil.rmtree(work, ignore_errors=True)
@@ -132,7 +142,7 @@ async def restore_to_dir(source: str, point: Point, new_dir: str | os.PathLike[s
 
                 async def copy_part() -> None:
                     t0 = time.perf_counter()
-                    await copy_verified_log_prefix(log_dir, work / "log", upto, reporter)
+                    await copy_verified_log_prefix(log_dir, work / "log", upto, reporter, src.archive_dir)
                     report.log_seconds = time.perf_counter() - t0
 
                 results = await asyncio.gather(copy_part(), projection_part(src.log, upto), return_exceptions=True)
@@ -211,6 +221,7 @@ async def restore_in_place(data_dir: str | os.PathLike[str], point: Point, confi
         raise RestoreError(f"cannot take the log of {data} for writing: {exc}. Stop the server first.") from None
     try:
         upto = await resolve_point(log_, point)
+        await check_in_window(log_, data, upto, point)
         end = log_.next_offset()
         first = await record_at(log_, upto + 1)
         last = await record_at(log_, end - 1)

@@ -19,7 +19,7 @@ from history.progress import Reporter
 from history.sources import Source
 from log import FileLog
 from log.codec import HEADER, HEADER_SIZE
-from log.directory import FORMAT_FILE, fsync_dir
+from log.directory import FORMAT_FILE, fsync_dir, read_start, write_start
 from log.segment import list_segments, walk_headers
 
 COPY_BATCH = 4096
@@ -62,7 +62,7 @@ def _frame_end(path: Path, offset: int) -> int:
     return pos + HEADER_SIZE + HEADER.unpack(head)[2]
 
 
-def copy_segments(src_dir: Path, dest_dir: Path, n: int) -> int:
+def copy_segments(src_dir: Path, dest_dir: Path, n: int, archive_dir: Path | None = None) -> int:
     """Copy the frames of offsets < `n` of the FileLog in `src_dir` into `dest_dir` (bytes copied).
 
     Whole sealed segments are copied with copy_file_range; the segment holding
@@ -75,7 +75,15 @@ def copy_segments(src_dir: Path, dest_dir: Path, n: int) -> int:
     fmt = src_dir / FORMAT_FILE
     if fmt.exists():
         shutil.copy2(fmt, dest_dir / FORMAT_FILE)
-    segs = list_segments(src_dir)
+    start = read_start(src_dir)
+    segs = [(b, p) for b, p in list_segments(src_dir) if b >= start.first_offset]
+    if archive_dir is not None and start.first_offset > 0:  # the archived prefix first
+        start = read_start(archive_dir)
+        segs = [(b, p) for b, p in list_segments(archive_dir) if b < segs[0][0]] + segs
+    if start.first_offset > 0:
+        if n <= start.first_offset:
+            raise RestoreError(f"offset {n - 1} is before the first offset {start.first_offset} {src_dir} holds")
+        write_start(dest_dir, start)
     total = 0
     for i, (base, path) in enumerate(segs):
         if base >= n:
@@ -88,7 +96,8 @@ def copy_segments(src_dir: Path, dest_dir: Path, n: int) -> int:
     return total
 
 
-async def copy_verified_log_prefix(src_dir: Path, dest_dir: Path, upto: int, reporter: Reporter) -> None:
+async def copy_verified_log_prefix(src_dir: Path, dest_dir: Path, upto: int, reporter: Reporter,
+                                   archive_dir: Path | None = None) -> None:
     """`copy_log_prefix` from the FileLog in `src_dir`, leaving the copy closed.
 
     The copy is verified by opening it as its writer (which scans every
@@ -97,7 +106,7 @@ async def copy_verified_log_prefix(src_dir: Path, dest_dir: Path, upto: int, rep
     n = upto + 1
     task = reporter.task("copy log", n)
     if n > 0:
-        await asyncio.to_thread(copy_segments, src_dir, dest_dir, n)
+        await asyncio.to_thread(copy_segments, src_dir, dest_dir, n, *((archive_dir,) if archive_dir else ()))
         got = await _open_and_close(dest_dir)
         if got != n:
             raise RestoreError(f"the copied log ends at offset {got - 1}, expected {n - 1}")
@@ -129,7 +138,7 @@ async def copy_log_prefix(src: Source, dest_dir: Path, upto: int, reporter: Repo
     n = upto + 1
     task = reporter.task("copy log", n)
     if src.log_dir is not None and n > 0:
-        await asyncio.to_thread(copy_segments, src.log_dir, dest_dir, n)
+        await asyncio.to_thread(copy_segments, src.log_dir, dest_dir, n, *((src.archive_dir,) if src.archive_dir else ()))
         dest = FileLog(dest_dir, read_only=False)
         await dest.open()  # scans and verifies every copied frame
         if dest.next_offset() != n:

@@ -15,7 +15,9 @@ from rocksdict import AccessType, Options, Rdict
 
 from history.archive import ArchiveLog
 from history.errors import RestoreError
+from history.retention import default_archive
 from log import FileLog, LogError, open_log
+from log.archived_log import ArchivedLog
 from log.segment import list_segments
 from projections.checkpoints import list_checkpoints
 from projections.layout import META_CATALOG
@@ -29,6 +31,7 @@ class Source:
     data_dir: Path | None
     description: str
     log_dir: Path | None = None  # a FileLog directory (enables the fast byte copy)
+    archive_dir: Path | None = None  # its segment archive, read before it (see history.retention)
 
     async def close(self) -> None:
         """Close the source's log."""
@@ -69,7 +72,17 @@ async def open_source(source: str) -> Source:
         await file_log.open()
     except LogError as exc:
         raise RestoreError(f"cannot open the log {log_dir}: {exc}") from None
-    return Source(file_log, data_dir, f"data directory {data_dir}" if data_dir else f"log {log_dir}", log_dir)
+    what = f"data directory {data_dir}" if data_dir else f"log {log_dir}"
+    archive = default_archive(data_dir) if data_dir is not None else None
+    if archive is not None and file_log.first_offset() > 0 and archive.exists():
+        joined = ArchivedLog(archive.directory, file_log)
+        try:
+            await joined.open()
+        except LogError as exc:
+            await file_log.close()
+            raise RestoreError(f"cannot open the segment archive {archive.directory}: {exc}") from None
+        return Source(joined, data_dir, f"{what} (with its segment archive)", log_dir, archive.directory)
+    return Source(file_log, data_dir, what, log_dir)
 
 
 def read_catalog(data_dir: Path | None) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import orjson
 
 from history.errors import StreamError
+from history.retention import first_offset_of, window_error
 from history.points import parse_point
 from history.sinks import Sink
 from log.base import ReadsChanges
@@ -154,15 +155,20 @@ async def _batch_done(
 
 async def start_offset(log_: Any, text: str | None) -> int:
     """The first offset to export for --from TEXT (bare number = offset)."""
+    first = first_offset_of(log_)
     if text is None:
-        return 0
+        return first  # from the oldest record the log still holds
     point = parse_point(text, bare="offset")
     if point.kind == "end":
         return log_.next_offset()
-    if point.kind == "offset":
-        assert point.value is not None
-        return max(point.value, 0)
     assert point.value is not None
+    if point.kind == "offset":
+        if point.value < first:
+            raise StreamError(window_error(log_, f"--from offset {point.value}", first))
+        return max(point.value, 0)
+    start = getattr(log_, "start", None)
+    if first > 0 and start is not None and point.value <= start.prev_ts:
+        raise StreamError(window_error(log_, f"--from {text}", first))
     return await log_.offset_for_timestamp(point.value)
 
 

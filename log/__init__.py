@@ -5,7 +5,7 @@ import importlib
 from typing import Any
 
 from log.base import Log
-from log.errors import LogClosedError, LogCorruptError, LogError, LogFormatError, LogWriteError
+from log.errors import LogClosedError, LogCorruptError, LogError, LogFormatError, LogTrimmedError, LogWriteError
 from log.file_log import FileLog
 from log.record import Record, Write
 
@@ -43,6 +43,7 @@ __all__ = [
     "LogCorruptError",
     "LogError",
     "LogFormatError",
+    "LogTrimmedError",
     "LogWriteError",
     "Record",
     "Write",

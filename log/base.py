@@ -49,6 +49,10 @@ class Log(abc.ABC):
     def last_ts(self) -> int:
         """The ts of the last durable record (0 when the log is empty)."""
 
+    def first_offset(self) -> int:
+        """The first offset the log still holds (0 unless retention removed a prefix)."""
+        return 0
+
     @abc.abstractmethod
     def read(self, start: int, end: int | None = None, batch: int = 4096) -> AsyncIterator[list[Record]]:
         """Yield records with start <= offset < end (None: the current end) in batches."""

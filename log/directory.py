@@ -3,6 +3,10 @@
 * ``FORMAT`` names the on-disk format and its version; a newer version is
   refused with LogFormatError naming the file.
 * ``LOCK`` is ``flock()``ed by the one FileLog that may append.
+* ``START`` (only once retention removed a prefix) holds the first offset
+  the directory still has and the ts of the record before it (+ CRC); it is
+  replaced atomically (tmp, fsync, rename) *before* the segments it excludes
+  are removed, so a crash in between leaves segments the next open removes.
 * ``COMMITTED`` is the writer's published durable end (next offset, last ts,
   epoch + CRC), rewritten in place after every fsync, so followers (other
   processes) never read past durable data. It is a hint, not the truth: it is
@@ -18,13 +22,14 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from log.errors import LogFormatError
+from log.errors import LogCorruptError, LogFormatError
 
 FORMAT_NAME = "tape.filelog"
 FORMAT_VERSION = 1
 FORMAT_FILE = "FORMAT"
 LOCK_FILE = "LOCK"
 COMMITTED_FILE = "COMMITTED"
+START_FILE = "START"
 _MARK = struct.Struct("<qqqI")
 
 
@@ -124,3 +129,43 @@ def write_marker(fd: int, marker: Marker) -> None:
     """Publish `marker` (one small in-place write; raises OSError)."""
     head = struct.pack("<qqq", marker.next_offset, marker.last_ts, marker.epoch)
     os.pwrite(fd, head + struct.pack("<I", zlib.crc32(head)), 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Where a FileLog begins after retention: its first offset and the ts of the record before it."""
+
+    first_offset: int
+    prev_ts: int
+
+
+_START = struct.Struct("<qqI")
+
+
+def read_start(directory: Path) -> Start:
+    """The START file (``Start(0, 0)`` when there is none); LogCorruptError if it is damaged."""
+    path = directory / START_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return Start(0, 0)
+    if len(raw) != _START.size:
+        raise LogCorruptError(f"{path}: damaged ({len(raw)} bytes, expected {_START.size})")
+    first, prev_ts, crc = _START.unpack(raw)
+    if zlib.crc32(raw[:16]) != crc or first < 0:
+        raise LogCorruptError(f"{path}: damaged (checksum mismatch)")
+    return Start(first, prev_ts)
+
+
+def write_start(directory: Path, start: Start) -> None:
+    """Durably replace START (tmp file, fsync, rename, fsync the directory)."""
+    head = struct.pack("<qq", start.first_offset, start.prev_ts)
+    tmp = directory / (START_FILE + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, head + struct.pack("<I", zlib.crc32(head)))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / START_FILE)
+    fsync_dir(directory)

@@ -28,3 +28,7 @@ class LogOutcomeUnknown(LogWriteError):
     The log keeps them *in doubt* and settles the doubt once its store answers
     again (`KafkaLog.settle`: they are then committed exactly once).
     """
+
+
+class LogTrimmedError(LogError):
+    """An offset before the first one the log still holds (removed by retention, or deleted by Kafka)."""

@@ -35,14 +35,17 @@ from log.codec import FlatRecord, FlatWrite, encode_payload, frame_from_payload
 from log.directory import (
     FORMAT_VERSION,
     Marker,
+    Start,
     check_format,
     fsync_dir,
     open_marker,
     read_marker,
+    read_start,
     try_lock,
     write_marker,
+    write_start,
 )
-from log.errors import LogClosedError, LogCorruptError, LogError, LogWriteError
+from log.errors import LogClosedError, LogCorruptError, LogError, LogTrimmedError, LogWriteError
 from log.index import Growth, IndexArrays, LogIndex, SegmentView
 from log.record import Record
 from log.seal import (
@@ -55,6 +58,7 @@ from log.seal import (
     segment_crc,
     write_seal,
 )
+from log.segment_archive import SegmentArchive
 from log.segment import list_segments, read_frames, read_writes, scan_segments, segment_name, walk_headers
 
 logger = logging.getLogger("tape.log")
@@ -135,6 +139,7 @@ class FileLog(Log):
         self._mark_fd = -1
         self._broken: str | None = None
         self._epoch = 0  # bumped by truncate(); tells followers to start over
+        self._start = Start(0, 0)  # where the log begins (START: retention removed what came before)
         # writer side (touched only by the writer thread)
         self._w_fd = -1
         self._w_base = 0
@@ -169,6 +174,15 @@ class FileLog(Log):
     def last_ts(self) -> int:
         """The ts of the last durable record, 0 if there is none."""
         return self._st.last_ts
+
+    def first_offset(self) -> int:
+        """The first offset this directory still holds (0 unless retention removed segments)."""
+        return self._start.first_offset
+
+    @property
+    def start(self) -> Start:
+        """The first offset held and the ts of the record before it (`log.directory.Start`)."""
+        return self._start
 
     # ------------------------------------------------------------ open/close
 
@@ -216,10 +230,28 @@ class FileLog(Log):
             raise
 
     def _load(self, repair: bool, stop: int | None, durable_end: int | None = None) -> None:
+        start = read_start(self.directory)
+        if repair:
+            self._remove_before(start.first_offset)
         st = LogIndex(self._load_index)
-        for g in open_segments(self.directory, self.index_bytes, repair, stop, durable_end):
+        for g in open_segments(self.directory, self.index_bytes, repair, stop, durable_end, start):
             st.apply(g)
-        self._st = st
+        self._st, self._start = st, start
+
+    def _remove_before(self, first: int) -> list[Path]:
+        """Delete the segment files (and seals) below offset `first` (what START excludes); returns them."""
+        old = [path for base, path in list_segments(self.directory) if base < first]
+        if old:
+            remove_seals(old)
+            for path in old:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            fsync_dir(self.directory)
+            logger.info("%s: removed %d segment file(s) before offset %d (retention)", self.directory,
+                        len(old), first)
+        return old
 
     def _load_index(self, seg: SegmentView) -> IndexArrays:
         """`LogIndex.loader`: a full segment's index entries, from its seal."""
@@ -570,6 +602,11 @@ class FileLog(Log):
         if not self._writer:
             await self._refresh()
         st = self._st
+        if start < self._start.first_offset and (end is None or end > start):
+            raise LogTrimmedError(
+                f"{self.directory}: offset {start} is no longer in the log: retention removed offsets "
+                f"before {self._start.first_offset} (read them from the segment archive, or start from a "
+                "checkpoint)")
         stop = st.next_offset if end is None else min(end, st.next_offset)
         if start >= stop:
             return
@@ -586,10 +623,19 @@ class FileLog(Log):
                 pos = 0
                 continue
             args = (seg.path, pos, seg.size, off, stop, batch)
-            if seg.size - pos <= _INLINE_READ_BYTES:
-                result, nxt, pos, done = reader(*args)
-            else:
-                result, nxt, pos, done = await asyncio.to_thread(reader, *args)
+            try:
+                if seg.size - pos <= _INLINE_READ_BYTES:
+                    result, nxt, pos, done = reader(*args)
+                else:
+                    result, nxt, pos, done = await asyncio.to_thread(reader, *args)
+            except FileNotFoundError:
+                start_now = read_start(self.directory)
+                if off < start_now.first_offset:  # the writer removed it meanwhile (retention)
+                    self._start = start_now
+                    raise LogTrimmedError(
+                        f"{self.directory}: offset {off} is no longer in the log: retention removed offsets "
+                        f"before {start_now.first_offset}") from None
+                raise
             if nxt is not None:
                 off = nxt
                 yield result
@@ -672,10 +718,51 @@ class FileLog(Log):
             return st.next_offset
         at = st.locate_ts(ts)
         if at is None:
-            return st.segs[0].base
+            return st.segs[0].base if st.segs else self._start.first_offset
         seg = st.segs[at[0]]
         found = walk_headers(seg.path, at[1], seg.size, ts=ts)
         return found[0] if found is not None else seg.end
+
+    # ------------------------------------------------------------ retention
+
+    def sealed_segments(self) -> list[SegmentView]:
+        """The full (sealed, never written again) segments, oldest first: all but the active one."""
+        return [SegmentView(s.base, s.path, s.size, s.end) for s in self._st.segs[:-1]]
+
+    async def drop_prefix(self, before: int, archive: SegmentArchive | None = None) -> int:
+        """Remove the full segments holding only offsets < `before` (retention); returns the new first offset.
+
+        Each removed segment is first stored durably in `archive` (None: just
+        deleted); then START is replaced atomically; then the files are
+        unlinked. A crash at any step leaves a consistent log: before START
+        changes nothing is removed (an archived copy may exist twice: the
+        archive replaces it), after it the next open deletes the leftovers.
+        Only the writer may do this; readers of removed offsets then get
+        `LogTrimmedError`.
+        """
+        self._check_open()
+        if not self._writer:
+            raise LogError(f"{self.directory}: this FileLog is a read-only follower")
+        st = self._st
+        victims = [s for s in st.segs[:-1] if s.end <= before]
+        if not victims:
+            return self._start.first_offset
+        new_first = victims[-1].end
+        if archive is not None:
+            for seg in victims:
+                prev = self._start.prev_ts if seg.base <= self._start.first_offset else await self._ts_before(st, seg.base)
+                await asyncio.to_thread(archive.put, seg.path, seg.base, seg.end, prev)
+        start = Start(new_first, await self._ts_before(st, new_first))
+        await asyncio.to_thread(write_start, self.directory, start)
+        if self._st is st:
+            self._st = st.without_prefix(len(victims))
+        self._start = start
+        await asyncio.to_thread(self._remove_before, new_first)
+        return new_first
+
+    async def _ts_before(self, st: LogIndex, offset: int) -> int:
+        """The ts of record `offset - 1` (which `st` holds)."""
+        return (await asyncio.to_thread(self._find_frame, st, offset - 1))[0]
 
     # ------------------------------------------------------------ truncation
 

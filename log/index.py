@@ -146,6 +146,14 @@ class LogIndex:
         k = bisect_left(ix.ts, ts) - 1
         return (i, 0) if k < 0 else (i, ix.pos[k])
 
+    def without_prefix(self, k: int) -> LogIndex:
+        """A new index without the first `k` segments (removed by retention); the rest is shared."""
+        new = LogIndex(self.loader)
+        new.segs, new.bases = self.segs[k:], self.bases[k:]
+        new.first_ts, new.entries = self.first_ts[k:], self.entries[k:]
+        new.next_offset, new.last_ts, new.last_index_pos = self.next_offset, self.last_ts, self.last_index_pos
+        return new
+
     def cut(self, n: int, pos: int, last_ts: int) -> LogIndex:
         """A new index holding offsets < `n`, whose frame (if any) starts at `pos`."""
         i = self.seg_index(n)

@@ -157,6 +157,7 @@ class KafkaLog(Log):
         self._closed = False
         self._next = 0              # offset the next acknowledged record gets
         self._last_ts = 0           # highest ts in the topic (duplicates never raise it)
+        self._first = 0             # the topic's low watermark (Kafka retention deletes below it)
         self._last_base = -1        # base offset of the last batch known to be in the topic
         self._tried_ts = 0          # highest ts ever handed to the producer (failed appends too)
         self._doubt = False         # an append failed: settle (re-send, check the end) before the next one
@@ -183,6 +184,17 @@ class KafkaLog(Log):
     def last_ts(self) -> int:
         """The highest commit ts known to be in the topic, 0 when it is empty."""
         return self._last_ts
+
+    def first_offset(self) -> int:
+        """The topic's first offset when last asked (`low_watermark`): topic retention deletes what is below."""
+        return self._first
+
+    async def low_watermark(self) -> int:
+        """Ask the broker for the topic's first offset (records below it were deleted by retention)."""
+        assert self._meta is not None
+        starts = await self._meta.beginning_offsets([self._tp])
+        self._first = int(starts[self._tp])
+        return self._first
 
     @property
     def fenced(self) -> str | None:
@@ -276,7 +288,8 @@ class KafkaLog(Log):
         self._meta.assign([self._tp])
         self._meta.pause(self._tp)  # fetch only while scanning
         hw = await self._high_watermark()
-        records = await self._scan_from(max(hw - _OPEN_TAIL_WINDOW, 0)) if hw > 0 else []
+        await self.low_watermark()
+        records = await self._scan_from(max(hw - _OPEN_TAIL_WINDOW, self._first)) if hw > 0 else []
         if records:
             self._next = records[-1][0] + 1
             self._last_ts = max(ts for _, ts in records)

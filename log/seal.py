@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from log.codec import HEADER, HEADER_SIZE, MAGIC
-from log.directory import fsync_dir
+from log.directory import Start, fsync_dir
 from log.errors import LogCorruptError, LogFormatError
 from log.index import Growth, IndexArrays, SegmentView
 from log.segment import list_segments, read_file, scan_buffer, scan_segments
@@ -233,8 +233,13 @@ def open_segments(
     repair: bool,
     stop: int | None,
     durable_end: int | None = None,
+    start: Start | None = None,
 ) -> list[Growth]:
     """`log.segment.scan_segments` from scratch, trusting seals instead of scanning.
+
+    `start` (the directory's START file) says where the log begins after
+    retention; segment files before it are leftovers of an interrupted
+    removal and are ignored (`FileLog` deletes them).
 
     A full segment (every one but the last) is taken from its seal when the
     seal matches (same size, offsets continuing into the next segment);
@@ -244,11 +249,13 @@ def open_segments(
     A seal that does not match is ignored with a WARNING (and, when `repair`,
     replaced or removed). Raises like `scan_segments`.
     """
-    disk = list_segments(directory)
-    if not disk or disk[0][0] != 0:
-        return scan_segments(directory, None, 0, -1, index_bytes, repair, stop, durable_end)  # empty or raises
+    begin = start or Start(0, 0)
+    disk = [(b, p) for b, p in list_segments(directory) if b >= begin.first_offset]
+    if not disk or disk[0][0] != begin.first_offset:
+        return scan_segments(directory, None, begin.prev_ts, -1, index_bytes, repair, stop, durable_end,
+                             begin.first_offset)  # empty or raises
     growth: list[Growth] = []
-    expect, last_ts, last_ix = 0, 0, -1
+    expect, last_ts, last_ix = begin.first_offset, begin.prev_ts, -1
     prev: SegmentView | None = None
     for i, (base, path) in enumerate(disk):
         full = i + 1 < len(disk)
@@ -276,14 +283,15 @@ def open_segments(
                 if full:
                     continue
                 return growth + scan_segments(directory, prev, last_ts, last_ix, index_bytes, repair, stop,
-                                              durable_end)
+                                              durable_end, begin.first_offset)
         if why is not None:
             logger.log(level, "%s: ignoring its seal (%s); scanning the segment", path, why)
             if repair and not full:
                 remove_seals([path])
                 fsync_dir(directory)
         if not full:
-            return growth + scan_segments(directory, prev, last_ts, last_ix, index_bytes, repair, stop, durable_end)
+            return growth + scan_segments(directory, prev, last_ts, last_ix, index_bytes, repair, stop, durable_end,
+                                          begin.first_offset)
         buf = read_file(path)
         try:
             res = scan_buffer(buf, 0, base, last_ts, -1, index_bytes, stop)

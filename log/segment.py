@@ -373,8 +373,9 @@ def scan_segments(
     repair: bool,
     stop: int | None,
     durable_end: int | None = None,
+    first: int = 0,
 ) -> list[Growth]:
-    """Verify the frames of `directory` after the known end `tail` (None: from scratch).
+    """Verify the frames of `directory` after the known end `tail` (None: from scratch, from offset `first`).
 
     Walks the rest of the last known segment, then every following segment
     file, and returns the growth found (up to offset `stop` if given). Raises
@@ -391,11 +392,14 @@ def scan_segments(
         disk = list_segments(directory)
         if not disk:
             return growth
+        disk = [(b, p) for b, p in disk if b >= first]
+        if not disk:
+            return growth
         base, path = disk[0]
-        if base != 0:
+        if base != first:
             raise LogCorruptError(
                 f"missing segment: the first segment file is {path}, expected "
-                f"{directory / segment_name(0)} (offsets 0..{base - 1} are missing)")
+                f"{directory / segment_name(first)} (offsets {first}..{base - 1} are missing)")
         cur = SegmentView(base, path, 0, base)
         new = True
     else:

@@ -32,6 +32,7 @@ from gateway.node import Node
 from gateway.replica import (ADMIN_KEY_ENV, ADMIN_KEY_FILE_ENV, AdminKeyFileError, admin_key_from_env,
                              read_admin_key_file)
 from gateway.server import BadHost, PortInUse, serve
+from history.retention import parse_duration
 from log.errors import LogError
 from ops import bench_cmd, codegen_cmd, doctor_cmd, env_cmd, export_cmd, logs_cmd, restore_cmd, run_cmd, stream_cmd
 from ops.errors import CliError
@@ -201,6 +202,46 @@ def _site_port(args: argparse.Namespace) -> int | None:
     return args.site_port
 
 
+DEFAULT_CHECKPOINT_EVERY = 300.0  # seconds, when --retain or a Kafka log (replicas) make checkpoints needed
+
+
+def _duration(flag: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise CliError(f"{flag}: {exc}") from None
+
+
+def _lifecycle_options(args: argparse.Namespace) -> dict[str, object]:
+    """ServerConfig fields from --retain, --archive, --checkpoint-every/--checkpoint-interval, --bootstrap-from.
+
+    Checkpoints are on by default (every 5 minutes, or an eighth of a shorter --retain window) when
+    --retain is given or the log is on Kafka, where replicas bootstrap from them.
+    """
+    retain = _duration("--retain", getattr(args, "retain", None))
+    if retain is not None and retain <= 0:
+        raise CliError("--retain: give a positive duration (omit it to keep everything)")
+    every = _duration("--checkpoint-every", getattr(args, "checkpoint_every", None))
+    if every is None:
+        every = getattr(args, "checkpoint_interval", None)
+    if every is None:
+        needed = retain is not None or str(getattr(args, "log", None) or "").startswith("kafka://")
+        every = 0.0 if not needed else min(DEFAULT_CHECKPOINT_EVERY, retain / 8) if retain else DEFAULT_CHECKPOINT_EVERY
+    archive = getattr(args, "archive", None)
+    if archive is not None and retain is None:
+        raise CliError("--archive only applies with --retain")
+    if archive is not None and archive.lower() != "none":
+        archive = str(Path(archive).resolve())
+    elif archive is not None:
+        archive = "none"
+    bootstrap = getattr(args, "bootstrap_from", None)
+    return {"retain_seconds": retain, "archive": archive, "checkpoint_interval": float(every),
+            "segment_bytes": getattr(args, "log_segment_bytes", None),
+            "bootstrap_from": Path(bootstrap).resolve() if bootstrap else None}
+
+
 def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
     """Run `tape dev` (reloading on save) or `tape serve`."""
     site_port = _site_port(args)
@@ -212,8 +253,8 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
     config = ServerConfig(app_dir=Path(args.app).resolve(), data_dir=data.resolve(), host=args.host, port=args.port,
                           log_url=args.log, role=getattr(args, "role", "committer"),
                           committer_url=getattr(args, "committer", None), reload=dev,
-                          checkpoint_interval=getattr(args, "checkpoint_interval", 0.0) or 0.0,
                           checkpoint_keep=getattr(args, "checkpoint_keep", 3), admin_key=admin_key,
+                          **_lifecycle_options(args),  # type: ignore[arg-type]
                           cors_origins=_cors_origins(args.cors_origin),
                           query_at_ts_window=args.query_at_ts_window, header_timeout=args.header_timeout,
                           site_port=site_port, max_http_body_bytes=args.max_http_body_bytes,
@@ -291,9 +332,23 @@ def build_parser() -> argparse.ArgumentParser:
                             f"else ${ADMIN_KEY_ENV})")
     serve.add_argument("--admin-key", metavar="KEY",
                        help="the committer's admin key on the command line (visible in ps: prefer --admin-key-file)")
-    serve.add_argument("--checkpoint-interval", type=float, default=0.0, metavar="SECONDS",
-                       help="seconds between projection checkpoints, which make restores fast; 0 turns them off")
-    serve.add_argument("--checkpoint-keep", type=int, default=3, metavar="N", help="how many checkpoints to keep")
+    serve.add_argument("--checkpoint-every", metavar="DURATION",
+                       help="take a projection checkpoint this often (e.g. 5m; 0: never). Default: 5m (or an eighth "
+                            "of --retain) when --retain is given or the log is on Kafka, else never")
+    serve.add_argument("--checkpoint-interval", type=float, default=None, metavar="SECONDS",
+                       help="the same in seconds (older spelling)")
+    serve.add_argument("--checkpoint-keep", type=int, default=3,
+                       help="how many newest checkpoints to keep (with --retain, also one per quarter window)")
+    serve.add_argument("--retain", metavar="DURATION",
+                       help="keep this much history (e.g. 30d): older log segments covered by a checkpoint are "
+                            "archived or deleted (default: keep everything)")
+    serve.add_argument("--archive", metavar="DIR|none",
+                       help="where --retain moves old segments (default DATA/log-archive; 'none': delete them)")
+    serve.add_argument("--log-segment-bytes", type=int, default=None, metavar="BYTES",
+                       help="FileLog segment size (default 64 MiB); --retain removes whole segments")
+    serve.add_argument("--bootstrap-from", metavar="DIR",
+                       help="a new replica copies its first projection from the newest checkpoint in DIR (a shared "
+                            "data or checkpoints directory) instead of fetching it from --committer")
     serve.set_defaults(func=lambda a: cmd_serve(a, dev=False))
 
     for module in COMMAND_MODULES:

@@ -34,6 +34,7 @@ import struct
 import tempfile
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,14 +52,22 @@ from log.directory import (
     FORMAT_NAME,
     FORMAT_VERSION,
     LOCK_FILE,
+    START_FILE,
     Marker,
     fsync_dir,
     read_marker,
+    read_start,
 )
 from log.errors import LogCorruptError, LogError, LogFormatError
 from log.file_log import FileLog
 from log.seal import read_seal, remove_seals, verify_seal
 from log.segment import list_segments, read_file, scan_buffer, segment_name, valid_frame_after
+from history.build import build_projection
+from history.errors import RestoreError
+from history.points import format_ns
+from history.retention import default_archive
+from projections.checkpoints import CheckpointInfo, list_checkpoints, partial_checkpoints
+from projections.checkpoints import verify as belongs_to_log
 from projections.layout import (DOC, META_APPLIED_OFFSET, META_APPLIED_TS, META_CATALOG, META_FORMAT,
                                 META_SEARCH_CATALOG, unpack_int)
 from projections.rebuild import rebuild
@@ -99,6 +108,8 @@ class LogReport:
     damage: LogDamage | None = None
     sealed: int = 0  # segments with a seal that agrees with them
     seal_problems: list[str] = field(default_factory=list)  # seals that do not
+    first_offset: int = 0  # START: retention removed the records before it
+    leftovers: int = 0  # segment files before START (an interrupted retention pass; removed on the next start)
     server_pid: int | None = None
     lock_unknown: bool = False
 
@@ -124,10 +135,21 @@ class ProjectionReport:
 
 
 @dataclass
+class CheckpointsReport:
+    """The checkpoints of a data directory, and what retention keeps."""
+
+    complete: list[CheckpointInfo] = field(default_factory=list)
+    partial: list[Path] = field(default_factory=list)  # interrupted by a crash: never used
+    foreign: list[CheckpointInfo] = field(default_factory=list)  # not of this log (e.g. before a restore)
+    archive: tuple[int, int] | None = None  # offsets in DATA/log-archive
+
+
+@dataclass
 class Report:
     data: Path
     log: LogReport
     projection: ProjectionReport
+    checkpoints: CheckpointsReport = field(default_factory=CheckpointsReport)
     problems: list[str] = field(default_factory=list)
     advice: list[str] = field(default_factory=list)
 
@@ -217,7 +239,17 @@ def scan_log(log_dir: Path) -> LogReport:
     elif segs:
         rep.damage = LogDamage("corrupt", fmt, 0, 0, "the FORMAT file is missing but segment files exist")
         return rep
-    expect, last_ts = 0, 0
+    try:
+        start = read_start(log_dir)
+    except LogCorruptError as exc:
+        rep.damage = LogDamage("corrupt", log_dir / START_FILE, 0, 0, str(exc))
+        return rep
+    rep.first_offset = start.first_offset
+    rep.leftovers = sum(1 for b, _ in segs if b < start.first_offset)
+    segs = [(b, p) for b, p in segs if b >= start.first_offset]
+    rep.segments = len(segs)
+    expect, last_ts = start.first_offset, start.prev_ts
+    rep.records = expect
     for i, (base, path) in enumerate(segs):
         later = [p for _, p in segs[i + 1:]]
         if base != expect:
@@ -360,13 +392,21 @@ def check_projection(path: Path) -> ProjectionReport:
     return rep
 
 
-async def _replay_digest(log_dir: Path, upto: int, catalog: dict[str, Any] | None) -> str:
-    """Content digest of a fresh projection rebuilt from the log through offset `upto`."""
+async def _replay_digest(log_dir: Path, upto: int, catalog: dict[str, Any] | None,
+                         data: Path | None = None) -> str:
+    """Content digest of a fresh projection rebuilt from the log through offset `upto`.
+
+    A log whose start retention removed is replayed from the checkpoint that covers it.
+    """
     log = FileLog(log_dir, read_only=True)
     await log.open()
     try:
         with tempfile.TemporaryDirectory(prefix="tape-doctor-") as tmp:
-            projection = await rebuild(log, Path(tmp) / "projection", catalog or {}, upto=upto)
+            if log.first_offset() > 0:
+                projection, _build = await build_projection(log, Path(tmp) / "projection", upto, data_dir=data,
+                                                            catalog=catalog)
+            else:
+                projection = await rebuild(log, Path(tmp) / "projection", catalog or {}, upto=upto)
             try:
                 return projection.content_digest()
             finally:
@@ -378,12 +418,31 @@ async def _replay_digest(log_dir: Path, upto: int, catalog: dict[str, Any] | Non
 # ----------------------------------------------------------------- diagnosis
 
 
+def check_checkpoints(data: Path, log_dir: Path, lrep: LogReport) -> CheckpointsReport:
+    """List the checkpoints, the interrupted ones, and those that do not belong to the log."""
+    rep = CheckpointsReport(list_checkpoints(data), partial_checkpoints(data), [], default_archive(data).span())
+    if lrep.exists and not lrep.corrupt and log_dir.is_dir():
+        async def check() -> list[CheckpointInfo]:
+            log = FileLog(log_dir, read_only=True)
+            await log.open()
+            try:
+                return [c for c in rep.complete if c.offset < log.next_offset() and not await belongs_to_log(c, log)]
+            finally:
+                await log.close()
+        try:
+            with ThreadPoolExecutor(1) as pool:  # its own event loop, also when called from a running one
+                rep.foreign = pool.submit(asyncio.run, check()).result()
+        except LogError:
+            pass
+    return rep
+
+
 def diagnose(data: Path, log_dir: Path | None = None, verify: bool = False) -> Report:
     """Check `data` (read-only) and say what is wrong and what to do about it."""
     log_dir = log_dir or data / "log"
     lrep = scan_log(log_dir)
     prep = check_projection(data / "projection")
-    rep = Report(data, lrep, prep)
+    rep = Report(data, lrep, prep, check_checkpoints(data, log_dir, lrep))
     cmd = f"tape doctor --data {data}"
     if not lrep.exists:
         rep.problems.append(f"no log directory at {log_dir}")
@@ -443,7 +502,7 @@ def diagnose(data: Path, log_dir: Path | None = None, verify: bool = False) -> R
                 prep.verify_note = "skipped: a server is running on this data directory"
             else:
                 try:
-                    fresh = asyncio.run(_replay_digest(log_dir, prep.applied_offset, prep.catalog))
+                    fresh = asyncio.run(_replay_digest(log_dir, prep.applied_offset, prep.catalog, data))
                 except Exception as exc:
                     prep.verify_note = f"could not replay the log: {exc}"
                     rep.problems.append(f"replaying the log failed: {exc}")
@@ -454,6 +513,22 @@ def diagnose(data: Path, log_dir: Path | None = None, verify: bool = False) -> R
                             "projection differs from a fresh replay of the log through offset "
                             f"{prep.applied_offset} (digest {prep.digest} != {fresh})")
                         rep.advice.append(f"Rebuild the projection from the log: `{cmd} --rebuild-projection`.")
+    cps = rep.checkpoints
+    if lrep.first_offset > 0 and not any(c.offset >= lrep.first_offset - 1 and c not in cps.foreign
+                                         for c in cps.complete):
+        rep.problems.append(f"retention removed the log before offset {lrep.first_offset} but no checkpoint "
+                            "covers it: the projection cannot be rebuilt from this directory")
+        rep.advice.append("Restore the checkpoints (or the segment archive DATA/log-archive) from a backup, or "
+                          "bootstrap this node from another one's checkpoint.")
+    if cps.foreign:
+        rep.advice.append(f"{len(cps.foreign)} checkpoint(s) do not belong to this log (taken before a restore?); "
+                          "they are skipped, and may be deleted: " + ", ".join(str(c.path) for c in cps.foreign))
+    if cps.partial:
+        rep.advice.append(f"{len(cps.partial)} checkpoint(s) were interrupted by a crash; they are never used and "
+                          "the server removes them when it starts.")
+    if lrep.leftovers:
+        rep.advice.append(f"{lrep.leftovers} segment file(s) before offset {lrep.first_offset} are left over from an "
+                          "interrupted retention pass; the server removes them when it starts.")
     if rep.problems and lrep.server_pid is not None:
         rep.advice.append(f"A server (pid {lrep.server_pid}) is running on this data directory: stop it before "
                           "repairing.")
@@ -474,6 +549,8 @@ def print_report(rep: Report, out: Console = console) -> None:
         marker = f", COMMITTED marker at {lrep.marker.next_offset}" if lrep.marker else ""
         out.print(f"  log: {status} {escape(str(lrep.directory))}: {lrep.segments} segments "
                   f"({lrep.sealed} sealed), {lrep.size} bytes, {lrep.records} intact records{marker}")
+        if lrep.first_offset > 0:
+            out.print(f"    retention: the log starts at offset {lrep.first_offset}")
         if lrep.damage is not None:
             out.print(f"    {escape(lrep.damage.describe())}")
     else:
@@ -491,6 +568,15 @@ def print_report(rep: Report, out: Console = console) -> None:
             out.print("    digest vs fresh replay: " + ("[green]equal[/]" if prep.verified else "[red]DIFFERENT[/]"))
         elif prep.verify_note:
             out.print(f"    digest vs fresh replay: {escape(prep.verify_note)}")
+    cps = rep.checkpoints
+    newest = cps.complete[-1] if cps.complete else None
+    out.print(f"  checkpoints: {len(cps.complete)}" + (
+        f", offsets {cps.complete[0].offset}..{newest.offset} (newest from {format_ns(newest.ts)})"
+        if newest is not None else "") + (f", {len(cps.partial)} interrupted" if cps.partial else "")
+        + (f", {len(cps.foreign)} not of this log" if cps.foreign else ""))
+    if cps.archive is not None:
+        out.print(f"  segment archive: offsets {cps.archive[0]}..{cps.archive[1] - 1} in "
+                  f"{escape(str(default_archive(rep.data).directory))}")
     for problem in rep.problems:
         out.print(f"[bold red]problem:[/] {escape(problem)}")
     if rep.advice:
@@ -579,7 +665,14 @@ def rebuild_projection(data: Path, log_dir: Path | None = None, app_dir: str | N
                 if now - last[0] >= 2:
                     last[0] = now
                     out.print(f"  ... offset {applied} of {end - 1}")
-            projection = await rebuild(log, target, catalog, progress=progress)
+            if log.first_offset() > 0:  # retention removed the start: from the checkpoint that covers it
+                try:
+                    projection, _build = await build_projection(log, target, end - 1, data_dir=data,
+                                                                catalog=catalog)
+                except RestoreError as exc:
+                    raise RepairError(str(exc)) from None
+            else:
+                projection = await rebuild(log, target, catalog, progress=progress)
             try:
                 projection.flush()
                 out.print(f"[green]rebuilt[/] the projection through offset {projection.applied_offset} "

@@ -49,6 +49,7 @@ META_FILE = "checkpoint.json"
 PROJECTION_DIR = "projection"
 TMP_PREFIX = ".tmp-"
 FORMAT = 1
+SCHEMA_MARKER = "TAPE_SCHEMA_CHECKED"  # in a projection directory: see engine.schema_check (copied with it)
 
 _counter = itertools.count()
 
@@ -126,9 +127,21 @@ def nearest_checkpoint(data_dir: str | os.PathLike[str], offset: int) -> Checkpo
 
 
 async def verify(info: CheckpointInfo, log_: Any) -> bool:
-    """True if `log_` holds the record `info` was taken after (same offset, same ts)."""
+    """True if `info` belongs to `log_`: the record it was taken after has its ts.
+
+    When retention removed that record, a FileLog's START still names the ts of
+    the record before its first offset; a Kafka topic that deleted it cannot
+    tell, so a checkpoint right before its first offset is accepted (what
+    follows it is all there).
+    """
     if info.offset < 0 or info.offset >= log_.next_offset():
         return False
+    first = log_.first_offset() if hasattr(log_, "first_offset") else 0
+    if info.offset < first - 1:
+        return False  # records after the checkpoint are gone: it cannot be caught up
+    if info.offset == first - 1:
+        start = getattr(log_, "start", None)
+        return start is None or start.prev_ts == info.ts
     async for batch in log_.read(info.offset, info.offset + 1):
         for record in batch:
             if record.offset == info.offset:
@@ -180,6 +193,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _fsync_tree(path: Path) -> None:
+    """fsync every file under `path` and every directory (RocksDB's own files included)."""
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(root))
+
+
 def _write_json(path: Path, obj: Any) -> None:
     with open(path, "wb") as f:
         f.write(orjson.dumps(obj, option=orjson.OPT_INDENT_2))
@@ -187,7 +212,42 @@ def _write_json(path: Path, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
-def take_checkpoint(projection: Projection, data_dir: str | os.PathLike[str], keep: int | None = None,
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """Which checkpoints to keep: the newest `keep`, plus one per `step_ns` of commit time.
+
+    With `step_ns`, the newest checkpoint of every step (ts // step_ns) is kept
+    too, so points in time far back still have a checkpoint near them; with
+    `window_ns` (the retention window) steps wholly before the window are
+    dropped, except the newest checkpoint at or before the window's start,
+    which is where a restore at the window's edge starts (and what lets
+    retention remove the segments before it).
+    """
+
+    keep: int = 3
+    step_ns: int | None = None
+    window_ns: int | None = None
+
+    def kept(self, found: list[CheckpointInfo], now_ns: int) -> list[CheckpointInfo]:
+        """The checkpoints of `found` (oldest first) this policy keeps."""
+        keep = set(c.path for c in found[-max(1, self.keep):])
+        horizon = now_ns - self.window_ns if self.window_ns is not None else None
+        if self.step_ns:
+            newest_per_step: dict[int, CheckpointInfo] = {}
+            for c in found:
+                newest_per_step[c.ts // self.step_ns] = c
+            for c in newest_per_step.values():
+                if horizon is None or c.ts >= horizon:
+                    keep.add(c.path)
+        if horizon is not None:
+            edge = [c for c in found if c.ts <= horizon]
+            if edge:
+                keep.add(edge[-1].path)
+        return [c for c in found if c.path in keep]
+
+
+def take_checkpoint(projection: Projection, data_dir: str | os.PathLike[str],
+                    keep: "int | CheckpointPolicy | None" = None,
                     *, force: bool = False) -> CheckpointInfo | None:
     """Checkpoint `projection` into DATA_DIR/checkpoints/<applied offset>/ (synchronously).
 
@@ -210,6 +270,9 @@ def take_checkpoint(projection: Projection, data_dir: str | os.PathLike[str], ke
     try:
         tmp.mkdir()
         projection.checkpoint(tmp / PROJECTION_DIR)
+        marker = Path(projection.path) / SCHEMA_MARKER
+        if marker.exists():  # the documents were checked against the schema: so were the checkpoint's
+            shutil.copy2(marker, tmp / PROJECTION_DIR / SCHEMA_MARKER)
         blocked_ms = (time.perf_counter() - started) * 1000.0
         documents = sum(projection.count(t) for t in projection.tables())
         meta = {
@@ -222,7 +285,7 @@ def take_checkpoint(projection: Projection, data_dir: str | os.PathLike[str], ke
             "blocked_ms": round(blocked_ms, 3),
         }
         _write_json(tmp / META_FILE, meta)
-        _fsync_dir(tmp)
+        _fsync_tree(tmp)  # everything is durable before the rename makes it a checkpoint
         if final.exists():
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -237,15 +300,30 @@ def take_checkpoint(projection: Projection, data_dir: str | os.PathLike[str], ke
     return info
 
 
-def prune(data_dir: str | os.PathLike[str], keep: int) -> list[Path]:
-    """Delete all but the newest `keep` checkpoints (at least one is always kept); returns what was removed."""
-    keep = max(1, keep)
+def prune(data_dir: str | os.PathLike[str], keep: "int | CheckpointPolicy",
+          now_ns: int | None = None) -> list[Path]:
+    """Delete the checkpoints `keep` (a count of newest ones, or a `CheckpointPolicy`) does not keep.
+
+    At least one is always kept; returns what was removed.
+    """
+    policy = keep if isinstance(keep, CheckpointPolicy) else CheckpointPolicy(keep=max(1, keep))
     found = list_checkpoints(data_dir)
+    kept = {c.path for c in policy.kept(found, time.time_ns() if now_ns is None else now_ns)}
     removed = []
-    for info in found[:-keep]:
-        shutil.rmtree(info.path, ignore_errors=True)
-        removed.append(info.path)
+    for info in found:
+        if info.path not in kept:
+            shutil.rmtree(info.path, ignore_errors=True)
+            removed.append(info.path)
     return removed
+
+
+def partial_checkpoints(data_dir: str | os.PathLike[str]) -> list[Path]:
+    """``.tmp-*`` directories: checkpoints (or transfers) a crash interrupted; never used, removed on start."""
+    root = checkpoints_dir(data_dir)
+    try:
+        return sorted(Path(e.path) for e in os.scandir(root) if e.name.startswith(TMP_PREFIX))
+    except FileNotFoundError:
+        return []
 
 
 def drop_after(data_dir: str | os.PathLike[str], offset: int) -> list[Path]:
@@ -270,7 +348,8 @@ def clean_partial(data_dir: str | os.PathLike[str]) -> None:
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
-async def checkpoint_live(projection: Projection, data_dir: str | os.PathLike[str], keep: int | None = None,
+async def checkpoint_live(projection: Projection, data_dir: str | os.PathLike[str],
+                          keep: "int | CheckpointPolicy | None" = None,
                           *, force: bool = False) -> CheckpointInfo | None:
     """Take a checkpoint of a projection that is being applied to on this event loop, without stopping it.
 
@@ -296,7 +375,7 @@ async def checkpoint_live(projection: Projection, data_dir: str | os.PathLike[st
 
 
 async def run_checkpointer(projection: Projection, data_dir: str | os.PathLike[str], interval: float,
-                           keep: int) -> None:
+                           keep: "int | CheckpointPolicy") -> None:
     """Background task: `checkpoint_live` the projection every `interval` seconds (0 or less: off).
 
     Keeps the newest `keep`. Failures are logged and retried at the next
@@ -318,6 +397,9 @@ async def run_checkpointer(projection: Projection, data_dir: str | os.PathLike[s
 
 __all__ = [
     "CheckpointInfo",
+    "CheckpointPolicy",
+    "SCHEMA_MARKER",
+    "partial_checkpoints",
     "checkpoint_live",
     "checkpoints_dir",
     "clean_partial",
