@@ -36,7 +36,9 @@ from engine.preempt import Preempted, worker_deadline
 from engine.functions import FunctionDef
 from engine.overlay import Overlay
 from engine.scheduler import JobChange, MutationScheduler, finished
+from engine.storage import MutationStorage
 from engine.scan_cache import ScanCache
+from engine.system_updates import REMOVE, InsertAt
 from values import decode_doc, decode_value, encode_doc, encode_value, new_id, to_wire
 from log.errors import LogError
 from log.record import Record, Write
@@ -469,7 +471,8 @@ class Committer:
             tx = Transaction(projection, runtime.app.schema, limits, overlay, writable=True, batch=seq,
                              loaded=documents, scans=self._scans, changed_tables=changed_tables)
             db = DatabaseWriter(tx, self._creation_clock)
-            ctx = MutationCtx(db, Auth(p.identity), MutationScheduler(db, runtime.app), runtime.app)
+            ctx = MutationCtx(db, Auth(p.identity), MutationScheduler(db, runtime.app), runtime.app,
+                              MutationStorage(runtime.storage, db))
             try:
                 value = run_handler(p.fn.handler(ctx, **p.args), p.fn.path, limits.max_seconds, slice_seconds)
                 result = encode_value(value)
@@ -619,7 +622,7 @@ class Committer:
         mark = self._overlay.mark()
         for table, doc_id, change in task.updates:
             prev = self._current(doc_id) if doc_id is not None else None
-            if doc_id is not None and prev is None:
+            if doc_id is not None and prev is None and not isinstance(change, InsertAt):
                 continue
             try:
                 new = change(decode_doc(prev) if prev is not None else None)
@@ -630,8 +633,14 @@ class Committer:
                 return False
             if new is None:
                 continue
-            if doc_id is None:
-                doc_id = new_id(table)
+            if new is REMOVE:
+                assert doc_id is not None and prev is not None
+                self._overlay.put(doc_id, table, None, [], seq)
+                writes.append(Write(table, doc_id, None, prev))
+                written.append(doc_id)
+                continue
+            if prev is None:
+                doc_id = doc_id if doc_id is not None else new_id(table)
                 new = {**new, "_id": doc_id, "_creationTime": self._creation_clock()}
             raw = encode_doc(new)
             # An update keeps `_id` and `_creationTime`, so a system document's index keys (by_id,

@@ -10,6 +10,7 @@ from engine.errors import EngineError
 from engine.functions import FunctionDef
 from engine.preempt import guard_state as preempt_guard
 from engine.scheduler import ActionScheduler, MutationScheduler, function_path
+from engine.storage import ActionStorage, MutationStorage, QueryStorage
 
 if TYPE_CHECKING:
     from engine.app import App
@@ -62,6 +63,7 @@ class Auth:
 class QueryCtx:
     db: DatabaseReader
     auth: Auth
+    storage: QueryStorage | None = None  # `ctx.storage.get_url`
 
 
 @dataclass
@@ -72,6 +74,7 @@ class MutationCtx:
     auth: Auth
     scheduler: MutationScheduler | None = None
     app: "App | None" = None
+    storage: MutationStorage | None = None  # `ctx.storage`: upload URLs, get_url, delete (engine.storage)
 
     def _callee(self, fn: FunctionDef | str, kind: str) -> FunctionDef:
         if self.app is None:
@@ -85,7 +88,9 @@ class MutationCtx:
         """Run a query inside this transaction: it sees this mutation's writes so far."""
         target = self._callee(fn, "query")
         checked = target.validate_args({} if args is None else args)
-        return await target.handler(QueryCtx(DatabaseReader(self.db._tx), self.auth), **checked)
+        reader = DatabaseReader(self.db._tx)
+        storage = QueryStorage(self.storage._service, reader) if self.storage is not None else None
+        return await target.handler(QueryCtx(reader, self.auth, storage), **checked)
 
     async def run_mutation(self, fn: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
         """Run a mutation as a sub-transaction of this one (Convex semantics).
@@ -99,7 +104,8 @@ class MutationCtx:
         mark = tx.overlay.mark()
         touched = dict(tx.touched)
         try:
-            return await target.handler(MutationCtx(self.db, self.auth, self.scheduler, self.app), **checked)
+            return await target.handler(MutationCtx(self.db, self.auth, self.scheduler, self.app, self.storage),
+                                        **checked)
         except BaseException:
             guard = preempt_guard()
             guard.critical += 1  # a preemption must not land halfway through the undo
@@ -140,6 +146,11 @@ class ActionCtx:
     async def _mutation(self, path: str, args: dict[str, Any]) -> Any:
         outcome = await self._runtime.run_mutation(path, args, allow_internal=True, identity=self.auth.identity)
         return outcome.value
+
+    @property
+    def storage(self) -> ActionStorage:
+        """`ctx.storage`: upload URLs, `get_url`, `store`, `get`, `delete` (each write commits on its own)."""
+        return ActionStorage(self._runtime.storage, self._runtime.projection, self._on_server)
 
     @property
     def scheduler(self) -> ActionScheduler:

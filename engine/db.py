@@ -14,6 +14,7 @@ from engine.readset import ReadSet, key_successor
 from engine.scan_cache import ScanCache
 from engine.schema import Schema
 from projections.types import DocumentReader
+from storage import STORAGE_TABLE
 from values import ConvexValueError, check_value, decode_doc, encode_doc, new_id, table_of
 
 
@@ -30,7 +31,8 @@ _NO_FIELDS: frozenset[str] = frozenset()
 _MISSING: Any = object()
 
 SCHEDULED_FUNCTIONS = "_scheduled_functions"
-READABLE_SYSTEM_TABLES: frozenset[str] = frozenset({SCHEDULED_FUNCTIONS})
+STORAGE = STORAGE_TABLE  # `_storage`: stored files (engine.storage)
+READABLE_SYSTEM_TABLES: frozenset[str] = frozenset({SCHEDULED_FUNCTIONS, STORAGE})
 """System tables app code may read, through `ctx.db.system` only (never `_requests`)."""
 
 
@@ -190,7 +192,7 @@ class DatabaseReader:
 
     @property
     def system(self) -> "SystemReader":
-        """`ctx.db.system`: read-only access to the readable system tables (`_scheduled_functions`)."""
+        """`ctx.db.system`: read-only access to the readable system tables (`_scheduled_functions`, `_storage`)."""
         return SystemReader(self._tx)
 
     def normalize_id(self, table: str, doc_id: Any) -> str | None:
@@ -297,6 +299,15 @@ class DatabaseWriter(DatabaseReader):
         self._require_writable()
         table = self._check_id(doc_id, system=True)
         self._write(doc_id, table, encode_doc(doc), doc, keys_unchanged=True)
+
+    def system_delete(self, doc_id: str) -> bool:
+        """Engine use only: delete a readable system document; False if it does not exist."""
+        self._require_writable()
+        table, raw = self._read(doc_id, system=True)
+        if raw is None:
+            return False
+        self._write(doc_id, table, None, None, raw)
+        return True
 
     def _require_writable(self) -> None:
         if not self._tx.writable:

@@ -19,6 +19,7 @@ from engine.limits import DEFAULT_LIMITS, Limits
 from engine.preempt import Preempted, expire_workers, worker_deadline
 from engine.readset import ReadSet
 from engine.scheduler import Scheduler
+from engine.storage import FileStorage, QueryStorage
 from values import decode_doc
 from log.base import Log
 from log.record import Record
@@ -61,6 +62,7 @@ class Runtime:
         self.snapshots = SnapshotJournal()  # read views for queries running off the loop
         self._listeners: list[AppliedListener] = []
         self.mutation_forwarder: Callable[..., Any] | None = None
+        self.storage: FileStorage | None = None  # `ctx.storage`'s files: set by the node serving this runtime
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -162,7 +164,8 @@ class Runtime:
             if fn.kind != "query":
                 raise EngineError(f"{fn.path} is a {fn.kind}, not a query")
             checked = fn.validate_args(args)
-            ctx = QueryCtx(DatabaseReader(tx), Auth(identity))
+            db = DatabaseReader(tx)
+            ctx = QueryCtx(db, Auth(identity), QueryStorage(self.storage, db))
             value = run_handler(fn.handler(ctx, **checked), fn.path, self.limits.max_seconds, slice_seconds)
         except (AppError, EngineError) as exc:
             return QueryResult(None, tx.read_set, offset, ts, exc)

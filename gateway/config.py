@@ -44,6 +44,8 @@ class ServerConfig:
     cors_origins: tuple[str, ...] = ("*",)  # browser origins allowed on the public API ("*": any; (): no CORS)
     cors_max_age: int = 3600             # seconds a browser may cache a CORS preflight answer
     admin_key: str | None = field(default=None, repr=False)  # a replica's copy of the committer's key
+    max_upload_bytes: int = 1 << 30      # largest file POSTed to an upload URL (413 past it)
+    public_url: str | None = None        # base of upload/file URLs (default http://HOST:PORT)
 
     @property
     def log_location(self) -> str:

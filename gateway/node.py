@@ -16,6 +16,7 @@ from gateway.admin import AdminKey
 from gateway.config import ServerConfig
 from gateway.protocol import ping_message
 from gateway.replica import start_replica
+from gateway.storage_api import attach_storage
 from gateway.subscriptions import SubscriptionManager
 from gateway.time_travel import close_time_travel
 from gateway.time_travel import query_at as query_in_the_past
@@ -72,6 +73,7 @@ class Node:
                 f"from the log: tape doctor --data {self.config.data_dir} --rebuild-projection") from None
         self.runtime = Runtime(self.app, self.log, self.projection, self.config.limits, role=self.config.role)
         self.subscriptions = SubscriptionManager(self.runtime)
+        attach_storage(self)  # ctx.storage: blobs in DATA_DIR/blobs
         await self.runtime.start()
         if self.config.role == "replica":
             await start_replica(self)  # tails the log, forwards mutations

@@ -21,7 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config import NODE_KEY, ServerConfig
 from gateway.cors import cors_middleware
-from gateway import admin_api, http_api, replica
+from gateway import admin_api, http_api, replica, storage_api
 from gateway.node import Node
 from gateway.sync_session import handle_sync
 
@@ -40,6 +40,7 @@ def build_app(node: Node) -> web.Application:
     http_api.add_routes(app)
     replica.add_internal_routes(app)  # committer-only, admin-key protected
     admin_api.add_routes(app)
+    storage_api.add_routes(app)  # file uploads and downloads (ctx.storage)
     static = node.config.static_dir or (node.config.app_dir / "public")
     bundle = next((node.config.app_dir / c for c in BUNDLE_CANDIDATES if (node.config.app_dir / c).exists()), None)
     if bundle is not None:

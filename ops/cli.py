@@ -167,6 +167,7 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
                           checkpoint_keep=getattr(args, "checkpoint_keep", 3), admin_key=admin_key,
                           cors_origins=_cors_origins(args.cors_origin),
                           query_at_ts_window=args.query_at_ts_window, header_timeout=args.header_timeout,
+                          max_upload_bytes=args.max_upload_bytes, public_url=args.public_url,
                           limits=replace(DEFAULT_LIMITS, max_seconds=args.function_timeout,
                                          max_action_seconds=args.action_timeout))
     node = Node(config, app)
@@ -235,6 +236,10 @@ def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--header-timeout", type=float, default=ServerConfig.header_timeout, metavar="SECONDS",
                    help="close a connection that is idle, or has not sent a complete request header, this long "
                         f"(default {ServerConfig.header_timeout:g})")
+    p.add_argument("--max-upload-bytes", type=int, default=ServerConfig.max_upload_bytes, metavar="BYTES",
+                   help=f"largest file an upload URL accepts (default {ServerConfig.max_upload_bytes}); 413 past it")
+    p.add_argument("--public-url", metavar="URL",
+                   help="base URL of the upload and file URLs ctx.storage hands out (default http://HOST:PORT)")
     p.add_argument("--function-timeout", type=float, default=DEFAULT_LIMITS.max_seconds, metavar="SECONDS",
                    help=f"stop a query or mutation after this long (default {DEFAULT_LIMITS.max_seconds:g})")
     p.add_argument("--action-timeout", type=float, default=DEFAULT_LIMITS.max_action_seconds, metavar="SECONDS",
