@@ -14,7 +14,10 @@ bad frame as a *torn tail* (a crash in the middle of an unacknowledged write:
 the server drops it on start) or as *corruption* (anything else: the server
 refuses to start), opens the projection read-only, reads every key with
 checksum verification, and compares its applied offset with the end of the
-log. Exit status: 0 when nothing needs attention, 1 when something does.
+log. It also checks that every stored file (a `_storage` document) has its
+blob and that the blob's bytes still hash to its sha256, naming each missing
+or damaged one by its storage id. Exit status: 0 when nothing needs
+attention, 1 when something does.
 
 Repairs take the log's writer lock, so they refuse to run next to a server.
 Nothing is deleted: a replaced projection is renamed to
@@ -61,6 +64,8 @@ from log.seal import read_seal, remove_seals, verify_seal
 from log.segment import list_segments, read_file, scan_buffer, segment_name, valid_frame_after
 from projections.layout import DOC, META_APPLIED_OFFSET, META_APPLIED_TS, META_CATALOG, META_FORMAT, unpack_int
 from projections.rebuild import rebuild
+from storage import BLOBS_DIR, STORAGE_TABLE, BlobError, LocalBlobStore, key_of
+from values import decode_doc, table_of
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -120,6 +125,18 @@ class ProjectionReport:
     digest: str | None = None
     verified: bool | None = None  # None: not checked; else digest == digest of a fresh replay
     verify_note: str | None = None
+    stored_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # `_storage` id -> document
+
+
+@dataclass
+class BlobReport:
+    """The blobs of stored files: which `_storage` documents lack their bytes, or have damaged ones."""
+
+    directory: Path
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)   # "<storage id> (blob <key>)"
+    damaged: list[str] = field(default_factory=list)
+    unreferenced: int = 0  # blobs no live document names (deleted files, kept for restores)
 
 
 @dataclass
@@ -128,6 +145,7 @@ class Report:
     log: LogReport
     projection: ProjectionReport
     problems: list[str] = field(default_factory=list)
+    blobs: BlobReport | None = None
     advice: list[str] = field(default_factory=list)
 
     @property
@@ -342,6 +360,8 @@ def check_projection(path: Path) -> ProjectionReport:
                 rep.keys += 1
                 if key[:1] == DOC:
                     rep.documents += 1
+                    if table_of(key[1:].decode("utf-8", "replace")) == STORAGE_TABLE:
+                        rep.stored_files[key[1:].decode()] = decode_doc(value)
                 it.next()
             it.status()  # an iterator stops at a damaged block without raising: ask it
             rep.digest = h.hexdigest()
@@ -368,6 +388,27 @@ async def _replay_digest(log_dir: Path, upto: int, catalog: dict[str, Any] | Non
                 projection.close()
     finally:
         await log.close()
+
+
+def check_blobs(data: Path, files: dict[str, dict[str, Any]]) -> BlobReport:
+    """Check that every stored file's blob exists and hashes to its `_storage` document's sha256."""
+    store = LocalBlobStore(data / BLOBS_DIR)
+    rep = BlobReport(store.root)
+    wanted: set[str] = set()
+    for storage_id, doc in sorted(files.items()):
+        rep.checked += 1
+        try:
+            key = key_of(doc)
+        except BlobError as exc:
+            rep.damaged.append(f"{storage_id} ({exc})")
+            continue
+        wanted.add(key)
+        if not store.exists(key):
+            rep.missing.append(f"{storage_id} (blob {key})")
+        elif not store.verify(key):
+            rep.damaged.append(f"{storage_id} (blob {key}: its bytes no longer hash to it)")
+    rep.unreferenced = sum(1 for key in store.keys() if key not in wanted)
+    return rep
 
 
 # ----------------------------------------------------------------- diagnosis
@@ -449,6 +490,17 @@ def diagnose(data: Path, log_dir: Path | None = None, verify: bool = False) -> R
                             "projection differs from a fresh replay of the log through offset "
                             f"{prep.applied_offset} (digest {prep.digest} != {fresh})")
                         rep.advice.append(f"Rebuild the projection from the log: `{cmd} --rebuild-projection`.")
+    if prep.exists and prep.error is None:
+        brep = rep.blobs = check_blobs(data, prep.stored_files)
+        for entry in brep.missing:
+            rep.problems.append(f"stored file missing its bytes: {entry}")
+        for entry in brep.damaged:
+            rep.problems.append(f"stored file damaged: {entry}")
+        if brep.missing or brep.damaged:
+            rep.advice.append(
+                f"Copy the named blobs back into {brep.directory}/<first two hex digits>/<sha256> from a backup, "
+                "a snapshot's blobs/ directory or the data directory this one was restored from; otherwise "
+                "delete those files (ctx.storage.delete) so the app stops serving them.")
     if rep.problems and lrep.server_pid is not None:
         rep.advice.append(f"A server (pid {lrep.server_pid}) is running on this data directory: stop it before "
                           "repairing.")
@@ -486,6 +538,12 @@ def print_report(rep: Report, out: Console = console) -> None:
             out.print("    digest vs fresh replay: " + ("[green]equal[/]" if prep.verified else "[red]DIFFERENT[/]"))
         elif prep.verify_note:
             out.print(f"    digest vs fresh replay: {escape(prep.verify_note)}")
+    if rep.blobs is not None and (rep.blobs.checked or rep.blobs.unreferenced):
+        b = rep.blobs
+        bad = len(b.missing) + len(b.damaged)
+        status = "[red]DAMAGED[/]" if bad else "[green]OK[/]"
+        out.print(f"  file blobs: {status} {escape(str(b.directory))}: {b.checked} stored files checked, "
+                  f"{len(b.missing)} missing, {len(b.damaged)} damaged, {b.unreferenced} kept for deleted files")
     for problem in rep.problems:
         out.print(f"[bold red]problem:[/] {escape(problem)}")
     if rep.advice:
