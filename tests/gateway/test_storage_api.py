@@ -165,3 +165,16 @@ async def test_disconnect_mid_upload_stores_nothing(server_factory) -> None:
         assert await call(s, server.url, "query", "files:stored") == []
         status, body = await upload(s, upload_url, b"retry")  # the URL was not used up
         assert status == 200
+
+
+def test_official_npm_client_uploads_through_generate_upload_url(server_factory) -> None:
+    from tests.gateway.test_official_js_client import run_ok
+    server = server_factory("files")
+    events = run_ok("upload_file.mjs", {"url": server.url, "size": 300_000, "contentType": "image/png"})
+    uploaded = next(e for e in events if e["event"] == "uploaded")
+    done = events[-1]
+    assert uploaded["status"] == 200 and done["storageId"] == uploaded["storageId"]
+    assert done["bytes"] == 300_000 and done["size"] == 300_000 and done["contentType"] == "image/png"
+    assert done["fileUrl"] == f"{server.url}/api/storage/{done['storageId']}"
+    updates = [e["files"] for e in events if e["event"] == "update"]
+    assert updates[0] == [] and len(updates[-1]) == 1  # the live query saw the stored file arrive
