@@ -1,6 +1,6 @@
 """`tape bench`: run the benchmark workloads and write results.json, results.md and plots.
 
-    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling,kafka,restore,isolation,auth]
+    tape bench [--quick] [--out DIR] [--only log,engine,transfer,baseline,reactivity,polling,kafka,restore,isolation,auth,storage]
                [--profile] [--base-port N] [--work-dir DIR]
 
 Everything runs on loopback: a Tape server on the bank example app, the
@@ -17,7 +17,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth")
+WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth",
+             "storage")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
     "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
@@ -29,6 +30,7 @@ DESCRIPTIONS = {
     "restore": "point-in-time restore with and without checkpoints, change export to a file",
     "isolation": "a bystander's query and subscribe latency, idle and while clients run CPU-bound functions",
     "auth": "transfers with every caller authenticated vs anonymous; 1,000 sockets re-authenticating at once",
+    "storage": "file upload/download throughput (100 MiB and 10 KiB files) vs a bare aiohttp file server, peak RSS",
 }
 
 
@@ -110,6 +112,12 @@ def run_auth(quick: bool, harness: Any) -> dict[str, Any]:
     return auth_bench.run(quick, harness)
 
 
+def run_storage(quick: bool, harness: Any) -> dict[str, Any]:
+    """Issue 17: uploads and downloads through ctx.storage vs a bare aiohttp file server."""
+    from bench import storage_bench
+    return storage_bench.run(quick, harness)
+
+
 def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
     if name == "log":
         return run_log
@@ -123,6 +131,8 @@ def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
         return run_isolation
     if name == "auth":
         return run_auth
+    if name == "storage":
+        return run_storage
     module = {"transfer": "bench.transfer", "baseline": "bench.sqlite_baseline",
               "reactivity": "bench.reactivity", "polling": "bench.polling"}[name]
     mod = __import__(module, fromlist=["run"])
@@ -163,6 +173,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
         if name == "auth":
             from bench import auth_bench
             return auth_bench.headline(r)
+        if name == "storage":
+            from bench import storage_bench
+            return storage_bench.headline(r)
         if name == "log":
             lg, pj = r["log"], r["projection"]
             text = (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "
