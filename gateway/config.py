@@ -45,6 +45,7 @@ class ServerConfig:
     cors_max_age: int = 3600             # seconds a browser may cache a CORS preflight answer
     admin_key: str | None = field(default=None, repr=False)  # a replica's copy of the committer's key
     max_upload_bytes: int = 1 << 30      # largest file POSTed to an upload URL (413 past it)
+    upload_timeout: float = 600.0        # seconds a file upload's body may take (body_timeout for the rest)
     public_url: str | None = None        # base of upload/file URLs (default http://HOST:PORT)
 
     @property

@@ -7,7 +7,7 @@
   signed by this deployment 403, an expired one 410, one already used 409, a
   body over ``ServerConfig.max_upload_bytes`` 413 (refused from its
   ``Content-Length`` before reading, or when the stream passes the limit), a
-  body that does not arrive within ``body_timeout`` 408. A client that
+  body that does not arrive within ``upload_timeout`` (600 s) 408. A client that
   disconnects mid-upload leaves nothing stored; its URL stays usable.
 * ``GET|HEAD /api/storage/{id}`` — the file, with ``Content-Type``,
   ``Content-Length``, ``ETag`` (its SHA-256), ``Accept-Ranges``; single

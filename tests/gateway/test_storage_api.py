@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import aiohttp
+import pytest
 import orjson
 
 from tests.gateway.served_node import raw_request
@@ -178,3 +179,52 @@ def test_official_npm_client_uploads_through_generate_upload_url(server_factory)
     assert done["fileUrl"] == f"{server.url}/api/storage/{done['storageId']}"
     updates = [e["files"] for e in events if e["event"] == "update"]
     assert updates[0] == [] and len(updates[-1]) == 1  # the live query saw the stored file arrive
+
+
+async def test_slow_upload_is_cut_off_after_upload_timeout(tmp_path: Path) -> None:
+    from tests.gateway.served_node import closed_within, host_port, served_node
+    async with served_node(tmp_path / "data", app="files", upload_timeout=0.5) as (node, url):
+        node.runtime.storage.base_url = url
+        upload_url = node.runtime.storage.upload_url()
+        host, port = host_port(url)
+        reader, writer = await asyncio.open_connection(host, port)
+        path = upload_url.removeprefix(url)
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode() + b"a" * 10)
+        await writer.drain()
+        raw = await closed_within(reader, 5.0)
+        writer.close()
+        assert raw is not None and raw.startswith(b"HTTP/1.1 408") and b"RequestTimeout" in raw
+        assert list((tmp_path / "data" / "blobs" / "tmp").iterdir()) == []
+
+
+@pytest.mark.soak
+async def test_one_gib_upload_and_download_with_flat_memory(server_factory) -> None:
+    server = server_factory("files", extra=["--max-upload-bytes", str(2 << 30)])
+    pid = server.proc.pid
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+
+    def peak_mib() -> float:
+        line = next(l for l in Path(f"/proc/{pid}/status").read_text().splitlines() if l.startswith("VmHWM:"))
+        return int(line.split()[1]) / 1024
+
+    async def body():  # type: ignore[no-untyped-def]
+        for _ in range(1024):
+            yield chunk
+    before = peak_mib()
+    digest = hashlib.sha256()
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as s:
+        upload_url = await call(s, server.url, "mutation", "files:generate_upload_url")
+        async with s.post(upload_url, data=body(), headers={"Content-Type": "application/octet-stream"}) as r:
+            assert r.status == 200, await r.text()
+            storage_id = (await r.json())["storageId"]
+        got = 0
+        async with s.get(f"{server.url}/api/storage/{storage_id}") as r:
+            async for part in r.content.iter_chunked(1 << 20):
+                digest.update(part)
+                got += len(part)
+    assert got == 1 << 30
+    expected = hashlib.sha256()
+    for _ in range(1024):
+        expected.update(chunk)
+    assert digest.hexdigest() == expected.hexdigest()
+    assert peak_mib() - before < 64, (before, peak_mib())  # streamed: a 1 GiB file never sits in memory
