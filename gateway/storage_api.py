@@ -16,6 +16,8 @@
   ``../admin_key``, never reaches the disk: ids are checked before any lookup).
 
 Browser pages on other origins may upload (CORS as for the function API).
+Blobs live on the committer: a replica answers both routes with a 307
+redirect to the committer (``--committer`` URL), method and body kept.
 """
 from __future__ import annotations
 
@@ -81,6 +83,14 @@ def _storage(request: web.Request) -> FileStorage:
     return service
 
 
+def _on_committer(request: web.Request) -> web.Response | None:
+    """On a replica, a redirect (307: method and body kept) to the same URL on the committer, which holds the blobs."""
+    config = request.app[NODE_KEY].config
+    if config.role != "replica" or not config.committer_url:
+        return None
+    return web.Response(status=307, headers={"Location": config.committer_url.rstrip("/") + request.path_qs})
+
+
 def _cors(request: web.Request) -> CorsPolicy:
     config = request.app[NODE_KEY].config
     return CorsPolicy(config.cors_origins, config.cors_max_age)
@@ -101,6 +111,9 @@ async def upload(request: web.Request) -> web.StreamResponse:
 
 
 async def _upload(request: web.Request) -> web.Response:
+    redirect = _on_committer(request)
+    if redirect is not None:
+        return redirect
     try:
         service = _storage(request)
         limit = service.max_upload_bytes
@@ -161,6 +174,9 @@ def _byte_range(request: web.Request, size: int) -> tuple[int, int] | None:
 async def download(request: web.Request) -> web.StreamResponse:
     """``GET|HEAD /api/storage/{id}`` (see the module docstring)."""
     storage_id = request.match_info["storage_id"]
+    redirect = _on_committer(request)
+    if redirect is not None:
+        return redirect
     try:
         service = _storage(request)
     except StorageError as exc:
