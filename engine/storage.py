@@ -100,9 +100,11 @@ class FileStorage:
     """A node's file storage: blobs, upload tokens, and the commits of `_storage` documents."""
 
     def __init__(self, blobs: BlobStore, committer: "Committer | None", secret: bytes, base_url: str, *,
-                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, upload_ttl: float = DEFAULT_UPLOAD_TTL) -> None:
+                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, upload_ttl: float = DEFAULT_UPLOAD_TTL,
+                 reader: "DocumentReader | None" = None) -> None:
         self.blobs = blobs
         self._committer = committer
+        self._reader = reader  # the live state: a token whose file exists is refused before any byte is read
         self._secret = secret
         self.base_url = base_url.rstrip("/")
         self.max_upload_bytes = max_upload_bytes
@@ -139,6 +141,8 @@ class FileStorage:
         Refusals are `StorageError`s; a failed or interrupted upload stores nothing and frees its token.
         """
         token = UploadToken.verify(token_text, self._secret)
+        if self._reader is not None and self._reader.get(token.storage_id) is not None:
+            raise StorageError("this upload URL has already been used: generate a new one", 409, "UploadUrlUsed")
         self._claim(token)
         try:
             try:

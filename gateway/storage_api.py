@@ -70,7 +70,8 @@ def attach_storage(node: "Node") -> FileStorage:
         if removed:
             log.warning("removed %d upload(s) a stop interrupted before they were stored", removed)
     secret = hmac.new(node.admin.value.encode(), TOKEN_SECRET_LABEL, hashlib.sha256).digest()
-    service = FileStorage(blobs, committer, secret, public_url(node), max_upload_bytes=node.config.max_upload_bytes)
+    service = FileStorage(blobs, committer, secret, public_url(node), max_upload_bytes=node.config.max_upload_bytes,
+                          reader=node.runtime.projection)
     node.runtime.storage = service
     return service
 

@@ -4,6 +4,7 @@
     tape doctor --data DIR --verify             # ... and compare the projection with a fresh replay
     tape doctor --data DIR --rebuild-projection # move the projection aside, rebuild it from the log
     tape doctor --data DIR --truncate-log       # cut a corrupted log back to its last intact record
+    tape doctor --data DIR --collect-blobs      # remove file blobs no stored file ever named
 
 The check never changes anything. It scans every frame of every log segment
 (CRC, dense offsets, increasing timestamps, decodable bodies), checks every
@@ -65,6 +66,7 @@ from log.segment import list_segments, read_file, scan_buffer, segment_name, val
 from projections.layout import DOC, META_APPLIED_OFFSET, META_APPLIED_TS, META_CATALOG, META_FORMAT, unpack_int
 from projections.rebuild import rebuild
 from storage import BLOBS_DIR, STORAGE_TABLE, BlobError, LocalBlobStore, key_of
+from storage.collect import Collection, collect_orphans
 from values import decode_doc, table_of
 
 console = Console(highlight=False, soft_wrap=True)
@@ -543,7 +545,8 @@ def print_report(rep: Report, out: Console = console) -> None:
         bad = len(b.missing) + len(b.damaged)
         status = "[red]DAMAGED[/]" if bad else "[green]OK[/]"
         out.print(f"  file blobs: {status} {escape(str(b.directory))}: {b.checked} stored files checked, "
-                  f"{len(b.missing)} missing, {len(b.damaged)} damaged, {b.unreferenced} kept for deleted files")
+                  f"{len(b.missing)} missing, {len(b.damaged)} damaged, {b.unreferenced} blob(s) no live file names "
+                  "(deleted files', kept for restores; or orphans: --collect-blobs)")
     for problem in rep.problems:
         out.print(f"[bold red]problem:[/] {escape(problem)}")
     if rep.advice:
@@ -701,6 +704,24 @@ def truncate_log(data: Path, log_dir: Path | None = None, app_dir: str | None = 
 # ----------------------------------------------------------------- CLI
 
 
+def collect_blobs(data: Path, log_dir: Path | None = None, out: Console = console) -> Collection:
+    """Remove blobs no `_storage` document in the log ever named (`storage.collect`); holds the writer lock."""
+    async def go() -> Collection:
+        log = FileLog(log_dir or data / "log", read_only=False)  # the writer lock: no upload may be in flight
+        try:
+            await log.open()
+        except LogError as exc:
+            raise RepairError(f"cannot take the log: {exc}. Stop the server first.") from None
+        try:
+            return await collect_orphans(log, LocalBlobStore(data / BLOBS_DIR))
+        finally:
+            await log.close()
+    result = asyncio.run(go())
+    out.print(f"collected {len(result.removed)} orphan blob(s) ({result.bytes_freed} bytes) that no stored file "
+              f"ever named; kept the {result.named} the log names (deleted files' too, for restores)")
+    return result
+
+
 def run(args: argparse.Namespace) -> None:
     data = Path(args.data)
     log_dir = Path(args.log) if args.log else None
@@ -712,6 +733,8 @@ def run(args: argparse.Namespace) -> None:
             truncate_log(data, log_dir, args.app)
         elif args.rebuild_projection:
             rebuild_projection(data, log_dir, args.app)
+        elif args.collect_blobs:
+            collect_blobs(data, log_dir)
     except RepairError as exc:
         console.print(f"[bold red]cannot repair:[/] {escape(str(exc))}")
         raise SystemExit(1) from None
@@ -738,4 +761,7 @@ def register(subparsers: Any) -> None:
     repair.add_argument("--truncate-log", action="store_true",
                         help="cut a corrupted log back to its last intact record (copies the rest aside); "
                              "acknowledged writes after the damage are lost")
+    repair.add_argument("--collect-blobs", action="store_true",
+                        help="remove file blobs no stored file ever named (uploads a crash cut off before their "
+                             "commit); blobs of deleted files are kept for restores")
     p.set_defaults(func=run)

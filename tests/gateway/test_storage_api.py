@@ -57,9 +57,15 @@ async def test_upload_download_ranges_and_etags(server_factory) -> None:
             assert r.status == 416 and r.headers["Content-Range"] == f"bytes */{len(data)}"
         async with s.head(file_url) as r:
             assert r.status == 200 and int(r.headers["Content-Length"]) == len(data)
+        # A page on another origin may upload: preflight and answer carry CORS headers.
+        async with s.options(upload_url, headers={"Origin": "http://app.example", "Access-Control-Request-Method":
+                                                  "POST", "Access-Control-Request-Headers": "content-type"}) as r:
+            assert r.status == 204 and r.headers["Access-Control-Allow-Origin"] == "*"
+            assert "POST" in r.headers["Access-Control-Allow-Methods"]
         # A second use of the URL, after success: refused, the first file is untouched.
-        status, body = await upload(s, upload_url, b"other bytes")
-        assert status == 409 and body["code"] == "UploadUrlUsed"
+        async with s.post(upload_url, data=b"other bytes", headers={"Origin": "http://app.example"}) as r:
+            assert r.status == 409 and (await r.json())["code"] == "UploadUrlUsed"
+            assert r.headers["Access-Control-Allow-Origin"] == "*"
         # Delete: the document goes (URL 404, get_url None), the blob stays for restores.
         await call(s, server.url, "mutation", "files:remove", {"storage_id": storage_id})
         assert await call(s, server.url, "query", "files:url", {"storage_id": storage_id}) is None

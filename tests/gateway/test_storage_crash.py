@@ -7,6 +7,8 @@ import hashlib
 import aiohttp
 import orjson
 
+from ops import cli
+
 
 async def call(s: aiohttp.ClientSession, url: str, kind: str, path: str, args: dict | None = None) -> object:  # type: ignore[type-arg]
     async with s.post(f"{url}/api/{kind}", data=orjson.dumps({"path": path, "args": args or {}})) as r:
@@ -41,6 +43,9 @@ async def test_sigkill_after_blob_fsync_before_commit(server_factory, tmp_path) 
         results = await asyncio.gather(upload, hold, return_exceptions=True)
         assert all(isinstance(r, Exception) for r in results), results  # nobody got an answer
     assert blob.read_bytes() == payload  # fsynced before the commit was even queued
+    # No document names it: an orphan, which `tape doctor --collect-blobs` removes (the log is unchanged).
+    assert await asyncio.to_thread(cli.main, ["doctor", "--data", str(data_dir), "--collect-blobs"]) == 0
+    assert not blob.exists()
     restarted = server_factory("files", data=data_dir)
     async with aiohttp.ClientSession() as s:
         assert await call(s, restarted.url, "query", "files:stored") == []  # no document without an answer

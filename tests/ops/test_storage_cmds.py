@@ -48,6 +48,10 @@ async def test_restore_export_import_and_doctor_carry_blobs(server_factory, tmp_
         await call(s, server.url, "mutation", "files:remove", {"storage_id": a})
         b = await store(s, server.url, second, "b.pdf")
     server.stop()
+    # Collecting orphans keeps the deleted file's blob: the log names it, a restore needs it.
+    assert await tape("doctor", "--data", str(data), "--collect-blobs") == 0
+    assert "collected 0 orphan blob(s)" in capsys.readouterr().out
+    assert len(list((data / "blobs").glob("??/*"))) == 2
 
     # Restore to before the delete: the deleted file is back, with its bytes.
     assert await tape("restore", "--from", str(data), "--to", f"offset:{point}", "--data", str(tmp_path / "r")) == 0
