@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tape.storage")
 
 SEND_CHUNK = 256 << 10
+MAX_CONTENT_TYPE = 255
 TOKEN_SECRET_LABEL = b"tape file storage upload tokens v1"
 
 
@@ -124,6 +125,9 @@ async def _upload(request: web.Request) -> web.Response:
             response.force_close()  # the unread body must not be taken for the next request
             return response
         content_type = request.headers.get("Content-Type") or None
+        if content_type is not None and (len(content_type) > MAX_CONTENT_TYPE or not content_type.isprintable()):
+            return _error(400, "InvalidContentType", f"Content-Type must be printable and at most "
+                                                     f"{MAX_CONTENT_TYPE} characters")
         storage_id = await service.receive(request.query.get("token"), _body(request), content_type)
     except StorageError as exc:
         response = _error(exc.status, exc.code, str(exc))
@@ -188,7 +192,8 @@ async def download(request: web.Request) -> web.StreamResponse:
         return _error(404, "NotFound", f"no stored file has id {storage_id!r}")
     key = service.blob_key(doc)
     etag = f'"{key}"'
-    base_headers = {"ETag": etag, "Cache-Control": "private, max-age=2592000, immutable"}
+    base_headers = {"ETag": etag, "Cache-Control": "private, max-age=2592000, immutable",
+                    "X-Content-Type-Options": "nosniff"}
     if_none_match = request.headers.get("If-None-Match")
     if if_none_match is not None:
         tags = [t.strip() for t in if_none_match.split(",")]

@@ -119,6 +119,8 @@ async def test_bad_upload_urls_and_ids(server_factory) -> None:
                 yield b"y" * 100
         async with s.post(upload_url, data=chunks()) as r:
             assert r.status == 413
+        got, body = await upload(s, upload_url, b"x", content_type="a" * 300)
+        assert got == 400 and body["code"] == "InvalidContentType"
         # The URL still works for a file within the limit: refusals use nothing up.
         got, body = await upload(s, upload_url, b"small")
         assert got == 200
