@@ -222,6 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of bytes, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above zero, got {value}")
+    return value
+
+
 def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data directory (default: APP/.tape)")
     p.add_argument("--port", type=int, default=3210)
@@ -236,7 +247,7 @@ def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--header-timeout", type=float, default=ServerConfig.header_timeout, metavar="SECONDS",
                    help="close a connection that is idle, or has not sent a complete request header, this long "
                         f"(default {ServerConfig.header_timeout:g})")
-    p.add_argument("--max-upload-bytes", type=int, default=ServerConfig.max_upload_bytes, metavar="BYTES",
+    p.add_argument("--max-upload-bytes", type=_positive_int, default=ServerConfig.max_upload_bytes, metavar="BYTES",
                    help=f"largest file an upload URL accepts (default {ServerConfig.max_upload_bytes}); 413 past it")
     p.add_argument("--public-url", metavar="URL",
                    help="base URL of the upload and file URLs ctx.storage hands out (default http://HOST:PORT)")
