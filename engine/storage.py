@@ -110,6 +110,7 @@ class FileStorage:
         self.max_upload_bytes = max_upload_bytes
         self.upload_ttl = upload_ttl
         self._claimed: dict[str, int] = {}  # storage id -> expiry, for tokens being (or already) used here
+        self._purge_at = 10_000
 
     # -- URLs ------------------------------------------------------------------------------
     def upload_url(self) -> str:
@@ -128,9 +129,10 @@ class FileStorage:
         return self._committer.system_update(STORAGE_FUNCTION, updates)
 
     def _claim(self, token: UploadToken) -> None:
-        now = time.time()
-        if len(self._claimed) > 10_000:
+        if len(self._claimed) > self._purge_at:  # drop expired claims, now and then (not on every upload)
+            now = time.time()
             self._claimed = {k: exp for k, exp in self._claimed.items() if exp >= now}
+            self._purge_at = max(10_000, 2 * len(self._claimed))
         if token.storage_id in self._claimed:
             raise StorageError("this upload URL has already been used: generate a new one", 409, "UploadUrlUsed")
         self._claimed[token.storage_id] = token.expires

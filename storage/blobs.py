@@ -34,6 +34,7 @@ STORAGE_TABLE = "_storage"
 """The system table of stored files: one document per file (``sha256`` in base64, ``size``, ``contentType``)."""
 TMP_DIR = "tmp"
 READ_CHUNK = 1 << 20
+SMALL_BLOB = 256 << 10  # `put` gathers a body this small in memory and writes it in one worker call
 _KEY = re.compile(r"[0-9a-f]{64}")
 
 
@@ -145,7 +146,7 @@ class _LocalWriter:
         self._max = max_bytes
         self._hash = hashlib.sha256()
         self._size = 0
-        store.tmp.mkdir(parents=True, exist_ok=True)
+        store.ensure_tmp()
         self._tmp = store.tmp / f"upload-{secrets.token_hex(12)}"
         self._fd: int | None = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
@@ -174,10 +175,12 @@ class _LocalWriter:
         os.close(self._fd)
         self._fd = None
         info = BlobInfo(self._hash.hexdigest(), self._size)
+        placed = False
         try:
-            self._store._place(self._tmp, info.key)
+            placed = self._store._place(self._tmp, info.key)
         finally:
-            self._tmp.unlink(missing_ok=True)  # (already renamed, unless the blob existed or placing failed)
+            if not placed:  # the same bytes were stored already, or placing failed
+                self._tmp.unlink(missing_ok=True)
         return info
 
     def abort(self) -> None:
@@ -194,6 +197,13 @@ class LocalBlobStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.tmp = self.root / TMP_DIR
+        self._tmp_ready = False
+
+    def ensure_tmp(self) -> None:
+        """Create the directory of blobs being written (once)."""
+        if not self._tmp_ready:
+            self.tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._tmp_ready = True
 
     def path(self, key: str) -> Path:
         """The file of blob `key` (which is checked: a path never escapes the store)."""
@@ -214,14 +224,40 @@ class LocalBlobStore:
         return _LocalWriter(self, max_bytes)
 
     async def put(self, chunks: AsyncIterable[bytes], max_bytes: int | None = None) -> BlobInfo:
-        writer = self.writer(max_bytes)
+        """Store a stream; file system calls that may wait (create, fsync, rename) run off the event loop.
+
+        A body smaller than `SMALL_BLOB` is gathered in memory and written in one
+        worker call; a larger one is written as it arrives (memory stays flat).
+        """
+        loop = asyncio.get_running_loop()
+        pending: list[bytes] = []
+        size = 0
+        opened: list[_LocalWriter] = []  # the writer, once a worker created it (even if we were cancelled)
         try:
             async for chunk in chunks:
-                writer.write(chunk)
-            return await asyncio.get_running_loop().run_in_executor(None, writer.finish)
+                if opened:
+                    opened[0].write(chunk)
+                    continue
+                pending.append(chunk)
+                size += len(chunk)
+                if max_bytes is not None and size > max_bytes:
+                    raise BlobTooLarge(max_bytes)
+                if size >= SMALL_BLOB:
+                    await loop.run_in_executor(None, self._start, pending, max_bytes, opened)
+                    pending = []
+            if not opened:
+                await loop.run_in_executor(None, self._start, pending, max_bytes, opened)
+            return await loop.run_in_executor(None, opened[0].finish)
         except BaseException:
-            writer.abort()
+            for writer in opened:
+                writer.abort()
             raise
+
+    def _start(self, chunks: list[bytes], max_bytes: int | None, opened: list["_LocalWriter"]) -> None:
+        writer = self.writer(max_bytes)
+        opened.append(writer)
+        for chunk in chunks:
+            writer.write(chunk)
 
     def put_file(self, source: BinaryIO, max_bytes: int | None = None) -> BlobInfo:
         """Store the rest of a readable file (blocking); returns once durable."""
@@ -244,16 +280,18 @@ class LocalBlobStore:
             writer.abort()
             raise
 
-    def _place(self, tmp: Path, key: str) -> None:
+    def _place(self, tmp: Path, key: str) -> bool:
+        """Rename `tmp` to blob `key` durably; False (nothing done) when that blob exists already."""
         final = self.path(key)
         if final.exists():
-            return  # the same bytes are stored already (and were fsynced when they were)
+            return False  # the same bytes are stored already (and were fsynced when they were)
         new_dir = not final.parent.is_dir()
         final.parent.mkdir(mode=0o700, exist_ok=True)
         os.rename(tmp, final)
         fsync_dir(final.parent)
         if new_dir:
             fsync_dir(self.root)
+        return True
 
     def open(self, key: str) -> BinaryIO:
         try:
