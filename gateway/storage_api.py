@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, AsyncIterator, BinaryIO
 import orjson
 from aiohttp import web
 
+from engine.errors import EngineError
 from engine.storage import DOWNLOAD_PREFIX, UPLOAD_PATH, FileStorage, StorageError
 from gateway.config import NODE_KEY
 from gateway.cors import ALLOW_HEADERS, CorsPolicy
@@ -143,6 +144,9 @@ async def _upload(request: web.Request) -> web.Response:
         response = _error(400, "UploadInterrupted", f"the upload was interrupted: {one_line(exc)}")
         response.force_close()
         return response
+    except EngineError as exc:  # the committer refused the commit (stopping, or its log failed): nothing stored
+        log.warning("an upload's commit failed (its blob is an orphan): %s", exc)
+        return _error(503, "Unavailable", f"the file could not be committed, retry: {exc}")
     except OSError as exc:
         log.error("storing an upload failed: %s", exc)
         return _error(507 if exc.errno == 28 else 500, "StorageFailed", f"the file could not be stored: "
@@ -190,7 +194,11 @@ async def download(request: web.Request) -> web.StreamResponse:
     doc = service.document(node.runtime.projection, storage_id)
     if doc is None:
         return _error(404, "NotFound", f"no stored file has id {storage_id!r}")
-    key = service.blob_key(doc)
+    try:
+        key = service.blob_key(doc)
+    except EngineError as exc:
+        log.error("%s (run tape doctor)", exc)
+        return _error(500, "BlobMissing", f"stored file {storage_id} has no valid blob key")
     etag = f'"{key}"'
     base_headers = {"ETag": etag, "Cache-Control": "private, max-age=2592000, immutable",
                     "X-Content-Type-Options": "nosniff"}
