@@ -35,7 +35,7 @@ from engine.storage import DOWNLOAD_PREFIX, UPLOAD_PATH, FileStorage, StorageErr
 from gateway.config import NODE_KEY
 from gateway.cors import ALLOW_HEADERS, CorsPolicy
 from gateway.http_api import BodyTimeout, one_line
-from storage import BLOBS_DIR, BlobMissing, LocalBlobStore
+from storage import BLOBS_DIR, BlobMissing, BlobStore, LocalBlobStore
 
 if TYPE_CHECKING:
     from gateway.node import Node
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tape.storage")
 
 SEND_CHUNK = 256 << 10
+SMALL_FILE = 256 << 10  # served from one read in a worker thread; larger files are streamed
 MAX_CONTENT_TYPE = 255
 TOKEN_SECRET_LABEL = b"tape file storage upload tokens v1"
 
@@ -208,12 +209,11 @@ async def download(request: web.Request) -> web.StreamResponse:
         if "*" in tags or etag in tags or f"W/{etag}" in tags:
             return web.Response(status=304, headers=base_headers)
     try:
-        fobj: BinaryIO = service.blobs.open(key)
+        fobj, size, whole = await asyncio.get_running_loop().run_in_executor(None, _open_blob, service.blobs, key)
     except BlobMissing:
         log.error("stored file %s: its blob %s is missing (run tape doctor)", storage_id, key)
         return _error(500, "BlobMissing", f"the bytes of stored file {storage_id} are missing on this node")
     try:
-        size = service.blobs.size(key) or 0
         try:
             span = _byte_range(request, size)
         except ValueError:
@@ -230,11 +230,31 @@ async def download(request: web.Request) -> web.StreamResponse:
             response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
         await response.prepare(request)
         if request.method != "HEAD" and end > start:
-            await _send(request, response, fobj, start, end - start)
+            if whole is not None:
+                await response.write(whole[start:end])
+            else:
+                assert fobj is not None
+                await _send(request, response, fobj, start, end - start)
         await response.write_eof()
         return response
     finally:
+        if fobj is not None:
+            fobj.close()
+
+
+def _open_blob(blobs: BlobStore, key: str) -> tuple[BinaryIO | None, int, bytes | None]:
+    """(open file, size, None) of a blob, or (None, size, its bytes) when it is small: one worker call."""
+    fobj = blobs.open(key)
+    try:
+        size = blobs.size(key) or 0
+        if size > SMALL_FILE:
+            return fobj, size, None
+        whole = fobj.read()
+    except BaseException:
         fobj.close()
+        raise
+    fobj.close()
+    return None, len(whole), whole
 
 
 def _read_at(fobj: BinaryIO, offset: int, count: int) -> bytes:

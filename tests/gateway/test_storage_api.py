@@ -85,6 +85,11 @@ async def test_actions_store_get_and_delete(server_factory) -> None:
         stored = await call(s, server.url, "action", "files:store_text", {"text": "héllo"})
         async with s.get(stored["url"]) as r:
             assert await r.text() == "héllo" and r.headers["Content-Type"] == "text/plain"
+        async with s.get(stored["url"], headers={"Range": "bytes=1-2"}) as r:  # a small file: one read
+            assert r.status == 206 and await r.read() == "é".encode()
+            assert r.headers["Content-Range"] == "bytes 1-2/6"
+        async with s.head(stored["url"]) as r:
+            assert r.status == 200 and r.headers["Content-Length"] == "6" and await r.read() == b""
         assert await call(s, server.url, "action", "files:read_text", {"storage_id": stored["id"]}) == "héllo"
         url = await call(s, server.url, "action", "files:upload_url_in_action")
         status, body = await upload(s, url, b"from an action's url")
