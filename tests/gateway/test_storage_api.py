@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 from pathlib import Path
 
 import aiohttp
-import pytest
 import orjson
+import pytest
 
-from tests.gateway.served_node import raw_request
+from engine.storage import UploadToken
+from gateway.storage_api import TOKEN_SECRET_LABEL
+from tests.gateway.served_node import closed_within, host_port, raw_request, served_node
 
 
 async def _once(data: bytes):  # type: ignore[no-untyped-def]
@@ -28,7 +31,7 @@ async def upload(s: aiohttp.ClientSession, upload_url: str, data: bytes, content
         return r.status, await r.json()
 
 
-async def test_upload_download_ranges_and_etags(server_factory) -> None:
+async def test_upload_download_ranges_etags_and_actions(server_factory) -> None:
     server = server_factory("files")
     data = bytes(range(256)) * 4096  # 1 MiB
     async with aiohttp.ClientSession() as s:
@@ -77,10 +80,11 @@ async def test_upload_download_ranges_and_etags(server_factory) -> None:
             assert r.status == 404 and (await r.json())["code"] == "NotFound"
     key = hashlib.sha256(data).hexdigest()
     assert (server.data_dir / "blobs" / key[:2] / key).read_bytes() == data
+    await actions_store_get_and_delete(server)
 
 
-async def test_actions_store_get_and_delete(server_factory) -> None:
-    server = server_factory("files")
+async def actions_store_get_and_delete(server) -> None:  # type: ignore[no-untyped-def]
+    """Actions: store, get_url, get, upload URLs and delete (called by the test above, on its server)."""
     async with aiohttp.ClientSession() as s:
         stored = await call(s, server.url, "action", "files:store_text", {"text": "héllo"})
         async with s.get(stored["url"]) as r:
@@ -142,15 +146,13 @@ async def test_bad_upload_urls_and_ids(server_factory) -> None:
         assert status == 404
     tmp = server.data_dir / "blobs" / "tmp"
     assert not tmp.exists() or list(tmp.iterdir()) == []
+    await expired_upload_url_is_refused(server)
 
 
-async def test_expired_upload_url(server_factory, monkeypatch) -> None:
-    from engine.storage import UploadToken
-    from storage.blobs import BlobError  # noqa: F401 - the package imports
-    import hmac, hashlib as h
-    server = server_factory("files")
+async def expired_upload_url_is_refused(server) -> None:  # type: ignore[no-untyped-def]
+    """A token past its expiry, signed with the deployment's secret, gets 410 (called by the test above)."""
     key = (server.data_dir / "admin_key").read_text().strip()
-    secret = hmac.new(key.encode(), b"tape file storage upload tokens v1", h.sha256).digest()
+    secret = hmac.new(key.encode(), TOKEN_SECRET_LABEL, hashlib.sha256).digest()
     async with aiohttp.ClientSession() as s:
         fresh = await call(s, server.url, "mutation", "files:generate_upload_url")
         storage_id = UploadToken.verify(fresh.split("token=")[1], secret).storage_id
@@ -159,31 +161,32 @@ async def test_expired_upload_url(server_factory, monkeypatch) -> None:
         assert got == 410 and body["code"] == "UploadUrlExpired"
 
 
-async def test_disconnect_mid_upload_stores_nothing(server_factory) -> None:
-    server = server_factory("files")
-    async with aiohttp.ClientSession() as s:
-        upload_url = await call(s, server.url, "mutation", "files:generate_upload_url")
-    path = upload_url.removeprefix(server.url)
-    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n".encode() + b"z" * 3_000_000)
-    await writer.drain()
-    tmp = server.data_dir / "blobs" / "tmp"
-    for _ in range(200):  # the server has started writing the upload
-        if tmp.is_dir() and any(tmp.iterdir()):
-            break
-        await asyncio.sleep(0.01)
-    assert any(tmp.iterdir())
-    writer.transport.abort()  # the client vanishes mid-body
-    for _ in range(200):
-        if not any(tmp.iterdir()):
-            break
-        await asyncio.sleep(0.01)
-    assert list(tmp.iterdir()) == []
-    assert [p for p in (server.data_dir / "blobs").iterdir() if p.name != "tmp"] == []
-    async with aiohttp.ClientSession() as s:
-        assert await call(s, server.url, "query", "files:stored") == []
-        status, body = await upload(s, upload_url, b"retry")  # the URL was not used up
-        assert status == 200
+async def test_disconnect_mid_upload_stores_nothing(tmp_path: Path) -> None:
+    async with served_node(tmp_path / "data", app="files") as (node, url):
+        node.runtime.storage.base_url = url
+        upload_url = node.runtime.storage.upload_url()
+        host, port = host_port(url)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(f"POST {upload_url.removeprefix(url)} HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n"
+                     .encode() + b"z" * 3_000_000)
+        await writer.drain()
+        tmp = tmp_path / "data" / "blobs" / "tmp"
+        for _ in range(200):  # the server has started writing the upload
+            if tmp.is_dir() and any(tmp.iterdir()):
+                break
+            await asyncio.sleep(0.01)
+        assert any(tmp.iterdir())
+        writer.transport.abort()  # the client vanishes mid-body
+        for _ in range(200):
+            if not any(tmp.iterdir()):
+                break
+            await asyncio.sleep(0.01)
+        assert list(tmp.iterdir()) == []
+        assert [p for p in (tmp_path / "data" / "blobs").iterdir() if p.name != "tmp"] == []
+        async with aiohttp.ClientSession() as s:
+            assert await call(s, url, "query", "files:stored") == []
+            status, body = await upload(s, upload_url, b"retry")  # the URL was not used up
+            assert status == 200
 
 
 def test_official_npm_client_uploads_through_generate_upload_url(server_factory) -> None:
@@ -200,7 +203,6 @@ def test_official_npm_client_uploads_through_generate_upload_url(server_factory)
 
 
 async def test_slow_upload_is_cut_off_after_upload_timeout(tmp_path: Path) -> None:
-    from tests.gateway.served_node import closed_within, host_port, served_node
     async with served_node(tmp_path / "data", app="files", upload_timeout=0.5) as (node, url):
         node.runtime.storage.base_url = url
         upload_url = node.runtime.storage.upload_url()

@@ -8,6 +8,7 @@ import aiohttp
 import orjson
 
 from ops import cli
+from tests.gateway.served_node import served_node
 
 
 async def call(s: aiohttp.ClientSession, url: str, kind: str, path: str, args: dict | None = None) -> object:  # type: ignore[type-arg]
@@ -46,14 +47,13 @@ async def test_sigkill_after_blob_fsync_before_commit(server_factory, tmp_path) 
     # No document names it: an orphan, which `tape doctor --collect-blobs` removes (the log is unchanged).
     assert await asyncio.to_thread(cli.main, ["doctor", "--data", str(data_dir), "--collect-blobs"]) == 0
     assert not blob.exists()
-    restarted = server_factory("files", data=data_dir)
-    async with aiohttp.ClientSession() as s:
-        assert await call(s, restarted.url, "query", "files:stored") == []  # no document without an answer
-        async with s.post(upload_url.replace(server.url, restarted.url), data=payload,
+    async with served_node(data_dir, app="files") as (_, restarted), aiohttp.ClientSession() as s:
+        assert await call(s, restarted, "query", "files:stored") == []  # no document without an answer
+        async with s.post(upload_url.replace(server.url, restarted), data=payload,
                           headers={"Content-Type": "image/png"}) as r:
             assert r.status == 200  # the URL was never used: the retry stores the file
             storage_id = (await r.json())["storageId"]
-        [doc] = await call(s, restarted.url, "query", "files:stored")
+        [doc] = await call(s, restarted, "query", "files:stored")
         assert doc["_id"] == storage_id and doc["size"] == len(payload)
-        async with s.get(f"{restarted.url}/api/storage/{storage_id}") as r:
+        async with s.get(f"{restarted}/api/storage/{storage_id}") as r:
             assert await r.read() == payload

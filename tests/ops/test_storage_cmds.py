@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from ops import cli
+from tests.gateway.served_node import served_node
 
 
 async def call(s: aiohttp.ClientSession, url: str, kind: str, path: str, args: dict | None = None) -> object:  # type: ignore[type-arg]
@@ -64,18 +65,15 @@ async def test_restore_export_import_and_doctor_carry_blobs(server_factory, tmp_
     assert [p.name for p in (tmp_path / "snap" / "blobs").iterdir()] == [key_b]
     assert await tape("import", str(tmp_path / "snap.zip"), "--data", str(tmp_path / "i")) == 0
 
-    restored = server_factory("files", data=tmp_path / "r")
-    imported = server_factory("files", data=tmp_path / "i")
-    async with aiohttp.ClientSession() as s:
-        assert await fetch(s, restored.url, a) == (200, first)
-        assert (await fetch(s, restored.url, b))[0] == 404  # stored after the point
-        assert [row["name"] for row in await call(s, restored.url, "query", "files:listing")] == ["a.pdf"]
-        assert await fetch(s, imported.url, b) == (200, second)
-        rows = {row["name"]: row for row in await call(s, imported.url, "query", "files:listing")}
+    async with served_node(tmp_path / "r", app="files") as (_, restored), \
+            served_node(tmp_path / "i", app="files") as (_, imported), aiohttp.ClientSession() as s:
+        assert await fetch(s, restored, a) == (200, first)
+        assert (await fetch(s, restored, b))[0] == 404  # stored after the point
+        assert [row["name"] for row in await call(s, restored, "query", "files:listing")] == ["a.pdf"]
+        assert await fetch(s, imported, b) == (200, second)
+        rows = {row["name"]: row for row in await call(s, imported, "query", "files:listing")}
         assert rows["b.pdf"]["storage_id"] == b and rows["b.pdf"]["contentType"] == "application/pdf"
         assert rows["a.pdf"]["url"] is None  # the app's row outlived the deleted file: get_url says so
-    restored.stop()
-    imported.stop()
 
     # Doctor: healthy, then names the stored file whose blob is damaged and the one whose blob is missing.
     capsys.readouterr()
