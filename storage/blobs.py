@@ -34,7 +34,7 @@ STORAGE_TABLE = "_storage"
 """The system table of stored files: one document per file (``sha256`` in base64, ``size``, ``contentType``)."""
 TMP_DIR = "tmp"
 READ_CHUNK = 1 << 20
-SMALL_BLOB = 256 << 10  # `put` gathers a body this small in memory and writes it in one worker call
+WRITE_BATCH = 1 << 20  # `put` hands a stream to its worker thread in batches of this many bytes
 _KEY = re.compile(r"[0-9a-f]{64}")
 
 
@@ -224,40 +224,42 @@ class LocalBlobStore:
         return _LocalWriter(self, max_bytes)
 
     async def put(self, chunks: AsyncIterable[bytes], max_bytes: int | None = None) -> BlobInfo:
-        """Store a stream; file system calls that may wait (create, fsync, rename) run off the event loop.
+        """Store a stream; every file system call (and the hashing) runs on a worker thread, off the event loop.
 
-        A body smaller than `SMALL_BLOB` is gathered in memory and written in one
-        worker call; a larger one is written as it arrives (memory stays flat).
+        Chunks are handed over in batches of `WRITE_BATCH` bytes (one worker call
+        each, so memory stays flat); a body smaller than that is created, written,
+        fsynced and placed in a single worker call.
         """
         loop = asyncio.get_running_loop()
         pending: list[bytes] = []
-        size = 0
+        size = batched = 0
         opened: list[_LocalWriter] = []  # the writer, once a worker created it (even if we were cancelled)
         try:
             async for chunk in chunks:
-                if opened:
-                    opened[0].write(chunk)
-                    continue
                 pending.append(chunk)
                 size += len(chunk)
                 if max_bytes is not None and size > max_bytes:
                     raise BlobTooLarge(max_bytes)
-                if size >= SMALL_BLOB:
-                    await loop.run_in_executor(None, self._start, pending, max_bytes, opened)
-                    pending = []
-            if not opened:
-                await loop.run_in_executor(None, self._start, pending, max_bytes, opened)
-            return await loop.run_in_executor(None, opened[0].finish)
+                if size - batched >= WRITE_BATCH:
+                    await loop.run_in_executor(None, self._write_batch, pending, max_bytes, opened, False)
+                    pending, batched = [], size
+            info = await loop.run_in_executor(None, self._write_batch, pending, max_bytes, opened, True)
+            assert info is not None
+            return info
         except BaseException:
             for writer in opened:
                 writer.abort()
             raise
 
-    def _start(self, chunks: list[bytes], max_bytes: int | None, opened: list["_LocalWriter"]) -> None:
-        writer = self.writer(max_bytes)
-        opened.append(writer)
+    def _write_batch(self, chunks: list[bytes], max_bytes: int | None, opened: list["_LocalWriter"],
+                     finish: bool) -> BlobInfo | None:
+        """(On a worker.) Write `chunks`, creating the writer first if needed; with `finish`, make it durable."""
+        if not opened:
+            opened.append(self.writer(max_bytes))
+        writer = opened[0]
         for chunk in chunks:
             writer.write(chunk)
+        return writer.finish() if finish else None
 
     def put_file(self, source: BinaryIO, max_bytes: int | None = None) -> BlobInfo:
         """Store the rest of a readable file (blocking); returns once durable."""

@@ -45,13 +45,13 @@ async def test_limit_and_failures_leave_nothing(tmp_path: Path) -> None:
         await store.put(broken())
 
     async def broken_large():  # type: ignore[no-untyped-def]
-        for _ in range(8):  # past SMALL_BLOB: written to a temporary file as it arrives
+        for _ in range(24):  # past WRITE_BATCH: written to a temporary file as it arrives
             yield b"z" * (64 << 10)
         raise ConnectionResetError("client went away")
     with pytest.raises(ConnectionResetError):
         await store.put(broken_large())
     with pytest.raises(BlobTooLarge):
-        await store.put(broken_large(), max_bytes=300 << 10)
+        await store.put(broken_large(), max_bytes=1200 << 10)
     assert list((tmp_path / "blobs" / "tmp").iterdir()) == []
     assert list(store.keys()) == []
     assert (await store.put(chunks(b"0123456789"), max_bytes=10)).size == 10
