@@ -207,20 +207,27 @@ async def _measure(tape_url: str, tape_pid: int, peer_url: str, peer_pid: int, l
     small_base = bytes(range(256)) * (small_kib * 1024 // 256)
     per: dict[str, dict[str, list[dict[str, float]]]] = {"tape": {"large": [], "small": []},
                                                           "peer": {"large": [], "small": []}}
-    connector = aiohttp.TCPConnector(limit=concurrency * 2)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
-        sides = {"tape": TapeSide("tape", tape_url, tape_pid, session),
-                 "peer": PeerSide("peer", peer_url, peer_pid, session)}
-        first = 0
-        for r in range(rounds):
-            order = ["tape", "peer"] if r % 2 == 0 else ["peer", "tape"]
-            for name in order:
-                per[name]["large"].append(await large_round(sides[name], large_base, large_files, first))
-                first += large_files
-            for name in order:
-                per[name]["small"].append(await small_round(sides[name], small_base, small_files, first,
-                                                             concurrency))
-                first += small_files
+    kinds = {"tape": (TapeSide, tape_url, tape_pid), "peer": (PeerSide, peer_url, peer_pid)}
+
+    def session() -> aiohttp.ClientSession:
+        # A fresh pool per phase: a connection left idle while the other side ran may have been closed by
+        # its server (keep-alive timeout), and a 100 MiB body sent into it would fail with a broken pipe.
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency * 2),
+                                     timeout=aiohttp.ClientTimeout(total=None))
+    first = 0
+    for r in range(rounds):
+        order = ["tape", "peer"] if r % 2 == 0 else ["peer", "tape"]
+        for name in order:
+            kind, url, pid = kinds[name]
+            async with session() as s:
+                per[name]["large"].append(await large_round(kind(name, url, pid, s), large_base, large_files, first))
+            first += large_files
+        for name in order:
+            kind, url, pid = kinds[name]
+            async with session() as s:
+                per[name]["small"].append(await small_round(kind(name, url, pid, s), small_base, small_files, first,
+                                                            concurrency))
+            first += small_files
     out: dict[str, Any] = {"large_mib": large_mib, "large_files": large_files, "small_files": small_files,
                            "small_kib": small_kib, "rounds": rounds, "concurrency": concurrency}
     for name in ("tape", "peer"):
