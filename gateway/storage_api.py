@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tape.storage")
 
-SEND_CHUNK = 256 << 10
+SEND_CHUNK = 1 << 20  # bytes per worker read when the loop has no sendfile (uvloop): fewer hops, flat memory
 SMALL_FILE = 256 << 10  # served from one read in a worker thread; larger files are streamed
 MAX_CONTENT_TYPE = 255
 TOKEN_SECRET_LABEL = b"tape file storage upload tokens v1"
