@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth",
-             "scheduler", "memory", "metrics", "migration", "search", "vector", "lifecycle")
+             "scheduler", "memory", "metrics", "migration", "search", "vector", "lifecycle", "storage")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
     "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
@@ -40,6 +40,7 @@ DESCRIPTIONS = {
     "vector": "vector index build rate; 100,000 × 768 top-10 latency and recall@10 vs exact numpy search",
     "lifecycle": "a new replica joining 10,000,000 records of history (checkpoint copy vs plain copy); disk use "
                  "under --retain",
+    "storage": "file upload/download throughput (100 MiB and 10 KiB files) vs a bare aiohttp file server, peak RSS",
 }
 
 
@@ -163,6 +164,12 @@ def run_lifecycle(quick: bool, harness: Any) -> dict[str, Any]:
     return lifecycle_bench.run(quick, harness, work_dir=getattr(harness, "work_dir", None))
 
 
+def run_storage(quick: bool, harness: Any) -> dict[str, Any]:
+    """Issue 17: uploads and downloads through ctx.storage vs a bare aiohttp file server."""
+    from bench import storage_bench
+    return storage_bench.run(quick, harness)
+
+
 def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
     if name == "lifecycle":
         return run_lifecycle
@@ -188,6 +195,8 @@ def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
         return run_search
     if name == "vector":
         return run_vector
+    if name == "storage":
+        return run_storage
     module = {"transfer": "bench.transfer", "baseline": "bench.sqlite_baseline",
               "reactivity": "bench.reactivity", "polling": "bench.polling", "metrics": "bench.metrics_cost"}[name]
     mod = __import__(module, fromlist=["run"])
@@ -250,6 +259,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
         if name == "lifecycle":
             from bench import lifecycle_bench
             return lifecycle_bench.headline(r)
+        if name == "storage":
+            from bench import storage_bench
+            return storage_bench.headline(r)
         if name == "log":
             lg, pj = r["log"], r["projection"]
             text = (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "

@@ -244,6 +244,20 @@ def comparisons(w: dict[str, Any]) -> list[dict[str, Any]]:
                          "p50 ≤ 5 ms, recall@10 ≥ 0.95", vec["goal"]["met"] if full else None))
         rows.append(_row("vector", f"index build from the projection, {size}", float(vec["build_docs_per_s"]),
                          "documents written to the projection", float(vec["write_docs_per_s"]), "docs/s"))
+    st = w.get("storage")
+    if st:
+        t, p = st["tape"], st["peer"]
+        peer = "bare aiohttp file server (fsync)"
+        for key, label, unit, goal in (
+                ("large_upload_mib_s", f"upload of {st['large_mib']} MiB files", "MiB/s", "large"),
+                ("large_download_mib_s", f"download of {st['large_mib']} MiB files", "MiB/s", "large"),
+                ("small_upload_files_s", f"upload of {st['small_kib']} KiB files ({st['concurrency']} at a time)",
+                 "files/s", "small"),
+                ("small_download_files_s", f"download of {st['small_kib']} KiB files", "files/s", "small")):
+            rows.append(_row("storage", label, t[key], peer, p[key], unit, f"≥ {st['goals'][goal]:g}×",
+                             t[key] >= st["goals"][goal] * p[key],
+                             note=f"peak RSS Tape {st['peak_rss_mib']['tape'] or 0:.0f} MiB, "
+                                  f"peer {st['peak_rss_mib']['peer'] or 0:.0f} MiB"))
     if log:
         rows.append(_row("log", "FileLog durable appends/s ÷ raw fsyncs/s (64 appenders)", log["append_per_s"],
                          "raw write+fdatasync", log["fsync_per_s"], "per s"))

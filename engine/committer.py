@@ -46,8 +46,10 @@ from engine.execution import SliceExpired, SlowPaths, run_handler
 from engine.preempt import Preempted, worker_deadline
 from engine.functions import FunctionDef
 from engine.overlay import Overlay
-from engine.scheduler import REMOVE, JobChange, MutationScheduler, finished
+from engine.scheduler import JobChange, MutationScheduler, finished
+from engine.storage import MutationStorage
 from engine.scan_cache import ScanCache
+from engine.system_updates import REMOVE, InsertAt
 from values import decode_doc, decode_value, encode_doc, encode_value, new_id, to_wire
 from log.errors import LogError, LogOutcomeUnknown
 from log.record import Record, Write
@@ -525,7 +527,8 @@ class Committer:
                              loaded=documents, scans=self._scans, changed_tables=changed_tables,
                              cursors=runtime.cursors)
             db = DatabaseWriter(tx, self._creation_clock)
-            ctx = MutationCtx(db, Auth(p.identity), MutationScheduler(db, runtime.app), runtime.app)
+            ctx = MutationCtx(db, Auth(p.identity), MutationScheduler(db, runtime.app), runtime.app,
+                              MutationStorage(runtime.storage, db))
             flog, token = function_logs.begin(p.fn.path, "mutation")
             try:
                 try:
@@ -813,7 +816,7 @@ class Committer:
         mark = self._overlay.mark()
         for table, doc_id, change in task.updates:
             prev = self._current(doc_id) if doc_id is not None else None
-            if doc_id is not None and prev is None:
+            if doc_id is not None and prev is None and not isinstance(change, InsertAt):
                 continue
             try:
                 new = change(decode_doc(prev) if prev is not None else None)
@@ -825,13 +828,13 @@ class Committer:
             if new is None:
                 continue
             if new is REMOVE:
-                if prev is not None:
-                    self._overlay.put(doc_id, table, None, [], seq)
-                    writes.append(Write(table, doc_id, None, prev))
-                    written.append(doc_id)
+                assert doc_id is not None and prev is not None
+                self._overlay.put(doc_id, table, None, [], seq)
+                writes.append(Write(table, doc_id, None, prev))
+                written.append(doc_id)
                 continue
-            if doc_id is None:
-                doc_id = new_id(table)
+            if prev is None:
+                doc_id = doc_id if doc_id is not None else new_id(table)
                 new = {**new, "_id": doc_id, "_creationTime": self._creation_clock()}
             raw = encode_doc(new)
             # An update keeps `_id` and `_creationTime`, so a system document's index keys (by_id,

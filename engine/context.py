@@ -13,6 +13,7 @@ from engine.functions import FunctionDef
 from engine.preempt import guard_state as preempt_guard
 from engine.scheduler import ActionScheduler, MutationScheduler, function_path
 from engine.vector_search import vector_search
+from engine.storage import ActionStorage, MutationStorage, QueryStorage
 
 if TYPE_CHECKING:
     from engine.app import App
@@ -70,6 +71,7 @@ def _actions_only(table: Any, index: Any, request: Any = None) -> Any:
 class QueryCtx:
     db: DatabaseReader
     auth: Auth
+    storage: QueryStorage | None = None  # `ctx.storage.get_url`
 
     @property
     def env(self) -> EnvVars:
@@ -89,6 +91,7 @@ class MutationCtx:
     auth: Auth
     scheduler: MutationScheduler | None = None
     app: "App | None" = None
+    storage: MutationStorage | None = None  # `ctx.storage`: upload URLs, get_url, delete (engine.storage)
 
     @property
     def env(self) -> EnvVars:
@@ -111,7 +114,9 @@ class MutationCtx:
         """Run a query inside this transaction: it sees this mutation's writes so far."""
         target = self._callee(fn, "query")
         checked = target.validate_args({} if args is None else args)
-        return target.check_returns(await target.handler(QueryCtx(DatabaseReader(self.db._tx), self.auth), **checked))
+        reader = DatabaseReader(self.db._tx)
+        storage = QueryStorage(self.storage._service, reader) if self.storage is not None else None
+        return target.check_returns(await target.handler(QueryCtx(reader, self.auth, storage), **checked))
 
     async def run_mutation(self, fn: FunctionDef | str, args: dict[str, Any] | None = None) -> Any:
         """Run a mutation as a sub-transaction of this one (Convex semantics).
@@ -125,8 +130,8 @@ class MutationCtx:
         mark = tx.overlay.mark()
         touched = dict(tx.touched)
         try:
-            return target.check_returns(
-                await target.handler(MutationCtx(self.db, self.auth, self.scheduler, self.app), **checked))
+            return target.check_returns(await target.handler(
+                MutationCtx(self.db, self.auth, self.scheduler, self.app, self.storage), **checked))
         except BaseException:
             guard = preempt_guard()
             guard.critical += 1  # a preemption must not land halfway through the undo
@@ -169,6 +174,11 @@ class ActionCtx:
     async def _mutation(self, path: str, args: dict[str, Any]) -> Any:
         outcome = await self._runtime.run_mutation(path, args, allow_internal=True, identity=self.auth.identity)
         return outcome.value
+
+    @property
+    def storage(self) -> ActionStorage:
+        """`ctx.storage`: upload URLs, `get_url`, `store`, `get`, `delete` (each write commits on its own)."""
+        return ActionStorage(self._runtime.storage, self._runtime.projection, self._on_server)
 
     @property
     def scheduler(self) -> ActionScheduler:

@@ -17,6 +17,7 @@ from engine.validators import ValidationError
 from projections.search import SearchIndexBuilding
 from projections.search_terms import MAX_RESULTS, SearchQuery, bm25, query_search_ranges, search_prefix
 from projections.types import DocumentReader
+from storage import STORAGE_TABLE
 from values import MAX_DOC_DEPTH, ConvexValueError, check_document, check_value, decode_doc, encode_doc, new_id, table_of
 from values.model import identifier_problem
 
@@ -34,7 +35,8 @@ _NO_FIELDS: frozenset[str] = frozenset()
 _MISSING: Any = object()
 
 SCHEDULED_FUNCTIONS = "_scheduled_functions"
-READABLE_SYSTEM_TABLES: frozenset[str] = frozenset({SCHEDULED_FUNCTIONS})
+STORAGE = STORAGE_TABLE  # `_storage`: stored files (engine.storage)
+READABLE_SYSTEM_TABLES: frozenset[str] = frozenset({SCHEDULED_FUNCTIONS, STORAGE})
 """System tables app code may read, through `ctx.db.system` only (never `_requests`)."""
 
 
@@ -201,7 +203,7 @@ class DatabaseReader:
 
     @property
     def system(self) -> "SystemReader":
-        """`ctx.db.system`: read-only access to the readable system tables (`_scheduled_functions`)."""
+        """`ctx.db.system`: read-only access to the readable system tables (`_scheduled_functions`, `_storage`)."""
         return SystemReader(self._tx)
 
     def normalize_id(self, table: str, doc_id: Any) -> str | None:
@@ -311,6 +313,15 @@ class DatabaseWriter(DatabaseReader):
         self._require_writable()
         table = self._check_id(doc_id, system=True)
         self._write(doc_id, table, encode_doc(doc), doc, before, keys_unchanged=True)
+
+    def system_delete(self, doc_id: str) -> bool:
+        """Engine use only: delete a readable system document; False if it does not exist."""
+        self._require_writable()
+        table, raw = self._read(doc_id, system=True)
+        if raw is None:
+            return False
+        self._write(doc_id, table, None, None, raw)
+        return True
 
     def _require_writable(self) -> None:
         if not self._tx.writable:

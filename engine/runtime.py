@@ -26,6 +26,7 @@ from engine.schema_check import checked_fingerprint, mark_checked, schema_finger
 from engine.readset import ReadSet
 from engine.scheduler import (CANCEL_JOB_PATH, SCHEDULE_JOB_PATH, SYSTEM_JOB_PATHS, Scheduler, commit_cancel,
                               commit_schedule)
+from engine.storage import FileStorage, QueryStorage
 from values import decode_doc
 from log.base import Log
 from log.record import Record
@@ -87,6 +88,7 @@ class Runtime:
         self.cursors: CursorSealer = DEFAULT_SEALER
         self.function_logs = function_logs.LogStream()  # finished calls' logs, for /api/admin/logs
         function_logs.install()
+        self.storage: FileStorage | None = None  # `ctx.storage`'s files: set by the node serving this runtime
 
     # -- lifecycle -------------------------------------------------------------
     async def start(self) -> None:
@@ -208,7 +210,8 @@ class Runtime:
             if fn.kind != "query":
                 raise EngineError(f"{fn.path} is a {fn.kind}, not a query")
             checked = fn.validate_args(args)
-            ctx = QueryCtx(DatabaseReader(tx), Auth(identity))
+            db = DatabaseReader(tx)
+            ctx = QueryCtx(db, Auth(identity), QueryStorage(self.storage, db))
             value = fn.check_returns(run_handler(fn.handler(ctx, **checked), fn.path, self.limits.max_seconds,
                                                  slice_seconds))
         except (AppError, EngineError) as exc:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
 from engine.db import SCHEDULED_FUNCTIONS, DatabaseWriter
 from engine.errors import ArgumentError, EngineError
 from engine.functions import FunctionDef
+from engine.system_updates import REMOVE
 from engine.metrics import SCHEDULER_LATENESS_SECONDS
 from values import decode_doc
 
@@ -59,16 +60,7 @@ SERVER_STOPPED = "the server stopped while it ran"
 FINAL_STATES = frozenset({"success", "failed", "canceled"})
 EXPIRY_BATCH = 1000  # most job deletes in one `_system:expire_jobs` record
 
-
-class _Remove:
-    """The `JobChange` answer that deletes the document."""
-
-    def __repr__(self) -> str:
-        return "REMOVE"
-
-
-REMOVE = _Remove()
-JobChange = Callable[[dict[str, Any] | None], "dict[str, Any] | _Remove | None"]
+JobChange = Callable[[dict[str, Any] | None], Any]
 """A conditional job update: the current document (None for an insert) -> the new one, REMOVE to delete it,
 or None to skip."""
 
@@ -136,7 +128,7 @@ def cancel_change(doc: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def expire_change(cutoff_ms: float) -> JobChange:
     """Delete a job finished before `cutoff_ms`; anything else (pending, running, newer) is left."""
-    def apply(doc: dict[str, Any] | None) -> dict[str, Any] | _Remove | None:
+    def apply(doc: dict[str, Any] | None) -> Any:
         if doc is None or doc.get("state", {}).get("kind") not in FINAL_STATES:
             return None
         return REMOVE if doc.get("completedTime", cutoff_ms) < cutoff_ms else None

@@ -51,6 +51,9 @@ class ServerConfig:
     site_port: int | None = None         # HTTP actions (http.py) are served here (None: port + 1; 0: not served)
     max_http_body_bytes: int = 20 << 20  # largest request body an HTTP action accepts (413 past it)
     metrics_port: int | None = None      # also serve GET /metrics, without the admin key, on this port
+    max_upload_bytes: int = 1 << 30      # largest file POSTed to an upload URL (413 past it)
+    upload_timeout: float = 600.0        # seconds a file upload's body may take (body_timeout for the rest)
+    public_url: str | None = None        # base of upload/file URLs (default http://HOST:PORT)
 
     @property
     def log_location(self) -> str:

@@ -50,6 +50,7 @@ from engine.context import ADMIN_IDENTITY
 from engine.client_values import result_wire
 from engine.errors import AppError, EngineError, FunctionNotFound, OutcomeUnknown, WritesUnavailable
 from engine.function_logs import lines_of
+from engine.storage import UPLOAD_PATH
 from gateway.auth import AuthFailure, decode_acting_as, verifier_for
 from gateway.config import NODE_KEY
 from gateway import http_protocol as hp
@@ -88,7 +89,8 @@ async def body_deadline(request: web.Request,
     stream itself is not touched, so handlers reading it incrementally work
     unchanged, and a long-running handler whose body has arrived is not affected.
     """
-    timeout = request.app[NODE_KEY].config.body_timeout
+    config = request.app[NODE_KEY].config
+    timeout = config.upload_timeout if request.path == UPLOAD_PATH else config.body_timeout  # files are large
     content = request.content
     if timeout <= 0 or not request.body_exists or content.is_eof():
         return await handler(request)

@@ -20,6 +20,7 @@ from gateway.config import ServerConfig
 from gateway.bootstrap import BootstrapReport, bootstrap_projection
 from gateway.protocol import ping_message
 from gateway.replica import start_replica
+from gateway.storage_api import attach_storage
 from gateway.subscriptions import SubscriptionManager
 from gateway.time_travel import close_time_travel
 from gateway.time_travel import query_at as query_in_the_past
@@ -126,6 +127,7 @@ class Node:
         # A search index built in the background: searches that said "still building" now answer.
         main_loop = asyncio.get_running_loop()
         self.projection.on_search_ready(lambda: main_loop.call_soon_threadsafe(self.refresh_subscriptions))
+        attach_storage(self)  # ctx.storage: blobs in DATA_DIR/blobs
         await self.runtime.start()
         if self.config.role == "replica":
             await start_replica(self)  # tails the log, forwards mutations

@@ -22,7 +22,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from gateway.config import NODE_KEY, ServerConfig
 from gateway.cors import cors_middleware
-from gateway import admin_api, dashboard_api, health, http_api, logs_api, metrics, replica, streaming_export
+from gateway import (admin_api, dashboard_api, health, http_api, logs_api, metrics, replica, storage_api,
+                     streaming_export)
 from gateway.node import Node
 from gateway.site import build_site_app, site_port
 from gateway.sync_session import handle_sync
@@ -47,6 +48,7 @@ def build_app(node: Node) -> web.Application:
     health.add_routes(app)  # GET /health: 200 or 503 with role, state, offset, lag
     metrics.add_routes(app, node)  # GET /metrics, admin key required
     logs_api.add_routes(app)  # GET /api/admin/logs: function log lines, streamed (admin key)
+    storage_api.add_routes(app)  # file uploads and downloads (ctx.storage)
     static = node.config.static_dir or (node.config.app_dir / "public")
     bundle = next((node.config.app_dir / c for c in BUNDLE_CANDIDATES if (node.config.app_dir / c).exists()), None)
     if bundle is not None:

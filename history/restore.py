@@ -6,7 +6,9 @@ The state "as of TIME" holds exactly the records committed at or before TIME
 `restore_to_dir` builds a new, complete, servable data directory: the log
 prefix (a FileLog with the same records, offsets and timestamps), the
 projection (the nearest earlier checkpoint copied, plus a replay of the rest;
-a full replay without checkpoints) and the admin key. It is assembled next to
+a full replay without checkpoints), the admin key and the blobs of stored
+files (hard-linked; blobs outlive their `_storage` documents, so every
+document of the restored point finds its bytes). It is assembled next to
 the target and renamed into place at the end, so an interrupted restore
 leaves nothing half-built behind. The source is only read (a FileLog is
 opened as a follower), so it may be a live deployment's data directory.
@@ -44,6 +46,7 @@ from log.directory import fsync_dir, move_into_place
 from log.record import Record
 from projections.checkpoints import drop_after
 from projections.store import Projection
+from storage import BLOBS_DIR, link_store
 
 ADMIN_KEY_FILE = "admin_key"
 RESTORE_INFO_FILE = "restore.json"
@@ -65,6 +68,7 @@ class RestoreReport:
     seconds: float = 0.0
     log_seconds: float = 0.0
     in_place: bool = False
+    blobs: int = 0  # stored files' blobs linked into the new directory
 
     def as_json(self) -> dict[str, Any]:
         """The report as the JSON object `tape restore --json` prints."""
@@ -84,6 +88,7 @@ class RestoreReport:
             "archive": str(self.archive) if self.archive else None,
             "seconds": round(self.seconds, 3),
             "in_place": self.in_place,
+            "blobs": self.blobs,
         }
 
 
@@ -163,6 +168,10 @@ async def restore_to_dir(source: str, point: Point, new_dir: str | os.PathLike[s
                     projection.close()
                 finally:
                     await copied.close()
+            if src.data_dir is not None and (src.data_dir / BLOBS_DIR).is_dir():
+                # Stored files: blobs are immutable and never deleted with their documents, so the source's
+                # blobs hold the bytes of every `_storage` document of any earlier point (hard links).
+                report.blobs = await asyncio.to_thread(link_store, src.data_dir / BLOBS_DIR, work / BLOBS_DIR)
             if src.data_dir is not None and (src.data_dir / ADMIN_KEY_FILE).exists():
                 shutil.copy2(src.data_dir / ADMIN_KEY_FILE, work / ADMIN_KEY_FILE)
                 os.chmod(work / ADMIN_KEY_FILE, 0o600)

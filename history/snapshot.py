@@ -14,7 +14,9 @@ holds it, plus a replay). It is a directory (or a zip of one) holding
   Convex JSON (`values.to_wire`), so every value round-trips exactly;
 * ``manifest.json`` — the format, the position (offset, ts, time), each
   table's file, document count and indexes, the full index catalog and the
-  Avro schema.
+  Avro schema;
+* ``blobs/<sha256 hex>`` — the bytes of every stored file (the `_storage`
+  table, which is exported like user tables).
 
 `import_snapshot` writes the documents as log records (``function: "_import"``,
 up to `IMPORT_BATCH_DOCS` documents each) into a new FileLog and replays them
@@ -46,6 +48,7 @@ from log import FileLog
 from log.directory import fsync_dir, move_into_place
 from log.record import Record, Write
 from projections.rebuild import rebuild
+from storage import BLOBS_DIR, STORAGE_TABLE, BlobError, BlobMissing, LocalBlobStore, key_of
 from values import decode_doc, encode_doc, from_wire, to_wire
 
 FORMAT = "tape.export"
@@ -86,6 +89,7 @@ class ExportReport:
     tables: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     base: str = ""
+    blobs: int = 0  # stored files' blobs written under blobs/
 
     @property
     def documents(self) -> int:
@@ -132,7 +136,7 @@ async def export_snapshot(data_dir: str | os.PathLike[str], out: str | os.PathLi
             catalog = projection.indexes
             tables = sorted(set(projection.tables()) | set(catalog))
             if not include_system:
-                tables = [t for t in tables if not t.startswith("_")]
+                tables = [t for t in tables if not t.startswith("_") or t == STORAGE_TABLE]  # files are data
             files_dir = scratch / "out" if as_zip else target.parent / f".{target.name}.exporting-{os.getpid()}"
             shutil.rmtree(files_dir, ignore_errors=True)
             files_dir.mkdir(parents=True)
@@ -168,6 +172,10 @@ async def export_snapshot(data_dir: str | os.PathLike[str], out: str | os.PathLi
                 "indexes": catalog,
                 "avro_schema": DOC_SCHEMA,
             }
+            if STORAGE_TABLE in tables:
+                report.blobs = export_blobs(projection, LocalBlobStore(data / BLOBS_DIR), files_dir / BLOBS_DIR,
+                                            reporter)
+                manifest["blobs"] = {"directory": BLOBS_DIR, "count": report.blobs}
             (files_dir / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
             fsync_dir(files_dir)
         finally:
@@ -175,8 +183,9 @@ async def export_snapshot(data_dir: str | os.PathLike[str], out: str | os.PathLi
         if as_zip:
             tmp_zip = target.with_name(f".{target.name}.tmp-{os.getpid()}")
             with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_STORED) as zf:
-                for entry in sorted(files_dir.iterdir()):
-                    zf.write(entry, entry.name)
+                for entry in sorted(files_dir.rglob("*")):
+                    if entry.is_file():
+                        zf.write(entry, entry.relative_to(files_dir).as_posix())
             os.replace(tmp_zip, target)
         else:
             if target.exists():
@@ -188,6 +197,57 @@ async def export_snapshot(data_dir: str | os.PathLike[str], out: str | os.PathLi
         await source.close()
     report.seconds = time.perf_counter() - started
     return report
+
+
+def export_blobs(projection: Any, store: LocalBlobStore, out: Path, reporter: Reporter) -> int:
+    """Copy the blob of every `_storage` document to ``out/<sha256 hex>``; SnapshotError naming a missing one."""
+    out.mkdir(exist_ok=True)
+    task = reporter.task("export file blobs", projection.count(STORAGE_TABLE))
+    copied = 0
+    for n, raw in enumerate(projection.iter_documents(STORAGE_TABLE), 1):
+        doc = decode_doc(raw)
+        try:
+            key = key_of(doc)
+            target = out / key
+            if not target.exists():
+                with store.open(key) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                copied += 1
+        except BlobError as exc:
+            raise SnapshotError(f"stored file {doc['_id']}: {exc} (tape doctor lists missing blobs)") from None
+        task.update(n)
+    task.finish()
+    fsync_dir(out)
+    return copied
+
+
+def import_blobs(snapshot: "_Snapshot", entry: dict[str, Any], store: LocalBlobStore, reporter: Reporter) -> int:
+    """Store the blob of every imported `_storage` document, checking its bytes hash to its sha256."""
+    task = reporter.task("import file blobs", entry.get("documents"))
+    stored: set[str] = set()
+    with snapshot.open(entry["file"]) as f:
+        for n, row in enumerate(avro_reader(f), 1):
+            doc = from_wire(orjson.loads(row["doc"]), f"{STORAGE_TABLE}/{row['_id']}")
+            try:
+                key = key_of(doc)
+                if key not in stored:
+                    try:
+                        blob = snapshot.open(f"{BLOBS_DIR}/{key}")
+                    except (KeyError, FileNotFoundError):
+                        raise BlobMissing(f"the snapshot has no {BLOBS_DIR}/{key}") from None
+                    with blob:
+                        info = store.put_file(blob)
+                    if info.key != key:
+                        store.delete(info.key)
+                        raise BlobError(f"{BLOBS_DIR}/{key} is damaged (its bytes hash to {info.key})")
+                    stored.add(key)
+            except BlobError as exc:
+                raise SnapshotError(f"stored file {row['_id']}: {exc}") from None
+            task.update(n)
+    task.finish()
+    return len(stored)
 
 
 # ----------------------------------------------------------------- import
@@ -239,6 +299,7 @@ class ImportReport:
     tables: dict[str, int] = field(default_factory=dict)
     records: int = 0
     seconds: float = 0.0
+    blobs: int = 0  # stored files' blobs copied in
 
     @property
     def documents(self) -> int:
@@ -304,6 +365,8 @@ async def import_snapshot(src: str | os.PathLike[str], data_dir: str | os.PathLi
                 if expected is not None and expected != done:
                     raise SnapshotError(f"{entry['file']}: found {done} documents, the manifest says {expected}")
                 report.tables[entry["name"]] = done
+                if entry["name"] == STORAGE_TABLE:
+                    report.blobs = import_blobs(snapshot, entry, LocalBlobStore(work / BLOBS_DIR), reporter)
             task = reporter.task("build projection", report.records)
             projection = await rebuild(log_, work / "projection", snapshot.manifest.get("indexes") or {},
                                        progress=lambda off, n: task.update(n))

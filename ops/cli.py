@@ -259,6 +259,7 @@ def cmd_serve(args: argparse.Namespace, *, dev: bool) -> None:
                           query_at_ts_window=args.query_at_ts_window, header_timeout=args.header_timeout,
                           site_port=site_port, max_http_body_bytes=args.max_http_body_bytes,
                           metrics_port=args.metrics_port,
+                          max_upload_bytes=args.max_upload_bytes, public_url=args.public_url,
                           limits=cache_budgets(replace(DEFAULT_LIMITS, max_seconds=args.function_timeout,
                                                        max_action_seconds=args.action_timeout),
                                                int(args.cache_mb * (1 << 20))))
@@ -356,6 +357,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of bytes, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above zero, got {value}")
+    return value
+
+
 def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--site-port", type=int, default=None, metavar="PORT",
                    help="port serving the app's HTTP actions, http.py (default: --port + 1, i.e. 3211; 0: off)")
@@ -386,6 +398,10 @@ def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--header-timeout", type=float, default=ServerConfig.header_timeout, metavar="SECONDS",
                    help="close a connection that is idle, or has not sent a complete request header, this long "
                         f"(default {ServerConfig.header_timeout:g})")
+    p.add_argument("--max-upload-bytes", type=_positive_int, default=ServerConfig.max_upload_bytes, metavar="BYTES",
+                   help=f"largest file an upload URL accepts (default {ServerConfig.max_upload_bytes}); 413 past it")
+    p.add_argument("--public-url", metavar="URL",
+                   help="base URL of the upload and file URLs ctx.storage hands out (default http://HOST:PORT)")
     p.add_argument("--function-timeout", type=float, default=DEFAULT_LIMITS.max_seconds, metavar="SECONDS",
                    help=f"stop a query or mutation after this long (default {DEFAULT_LIMITS.max_seconds:g})")
     p.add_argument("--action-timeout", type=float, default=DEFAULT_LIMITS.max_action_seconds, metavar="SECONDS",

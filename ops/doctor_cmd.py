@@ -4,6 +4,7 @@
     tape doctor --data DIR --verify             # ... and compare the projection with a fresh replay
     tape doctor --data DIR --rebuild-projection # move the projection aside, rebuild it from the log
     tape doctor --data DIR --truncate-log       # cut a corrupted log back to its last intact record
+    tape doctor --data DIR --collect-blobs      # remove file blobs no stored file ever named
 
 The check never changes anything. It scans every frame of every log segment
 (CRC, dense offsets, increasing timestamps, decodable bodies), checks every
@@ -14,7 +15,10 @@ bad frame as a *torn tail* (a crash in the middle of an unacknowledged write:
 the server drops it on start) or as *corruption* (anything else: the server
 refuses to start), opens the projection read-only, reads every key with
 checksum verification, and compares its applied offset with the end of the
-log. Exit status: 0 when nothing needs attention, 1 when something does.
+log. It also checks that every stored file (a `_storage` document) has its
+blob and that the blob's bytes still hash to its sha256, naming each missing
+or damaged one by its storage id. Exit status: 0 when nothing needs
+attention, 1 when something does.
 
 Repairs take the log's writer lock, so they refuse to run next to a server.
 Nothing is deleted: a replaced projection is renamed to
@@ -71,6 +75,9 @@ from projections.checkpoints import verify as belongs_to_log
 from projections.layout import (DOC, META_APPLIED_OFFSET, META_APPLIED_TS, META_CATALOG, META_FORMAT,
                                 META_SEARCH_CATALOG, unpack_int)
 from projections.rebuild import rebuild
+from storage import BLOBS_DIR, STORAGE_TABLE, BlobError, LocalBlobStore, key_of
+from storage.collect import Collection, collect_orphans
+from values import decode_doc, table_of
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -132,6 +139,18 @@ class ProjectionReport:
     digest: str | None = None
     verified: bool | None = None  # None: not checked; else digest == digest of a fresh replay
     verify_note: str | None = None
+    stored_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # `_storage` id -> document
+
+
+@dataclass
+class BlobReport:
+    """The blobs of stored files: which `_storage` documents lack their bytes, or have damaged ones."""
+
+    directory: Path
+    checked: int = 0
+    missing: list[str] = field(default_factory=list)   # "<storage id> (blob <key>)"
+    damaged: list[str] = field(default_factory=list)
+    unreferenced: int = 0  # blobs no live document names (deleted files, kept for restores)
 
 
 @dataclass
@@ -151,6 +170,7 @@ class Report:
     projection: ProjectionReport
     checkpoints: CheckpointsReport = field(default_factory=CheckpointsReport)
     problems: list[str] = field(default_factory=list)
+    blobs: BlobReport | None = None
     advice: list[str] = field(default_factory=list)
 
     @property
@@ -379,6 +399,8 @@ def check_projection(path: Path) -> ProjectionReport:
                 rep.keys += 1
                 if key[:1] == DOC:
                     rep.documents += 1
+                    if table_of(key[1:].decode("utf-8", "replace")) == STORAGE_TABLE:
+                        rep.stored_files[key[1:].decode()] = decode_doc(value)
                 it.next()
             it.status()  # an iterator stops at a damaged block without raising: ask it
             rep.digest = h.hexdigest()
@@ -413,6 +435,27 @@ async def _replay_digest(log_dir: Path, upto: int, catalog: dict[str, Any] | Non
                 projection.close()
     finally:
         await log.close()
+
+
+def check_blobs(data: Path, files: dict[str, dict[str, Any]]) -> BlobReport:
+    """Check that every stored file's blob exists and hashes to its `_storage` document's sha256."""
+    store = LocalBlobStore(data / BLOBS_DIR)
+    rep = BlobReport(store.root)
+    wanted: set[str] = set()
+    for storage_id, doc in sorted(files.items()):
+        rep.checked += 1
+        try:
+            key = key_of(doc)
+        except BlobError as exc:
+            rep.damaged.append(f"{storage_id} ({exc})")
+            continue
+        wanted.add(key)
+        if not store.exists(key):
+            rep.missing.append(f"{storage_id} (blob {key})")
+        elif not store.verify(key):
+            rep.damaged.append(f"{storage_id} (blob {key}: its bytes no longer hash to it)")
+    rep.unreferenced = sum(1 for key in store.keys() if key not in wanted)
+    return rep
 
 
 # ----------------------------------------------------------------- diagnosis
@@ -529,6 +572,17 @@ def diagnose(data: Path, log_dir: Path | None = None, verify: bool = False) -> R
     if lrep.leftovers:
         rep.advice.append(f"{lrep.leftovers} segment file(s) before offset {lrep.first_offset} are left over from an "
                           "interrupted retention pass; the server removes them when it starts.")
+    if prep.exists and prep.error is None:
+        brep = rep.blobs = check_blobs(data, prep.stored_files)
+        for entry in brep.missing:
+            rep.problems.append(f"stored file missing its bytes: {entry}")
+        for entry in brep.damaged:
+            rep.problems.append(f"stored file damaged: {entry}")
+        if brep.missing or brep.damaged:
+            rep.advice.append(
+                f"Copy the named blobs back into {brep.directory}/<first two hex digits>/<sha256> from a backup, "
+                "a snapshot's blobs/ directory or the data directory this one was restored from; otherwise "
+                "delete those files (ctx.storage.delete) so the app stops serving them.")
     if rep.problems and lrep.server_pid is not None:
         rep.advice.append(f"A server (pid {lrep.server_pid}) is running on this data directory: stop it before "
                           "repairing.")
@@ -577,6 +631,13 @@ def print_report(rep: Report, out: Console = console) -> None:
     if cps.archive is not None:
         out.print(f"  segment archive: offsets {cps.archive[0]}..{cps.archive[1] - 1} in "
                   f"{escape(str(default_archive(rep.data).directory))}")
+    if rep.blobs is not None and (rep.blobs.checked or rep.blobs.unreferenced):
+        b = rep.blobs
+        bad = len(b.missing) + len(b.damaged)
+        status = "[red]DAMAGED[/]" if bad else "[green]OK[/]"
+        out.print(f"  file blobs: {status} {escape(str(b.directory))}: {b.checked} stored files checked, "
+                  f"{len(b.missing)} missing, {len(b.damaged)} damaged, {b.unreferenced} blob(s) no live file names "
+                  "(deleted files', kept for restores; or orphans: --collect-blobs)")
     for problem in rep.problems:
         out.print(f"[bold red]problem:[/] {escape(problem)}")
     if rep.advice:
@@ -744,6 +805,24 @@ def truncate_log(data: Path, log_dir: Path | None = None, app_dir: str | None = 
 # ----------------------------------------------------------------- CLI
 
 
+def collect_blobs(data: Path, log_dir: Path | None = None, out: Console = console) -> Collection:
+    """Remove blobs no `_storage` document in the log ever named (`storage.collect`); holds the writer lock."""
+    async def go() -> Collection:
+        log = FileLog(log_dir or data / "log", read_only=False)  # the writer lock: no upload may be in flight
+        try:
+            await log.open()
+        except LogError as exc:
+            raise RepairError(f"cannot take the log: {exc}. Stop the server first.") from None
+        try:
+            return await collect_orphans(log, LocalBlobStore(data / BLOBS_DIR))
+        finally:
+            await log.close()
+    result = asyncio.run(go())
+    out.print(f"collected {len(result.removed)} orphan blob(s) ({result.bytes_freed} bytes) that no stored file "
+              f"ever named; kept the {result.named} the log names (deleted files' too, for restores)")
+    return result
+
+
 def run(args: argparse.Namespace) -> None:
     data = Path(args.data)
     log_dir = Path(args.log) if args.log else None
@@ -755,6 +834,8 @@ def run(args: argparse.Namespace) -> None:
             truncate_log(data, log_dir, args.app)
         elif args.rebuild_projection:
             rebuild_projection(data, log_dir, args.app)
+        elif args.collect_blobs:
+            collect_blobs(data, log_dir)
     except RepairError as exc:
         console.print(f"[bold red]cannot repair:[/] {escape(str(exc))}")
         raise SystemExit(1) from None
@@ -781,4 +862,7 @@ def register(subparsers: Any) -> None:
     repair.add_argument("--truncate-log", action="store_true",
                         help="cut a corrupted log back to its last intact record (copies the rest aside); "
                              "acknowledged writes after the damage are lost")
+    repair.add_argument("--collect-blobs", action="store_true",
+                        help="remove file blobs no stored file ever named (uploads a crash cut off before their "
+                             "commit); blobs of deleted files are kept for restores")
     p.set_defaults(func=run)

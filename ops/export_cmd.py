@@ -24,7 +24,8 @@ holds it, plus a replay). It is a directory (or a zip of one) holding
   Avro schema.
 
 System tables (``_requests``: idempotency memos of the old deployment) are left
-out unless --include-system.
+out unless --include-system; stored files (the ``_storage`` table) are always
+exported, with their bytes as ``blobs/<sha256 hex>``, and imported with them.
 
 `tape import` builds a new deployment from a snapshot: it writes the documents
 as log records (``function: "_import"``, up to `IMPORT_BATCH_DOCS` documents
@@ -118,6 +119,8 @@ def cmd_export(args: argparse.Namespace) -> None:
               f"at offset {report.offset} ({when}) to {report.out} in {report.seconds:.2f}s (state: {report.base})")
     for table, n in report.tables.items():
         out.print(f"  {table}: {n}")
+    if report.blobs:
+        out.print(f"  file blobs: {report.blobs}")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
@@ -131,6 +134,8 @@ def cmd_import(args: argparse.Namespace) -> None:
               f"{report.data} ({report.records} log record(s)) in {report.seconds:.2f}s")
     for table, n in report.tables.items():
         out.print(f"  {table}: {n}")
+    if report.blobs:
+        out.print(f"  file blobs: {report.blobs}")
     out.print(f"Start it with: tape serve APP_DIR --data {report.data}")
     sys.stdout.flush()
 

@@ -10,7 +10,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ["values", "log", "projections", "history", "engine", "gateway", "ops"]
+LAYERS = ["values", "log", "storage", "projections", "history", "engine", "gateway", "ops"]
 ALLOWED: dict[str, set[str]] = {pkg: set(LAYERS[: i + 1]) for i, pkg in enumerate(LAYERS)}
 ALLOWED["client"] = {"values", "client"}
 INTERNAL = set(ALLOWED)
