@@ -36,9 +36,9 @@ stored (its bytes checked against the sha256 of its
 ``_storage/documents.jsonl`` entry), a ``_storage`` document
 ``{sha256, size, contentType}`` keeps the file's ``_id`` (mapped like any id)
 and ``_creationTime``, and references to files are rewritten like other ids.
-Without it (this build has no file storage) the files are counted, reported as
-skipped, and references to them stay as they are. Export writes no
-``_storage`` entries.
+Without it the files are counted, reported as skipped, and references to them
+stay as they are (`tape import` passes the deployment's `storage.LocalBlobStore`).
+Export writes no ``_storage`` entries.
 """
 from __future__ import annotations
 

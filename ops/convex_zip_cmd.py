@@ -14,6 +14,7 @@ from rich.console import Console
 from history.convex_zip import ConvexExportReport, ConvexImportReport, export_convex_zip, import_convex_zip
 from history.points import format_ns
 from ops.errors import CliError
+from storage import BLOBS_DIR, LocalBlobStore
 
 
 def export_convex(args: argparse.Namespace, run: Callable[[Any], Any]) -> None:
@@ -35,7 +36,8 @@ def export_convex(args: argparse.Namespace, run: Callable[[Any], Any]) -> None:
 
 def import_convex(args: argparse.Namespace, run: Callable[[Any], Any]) -> None:
     """`tape import CONVEX_EXPORT.zip --data NEW_DIR`."""
-    report: ConvexImportReport = run(lambda r: import_convex_zip(args.snapshot, args.data, reporter=r))
+    report: ConvexImportReport = run(lambda r: import_convex_zip(
+        args.snapshot, args.data, reporter=r, blob_store=lambda work: LocalBlobStore(work / BLOBS_DIR)))
     out = Console(highlight=False, soft_wrap=True)
     out.print(f"[bold green]Imported[/] {report.documents} document(s) in {len(report.tables)} table(s) from a "
               f"Convex snapshot into {report.data} ({report.records} log record(s)) in {report.seconds:.2f}s")
