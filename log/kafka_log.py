@@ -289,7 +289,9 @@ class KafkaLog(Log):
         self._meta.pause(self._tp)  # fetch only while scanning
         hw = await self._high_watermark()
         await self.low_watermark()
-        records = await self._scan_from(max(hw - _OPEN_TAIL_WINDOW, self._first)) if hw > 0 else []
+        # Up to the high watermark read above: a writer appending all the time never leaves the quiet
+        # moment an open-ended scan waits for.
+        records = await self._scan_from(max(hw - _OPEN_TAIL_WINDOW, self._first), hw) if hw > 0 else []
         if records:
             self._next = records[-1][0] + 1
             self._last_ts = max(ts for _, ts in records)
