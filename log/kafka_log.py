@@ -291,7 +291,7 @@ class KafkaLog(Log):
         await self.low_watermark()
         # Up to the high watermark read above: a writer appending all the time never leaves the quiet
         # moment an open-ended scan waits for.
-        records = await self._scan_from(max(hw - _OPEN_TAIL_WINDOW, self._first), hw) if hw > 0 else []
+        records = await self._scan_from(max(hw - _OPEN_TAIL_WINDOW, self._first), reach=hw) if hw > 0 else []
         if records:
             self._next = records[-1][0] + 1
             self._last_ts = max(ts for _, ts in records)
@@ -375,8 +375,12 @@ class KafkaLog(Log):
         ends = await self._meta.end_offsets([self._tp])
         return int(ends[self._tp])
 
-    async def _scan_from(self, start: int, stop: int | None = None) -> list[tuple[int, int]]:
-        """(offset, ts) of every record from `start` to `stop` (None: the current end), via the meta consumer."""
+    async def _scan_from(self, start: int, stop: int | None = None, reach: int | None = None) -> list[tuple[int, int]]:
+        """(offset, ts) of every record from `start` to `stop` (None: the current end), via the meta consumer.
+
+        With `reach`, the scan ends with the fetch that got past offset `reach - 1` (records appended
+        meanwhile may follow), instead of waiting for a quiet fetch that a busy writer never leaves.
+        """
         meta = self._meta
         if meta is None:
             raise LogClosedError(f"{self._where()}: log is closed")
@@ -400,6 +404,8 @@ class KafkaLog(Log):
                             break
                         out.append((m.offset, self._decode(m)[0].ts))
                     if stop is not None and out and out[-1][0] >= stop - 1:
+                        done = True
+                    if reach is not None and out and out[-1][0] >= reach - 1:
                         done = True
             finally:
                 meta.pause(self._tp)
