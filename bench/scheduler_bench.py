@@ -20,7 +20,7 @@ in one transaction.
 **Lateness.** In-process, on the bank example app: 64 closed-loop callers run
 `accounts:transfer` (uniform accounts) while a feeder schedules `statements:record` jobs at a steady
 `--rate` per second (every 100 ms, one `statements:schedule` mutation schedules the next 100 ms of jobs,
-spaced evenly, 300 ms ahead). A job's lateness is the time from its `scheduledTime` to the moment its
+spaced evenly, 300 ms ahead), with the collector settings a served node uses. A job's lateness is the time from its `scheduledTime` to the moment its
 record (the job's writes and its state "success") is durable and applied, seen by a projection listener.
 Reported: lateness p50/p99/max over the jobs due in the measured window (goal p99 <= 50 ms), and the
 transfer throughput with and without the jobs beside it.
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import random
 import statistics
 import tempfile
@@ -43,6 +44,7 @@ from engine.app import App
 from engine.db import SCHEDULED_FUNCTIONS
 from engine.limits import DEFAULT_LIMITS
 from engine.runtime import Runtime
+from gateway.node import GC_GEN0_THRESHOLD
 from log.file_log import FileLog
 from projections.store import Projection
 from values import decode_doc
@@ -156,6 +158,10 @@ async def lateness_round(accounts: int, seconds: float, rate: float, with_jobs: 
                                 late.append((doc["scheduledTime"], now - doc["scheduledTime"]))
 
             runtime.add_listener(applied)
+            # The collector settings a served node applies once its long-lived state is built (gateway.node).
+            thresholds = gc.get_threshold()
+            gc.freeze()
+            gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
             rng = random.Random(7)
             warm_until = time.time() + 1.0
             stop_at = time.perf_counter() + 1.0 + seconds
@@ -163,7 +169,11 @@ async def lateness_round(accounts: int, seconds: float, rate: float, with_jobs: 
             callers = [transfer_loop(runtime, owners, lambda: rng.randrange(accounts), stop_at, latencies)
                        for _ in range(CALLERS)]
             feeder = [_feed(runtime, owners, rate, stop_at)] if with_jobs else []
-            await asyncio.gather(*callers, *feeder)
+            try:
+                await asyncio.gather(*callers, *feeder)
+            finally:
+                gc.unfreeze()
+                gc.set_threshold(*thresholds)
             end = time.time()
             if with_jobs:  # the jobs due before the end finish within moments of it
                 deadline = time.time() + 10.0

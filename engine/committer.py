@@ -128,6 +128,7 @@ class _QueuedMutation:
     future: asyncio.Future[MutationOutcome]
     fingerprint: str | None = None  # set when session_id and request_id are (see `request_fingerprint`)
     job_id: str | None = None  # a scheduled mutation: its `_scheduled_functions` job, updated in its record
+    job: tuple[dict[str, Any], bytes] | None = None  # that job as it was pending (document, encoding)
 
 
 @dataclass
@@ -310,7 +311,8 @@ class Committer:
         """Estimated memory held by the cache of committed documents (bounded by `Limits.document_cache_bytes`)."""
         return int(len(self._documents) * (DOCUMENT_ENTRY_OVERHEAD + self._document_mean))
 
-    def enqueue_job(self, fn: FunctionDef, args: dict[str, Any], job_id: str) -> asyncio.Future[MutationOutcome]:
+    def enqueue_job(self, fn: FunctionDef, args: dict[str, Any], job_id: str,
+                    job: tuple[dict[str, Any], bytes] | None = None) -> asyncio.Future[MutationOutcome]:
         """Queue a scheduled mutation whose job is pending; its job's new state joins its record.
 
         A job no longer pending (cancelled, or already run) is skipped: the outcome's value is None.
@@ -321,7 +323,8 @@ class Committer:
         if self._broken is not None:
             raise EngineError(self._broken)
         assert self._owner_loop is not None
-        pending = _QueuedMutation(fn, args, None, None, None, self._owner_loop.create_future(), job_id=job_id)
+        pending = _QueuedMutation(fn, args, None, None, None, self._owner_loop.create_future(), job_id=job_id,
+                                  job=job)
         self._queue.append(pending)
         self._wakeup.set()
         return pending.future
@@ -518,7 +521,7 @@ class Committer:
             if not off_loop and p.fn.path in self.slow_mutations:
                 slow, rest = p, batch[i + 1:]
                 break
-            job = self._pending_job(p.job_id) if p.job_id is not None else None
+            job = self._pending_job(p.job_id, p.job) if p.job_id is not None else None
             if p.job_id is not None and job is None:
                 p.future.set_result(MutationOutcome(None, self._last_ts, self._next_offset - 1))
                 continue
@@ -783,11 +786,14 @@ class Committer:
             return entry.doc
         return self._runtime.projection.get(doc_id)
 
-    def _pending_job(self, job_id: str) -> tuple[dict[str, Any], bytes] | None:
-        """The job document and its encoding, if it is still pending."""
+    def _pending_job(self, job_id: str, known: tuple[dict[str, Any], bytes] | None = None
+                     ) -> tuple[dict[str, Any], bytes] | None:
+        """The job document and its encoding, if it is still pending (`known`: as it was when pending)."""
         raw = self._current(job_id)
         if raw is None:
             return None
+        if known is not None and raw == known[1]:
+            return known  # unchanged since it was pending: no decoding
         doc = decode_doc(raw)
         return (doc, raw) if doc.get("state", {}).get("kind") == "pending" else None
 

@@ -25,7 +25,7 @@ _MAX_PAIRS = 4  # scans returning more are not kept
 # tuple and the bytes/str headers.
 RANGE_OVERHEAD = 280
 PAIR_OVERHEAD = 170
-DEFAULT_BUDGET = 32 << 20
+DEFAULT_BUDGET = 64 << 20
 
 
 class ScanCache:

@@ -241,7 +241,7 @@ class Scheduler:
             doc = decode_doc(raw)
             kind = doc.get("state", {}).get("kind")
             if kind == "pending":
-                self._push(doc)
+                self._push(doc, raw)
             elif kind == "inProgress":
                 interrupted.append(doc["_id"])
         runtime.add_listener(self._on_applied)
@@ -341,9 +341,9 @@ class Scheduler:
         """Heap entries not yet dispatched (may include stale entries of jobs already finished)."""
         return len(self._heap)
 
-    def _push(self, doc: dict[str, Any]) -> None:
+    def _push(self, doc: dict[str, Any], raw: bytes) -> None:
         self._pushes += 1
-        heapq.heappush(self._heap, (doc["scheduledTime"], self._pushes, doc["_id"], doc))
+        heapq.heappush(self._heap, (doc["scheduledTime"], self._pushes, doc["_id"], doc, raw))
 
     def _on_applied(self, records: list[Any]) -> None:
         """Projection listener: queue every job written as pending."""
@@ -354,7 +354,7 @@ class Scheduler:
                     continue  # jobs are pending only when inserted: later writes only move them on
                 doc = decode_doc(write.doc)
                 if doc.get("state", {}).get("kind") == "pending":
-                    self._push(doc)
+                    self._push(doc, write.doc)
                     pushed = True
         if pushed:
             self._wake.set()
@@ -366,14 +366,14 @@ class Scheduler:
             self._wake.clear()
             now = now_ms()
             while heap and heap[0][0] <= now:
-                due, _, job_id, doc = heapq.heappop(heap)
+                due, _, job_id, doc, raw = heapq.heappop(heap)
                 if job_id in self._running:
                     continue
                 SCHEDULER_LATENESS_SECONDS.observe((now - due) / 1000.0)
                 # A job cancelled meanwhile is dropped by the committer's check (mutations) or by the
                 # conditional pending -> inProgress update (actions).
                 self._running.add(job_id)
-                if not self._start_mutation(doc):
+                if not self._start_mutation(doc, raw):
                     task = loop.create_task(self._run(doc))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
@@ -386,15 +386,18 @@ class Scheduler:
             except asyncio.TimeoutError:
                 pass
 
-    def _start_mutation(self, doc: dict[str, Any]) -> bool:
-        """Queue a scheduled mutation straight into the committer (no task per job); False if it is not one."""
+    def _start_mutation(self, doc: dict[str, Any], raw: bytes) -> bool:
+        """Queue a scheduled mutation straight into the committer (no task per job); False if it is not one.
+
+        `raw` is the job's encoding as it was pending: the committer skips decoding a job still stored so.
+        """
         job_id = doc["_id"]
         try:
             fn = self._runtime.app.function(doc["name"], allow_internal=True)
             if fn.kind != "mutation":
                 return False
             args = fn.validate_args(doc["args"][0] if doc.get("args") else {})
-            future = self._runtime.committer.enqueue_job(fn, args, job_id)
+            future = self._runtime.committer.enqueue_job(fn, args, job_id, (doc, raw))
         except EngineError:
             return False  # `_run` records the failure
         future.add_done_callback(lambda done: self._mutation_done(job_id, done))
