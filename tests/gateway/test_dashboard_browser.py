@@ -16,29 +16,16 @@ import os
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
+from tests.browser import browser  # noqa: F401 (the fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("TAPE_SCREENSHOTS") or tempfile.mkdtemp(prefix="tape-shots-"))
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 LIVE = 10_000  # ms: how long a change may take to show up
 
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make chromium` (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
 
 
 def _http(url: str, path: str, body: dict[str, Any] | None = None, key: str | None = None) -> Any:
