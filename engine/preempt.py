@@ -80,6 +80,8 @@ def _on_signal(signum: int, frame: Any) -> None:
     state = STATE
     if not (state.deadline and time.monotonic() >= state.deadline):
         return
+    if frame is not None and _swallows_exceptions(frame.f_code):
+        return  # raised here it would be lost ("Exception ignored in ..."): the watchdog's next signal lands
     # Raise only inside user code, i.e. strictly below a driver's frame. Once the handler's
     # exception has left the driver (or while the driver itself unwinds), a late signal must not
     # land in the engine's cleanup or the event loop: then nothing is raised.
@@ -205,6 +207,17 @@ def _on_gc(phase: str, info: dict[str, Any]) -> None:
         if STATE.deadline:
             STATE.deadline += time.monotonic() - _gc_started
         _gc_started = 0.0
+
+
+_ON_GC_CODE = _on_gc.__code__
+_CALLBACK_FILES = ("_weakrefset.py", "weakref.py")
+
+
+def _swallows_exceptions(code: Any) -> bool:
+    """Whether `code` runs where the interpreter discards exceptions: collector and weakref callbacks,
+    finalizers."""
+    return (code is _ON_GC_CODE or code.co_name == "__del__"
+            or code.co_filename.endswith(_CALLBACK_FILES))
 
 
 def install() -> bool:
