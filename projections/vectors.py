@@ -55,8 +55,11 @@ VectorCatalog = dict[str, dict[str, dict[str, Any]]]
 APPLY_WAIT_SECONDS = 10.0
 """How long a search waits for the applier to take in the records applied to the projection before it."""
 
-BUILD_BATCH = 512
-"""Documents added to the graph per step of a background build."""
+BUILD_BATCH = 2048
+"""Documents added to the graph per step of a background build (one batched usearch `add`)."""
+
+BUILD_THREADS = max(1, min(4, os.cpu_count() or 1))
+"""Threads usearch adds a build batch with (it releases the GIL; the applier waits on the index lock)."""
 
 
 class VectorIndexError(Exception):
@@ -185,7 +188,7 @@ class VectorIndexes:
                 with index.lock:
                     # a write applied meanwhile re-reads its document at the end: keep the newest
                     keep = [i for i, doc_id in enumerate(ids) if doc_id not in entry.pending]
-                    index.put_many([ids[i] for i in keep], [rows[i] for i in keep], threads=1)
+                    index.put_many([ids[i] for i in keep], [rows[i] for i in keep], threads=BUILD_THREADS)
                 entry.done += len(ids)
                 ids.clear()
                 rows.clear()
