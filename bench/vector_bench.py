@@ -5,7 +5,7 @@
 The documents go into a real projection (RocksDB) as log records would put
 them; the index is then built the way a node builds it at start or when a
 vector index is added (`projections.vectors.VectorIndexes`: read each document
-back, add its vector to the usearch graph on one background thread). Each
+back, add the vectors to the usearch graph in batches from one background thread). Each
 query then runs `VectorIndexes.search` — the HNSW walk, the exact re-scoring
 and the check of every hit against the projection, i.e. `ctx.vector_search`
 minus the action call — and, as the peer, an exact search: one numpy product

@@ -55,8 +55,11 @@ VectorCatalog = dict[str, dict[str, dict[str, Any]]]
 APPLY_WAIT_SECONDS = 10.0
 """How long a search waits for the applier to take in the records applied to the projection before it."""
 
-BUILD_BATCH = 512
-"""Documents added to the graph per step of a background build."""
+BUILD_BATCH = 2048
+"""Documents added to the graph per step of a background build (one batched usearch `add`)."""
+
+BUILD_THREADS = max(1, min(4, os.cpu_count() or 1))
+"""Threads usearch adds a build batch with (it releases the GIL; the applier waits on the index lock)."""
 
 
 class VectorIndexError(Exception):
@@ -185,7 +188,7 @@ class VectorIndexes:
                 with index.lock:
                     # a write applied meanwhile re-reads its document at the end: keep the newest
                     keep = [i for i, doc_id in enumerate(ids) if doc_id not in entry.pending]
-                    index.put_many([ids[i] for i in keep], [rows[i] for i in keep], threads=1)
+                    index.put_many([ids[i] for i in keep], [rows[i] for i in keep], threads=BUILD_THREADS)
                 entry.done += len(ids)
                 ids.clear()
                 rows.clear()
@@ -422,28 +425,34 @@ class VectorIndexes:
         while True:
             with index.lock:
                 hits = index.search(query, want + 8, any_of)
-            kept = self._still_valid(index, hits, any_of)
+            kept = self._still_valid(index, hits, any_of, limit)
             if len(kept) >= limit or len(hits) < want + 8:
                 return kept[:limit]
             want *= 2  # many hits were stale (a burst of deletes not yet applied to the index)
 
     def _still_valid(self, index: VectorIndex, hits: list[tuple[str, float]],
-                     any_of: Sequence[tuple[str, bytes]] | None) -> list[tuple[str, float]]:
-        if not hits:
-            return []
-        raws = self.projection.get_many([doc_id for doc_id, _ in hits])
-        if any_of is None:
-            return [hit for hit, raw in zip(hits, raws) if raw is not None]
+                     any_of: Sequence[tuple[str, bytes]] | None, limit: int) -> list[tuple[str, float]]:
+        """The first `limit` of `hits` the projection still holds (and, with `any_of`, that still pass it).
+
+        Reads one document per hit, best first, and stops at `limit`: a 768-dim
+        document is ~14 KB, so reading only what is returned matters.
+        """
         allowed: dict[str, set[bytes]] = {}
-        for fieldname, key in any_of:
+        for fieldname, key in any_of or ():
             allowed.setdefault(fieldname, set()).add(key)
-        kept = []
-        for hit, raw in zip(hits, raws):
+        get = self.projection.get
+        kept: list[tuple[str, float]] = []
+        for hit in hits:
+            raw = get(hit[0])
             if raw is None:
                 continue
-            doc = decode_stored(raw)
-            if any(f in doc and filter_key(doc[f]) in keys for f, keys in allowed.items()):
-                kept.append(hit)
+            if allowed:
+                doc = decode_stored(raw)
+                if not any(f in doc and filter_key(doc[f]) in keys for f, keys in allowed.items()):
+                    continue
+            kept.append(hit)
+            if len(kept) >= limit:
+                break
         return kept
 
     def status(self) -> list[dict[str, Any]]:
