@@ -60,13 +60,13 @@ import orjson
 from history.build import build_projection, snapshot_live_projection
 from history.convex_ids import FIRST_USER_TABLE_NUMBER, decode_convex_id, encode_convex_id, tape_id, tape_internal
 from history.errors import SnapshotError
+from history.import_log import append_table, build_projection_from, new_work_dir
 from history.points import parse_point, record_at, resolve_point
 from history.progress import Reporter
 from history.sources import is_data_dir, open_source
 from log import FileLog
 from log.directory import fsync_dir, move_into_place
 from log.record import Record, Write
-from projections.rebuild import rebuild
 from values import ConvexValueError, check_value, decode_doc, encode_doc, from_wire, new_id
 
 TABLES_TABLE = "_tables"
@@ -533,12 +533,12 @@ async def import_convex_zip(src: str | os.PathLike[str], data_dir: str | os.Path
     reporter = reporter or Reporter()
     started = time.perf_counter()
     dest = Path(data_dir).absolute()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise SnapshotError(f"{dest} exists and is not empty: import into a new data directory")
-    z = _ConvexZip(Path(src))
-    work = dest.parent / f".{dest.name}.importing-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = new_work_dir(dest, os.getpid())
+    try:
+        z = _ConvexZip(Path(src))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     report = ConvexImportReport(dest)
     now_ms = time.time() * 1000.0
     try:
@@ -573,26 +573,11 @@ async def import_convex_zip(src: str | os.PathLike[str], data_dir: str | os.Path
                     report.records += 1
             for table in tables:
                 task = reporter.task(f"import {table}", None)
-                done = 0
-                pending: list[Record] = []
-                for record, n in _table_records(z, table, by_number, report.numbers.get(table), now_ms):
-                    pending.append(record)
-                    done += n
-                    if len(pending) >= 16:
-                        await log_.append(pending)
-                        report.records += len(pending)
-                        pending = []
-                        task.update(done)
-                if pending:
-                    await log_.append(pending)
-                    report.records += len(pending)
-                task.update(done)
-                task.finish()
+                appended, done = await append_table(
+                    log_, _table_records(z, table, by_number, report.numbers.get(table), now_ms), task)
+                report.records += appended
                 report.tables[table] = done
-            task = reporter.task("build projection", report.records)
-            projection = await rebuild(log_, work / "projection", {}, progress=lambda off, n: task.update(n))
-            task.finish()
-            projection.close()
+            await build_projection_from(log_, work, {}, reporter, report.records)
         finally:
             await log_.close()
         move_into_place(work, dest)

@@ -41,13 +41,13 @@ from fastavro import writer as avro_writer
 
 from history.build import build_projection, snapshot_live_projection
 from history.errors import SnapshotError
+from history.import_log import append_table, build_projection_from, new_work_dir
 from history.points import format_ns, parse_point, record_at, resolve_point
 from history.progress import Reporter
 from history.sources import is_data_dir, open_source
 from log import FileLog
 from log.directory import fsync_dir, move_into_place
 from log.record import Record, Write
-from projections.rebuild import rebuild
 from storage import BLOBS_DIR, STORAGE_TABLE, BlobError, BlobMissing, LocalBlobStore, key_of
 from values import decode_doc, encode_doc, from_wire, to_wire
 
@@ -333,12 +333,12 @@ async def import_snapshot(src: str | os.PathLike[str], data_dir: str | os.PathLi
     reporter = reporter or Reporter()
     started = time.perf_counter()
     dest = Path(data_dir).absolute()
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise SnapshotError(f"{dest} exists and is not empty: import into a new data directory")
-    snapshot = _Snapshot(Path(src))
-    work = dest.parent / f".{dest.name}.importing-{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = new_work_dir(dest, os.getpid())
+    try:
+        snapshot = _Snapshot(Path(src))
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     report = ImportReport(dest)
     try:
         log_ = FileLog(work / "log", read_only=False)
@@ -346,32 +346,15 @@ async def import_snapshot(src: str | os.PathLike[str], data_dir: str | os.PathLi
         try:
             for entry in snapshot.manifest.get("tables", []):
                 task = reporter.task(f"import {entry['name']}", entry.get("documents"))
-                done = 0
-                pending: list[Record] = []
-                for record, n in _import_records(snapshot, entry):
-                    pending.append(record)
-                    done += n
-                    if len(pending) >= 16:
-                        await log_.append(pending)
-                        report.records += len(pending)
-                        pending = []
-                        task.update(done)
-                if pending:
-                    await log_.append(pending)
-                    report.records += len(pending)
-                task.update(done)
-                task.finish()
+                appended, done = await append_table(log_, _import_records(snapshot, entry), task)
+                report.records += appended
                 expected = entry.get("documents")
                 if expected is not None and expected != done:
                     raise SnapshotError(f"{entry['file']}: found {done} documents, the manifest says {expected}")
                 report.tables[entry["name"]] = done
                 if entry["name"] == STORAGE_TABLE:
                     report.blobs = import_blobs(snapshot, entry, LocalBlobStore(work / BLOBS_DIR), reporter)
-            task = reporter.task("build projection", report.records)
-            projection = await rebuild(log_, work / "projection", snapshot.manifest.get("indexes") or {},
-                                       progress=lambda off, n: task.update(n))
-            task.finish()
-            projection.close()
+            await build_projection_from(log_, work, snapshot.manifest.get("indexes") or {}, reporter, report.records)
         finally:
             await log_.close()
         move_into_place(work, dest)
