@@ -49,6 +49,7 @@ from engine.overlay import Overlay
 from engine.scheduler import JobChange, MutationScheduler, finished
 from engine.storage import MutationStorage
 from engine.scan_cache import ScanCache
+from engine.sweeps import sweep_periodically
 from engine.system_updates import REMOVE, InsertAt
 from values import decode_doc, decode_value, encode_doc, encode_value, new_id, to_wire
 from log.errors import LogError, LogOutcomeUnknown
@@ -64,7 +65,6 @@ RECOVERY_RETRY_MIN, RECOVERY_RETRY_MAX = 0.1, 1.0  # seconds between attempts to
 
 REQUESTS_TABLE = "_requests"
 EXPIRE_REQUESTS_FUNCTION = "_system:expire_requests"  # `function` of the records that expire `_requests` docs
-EXPIRY_INTERVAL_MAX = 3600.0  # seconds between expiry sweeps at most (retention / 24 when shorter)
 # Token claims that change when the same caller refreshes its token: not part of who the caller is.
 _VOLATILE_CLAIMS = frozenset({"iat", "exp", "nbf", "auth_time", "jti"})
 # Estimated memory of one entry of the writer's document cache beyond the document's bytes: the id str,
@@ -100,11 +100,6 @@ def request_reused_error(request_id: int) -> EngineError:
     """The refusal of a (session, request id) repeated for a different call."""
     return EngineError(f"requestId {request_id} of this session was already used for a different call "
                        "(path or arguments or caller differ)")
-
-
-def expiry_interval(retention_seconds: float) -> float:
-    """Seconds between `_requests` expiry sweeps: retention / 24, at most an hour."""
-    return max(min(retention_seconds / 24.0, EXPIRY_INTERVAL_MAX), 0.01)
 
 
 @dataclass
@@ -943,15 +938,5 @@ class Committer:
 
     async def _expire_periodically(self) -> None:
         """Expire old `_requests` memos at start, then every `expiry_interval(retention)` seconds."""
-        while True:
-            retention = self._runtime.limits.request_retention_seconds
-            if retention is None:
-                return
-            try:
-                await self.expire_requests()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # retried at the next sweep
-                log.warning("expiring %s entries failed (%s: %s); retrying in %gs", REQUESTS_TABLE,
-                            type(exc).__name__, exc, expiry_interval(retention))
-            await asyncio.sleep(expiry_interval(retention))
+        await sweep_periodically(self.expire_requests, lambda: self._runtime.limits.request_retention_seconds,
+                                 f"expiring {REQUESTS_TABLE} entries", log)

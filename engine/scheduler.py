@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
 from engine.db import SCHEDULED_FUNCTIONS, DatabaseWriter
 from engine.errors import ArgumentError, EngineError
 from engine.functions import FunctionDef
+from engine.sweeps import sweep_periodically
 from engine.system_updates import REMOVE
 from engine.metrics import SCHEDULER_LATENESS_SECONDS
 from values import decode_doc
@@ -324,17 +325,8 @@ class Scheduler:
 
     async def _sweep_periodically(self) -> None:
         """Expire finished jobs at start, then every retention / 24 (at most hourly)."""
-        while True:
-            retention = self._runtime.limits.job_retention_seconds
-            if retention is None:
-                return
-            try:
-                await self.expire_finished()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # retried at the next sweep
-                log.warning("deleting expired scheduled jobs failed (%s: %s)", type(exc).__name__, exc)
-            await asyncio.sleep(max(min(retention / 24.0, 3600.0), 0.01))
+        await sweep_periodically(self.expire_finished, lambda: self._runtime.limits.job_retention_seconds,
+                                 "deleting expired scheduled jobs", log)
 
     @property
     def pending(self) -> int:

@@ -18,9 +18,9 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import pytest
 
 from engine.app import App
-from engine.committer import (EXPIRE_REQUESTS_FUNCTION, REQUESTS_TABLE, expiry_interval, request_doc_id,
-                              request_fingerprint)
+from engine.committer import EXPIRE_REQUESTS_FUNCTION, REQUESTS_TABLE, request_doc_id, request_fingerprint
 from engine.errors import EngineError
+from engine.sweeps import expiry_interval
 from engine.limits import DEFAULT_LIMITS, Limits
 from engine.runtime import Runtime
 from log.file_log import FileLog
