@@ -36,9 +36,7 @@ exactly the writes the snapshot does not hold.
 from __future__ import annotations
 
 import asyncio
-import base64
 import heapq
-import math
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
@@ -48,6 +46,7 @@ from aiohttp import web
 from engine.validators import (Validator, _Any, _Array, _Boolean, _Bytes, _Id, _Int64, _Literal, _Null, _Number,
                                _Object, _Optional, _Record, _String, _Union)
 from gateway.config import NODE_KEY
+from gateway.http_protocol import clean_json
 from history.convex_zip import export_json
 from log.errors import LogError
 from values import decode_doc, to_wire
@@ -67,28 +66,6 @@ class StreamingExportError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
-
-
-def clean_json(value: Any) -> Any:
-    """Convex's clean JSON export: int64 as a decimal string, bytes as base64, NaN/±Infinity as strings."""
-    t = type(value)
-    if t is str or t is bool or value is None:
-        return value
-    if t is int:
-        return str(value)
-    if t is float:
-        if math.isnan(value):
-            return "NaN"
-        if math.isinf(value):
-            return "Infinity" if value > 0 else "-Infinity"
-        return value
-    if t is bytes:
-        return base64.b64encode(value).decode("ascii")
-    if t is list:
-        return [clean_json(v) for v in value]
-    if t is dict:
-        return {k: clean_json(v) for k, v in value.items()}
-    raise TypeError(f"{t.__name__} is not a Convex value")
 
 
 def _formatter(fmt: str | None) -> Callable[[Any], Any]:
@@ -524,4 +501,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/get_table_column_names", get_table_column_names)
 
 
-__all__ = ["add_routes", "clean_json", "document_deltas", "list_snapshot"]
+__all__ = ["add_routes", "document_deltas", "list_snapshot"]
