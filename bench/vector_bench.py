@@ -12,6 +12,11 @@ minus the action call — and, as the peer, an exact search: one numpy product
 over all the vectors and a partial sort. recall@10 is the share of the exact
 top 10 the index returns.
 
+The index's latency (`ann_p50_ms`, the goal's number) is timed over the queries
+run one after another, as a server answers them. Each query is then run again
+right after the exact peer's scan (300 MB at 100,000 × 768, which evicts the
+CPU caches the graph walk relies on): `ann_cold_p50_ms` reports that case.
+
 Data: embeddings-like vectors (random data has no neighbourhood structure; real
 embeddings do): a 64-dimensional Gaussian latent mapped linearly to `dims`
 dimensions plus isotropic noise, normalised; queries come from the same
@@ -143,15 +148,22 @@ def run(quick: bool = False, harness: Any = None, *, n: int | None = None, dims:
             build_s = time.perf_counter() - t0
             phase(f"vector: {queries} top-10 queries, index and exact")
             qs = embeddings(rng, basis, queries)
-            ann_ms, exact_ms, recalls = [], [], []
+            ann_ms, hits_of = [], []  # the index alone, one query after another (as a server answers them)
+            for q in qs:
+                t = time.perf_counter()
+                hits_of.append(indexes.search("docs", "by_embedding", q, 10))
+                ann_ms.append((time.perf_counter() - t) * 1000)
+            cold_ms, exact_ms, recalls = [], [], []
             ann_cpu, exact_cpu = [], []  # this thread's CPU time: what a loaded machine's wall time hides
             f_ann_ms, f_recalls = [], []
             kinds = np.asarray([i % len(KINDS) for i in range(n)])
             for j, q in enumerate(qs):
                 c, t = time.thread_time(), time.perf_counter()
-                hits = indexes.search("docs", "by_embedding", q, 10)
-                ann_ms.append((time.perf_counter() - t) * 1000)
+                hits = indexes.search("docs", "by_embedding", q, 10)  # right after an exact scan: cold caches
+                cold_ms.append((time.perf_counter() - t) * 1000)
                 ann_cpu.append((time.thread_time() - c) * 1000)
+                if hits != hits_of[j]:
+                    raise RuntimeError("the same query answered differently twice")
                 c, t = time.thread_time(), time.perf_counter()
                 scores = stored @ q
                 top = np.argpartition(-scores, 10)[:10]
@@ -199,6 +211,7 @@ def run(quick: bool = False, harness: Any = None, *, n: int | None = None, dims:
         "build_s": round(build_s, 2), "build_docs_per_s": round(n / build_s),
         "save_s": round(save_s, 2), "load_s": round(load_s, 2),
         "ann_p50_ms": round(ann_p50, 3), "ann_p99_ms": round(_pct(ann_ms, 0.99), 3),
+        "ann_cold_p50_ms": round(statistics.median(cold_ms), 3),
         "ann_cpu_p50_ms": round(statistics.median(ann_cpu), 3),
         "exact_cpu_p50_ms": round(statistics.median(exact_cpu), 3),
         "exact_p50_ms": round(statistics.median(exact_ms), 3), "exact_p99_ms": round(_pct(exact_ms, 0.99), 3),
@@ -216,7 +229,7 @@ def headline(r: dict[str, Any]) -> str:
     """One console line for `tape bench`."""
     return (f"{r['n']:,}×{r['dims']}: build {r['build_docs_per_s']:,}/s ({r['build_s']:.1f} s; saved copy "
             f"loads in {r['load_s']:.1f} s); top-10 p50 {r['ann_p50_ms']:.2f} ms "
-            f"(exact numpy {r['exact_p50_ms']:.2f} ms; CPU {r['ann_cpu_p50_ms']:.2f} vs "
+            f"({r['ann_cold_p50_ms']:.2f} ms right after an exact scan; exact numpy {r['exact_p50_ms']:.2f} ms; CPU {r['ann_cpu_p50_ms']:.2f} vs "
             f"{r['exact_cpu_p50_ms']:.2f} ms) "
             f"recall@10 {r['recall_at_10']:.3f}; filtered p50 "
             f"{r['filtered_p50_ms']:.2f} ms recall {r['filtered_recall_at_10']:.3f} (goal p50 ≤ "

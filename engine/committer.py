@@ -33,7 +33,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import orjson
 
@@ -64,6 +64,7 @@ RECOVERY_WAIT_SECONDS = 20.0  # how long a repeat of a mutation in doubt waits f
 RECOVERY_RETRY_MIN, RECOVERY_RETRY_MAX = 0.1, 1.0  # seconds between attempts to reach the log while recovering
 
 REQUESTS_TABLE = "_requests"
+JOBS_BESIDE_CLIENTS = 64  # most due scheduled mutations leading a batch while client mutations wait too
 EXPIRE_REQUESTS_FUNCTION = "_system:expire_requests"  # `function` of the records that expire `_requests` docs
 # Token claims that change when the same caller refreshes its token: not part of who the caller is.
 _VOLATILE_CLAIMS = frozenset({"iat", "exp", "nbf", "auth_time", "jti"})
@@ -196,6 +197,11 @@ class Committer:
     def __init__(self, runtime: "Runtime", max_batch: int = 1024) -> None:
         self._runtime = runtime
         self._queue: list[_Queued] = []
+        # Due scheduled mutations: they lead the next batch (see `_next_batch`), in the order they fell due.
+        self._jobs: list[_QueuedMutation] = []
+        #: Called before each batch is formed (the scheduler sets it): queues the jobs due by now, so a due
+        #: job waits for at most the batch executing, not for the scheduler's task to get a turn.
+        self.take_due_jobs: Callable[[], None] | None = None
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[bool] | None = None
@@ -264,15 +270,16 @@ class Committer:
             self._expiry_task = None
         loop = asyncio.get_running_loop()
         give_up = loop.time() + drain_seconds
-        while self._queue and loop.time() < give_up:
+        while (self._queue or self._jobs) and loop.time() < give_up:
             await asyncio.sleep(0.001)
         if self._recovery_task is not None:
             self._recovery_task.cancel()
             await asyncio.gather(self._recovery_task, return_exceptions=True)
             self._recovery_task = None
             self._recovered.set()  # repeats waiting for it are told the outcome is still unknown
-        if self._queue or self._held:
-            queued, self._queue, self._held = self._queue + self._held, [], []
+        if self._queue or self._jobs or self._held:
+            queued: list[_Queued] = [*self._jobs, *self._queue, *self._held]
+            self._queue, self._jobs, self._held = [], [], []
             self._fail(queued, EngineError("the server is shutting down; this mutation did not run (retry it)"))
         while self._running_slow or (self._inflight is not None and not self._inflight.done()):
             await asyncio.sleep(0.001)
@@ -320,7 +327,7 @@ class Committer:
         assert self._owner_loop is not None
         pending = _QueuedMutation(fn, args, None, None, None, self._owner_loop.create_future(), job_id=job_id,
                                   job=job)
-        self._queue.append(pending)
+        self._jobs.append(pending)
         self._wakeup.set()
         return pending.future
 
@@ -344,12 +351,38 @@ class Committer:
         self._wakeup.set()
         return await task.future
 
+    def _next_batch(self) -> list[_Queued]:
+        """Up to `max_batch` queued items: due jobs first (at most `JOBS_BESIDE_CLIENTS` while clients wait)."""
+        room = self._max_batch
+        batch: list[_Queued] = []
+        if self._jobs:
+            share = min(room, JOBS_BESIDE_CLIENTS) if self._queue else room
+            batch = [*self._jobs[:share]]
+            del self._jobs[:share]
+            room -= len(batch)
+        if room and self._queue:
+            batch += self._queue[:room]
+            del self._queue[:room]
+        return batch
+
+    def _requeue_first(self, items: list[_Queued]) -> None:
+        """Put `items` back at the head of their queues, in their order (they go first next round)."""
+        jobs = [p for p in items if isinstance(p, _QueuedMutation) and p.job_id is not None]
+        if jobs:
+            self._jobs[:0] = jobs
+        if len(jobs) != len(items):
+            self._queue[:0] = [p for p in items if not (isinstance(p, _QueuedMutation) and p.job_id is not None)]
+
     async def _loop(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._queue:
-                batch, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch:]
+            while True:
+                if self.take_due_jobs is not None:
+                    self.take_due_jobs()
+                if not (self._jobs or self._queue):
+                    break
+                batch = self._next_batch()
                 if self._broken is not None:
                     self._fail(batch, EngineError(self._broken))
                     continue
@@ -362,14 +395,14 @@ class Committer:
                     log.exception("executing a batch failed")
                     self._fail(batch, EngineError(f"commit failed: {exc}"))
                     continue
-                self._queue[:0] = rest  # what the slice had no time for goes first next round
+                self._requeue_first(rest)  # what the slice had no time for goes first next round
                 if self._inflight is not None:
                     await self._inflight
                     self._inflight = None
                 if staged is not None:
                     if staged.generation != self._generation:
                         # The batch below it failed to append: its execution is void. Run it again.
-                        self._queue[:0] = [p for group in staged.owners for p in group]
+                        self._requeue_first([p for group in staged.owners for p in group])
                         continue
                     self._inflight = asyncio.get_running_loop().create_task(self._finish(staged))
                 if slow is not None:
@@ -754,7 +787,8 @@ class Committer:
         self._recovered.set()
         self.recoveries += 1
         if self._held:
-            self._queue[:0], self._held = self._held, []
+            held, self._held = self._held, []
+            self._requeue_first(held)
             self._wakeup.set()
         if self._broken is None:
             log.warning("the committer writes again after %.1fs: applied %d record(s) from the log (offset %d)",

@@ -14,6 +14,8 @@ from engine.readset import ReadSet, key_successor
 from engine.scan_cache import ScanCache
 from engine.schema import Schema, schema_error
 from engine.validators import ValidationError
+from projections.keys import encode_value_key, prefix_successor
+from projections.layout import index_prefix
 from projections.search import SearchIndexBuilding
 from projections.search_terms import MAX_RESULTS, SearchQuery, bm25, query_search_ranges, search_prefix
 from projections.types import DocumentReader
@@ -422,9 +424,15 @@ class DatabaseWriter(DatabaseReader):
 
 
 @functools.lru_cache(maxsize=1 << 14)
-def _eq_string_range(projection: DocumentReader, table: str, index: str, value: str) -> tuple[bytes, bytes]:
-    """`projection.index_range(table, index, [value])` for a string, cached (key encoding is pure)."""
-    return projection.index_range(table, index, [value])
+def _eq_string_range(table: str, index: str, value: str) -> tuple[bytes, bytes]:
+    """`index_range(table, index, [value])` for a string (the index is known to the schema), cached.
+
+    Key encoding is pure, so the cache is keyed by the names and the value alone: its keys and results
+    hold only str and bytes, which the collector stops tracking (a key holding the projection object
+    stayed tracked: 16,000 live entries in every collection).
+    """
+    lo = index_prefix(table, index) + encode_value_key(value)
+    return lo, prefix_successor(lo)
 
 
 class QueryBuilder:
@@ -497,7 +505,7 @@ class QueryBuilder:
             return projection.index_range(self._table, self._index, [], None, None)
         eq = r.eq_values
         if r.lower is None and r.upper is None and len(eq) == 1 and type(eq[0]) is str:
-            return _eq_string_range(projection, self._table, self._index, eq[0])  # the usual lookup
+            return _eq_string_range(self._table, self._index, eq[0])  # the usual lookup
         return projection.index_range(self._table, self._index, eq, r.lower, r.upper)
 
     def _walk(self, lo: bytes, hi: bytes, limit: int | None, full_lo: bytes, full_hi: bytes,

@@ -252,6 +252,7 @@ class Scheduler:
             fail = when_state("inProgress", lambda d: finished(d, "failed", SERVER_STOPPED))
             await runtime.committer.system_update(SCHEDULE_FUNCTION,
                                                   [(SCHEDULED_FUNCTIONS, job_id, fail) for job_id in interrupted])
+        runtime.committer.take_due_jobs = self.dispatch_due  # each batch takes the jobs due by then
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="tape-scheduler")
         if runtime.limits.job_retention_seconds is not None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_periodically(),
@@ -264,6 +265,8 @@ class Scheduler:
         """
         self._stopping = True
         self._runtime.remove_listener(self._on_applied)
+        if self._runtime.committer.take_due_jobs == self.dispatch_due:
+            self._runtime.committer.take_due_jobs = None
         tasks = [t for t in [self._task, self._sweeper, *self._tasks] if t is not None]
         for task in tasks:
             task.cancel()
@@ -351,24 +354,37 @@ class Scheduler:
         if pushed:
             self._wake.set()
 
+    def dispatch_due(self) -> None:
+        """Start every job due by now, in `scheduledTime` order.
+
+        Called by this scheduler's task when the next job falls due, and by the
+        committer before it forms each batch (`Committer.take_due_jobs`): on a
+        busy node a due mutation then joins the very next batch.
+        """
+        heap = self._heap
+        if not heap or self._stopping:
+            return
+        now = now_ms()
+        if heap[0][0] > now:
+            return
+        while heap and heap[0][0] <= now:
+            due, _, job_id, doc, raw = heapq.heappop(heap)
+            if job_id in self._running:
+                continue
+            SCHEDULER_LATENESS_SECONDS.observe((now - due) / 1000.0)
+            # A job cancelled meanwhile is dropped by the committer's check (mutations) or by the
+            # conditional pending -> inProgress update (actions).
+            self._running.add(job_id)
+            if not self._start_mutation(doc, raw):
+                task = asyncio.get_running_loop().create_task(self._run(doc))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
     async def _loop(self) -> None:
         heap = self._heap
-        loop = asyncio.get_running_loop()
         while True:
             self._wake.clear()
-            now = now_ms()
-            while heap and heap[0][0] <= now:
-                due, _, job_id, doc, raw = heapq.heappop(heap)
-                if job_id in self._running:
-                    continue
-                SCHEDULER_LATENESS_SECONDS.observe((now - due) / 1000.0)
-                # A job cancelled meanwhile is dropped by the committer's check (mutations) or by the
-                # conditional pending -> inProgress update (actions).
-                self._running.add(job_id)
-                if not self._start_mutation(doc, raw):
-                    task = loop.create_task(self._run(doc))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
+            self.dispatch_due()
             timeout = (heap[0][0] - now_ms()) / 1000.0 if heap else None
             if timeout is not None and timeout <= 0:
                 await asyncio.sleep(0)

@@ -7,10 +7,12 @@ from typing import Any, Callable
 
 import pytest
 
+from engine.committer import JOBS_BESIDE_CLIENTS
 from engine.errors import AppError, EngineError
 from engine.scheduler import SERVER_STOPPED
 from history.points import Point
 from history.restore import restore_to_dir
+from values import decode_doc
 
 
 async def until(check: Callable[[], Any], seconds: float = 5.0) -> Any:
@@ -115,6 +117,31 @@ async def test_due_jobs_run_in_time_order(make_runtime) -> None:
         await rt.run_mutation("jobs:schedule", {"delay_ms": offset - (time.time() * 1000 - now), "tag": tag})
     await until(lambda: len(events(rt)) == 3)
     assert events(rt) == ["a", "b", "c"]
+
+
+async def test_due_jobs_lead_the_next_batch_ahead_of_waiting_clients(make_runtime) -> None:
+    """A due scheduled mutation waits for the batch executing, not behind the client queue (up to a share)."""
+    rt = await make_runtime("jobs")
+    await rt.run_mutation("jobs:schedule_many", {"count": 100, "delay_ms": 300})
+    busy = asyncio.ensure_future(rt.run_mutation("jobs:busy", {"ms": 700}))
+    await asyncio.sleep(0.1)  # the writer is inside `busy` (off the loop after its first slice)
+    clients = [asyncio.ensure_future(rt.run_mutation("jobs:record", {"tag": f"c{i}"}, allow_internal=True))
+               for i in range(100)]
+    await busy  # the jobs fell due meanwhile, after the clients were queued
+    client_offsets = [o.offset for o in await asyncio.gather(*clients)]
+    await until(lambda: len(events(rt)) == 200)
+    records = [r async for batch in rt.log.read(0) for r in batch]
+    job_runs = [r for r in records if r.function == "jobs:record" and any(w.table == "_scheduled_functions"
+                                                                          for w in r.writes)]
+    assert len(job_runs) == 100
+    first_client = min(client_offsets)
+    # The first batch after `busy` starts with JOBS_BESIDE_CLIENTS jobs, then every waiting client; the
+    # other jobs follow in the next batch, still in the order they fell due.
+    assert sum(r.offset < first_client for r in job_runs) == JOBS_BESIDE_CLIENTS
+    assert all(r.offset > max(client_offsets) for r in job_runs[JOBS_BESIDE_CLIENTS:])
+    due = [decode_doc(next(w.doc for w in r.writes if w.table == "_scheduled_functions"))["scheduledTime"]
+           for r in job_runs]
+    assert due == sorted(due)
 
 
 async def test_system_tables_only_through_ctx_db_system(make_runtime) -> None:

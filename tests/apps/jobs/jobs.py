@@ -1,5 +1,6 @@
 """Scheduler test app: jobs that log events, chains, failures, cancels and sub-transactions."""
 import asyncio
+import time
 
 from engine import AppError, action, internal_action, internal_mutation, mutation, query, v
 
@@ -8,6 +9,14 @@ from engine import AppError, action, internal_action, internal_mutation, mutatio
 async def record(ctx, tag):
     """Log one event (a scheduled mutation's visible effect)."""
     return await ctx.db.insert("events", {"tag": tag})
+
+
+@mutation(args={"ms": v.number()})
+async def busy(ctx, ms):
+    """Keep the writer busy for `ms` milliseconds (tests queue work behind it)."""
+    end = time.monotonic() + ms / 1000.0
+    while time.monotonic() < end:
+        pass
 
 
 @mutation(args={"delay_ms": v.number(), "tag": v.string()})
