@@ -258,8 +258,9 @@ class VectorIndex:
 
     # --- saving (callers hold `lock`) ---------------------------------------------------
 
-    def save(self, directory: Path) -> None:
-        """Write the index into the empty directory `directory` (graph, vectors, rows), each file fsynced."""
+    def save(self, directory: Path, sync: bool = True) -> None:
+        """Write the index into the empty directory `directory` (graph, vectors, rows), each file fsynced
+        (unless `sync` is False: the caller fsyncs them, outside the index's lock)."""
         used = len(self._id_of)
         graph = directory / "graph.usearch"
         self._graph.save(str(graph))
@@ -267,6 +268,8 @@ class VectorIndex:
         rows = {"ids": self._id_of, "free": self._free,
                 "keys": [None if k is None else [None if x is None else x.hex() for x in k] for k in self._keys_of]}
         (directory / "rows.json").write_bytes(orjson.dumps(rows))
+        if not sync:
+            return
         for path in directory.iterdir():
             fd = os.open(path, os.O_RDONLY)
             try:

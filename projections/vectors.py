@@ -27,6 +27,15 @@ held in memory and derived from the projection's documents:
   removing them) is built from the projection, so the indexes are correct
   after a rebuild, a restore and on replicas (docs/architecture.md gives the
   measurement behind saving them rather than building them at every start).
+
+* `save_copy` writes the same stamped copies into a projection checkpoint
+  (``<checkpoint>/vectors/``) while records keep being applied: each index is
+  written under its lock with the stamp of the last record the applier
+  finished (so the copy holds at least that record's effects, and anything
+  newer in it was written after the stamp, i.e. is re-read at load). Whoever
+  makes a data directory out of a checkpoint (restore, replica bootstrap)
+  puts those copies into ``DATA/vectors`` with `adopt_saved`, where the
+  runtime's `load_saved` finds them.
 """
 from __future__ import annotations
 
@@ -51,6 +60,9 @@ from .vector_index import VectorIndex, filter_key
 log = logging.getLogger("tape.vectors")
 
 VectorCatalog = dict[str, dict[str, dict[str, Any]]]
+
+VECTORS_DIR = "vectors"
+"""The saved vector indexes' directory, in a data directory and in a projection checkpoint."""
 
 APPLY_WAIT_SECONDS = 10.0
 """How long a search waits for the applier to take in the records applied to the projection before it."""
@@ -319,30 +331,44 @@ class VectorIndexes:
         directory = self.directory
         if directory is None:
             return []
+        saved = list(self.save_copy(directory))
+        wanted = {f"{t}.{n}" for t, n in self._entries}
+        for child in directory.iterdir():
+            if child.name not in wanted and not child.name.startswith("."):
+                shutil.rmtree(child, ignore_errors=True)
+        return saved
+
+    def save_copy(self, directory: Path) -> dict[str, int]:
+        """Save every built index as ``directory/<table>.<index>/`` (atomically, fsynced) with its stamp.
+
+        Safe while records are being applied (see the module docstring); each
+        index's lock is held only while its files are written (the fsync is
+        outside). Returns {label: stamp offset} of the copies written.
+        """
         directory.mkdir(parents=True, exist_ok=True)
-        saved = []
-        for (table, name), entry in self._entries.items():
-            if not entry.ready:
+        saved: dict[str, int] = {}
+        for (table, name), entry in list(self._entries.items()):
+            if not entry.ready or entry.dropped:
                 continue
             final, tmp, old = (directory / f"{table}.{name}", directory / f".{table}.{name}.tmp",
                                directory / f".{table}.{name}.old")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             with entry.index.lock:
-                entry.index.save(tmp)
-                stamp = {"spec": entry.spec, "offset": self._offset, "ts": self._ts}
-            _write_synced(tmp / "meta.json", orjson.dumps(stamp))
+                with self._cv:  # the last record the applier finished: the index holds at least its effects
+                    offset, ts = self._offset, self._ts
+                entry.index.save(tmp, sync=False)
+            _write_synced(tmp / "meta.json", orjson.dumps({"spec": entry.spec, "offset": offset, "ts": ts}))
+            for path in tmp.iterdir():
+                _fsync_file(path)
+            _fsync_dir(tmp)
             shutil.rmtree(old, ignore_errors=True)
             if final.exists():
                 os.rename(final, old)
             os.rename(tmp, final)
             _fsync_dir(directory)
             shutil.rmtree(old, ignore_errors=True)
-            saved.append(entry.index.label)
-        wanted = {f"{t}.{n}" for t, n in self._entries}
-        for child in directory.iterdir():
-            if child.name not in wanted and not child.name.startswith("."):
-                shutil.rmtree(child, ignore_errors=True)
+            saved[f"{table}.{name}"] = offset
         return saved
 
     async def load_saved(self, log_: Any) -> list[str]:
@@ -475,6 +501,69 @@ class VectorIndexes:
         for thread in self._threads:
             thread.join(timeout=5.0)
 
+
+
+def saved_offset(path: Path) -> int | None:
+    """The stamp offset of the saved index copy in `path` (None: no readable copy there)."""
+    try:
+        return int(orjson.loads((path / "meta.json").read_bytes())["offset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def adopt_saved(src: Path, dest: Path, upto: int) -> list[str]:
+    """Put the saved index copies of `src` (a checkpoint's ``vectors/``) into `dest` (``DATA/vectors``).
+
+    A copy is taken when its stamp is at or before `upto` (the offset the
+    data directory's projection is at, or will be caught up from) and `dest`
+    has no usable copy of that index as recent (none, or one stamped after
+    `upto`). Files are hard-linked (copied across file systems): saved copies
+    are never changed in place. Returns the labels adopted; `load_saved`
+    still checks each against the log when the runtime starts.
+    """
+    if not src.is_dir():
+        return []
+    adopted = []
+    for child in sorted(src.iterdir()):
+        if child.name.startswith(".") or not child.is_dir():
+            continue
+        stamp = saved_offset(child)
+        if stamp is None or stamp > upto:
+            continue
+        current = saved_offset(dest / child.name)
+        if current is not None and stamp <= current <= upto:
+            continue
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp, old, final = dest / f".{child.name}.tmp", dest / f".{child.name}.old", dest / child.name
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            for path in child.iterdir():
+                try:
+                    os.link(path, tmp / path.name)
+                except OSError:
+                    shutil.copy2(path, tmp / path.name)
+                    _fsync_file(tmp / path.name)
+        except OSError:  # the checkpoint was pruned meanwhile: the index is built at start instead
+            shutil.rmtree(tmp, ignore_errors=True)
+            continue
+        _fsync_dir(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)
+        _fsync_dir(dest)
+        shutil.rmtree(old, ignore_errors=True)
+        adopted.append(child.name)
+    return adopted
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_synced(path: Path, data: bytes) -> None:
