@@ -47,7 +47,7 @@ from log.directory import fsync_dir, move_into_place
 from log.record import Record
 from projections.checkpoints import drop_after
 from projections.store import Projection
-from projections.vectors import VECTORS_DIR
+from projections.vectors import VECTORS_DIR, adopt_saved
 from storage import BLOBS_DIR, link_store
 
 ADMIN_KEY_FILE = "admin_key"
@@ -171,6 +171,10 @@ async def restore_to_dir(source: str, point: Point, new_dir: str | os.PathLike[s
                     projection.close()
                 finally:
                     await copied.close()
+            if use_checkpoints and src.data_dir is not None:
+                # The source's own saved vector indexes (from its last stop) may be more recent than the
+                # checkpoint's, and still fit the restored point if they were saved at or before it.
+                await asyncio.to_thread(adopt_saved, src.data_dir / VECTORS_DIR, work / VECTORS_DIR, report.upto)
             if src.data_dir is not None and (src.data_dir / BLOBS_DIR).is_dir():
                 # Stored files: blobs are immutable and never deleted with their documents, so the source's
                 # blobs hold the bytes of every `_storage` document of any earlier point (hard links).

@@ -1,0 +1,247 @@
+"""Checkpoints carry the search indexes (exactly at their offset) and stamped vector index copies.
+
+Opening a projection (and a runtime) from a checkpoint finds them ready: the
+full-text index is not rebuilt and the vector index is loaded, with the
+documents written between its stamp and the checkpoint re-read from the log.
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import random
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.db import DatabaseReader, Transaction
+from engine.execution import drive
+from engine.limits import DEFAULT_LIMITS
+from engine.runtime import Runtime
+from projections import search as search_module
+from projections.checkpoint_transfer import CheckpointReceiver, CheckpointTransferError, pin_checkpoint, tar_checkpoint
+from projections.checkpoints import checkpoint_live, copy_projection, take_checkpoint
+from projections.store import Projection
+from projections.vectors import adopt_saved, saved_offset
+
+WORDS = "apple banana cherry delta echo falcon garden harbor island jungle".split()
+SEARCHES = [("apple", None), ("banana ch", None), ("delta", "a"), ("ech", "b"), ("garden harbor is", None),
+            ("zzz", None)]
+PROBES = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.2, 0.0], [0.3, 0.3, 0.3, 0.9], [-1.0, 0.5, 0.0, 0.1]]
+
+
+def messages(rng: random.Random, n: int) -> list[dict[str, str]]:
+    return [{"body": " ".join(rng.choices(WORDS, k=rng.randint(1, 5))), "channel": rng.choice("ab")}
+            for _ in range(n)]
+
+
+def docs(rng: random.Random, n: int) -> list[dict[str, Any]]:
+    return [{"title": f"d{rng.random():.6f}", "kind": rng.choice("xy"),
+             "embedding": [rng.uniform(-1, 1) for _ in range(4)]} for _ in range(n)]
+
+
+async def fill(rt: Runtime, seed: int, n_messages: int, n_docs: int) -> tuple[list[str], list[str]]:
+    rng = random.Random(seed)
+    mids: list[str] = []
+    dids: list[str] = []
+    for _ in range(0, n_messages, 50):
+        mids += (await rt.run_mutation("messages:send_many", {"items": messages(rng, 50)})).value
+    for _ in range(0, n_docs, 50):
+        dids += (await rt.run_mutation("docs:add_many", {"rows": docs(rng, 50)})).value
+    return mids, dids
+
+
+def all_matches(projection: Projection, schema: Any) -> list[list[str]]:
+    """Every document each of SEARCHES matches (collect: no top-N cut under 1,024 matches), sorted."""
+    out = []
+    for text, channel in SEARCHES:
+        tx = Transaction(projection, schema, DEFAULT_LIMITS, None, writable=False)
+
+        def build(q: Any, text: str = text, channel: str | None = channel) -> Any:
+            q = q.search("body", text)
+            return q.eq("channel", channel) if channel else q
+        found = drive(DatabaseReader(tx).query("messages").with_search_index("search_body", build).collect(), "t")
+        out.append(sorted(d["_id"] for d in found))
+    return out
+
+
+def search_answers(rt: Runtime) -> list[list[str]]:
+    return [rt.run_query("messages:search", {"text": t, **({"channel": c} if c else {})}).value for t, c in SEARCHES]
+
+
+async def vector_answers(rt: Runtime) -> list[list[str]]:
+    out = []
+    for probe in PROBES:
+        out.append(await rt.run_action("docs:similar", {"vector": probe}))
+        out.append(await rt.run_action("docs:similar", {"vector": probe, "kind": "x"}))
+    return out
+
+
+def count_backfills(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every search index backfill (a rebuild from the projection's documents)."""
+    calls: list[str] = []
+    original = search_module.SearchIndexes._backfill
+
+    def counted(self: Any, idx: Any) -> None:
+        calls.append(f"{idx.spec.table}.{idx.spec.name}")
+        original(self, idx)
+    monkeypatch.setattr(search_module.SearchIndexes, "_backfill", counted)
+    return calls
+
+
+async def test_checkpoint_opens_with_its_indexes_ready(make_runtime: Any, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "node"
+    rt = await make_runtime("indexed", data)
+    mids, dids = await fill(rt, 1, 300, 200)
+    assert rt.vectors.wait_ready(30)
+    loop = asyncio.get_running_loop()
+    save_copy = rt.vectors.save_copy
+
+    async def more_writes() -> None:  # after the vector save, before the checkpoint's offset is taken
+        await fill(rt, 2, 50, 50)
+        await rt.run_mutation("messages:edit", {"id": mids[0], "body": "zzz apple"})
+        await rt.run_mutation("messages:remove", {"id": mids[1]})
+        await rt.run_mutation("docs:move", {"id": dids[0], "embedding": [1.0, 0.0, 0.0, 0.0]})
+        await rt.run_mutation("docs:remove", {"id": dids[1]})
+
+    def save_then_write(directory: Path) -> dict[str, int]:
+        saved = save_copy(directory)
+        asyncio.run_coroutine_threadsafe(more_writes(), loop).result(30)
+        return saved
+    monkeypatch.setattr(rt.vectors, "save_copy", save_then_write)
+    info = await checkpoint_live(rt.projection, data, vectors=rt.vectors)
+    assert info is not None and info.offset == rt.projection.applied_offset
+    assert info.search == {"messages.search_body": info.offset}
+    stamp = info.vectors["docs.by_embedding"]
+    assert stamp < info.offset - 4  # the writes above came after the vector save
+    assert saved_offset(info.vectors_dir / "docs.by_embedding") == stamp
+    expected_search, expected_vectors = search_answers(rt), await vector_answers(rt)
+    assert any(expected_search) and expected_search[-1] == [mids[0]]
+    assert dids[0] == expected_vectors[0][0] and all(dids[1] not in a for a in expected_vectors)
+
+    backfills = count_backfills(monkeypatch)
+    new = tmp_path / "opened"
+    copy_projection(info.projection_dir, new / "projection")
+    assert adopt_saved(info.vectors_dir, new / "vectors", info.offset) == ["docs.by_embedding"]
+    projection = Projection(new / "projection", rt.app.schema.index_catalog(), background_search_backfill=True)
+    opened = Runtime(rt.app, rt.log, projection, role="replica", vector_dir=new / "vectors")
+    try:
+        assert backfills == []  # the full-text index came ready: no rebuild
+        assert projection.search_progress()["messages.search_body"] == {"building": None, "offset": info.offset,
+                                                                         "pending": 0}
+        await opened.start()
+        entry = opened.vectors._entries[("docs", "by_embedding")]
+        assert entry.loaded  # from the checkpoint's copy, not built from the projection
+        assert opened.vectors.wait_ready(30)
+        assert search_answers(opened) == expected_search
+        assert await vector_answers(opened) == expected_vectors
+    finally:
+        await opened.stop()
+        projection.close()
+
+    # an older checkpoint without the indexes still opens: they are built from its documents
+    shutil.rmtree(info.vectors_dir)
+    shutil.rmtree(info.projection_dir / "search")
+    old = tmp_path / "old"
+    copy_projection(info.projection_dir, old / "projection")
+    assert adopt_saved(info.vectors_dir, old / "vectors", info.offset) == []
+    projection = Projection(old / "projection", rt.app.schema.index_catalog())
+    opened = Runtime(rt.app, rt.log, projection, role="replica", vector_dir=old / "vectors")
+    try:
+        assert backfills == ["messages.search_body"]
+        await opened.start()
+        assert not opened.vectors._entries[("docs", "by_embedding")].loaded
+        assert opened.vectors.wait_ready(30)
+        rebuilt = search_answers(opened)  # (a rebuilt index scores alike, not identically: compare what all match)
+        assert [len(a) for a in rebuilt] == [len(a) for a in expected_search]
+        assert [sorted(a) for a in rebuilt if len(a) < 20] == [sorted(a) for a in expected_search if len(a) < 20]
+        assert await vector_answers(opened) == expected_vectors
+    finally:
+        await opened.stop()
+        projection.close()
+
+
+async def test_copies_are_exactly_at_the_checkpoint_offset_while_writes_continue(
+        make_runtime: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "node"
+    rt = await make_runtime("indexed", data)
+    await fill(rt, 3, 100, 0)
+    rng = random.Random(4)
+    stop = asyncio.Event()
+
+    async def writer() -> None:  # (at most ~550 messages: no query matches more than collect()'s 1,024)
+        for _ in range(150):
+            if stop.is_set():
+                return
+            await rt.run_mutation("messages:send_many", {"items": messages(rng, 3)})
+    task = asyncio.create_task(writer())
+    taken = []
+    try:
+        while not task.done() and len(taken) < 6:
+            await asyncio.sleep(0.005)
+            info = await checkpoint_live(rt.projection, data, keep=10, vectors=rt.vectors)
+            if info is not None:
+                taken.append(info)
+    finally:
+        stop.set()
+        await task
+    assert len(taken) >= 3
+    backfills = count_backfills(monkeypatch)
+    for info in taken:  # each opens at its own offset with its index there, answering like a replay would
+        assert info.search == {"messages.search_body": info.offset}
+        path = tmp_path / f"open-{info.offset}"
+        copy_projection(info.projection_dir, path)
+        p = Projection(path)
+        try:
+            assert p.applied_offset == info.offset
+            assert p.search_progress()["messages.search_body"]["offset"] == info.offset
+            got = all_matches(p, rt.app.schema)
+        finally:
+            p.close()
+        rebuilt_path = tmp_path / f"rebuilt-{info.offset}"
+        copy_projection(info.projection_dir, rebuilt_path)
+        shutil.rmtree(rebuilt_path / "search")
+        p = Projection(rebuilt_path)
+        try:
+            assert got == all_matches(p, rt.app.schema) and any(got)
+        finally:
+            p.close()
+    assert len(backfills) == len(taken)  # only the copies whose search directory was removed were rebuilt
+
+
+async def test_transfer_carries_the_indexes_only_when_asked(make_runtime: Any, tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    rt = await make_runtime("indexed", data)
+    await fill(rt, 5, 100, 100)
+    assert rt.vectors.wait_ready(30)
+    cp = take_checkpoint(rt.projection, data, vectors=rt.vectors)
+    assert cp is not None and cp.search and cp.vectors
+    pinned = pin_checkpoint(cp, data)
+    full = b"".join(tar_checkpoint(pinned))
+    names = tarfile.open(fileobj=io.BytesIO(full)).getnames()
+    assert any(n.startswith("projection/search/messages/search_body/") for n in names)
+    assert "vectors/docs.by_embedding/meta.json" in names
+    plain = tarfile.open(fileobj=io.BytesIO(b"".join(tar_checkpoint(pinned, indexes=False)))).getnames()
+    assert not any(n.startswith(("projection/search", "vectors")) for n in plain)
+    receiver = CheckpointReceiver(tmp_path / "got" / "cp")
+    for i in range(0, len(full), 4096):
+        receiver.feed(full[i:i + 4096])
+    assert receiver.finish()["search"] == {"messages.search_body": cp.offset}
+    copy_projection(tmp_path / "got" / "cp" / "projection", tmp_path / "opened")
+    p = Projection(tmp_path / "opened")
+    try:
+        assert p.search_progress()["messages.search_body"] == {"building": None, "offset": cp.offset, "pending": 0}
+    finally:
+        p.close()
+    assert saved_offset(tmp_path / "got" / "cp" / "vectors" / "docs.by_embedding") == cp.vectors["docs.by_embedding"]
+    # a member outside the checkpoint's layout is refused
+    for bad in ("projection/search/../../x", "vectors/a/b/c", "projection/a/b", "/etc/x"):
+        head = tarfile.TarInfo(bad)
+        head.size = 0
+        receiver = CheckpointReceiver(tmp_path / "bad" / "cp")
+        with pytest.raises(CheckpointTransferError, match="unexpected member"):
+            receiver.feed(head.tobuf(format=tarfile.GNU_FORMAT))
+        receiver.abort()
