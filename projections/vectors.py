@@ -399,6 +399,8 @@ class VectorIndexes:
             entry.pending |= changed
             entry.loaded = True
             loaded.append(entry.index.label)
+            log.info("vector index %s loaded from its saved copy (%d vectors; %d documents written since to "
+                     "re-read)", entry.index.label, len(entry.index), len(changed))
         return loaded
 
     async def _changes_since_saved(self, path: Path, entry: _Entry, log_: Any) -> set[str]:
