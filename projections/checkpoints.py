@@ -32,7 +32,8 @@ at its applied offset and does not rebuild it (see `projections.search`). An
 index still building, or a worker that fails to copy, is left out: that
 index is rebuilt where the checkpoint is opened, as before. Vector indexes
 (in memory, owned by the runtime) are saved before the loop part, in a
-worker thread, with `VectorIndexes.save_copy`: their stamp is <= the
+worker thread, with `VectorIndexes.save_copy` (an index unchanged since the
+previous checkpoint's copy is hard-linked from it): their stamp is <= the
 checkpoint's offset, and the documents written in between are re-read from
 the log where they are loaded (`VectorIndexes.load_saved`); whoever turns a
 checkpoint into a data directory puts them into ``DATA/vectors``
@@ -320,13 +321,19 @@ def take_checkpoint(projection: Projection, data_dir: str | os.PathLike[str],
     tmp = root / f"{TMP_PREFIX}{offset}-{os.getpid()}-{next(_counter)}"
     try:
         tmp.mkdir()
-        saved = vectors.save_copy(tmp / VECTORS_DIR) if vectors is not None else {}
+        saved = vectors.save_copy(tmp / VECTORS_DIR, _previous_vectors(data_dir)) if vectors is not None else {}
         taken = _take(projection, tmp)
         taken.search = _wait_search(taken.snapshot)
         return _finish(projection, data_dir, tmp, taken, saved, keep, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _previous_vectors(data_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest checkpoint's saved vector indexes: an index unchanged since is linked, not saved again."""
+    found = list_checkpoints(data_dir)
+    return found[-1].vectors_dir if found else None
 
 
 @dataclass
@@ -488,7 +495,8 @@ async def checkpoint_live(projection: Projection, data_dir: str | os.PathLike[st
             tmp.mkdir()
             await asyncio.to_thread(projection.flush)
             await asyncio.to_thread(projection.flush_search)  # the commit at the checkpoint's offset is then small
-            saved = await asyncio.to_thread(vectors.save_copy, tmp / VECTORS_DIR) if vectors is not None else {}
+            saved = (await asyncio.to_thread(vectors.save_copy, tmp / VECTORS_DIR, _previous_vectors(data_dir))
+                     if vectors is not None else {})
             if (root / str(projection.applied_offset)).exists() and not force:
                 shutil.rmtree(tmp, ignore_errors=True)
                 return None

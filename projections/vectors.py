@@ -338,27 +338,38 @@ class VectorIndexes:
                 shutil.rmtree(child, ignore_errors=True)
         return saved
 
-    def save_copy(self, directory: Path) -> dict[str, int]:
+    def save_copy(self, directory: Path, reuse: Path | None = None) -> dict[str, int]:
         """Save every built index as ``directory/<table>.<index>/`` (atomically, fsynced) with its stamp.
 
         Safe while records are being applied (see the module docstring); each
         index's lock is held only while its files are written (the fsync is
-        outside). Returns {label: stamp offset} of the copies written.
+        outside). An index unchanged since the copy of it in `reuse` (the
+        previous checkpoint's ``vectors/``) was saved by this process is not
+        written again: those files are hard-linked under the new stamp.
+        Returns {label: stamp offset} of the copies written.
         """
         directory.mkdir(parents=True, exist_ok=True)
         saved: dict[str, int] = {}
         for (table, name), entry in list(self._entries.items()):
             if not entry.ready or entry.dropped:
                 continue
-            final, tmp, old = (directory / f"{table}.{name}", directory / f".{table}.{name}.tmp",
-                               directory / f".{table}.{name}.old")
+            label = f"{table}.{name}"
+            final, tmp, old = directory / label, directory / f".{label}.tmp", directory / f".{label}.old"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            with entry.index.lock:
-                with self._cv:  # the last record the applier finished: the index holds at least its effects
-                    offset, ts = self._offset, self._ts
-                entry.index.save(tmp, sync=False)
-            _write_synced(tmp / "meta.json", orjson.dumps({"spec": entry.spec, "offset": offset, "ts": ts}))
+            earlier = _saved_meta(reuse / label) if reuse is not None else None
+            stamp = None
+            if earlier is not None and earlier.get("spec") == entry.spec:
+                with entry.index.lock:
+                    if entry.index.generation() == earlier.get("generation"):
+                        stamp = self._stamp(entry)
+                if stamp is not None and not _link_files(reuse / label, tmp):  # type: ignore[operator]
+                    stamp = None  # that checkpoint was pruned meanwhile: write the index
+            if stamp is None:
+                with entry.index.lock:
+                    stamp = self._stamp(entry)
+                    entry.index.save(tmp, sync=False)
+            _write_synced(tmp / "meta.json", orjson.dumps(stamp))
             for path in tmp.iterdir():
                 _fsync_file(path)
             _fsync_dir(tmp)
@@ -368,8 +379,15 @@ class VectorIndexes:
             os.rename(tmp, final)
             _fsync_dir(directory)
             shutil.rmtree(old, ignore_errors=True)
-            saved[f"{table}.{name}"] = offset
+            saved[label] = stamp["offset"]
         return saved
+
+    def _stamp(self, entry: _Entry) -> dict[str, Any]:
+        """A saved copy's meta.json (call with the index's lock held): the last record the applier
+        finished (the index holds at least its effects) and the index's generation."""
+        with self._cv:
+            offset, ts = self._offset, self._ts
+        return {"spec": entry.spec, "offset": offset, "ts": ts, "generation": entry.index.generation()}
 
     async def load_saved(self, log_: Any) -> list[str]:
         """Load the saved copies that still fit the log, and note the documents written since they were saved.
@@ -505,12 +523,40 @@ class VectorIndexes:
 
 
 
+def _saved_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        meta = orjson.loads((path / "meta.json").read_bytes())
+        return meta if isinstance(meta, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
 def saved_offset(path: Path) -> int | None:
     """The stamp offset of the saved index copy in `path` (None: no readable copy there)."""
+    meta = _saved_meta(path)
     try:
-        return int(orjson.loads((path / "meta.json").read_bytes())["offset"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return None if meta is None else int(meta["offset"])
+    except (KeyError, TypeError, ValueError):
         return None
+
+
+def _link_files(src: Path, dest: Path) -> bool:
+    """Hard-link (or copy) the files of the saved copy `src` but its meta.json into `dest`; False if it vanished."""
+    try:
+        for path in src.iterdir():
+            if path.name == "meta.json":
+                continue
+            try:
+                os.link(path, dest / path.name)
+            except FileNotFoundError:
+                raise
+            except OSError:
+                shutil.copy2(path, dest / path.name)
+        return True
+    except OSError:
+        for path in dest.iterdir():
+            path.unlink()
+        return False
 
 
 def adopt_saved(src: Path, dest: Path, upto: int) -> list[str]:

@@ -107,8 +107,8 @@ async def test_checkpoint_opens_with_its_indexes_ready(make_runtime: Any, tmp_pa
         await rt.run_mutation("docs:move", {"id": dids[0], "embedding": [1.0, 0.0, 0.0, 0.0]})
         await rt.run_mutation("docs:remove", {"id": dids[1]})
 
-    def save_then_write(directory: Path) -> dict[str, int]:
-        saved = save_copy(directory)
+    def save_then_write(directory: Path, reuse: Path | None = None) -> dict[str, int]:
+        saved = save_copy(directory, reuse)
         asyncio.run_coroutine_threadsafe(more_writes(), loop).result(30)
         return saved
     monkeypatch.setattr(rt.vectors, "save_copy", save_then_write)
@@ -245,3 +245,39 @@ async def test_transfer_carries_the_indexes_only_when_asked(make_runtime: Any, t
         with pytest.raises(CheckpointTransferError, match="unexpected member"):
             receiver.feed(head.tobuf(format=tarfile.GNU_FORMAT))
         receiver.abort()
+
+
+async def test_an_unchanged_vector_index_is_linked_from_the_previous_checkpoint(make_runtime: Any,
+                                                                                tmp_path: Path) -> None:
+    data = tmp_path / "node"
+    rt = await make_runtime("indexed", data)
+    await fill(rt, 6, 50, 100)
+    assert rt.vectors.wait_ready(30)
+    first = await checkpoint_live(rt.projection, data, keep=10, vectors=rt.vectors)
+    await fill(rt, 7, 50, 0)  # messages only: the vector index does not change
+    second = await checkpoint_live(rt.projection, data, keep=10, vectors=rt.vectors)
+    assert first is not None and second is not None and second.offset > first.offset
+    graph = "docs.by_embedding/graph.usearch"
+    assert (second.vectors_dir / graph).stat().st_ino == (first.vectors_dir / graph).stat().st_ino  # linked
+    assert second.vectors["docs.by_embedding"] == second.offset  # under the newer stamp
+    before = await vector_answers(rt)
+    await rt.run_mutation("docs:remove", {"id": before[0][0]})
+    third = await checkpoint_live(rt.projection, data, keep=10, vectors=rt.vectors)
+    assert third is not None
+    assert (third.vectors_dir / graph).stat().st_ino != (second.vectors_dir / graph).stat().st_ino  # written anew
+    expected = await vector_answers(rt)
+    assert expected != before
+    for info in (second, third):  # each opens with its own copy and answers as the live index did
+        opened_dir = tmp_path / f"open-{info.offset}"
+        copy_projection(info.projection_dir, opened_dir / "projection")
+        adopt_saved(info.vectors_dir, opened_dir / "vectors", info.offset)
+        projection = Projection(opened_dir / "projection")
+        opened = Runtime(rt.app, rt.log, projection, role="replica", vector_dir=opened_dir / "vectors")
+        try:
+            await opened.start()
+            assert opened.vectors._entries[("docs", "by_embedding")].loaded and opened.vectors.wait_ready(30)
+            answers = await vector_answers(opened)
+            assert answers == (expected if info is third else before)
+        finally:
+            await opened.stop()
+            projection.close()
