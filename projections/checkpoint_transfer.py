@@ -37,6 +37,8 @@ from projections.vectors import VECTORS_DIR
 DIGESTS_FILE = "DIGESTS.json"
 CHUNK = 4 << 20
 BLOCK = 512
+MAX_NAME = 4096
+_LONG_NAME = "\0long name"  # (a member no stream can name)
 _counter = itertools.count()
 
 
@@ -141,6 +143,7 @@ class CheckpointReceiver:
         self._digests: dict[str, str] = {}
         self._claimed: dict[str, str] | None = None
         self._meta: bytes = b""
+        self._long_name: str | None = None  # from a GNU long-name header, for the member after it
         self._ended = False
         self.received = 0
 
@@ -192,7 +195,14 @@ class CheckpointReceiver:
         except tarfile.TarError as exc:
             raise CheckpointTransferError(f"damaged checkpoint stream at byte {self.received - left_in_view}: "
                                           f"{exc}") from None
-        name = info.name
+        if info.type == tarfile.GNUTYPE_LONGNAME:  # the next member's name, too long for its header
+            if info.size > MAX_NAME or self._long_name is not None:
+                raise CheckpointTransferError(f"damaged checkpoint stream: a bad long name at byte "
+                                              f"{self.received - left_in_view}")
+            self._hash, self._file, self._meta = hashlib.sha256(), None, b""
+            self._member, self._pad = (_LONG_NAME, info.size), -info.size % BLOCK
+            return BLOCK
+        name, self._long_name = (self._long_name or info.name), None
         if not _allowed_member(name):
             raise CheckpointTransferError(f"unexpected member {name!r} in the checkpoint stream")
         self._hash = hashlib.sha256()
@@ -204,6 +214,10 @@ class CheckpointReceiver:
         return BLOCK
 
     def _close_member(self, name: str) -> None:
+        if name == _LONG_NAME:
+            self._long_name = self._meta.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            self._member = None
+            return
         if self._file is not None:
             self._file.flush()
             os.fsync(self._file.fileno())

@@ -557,8 +557,8 @@ class SearchIndexes:
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    def request_snapshot(self, dest: str) -> SearchSnapshot:
-        """Queue a copy of every ready index, as of the applied offset, into `dest`/<table>/<index>.
+    def request_snapshot(self, dest: str, offset: int) -> SearchSnapshot:
+        """Queue a copy of every ready index, as of the applied offset `offset`, into `dest`/<table>/<index>.
 
         Call it where no apply interleaves (on a node: on the event loop,
         right after the projection's own checkpoint); it returns at once and
@@ -566,8 +566,13 @@ class SearchIndexes:
         """
         self._raise_error()
         if self._thread is None or not self._indexes:
-            return SearchSnapshot(None, dest, self._applied)
-        request = SearchSnapshot(self, dest, self._applied)
+            return SearchSnapshot(None, dest, offset)
+        if offset != self._applied:  # cannot happen (applies go through `apply`); never copy a wrong offset
+            request = SearchSnapshot(self, dest, offset)
+            request.finish({}, SearchError(f"{self.root}: the indexes were fed up to offset {self._applied}, "
+                                           f"the projection is at {offset}"))
+            return request
+        request = SearchSnapshot(self, dest, offset)
         with self._cond:
             self._queue.append((None, request, None, False))  # type: ignore[arg-type]
             self._cond.notify()

@@ -674,7 +674,7 @@ class Projection:
         projection directory); call it right after `checkpoint`, where no apply interleaves, and `wait()`
         on the result (off the event loop: the worker commits and hard-links the files)."""
         self._db_open()
-        return self._search.request_snapshot(os.path.join(os.fspath(dest_dir), SEARCH_DIR))
+        return self._search.request_snapshot(os.path.join(os.fspath(dest_dir), SEARCH_DIR), self._applied_offset)
 
     def close(self) -> None:
         """Flush and close; further calls raise `ProjectionError` (closing twice is fine)."""

@@ -281,3 +281,22 @@ async def test_an_unchanged_vector_index_is_linked_from_the_previous_checkpoint(
         finally:
             await opened.stop()
             projection.close()
+
+
+def test_transfer_of_member_names_longer_than_a_tar_header(tmp_path: Path) -> None:
+    # long table and index names make search file paths longer than 100 bytes: GNU long-name headers
+    root = tmp_path / "cp"
+    deep = root / "projection" / "search" / ("t" * 70) / ("i" * 70)
+    deep.mkdir(parents=True)
+    (root / "checkpoint.json").write_bytes(b'{"offset": 3}')
+    (root / "projection" / "CURRENT").write_bytes(b"MANIFEST-000001\n")
+    (deep / ("0123456789abcdef" * 2 + ".fieldnorm")).write_bytes(b"x" * 1000)
+    (deep / "meta.json").write_bytes(b"{}")
+    stream = b"".join(tar_checkpoint(root))
+    receiver = CheckpointReceiver(tmp_path / "got" / "cp")
+    for i in range(0, len(stream), 300):
+        receiver.feed(stream[i:i + 300])
+    receiver.finish()
+    got = tmp_path / "got" / "cp" / "projection" / "search" / ("t" * 70) / ("i" * 70)
+    assert sorted(p.name for p in got.iterdir()) == ["0123456789abcdef" * 2 + ".fieldnorm", "meta.json"]
+    assert (got / ("0123456789abcdef" * 2 + ".fieldnorm")).read_bytes() == b"x" * 1000
