@@ -324,7 +324,7 @@ def take_checkpoint(projection: Projection, data_dir: str | os.PathLike[str],
         saved = vectors.save_copy(tmp / VECTORS_DIR, _previous_vectors(data_dir)) if vectors is not None else {}
         taken = _take(projection, tmp)
         taken.search = _wait_search(taken.snapshot)
-        return _finish(projection, data_dir, tmp, taken, saved, keep, force)
+        return _finish(data_dir, tmp, taken, saved, keep, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -372,8 +372,8 @@ def _wait_search(snapshot: Any) -> dict[str, int]:
         return {}
 
 
-def _finish(projection: Projection, data_dir: str | os.PathLike[str], tmp: Path, taken: _Taken,
-            saved: dict[str, int], keep: "int | CheckpointPolicy | None", force: bool) -> CheckpointInfo | None:
+def _finish(data_dir: str | os.PathLike[str], tmp: Path, taken: _Taken, saved: dict[str, int],
+            keep: "int | CheckpointPolicy | None", force: bool) -> CheckpointInfo | None:
     """Write checkpoint.json, fsync everything and rename `tmp` into place (None: one exists and not `force`)."""
     root = checkpoints_dir(data_dir)
     final = root / str(taken.offset)
@@ -491,6 +491,7 @@ async def checkpoint_live(projection: Projection, data_dir: str | os.PathLike[st
         root = checkpoints_dir(data_dir)
         root.mkdir(parents=True, exist_ok=True)
         tmp = root / f"{TMP_PREFIX}live-{os.getpid()}-{next(_counter)}"
+        taken: _Taken | None = None
         try:
             tmp.mkdir()
             await asyncio.to_thread(projection.flush)
@@ -502,8 +503,10 @@ async def checkpoint_live(projection: Projection, data_dir: str | os.PathLike[st
                 return None
             taken = _take(projection, tmp)  # on the loop: no apply interleaves
             taken.search = await asyncio.to_thread(_wait_search, taken.snapshot)
-            info = await asyncio.to_thread(_finish, projection, data_dir, tmp, taken, saved, keep, force)
+            info = await asyncio.to_thread(_finish, data_dir, tmp, taken, saved, keep, force)
         except BaseException:
+            if taken is not None and not taken.search:  # let the search worker finish its copy into `tmp` first
+                await asyncio.to_thread(_wait_search, taken.snapshot)
             await asyncio.to_thread(shutil.rmtree, tmp, True)
             raise
     if info is not None:

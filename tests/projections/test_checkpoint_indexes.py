@@ -172,15 +172,16 @@ async def test_copies_are_exactly_at_the_checkpoint_offset_while_writes_continue
     rng = random.Random(4)
     stop = asyncio.Event()
 
-    async def writer() -> None:  # (at most ~550 messages: no query matches more than collect()'s 1,024)
-        for _ in range(150):
+    async def writer() -> None:  # (at most ~850 messages: no query matches more than collect()'s 1,024)
+        for _ in range(250):
             if stop.is_set():
                 return
             await rt.run_mutation("messages:send_many", {"items": messages(rng, 3)})
+            await asyncio.sleep(0.002)
     task = asyncio.create_task(writer())
     taken = []
     try:
-        while not task.done() and len(taken) < 6:
+        while not task.done() and len(taken) < 4:
             await asyncio.sleep(0.005)
             info = await checkpoint_live(rt.projection, data, keep=10, vectors=rt.vectors)
             if info is not None:
