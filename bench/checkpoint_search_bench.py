@@ -1,7 +1,7 @@
 """Opening a projection checkpoint with a full-text index: carried by the checkpoint vs rebuilt.
 
-``python -m bench.checkpoint_search_bench [--quick] [--docs N]`` prints a JSON
-dict; `run` returns it. Setup: a projection of N messages (100,000; 5,000
+``python -m bench.checkpoint_search_bench [--quick] [--docs N]`` (or ``tape
+bench --only checkpoint``) prints a JSON dict; `run` returns it. Setup: a projection of N messages (100,000; 5,000
 with --quick; 8 words each from a 2,000-word vocabulary) with one search
 index, and one checkpoint of it (`take_checkpoint`, which carries the index).
 Then, each `REPEAT` times (the median is reported):
@@ -127,6 +127,12 @@ def run(docs: int = 100_000, work: Path | None = None) -> dict[str, Any]:
     finally:
         if own:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def headline(r: dict[str, Any]) -> str:
+    """One line for `tape bench`'s console."""
+    return (f"{r['docs']:,} documents: open + first search {r['open_carried_s']:.3f} s with the index carried vs "
+            f"{r['open_rebuilt_s']:.3f} s rebuilt ({r['speedup']:g}×)")
 
 
 def main() -> None:
