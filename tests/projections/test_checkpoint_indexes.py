@@ -301,3 +301,38 @@ def test_transfer_of_member_names_longer_than_a_tar_header(tmp_path: Path) -> No
     got = tmp_path / "got" / "cp" / "projection" / "search" / ("t" * 70) / ("i" * 70)
     assert sorted(p.name for p in got.iterdir()) == ["0123456789abcdef" * 2 + ".fieldnorm", "meta.json"]
     assert (got / ("0123456789abcdef" * 2 + ".fieldnorm")).read_bytes() == b"x" * 1000
+
+
+async def test_a_failed_or_raced_search_copy(make_runtime: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    data = tmp_path / "node"
+    rt = await make_runtime("indexed", data)
+    await fill(rt, 8, 100, 0)
+    link = search_module.link_or_copy
+    raced: list[str] = []
+
+    def vanishing_once(src: str, dest: str) -> None:  # as if a merge deleted a segment file in between
+        if not raced:
+            raced.append(src)
+            raise FileNotFoundError(src)
+        link(src, dest)
+    monkeypatch.setattr(search_module, "link_or_copy", vanishing_once)
+    info = await checkpoint_live(rt.projection, data, vectors=rt.vectors)
+    assert raced and info is not None and info.search == {"messages.search_body": info.offset}  # started over
+
+    def failing(src: str, dest: str) -> None:
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(search_module, "link_or_copy", failing)
+    await fill(rt, 9, 50, 0)
+    expected = all_matches(rt.projection, rt.app.schema)
+    info = await checkpoint_live(rt.projection, data, vectors=rt.vectors)
+    assert info is not None and info.search == {} and not (info.projection_dir / "search").exists()
+    assert "goes without its search indexes" in caplog.text
+    monkeypatch.setattr(search_module, "link_or_copy", link)
+    backfills = count_backfills(monkeypatch)
+    copy_projection(info.projection_dir, tmp_path / "opened")
+    p = Projection(tmp_path / "opened")
+    try:
+        assert backfills == ["messages.search_body"] and all_matches(p, rt.app.schema) == expected  # rebuilt
+    finally:
+        p.close()
