@@ -229,13 +229,18 @@ def copy_committed(src: str, dest: str, attempts: int = 5) -> list[str]:
     Hard-links (or copies, across file systems) the files of the segments
     ``meta.json`` names, copies ``meta.json`` and writes ``.managed.json``.
     A merge that ends meanwhile may delete a file: then starts over from the
-    new ``meta.json`` (the same documents). Returns the files linked.
+    new ``meta.json`` (the same documents). Returns the files linked. (The
+    files a ``meta.json`` names exist for as long as it is the current one:
+    tantivy deletes only files no longer named.)
     """
     for _ in range(attempts):
         with open(os.path.join(src, "meta.json"), "rb") as f:
             meta_raw = f.read()
         meta = orjson.loads(meta_raw)
         present = os.listdir(src)
+        with open(os.path.join(src, "meta.json"), "rb") as f:
+            if f.read() != meta_raw:
+                continue  # a merge ended while listing: its files may be half deleted
         names: list[str] = []
         for segment in meta.get("segments", ()):
             uuid = str(segment["segment_id"]).replace("-", "")
