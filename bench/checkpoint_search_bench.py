@@ -100,6 +100,8 @@ def run(docs: int = 100_000, work: Path | None = None) -> dict[str, Any]:
         words = _words()
         text = f"{words[7]} {words[11][:3]}"
         try:
+            projection.flush()  # what `checkpoint_live` does off the loop first
+            projection.flush_search()
             t0 = time.perf_counter()
             info = take_checkpoint(projection, data)
             checkpoint_s = time.perf_counter() - t0
