@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 WORKLOADS = ("log", "engine", "transfer", "baseline", "reactivity", "polling", "kafka", "restore", "isolation", "auth",
-             "scheduler", "memory", "metrics", "migration", "search", "vector", "lifecycle", "storage")
+             "scheduler", "memory", "metrics", "migration", "search", "vector", "lifecycle", "storage", "checkpoint")
 DESCRIPTIONS = {
     "log": "commit log append vs raw fsync, projection replay vs raw RocksDB put",
     "engine": "the transfer mutation in-process (runtime + FileLog + projection), α = 0 and 1.5",
@@ -41,6 +41,7 @@ DESCRIPTIONS = {
     "lifecycle": "a new replica joining 10,000,000 records of history (checkpoint copy vs plain copy); disk use "
                  "under --retain",
     "storage": "file upload/download throughput (100 MiB and 10 KiB files) vs a bare aiohttp file server, peak RSS",
+    "checkpoint": "open + first search from a checkpoint of a 100,000-document full-text index: carried vs rebuilt",
 }
 
 
@@ -170,7 +171,16 @@ def run_storage(quick: bool, harness: Any) -> dict[str, Any]:
     return storage_bench.run(quick, harness)
 
 
+def run_checkpoint(quick: bool, harness: Any) -> dict[str, Any]:
+    """Opening a checkpoint whose full-text index it carries vs one that is rebuilt."""
+    from bench import checkpoint_search_bench
+    harness.reporter.phase("checkpoint: open + first search, index carried vs rebuilt", 5 if quick else 30)
+    return checkpoint_search_bench.run(5_000 if quick else 100_000)
+
+
 def _runner(name: str) -> Callable[[bool, Any], dict[str, Any]]:
+    if name == "checkpoint":
+        return run_checkpoint
     if name == "lifecycle":
         return run_lifecycle
     if name == "log":
@@ -262,6 +272,9 @@ def headline(name: str, r: dict[str, Any]) -> str:
         if name == "storage":
             from bench import storage_bench
             return storage_bench.headline(r)
+        if name == "checkpoint":
+            from bench import checkpoint_search_bench
+            return checkpoint_search_bench.headline(r)
         if name == "log":
             lg, pj = r["log"], r["projection"]
             text = (f"append {lg['append_per_s']:,.0f}/s vs fsync {lg['fsync_per_s']:,.0f}/s; replay "

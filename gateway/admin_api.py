@@ -25,10 +25,11 @@ nothing is done.
   and applied, just before subscriptions were updated (``clock`` names the clock, so a client on
   the same host can time commit → update against its own ``perf_counter``).
 * ``POST /api/admin/checkpoints`` — take a checkpoint now.
-* ``GET /api/admin/checkpoints/latest`` — a fresh checkpoint (taken now, or the newest if nothing
+* ``GET /api/admin/checkpoints/latest[?indexes=1]`` — a fresh checkpoint (taken now, or the newest if nothing
   changed since) as a tar stream ending with SHA-256 digests of its members
   (`projections.checkpoint_transfer`); headers ``X-Tape-Checkpoint-Offset``, ``-Ts`` and ``-Bytes``.
-  New replicas bootstrap from it (`gateway.bootstrap`).
+  ``indexes=1`` includes the search and vector indexes it carries. New replicas bootstrap from it
+  (`gateway.bootstrap`).
 * ``POST /api/admin/run`` — body ``{"path", "args", "format"?}``: runs any function (query,
   mutation or action; internal ones included) as the admin (or, with ``<key>:<identity>``, as that
   user), on the live deployment. Answers like ``/api/function``. This is what ``tape run`` and the
@@ -399,13 +400,14 @@ async def stream_latest_checkpoint(request: web.Request) -> web.StreamResponse:
                     code="NoCheckpoint", status=404)
     info = found[-1]
     pinned = await asyncio.to_thread(pin_checkpoint, info, node.config.data_dir)
+    indexes = request.query.get("indexes") == "1"  # the receiver takes the search and vector indexes too
     try:
         resp = web.StreamResponse(headers={
             "Content-Type": "application/x-tar", "X-Tape-Checkpoint-Offset": str(info.offset),
             "X-Tape-Checkpoint-Ts": str(info.ts),
-            "X-Tape-Checkpoint-Bytes": str(await asyncio.to_thread(checkpoint_size, pinned))})
+            "X-Tape-Checkpoint-Bytes": str(await asyncio.to_thread(checkpoint_size, pinned, indexes))})
         await resp.prepare(request)
-        chunks = tar_checkpoint(pinned)
+        chunks = tar_checkpoint(pinned, indexes)
         while block := await asyncio.to_thread(_next_block, chunks):
             await resp.write(block)
         await resp.write_eof()

@@ -10,6 +10,10 @@ installs one before the node opens it:
   a tar stream verified by SHA-256 digests, see `projections.checkpoint_transfer`),
   stored as this replica's own checkpoint ``DATA/checkpoints/<offset>``.
 
+The checkpoint's search indexes come with its projection directory and its saved
+vector indexes go to ``DATA/vectors`` (`projections.vectors.adopt_saved`), so the
+replica serves searches without building them first.
+
 The node then follows the log from the checkpoint's offset + 1, so writes made
 during the copy are simply the first records it applies. A checkpoint that does
 not belong to the log (`projections.checkpoints.verify`) is refused. Only when
@@ -34,6 +38,7 @@ from log.errors import LogError
 from projections.checkpoint_transfer import CheckpointReceiver, CheckpointTransferError
 from projections.checkpoints import (TMP_PREFIX, CheckpointInfo, checkpoints_dir, copy_projection,
                                      list_checkpoints, nearest_valid_checkpoint)
+from projections.vectors import VECTORS_DIR, adopt_saved
 
 log = logging.getLogger("tape.bootstrap")
 
@@ -76,7 +81,7 @@ async def _from_directory(shared: Path, data_dir: Path, log_: Any) -> tuple[Chec
     if info is None:
         raise BootstrapError(f"no checkpoint in {shared} belongs to the log (or covers its first offset "
                              f"{log_.first_offset()})")
-    size = sum(p.stat().st_size for p in info.projection_dir.iterdir() if p.is_file())
+    size = sum(p.stat().st_size for p in info.path.rglob("*") if p.is_file())
     return info, size
 
 
@@ -90,7 +95,8 @@ async def _fetch(url: str, admin_key: str | None, data_dir: Path) -> tuple[Check
     async with aiohttp.ClientSession(timeout=timeout) as session:
         while True:
             try:
-                resp = await session.get(f"{url.rstrip('/')}{LATEST_CHECKPOINT_PATH}", headers=headers)
+                resp = await session.get(f"{url.rstrip('/')}{LATEST_CHECKPOINT_PATH}", headers=headers,
+                                         params={"indexes": "1"})
                 break
             except aiohttp.ClientConnectorError as exc:
                 if time.monotonic() > deadline:
@@ -142,9 +148,11 @@ async def _see_offset(log_: Any, offset: int, timeout: float = 10.0) -> None:
 
 
 def _install(info: CheckpointInfo, projection_dir: Path) -> None:
-    """Copy the checkpoint's RocksDB files to `projection_dir` (hard links where possible), atomically."""
+    """Copy the checkpoint's RocksDB files (and search indexes) to `projection_dir` (hard links where
+    possible), atomically; its saved vector indexes go to DATA/vectors, next to it."""
     work = projection_dir.with_name(f"{TMP_PREFIX}{projection_dir.name}-{os.getpid()}")
     shutil.rmtree(work, ignore_errors=True)
+    adopt_saved(info.vectors_dir, projection_dir.parent / VECTORS_DIR, info.offset)
     copy_projection(info.projection_dir, work)
     os.rename(work, projection_dir)
     fd = os.open(projection_dir.parent, os.O_RDONLY)

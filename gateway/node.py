@@ -30,6 +30,7 @@ from log.segment_archive import DirectoryArchive
 from projections.checkpoints import CheckpointInfo, CheckpointPolicy, checkpoint_live, run_checkpointer
 from projections.errors import ProjectionError
 from projections.store import Projection
+from projections.vectors import VECTORS_DIR
 
 log = logging.getLogger("tape.node")
 
@@ -120,7 +121,7 @@ class Node:
                 f"{self.config.projection_dir}: the projection cannot be opened ({exc}). It is rebuildable "
                 f"from the log: tape doctor --data {self.config.data_dir} --rebuild-projection") from None
         self.runtime = Runtime(self.app, self.log, self.projection, self.config.limits, role=self.config.role,
-                               vector_dir=self.config.data_dir / "vectors")
+                               vector_dir=self.config.data_dir / VECTORS_DIR)
         # pagination cursors are sealed under a key derived from the deployment's admin key (data dir)
         self.runtime.cursors = CursorSealer.from_text(self.admin.value)
         self.subscriptions = SubscriptionManager(self.runtime)
@@ -139,7 +140,8 @@ class Node:
         gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
         if self.config.checkpoint_interval > 0:  # periodic RocksDB checkpoints
             checkpointer = run_checkpointer(self.runtime.projection, self.config.data_dir,
-                                            self.config.checkpoint_interval, self.checkpoint_policy)
+                                            self.config.checkpoint_interval, self.checkpoint_policy,
+                                            vectors=self.runtime.vectors)
             self._tasks.append(loop.create_task(checkpointer, name="tape-checkpointer"))
         retention = self.retention_policy
         if retention is not None and self.config.role == "committer" and isinstance(self.log, FileLog):
@@ -180,7 +182,9 @@ class Node:
         """Checkpoint the live projection now (None if nothing new was applied since the newest one)."""
         projection = self.runtime.projection if self.runtime is not None else self.projection
         assert projection is not None, "the node is not started"
-        return await checkpoint_live(projection, self.config.data_dir, self.checkpoint_policy, force=force)
+        vectors = self.runtime.vectors if self.runtime is not None else None
+        return await checkpoint_live(projection, self.config.data_dir, self.checkpoint_policy, force=force,
+                                     vectors=vectors)
 
     async def _pinger(self) -> None:
         ping = orjson.dumps(ping_message())

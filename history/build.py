@@ -18,6 +18,7 @@ from history.progress import Reporter
 from projections.checkpoints import SCHEMA_MARKER, CheckpointInfo, copy_projection, list_checkpoints, take_checkpoint, verify
 from projections.rebuild import catch_up
 from projections.store import Projection
+from projections.vectors import adopt_saved
 
 
 @dataclass
@@ -46,6 +47,7 @@ async def build_projection(
     extra_bases: Iterable[CheckpointInfo] = (),
     reporter: Reporter | None = None,
     batch_records: int | None = None,
+    vectors_dest: Path | None = None,
 ) -> tuple[Projection, ProjectionBuild]:
     """A projection at `dest` holding exactly records 0..upto of `log_` (open; the caller closes it).
 
@@ -54,6 +56,9 @@ async def build_projection(
     from nothing, and replays the rest. `catalog` (if given) is installed;
     otherwise a checkpoint keeps its own. `batch_records` bounds the records
     prepared per step on the event loop (smaller: shorter stalls for others).
+    A checkpoint's search indexes come with it (only the records after it are
+    indexed); with `vectors_dest` (the new data directory's ``vectors/``), so
+    do its saved vector indexes (see `projections.vectors.adopt_saved`).
     """
     reporter = reporter or Reporter()
     info = ProjectionBuild()
@@ -68,10 +73,12 @@ async def build_projection(
         try:
             # A running server's checkpointer may delete an old checkpoint meanwhile: then try the next one.
             await asyncio.to_thread(copy_projection, base.projection_dir, dest)
+            if vectors_dest is not None:
+                await asyncio.to_thread(adopt_saved, base.vectors_dir, vectors_dest, upto)
         except OSError:
             shutil.rmtree(dest, ignore_errors=True)
             continue
-        # On a thread: opening a copy rebuilds its search indexes from its documents (see projections.search).
+        # On a thread: opening a copy rebuilds the search indexes it does not carry (see projections.search).
         projection = await asyncio.to_thread(Projection, dest, catalog)
         if projection.applied_offset != base.offset:
             projection.close()

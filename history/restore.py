@@ -5,8 +5,9 @@ The state "as of TIME" holds exactly the records committed at or before TIME
 
 `restore_to_dir` builds a new, complete, servable data directory: the log
 prefix (a FileLog with the same records, offsets and timestamps), the
-projection (the nearest earlier checkpoint copied, plus a replay of the rest;
-a full replay without checkpoints), the admin key and the blobs of stored
+projection (the nearest earlier checkpoint copied — with the search and
+vector indexes it carries — plus a replay of the rest; a full replay without
+checkpoints), the admin key and the blobs of stored
 files (hard-linked; blobs outlive their `_storage` documents, so every
 document of the restored point finds its bytes). It is assembled next to
 the target and renamed into place at the end, so an interrupted restore
@@ -46,6 +47,7 @@ from log.directory import fsync_dir, move_into_place
 from log.record import Record
 from projections.checkpoints import drop_after
 from projections.store import Projection
+from projections.vectors import VECTORS_DIR, adopt_saved
 from storage import BLOBS_DIR, link_store
 
 ADMIN_KEY_FILE = "admin_key"
@@ -139,7 +141,8 @@ async def restore_to_dir(source: str, point: Point, new_dir: str | os.PathLike[s
             async def projection_part(log_: Any, last: int) -> tuple[Projection, ProjectionBuild]:
                 return await build_projection(log_, work / "projection", last,
                                               data_dir=src.data_dir if use_checkpoints else None,
-                                              catalog=catalog, reporter=reporter)
+                                              catalog=catalog, reporter=reporter,
+                                              vectors_dest=work / VECTORS_DIR if use_checkpoints else None)
 
             if src.log_dir is not None:
                 # A FileLog source: copy its bytes while the projection replays from it.
@@ -168,6 +171,10 @@ async def restore_to_dir(source: str, point: Point, new_dir: str | os.PathLike[s
                     projection.close()
                 finally:
                     await copied.close()
+            if use_checkpoints and src.data_dir is not None:
+                # The source's own saved vector indexes (from its last stop) may be more recent than the
+                # checkpoint's, and still fit the restored point if they were saved at or before it.
+                await asyncio.to_thread(adopt_saved, src.data_dir / VECTORS_DIR, work / VECTORS_DIR, report.upto)
             if src.data_dir is not None and (src.data_dir / BLOBS_DIR).is_dir():
                 # Stored files: blobs are immutable and never deleted with their documents, so the source's
                 # blobs hold the bytes of every `_storage` document of any earlier point (hard links).
@@ -271,7 +278,8 @@ async def restore_in_place(data_dir: str | os.PathLike[str], point: Point, confi
             if live is not None:
                 extra.append(live)
             projection, build = await build_projection(log_, scratch / "projection", upto, data_dir=data,
-                                                       extra_bases=extra, reporter=reporter)
+                                                       extra_bases=extra, reporter=reporter,
+                                                       vectors_dest=data / VECTORS_DIR)
             projection.close()
             report.projection = build
             drop_after(data, upto)

@@ -2,8 +2,12 @@
 
 `tar_checkpoint` yields a checkpoint as a plain ustar/GNU tar stream (any
 `tar x` unpacks it): ``checkpoint.json``, then ``projection/<file>`` for every
-RocksDB file, then ``DIGESTS.json`` mapping every earlier member to its
-SHA-256 (computed while streaming, so the files are read once).
+RocksDB file, then (with ``indexes``, which a receiver asks for, so a replica
+of an older version still gets only what it knows) the search indexes
+``projection/search/<table>/<index>/<file>`` and the saved vector indexes
+``vectors/<table>.<index>/<file>``, then ``DIGESTS.json`` mapping every
+earlier member to its SHA-256 (computed while streaming, so the files are
+read once).
 `CheckpointReceiver` unpacks such a stream as it arrives (`feed` chunks,
 then `finish`), hashing each member, and refuses the result unless every
 digest matches and the stream ended properly; a half-received checkpoint
@@ -27,10 +31,14 @@ from typing import Any, Iterator
 import orjson
 
 from projections.checkpoints import META_FILE, PROJECTION_DIR, TMP_PREFIX, CheckpointInfo, checkpoints_dir
+from projections.search import SEARCH_DIR, link_or_copy
+from projections.vectors import VECTORS_DIR
 
 DIGESTS_FILE = "DIGESTS.json"
 CHUNK = 4 << 20
 BLOCK = 512
+MAX_NAME = 4096
+_LONG_NAME = "\0long name"  # (a member no stream can name)
 _counter = itertools.count()
 
 
@@ -38,13 +46,29 @@ class CheckpointTransferError(Exception):
     """A checkpoint stream that is damaged, incomplete or does not match its digests (the message says which)."""
 
 
-def _members(root: Path) -> list[tuple[str, Path]]:
+def _members(root: Path, indexes: bool = True) -> list[tuple[str, Path]]:
     out = [(META_FILE, root / META_FILE)]
     proj = root / PROJECTION_DIR
     for entry in sorted(os.scandir(proj), key=lambda e: e.name):
         if entry.is_file() and entry.name != "LOCK":
             out.append((f"{PROJECTION_DIR}/{entry.name}", Path(entry.path)))
+    if indexes:
+        for sub in (proj / SEARCH_DIR, root / VECTORS_DIR):
+            for path in sorted(p for p in sub.rglob("*") if p.is_file() and not p.name.endswith(".lock")):
+                out.append((path.relative_to(root).as_posix(), path))
     return out
+
+
+def _allowed_member(name: str) -> bool:
+    """Whether `name` is a path a checkpoint stream may hold (never outside the checkpoint's directory)."""
+    if name in (META_FILE, DIGESTS_FILE):
+        return True
+    parts = name.split("/")
+    if any(p in ("", ".", "..") or "\\" in p for p in parts):
+        return False
+    if parts[0] == PROJECTION_DIR:
+        return len(parts) == 2 or (len(parts) == 5 and parts[1] == SEARCH_DIR)
+    return parts[0] == VECTORS_DIR and len(parts) == 3
 
 
 def _header(name: str, size: int) -> bytes:
@@ -58,15 +82,17 @@ def _pad(size: int) -> bytes:
     return b"\0" * (-size % BLOCK)
 
 
-def checkpoint_size(root: Path) -> int:
+def checkpoint_size(root: Path, indexes: bool = True) -> int:
     """Bytes of the files a transfer of the checkpoint at `root` sends (without tar framing)."""
-    return sum(p.stat().st_size for _, p in _members(root))
+    return sum(p.stat().st_size for _, p in _members(root, indexes))
 
 
-def tar_checkpoint(root: Path) -> Iterator[bytes]:
-    """The checkpoint directory `root` as tar chunks, ending with DIGESTS.json (see the module docstring)."""
+def tar_checkpoint(root: Path, indexes: bool = True) -> Iterator[bytes]:
+    """The checkpoint directory `root` as tar chunks, ending with DIGESTS.json (see the module docstring).
+
+    `indexes`: include the search and vector indexes the checkpoint carries."""
     digests: dict[str, str] = {}
-    for name, path in _members(root):
+    for name, path in _members(root, indexes):
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
             yield _header(name, size)
@@ -92,13 +118,9 @@ def pin_checkpoint(info: CheckpointInfo, data_dir: Path) -> Path:
     (dest / PROJECTION_DIR).mkdir(parents=True)
     try:
         shutil.copy2(info.path / META_FILE, dest / META_FILE)
-        for entry in os.scandir(info.projection_dir):
-            if not entry.is_file() or entry.name == "LOCK":
-                continue
-            try:
-                os.link(entry.path, dest / PROJECTION_DIR / entry.name)
-            except OSError:
-                shutil.copy2(entry.path, dest / PROJECTION_DIR / entry.name)
+        for name, path in _members(info.path)[1:]:  # a checkpoint's files are never changed: link them all
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            link_or_copy(os.fspath(path), os.fspath(dest / name))
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
         raise
@@ -121,6 +143,7 @@ class CheckpointReceiver:
         self._digests: dict[str, str] = {}
         self._claimed: dict[str, str] | None = None
         self._meta: bytes = b""
+        self._long_name: str | None = None  # from a GNU long-name header, for the member after it
         self._ended = False
         self.received = 0
 
@@ -172,18 +195,29 @@ class CheckpointReceiver:
         except tarfile.TarError as exc:
             raise CheckpointTransferError(f"damaged checkpoint stream at byte {self.received - left_in_view}: "
                                           f"{exc}") from None
-        name = info.name
-        if name != META_FILE and name != DIGESTS_FILE and not (
-                name.startswith(PROJECTION_DIR + "/") and "/" not in name[len(PROJECTION_DIR) + 1:]
-                and name[len(PROJECTION_DIR) + 1:] not in ("", ".", "..")):
+        if info.type == tarfile.GNUTYPE_LONGNAME:  # the next member's name, too long for its header
+            if info.size > MAX_NAME or self._long_name is not None:
+                raise CheckpointTransferError(f"damaged checkpoint stream: a bad long name at byte "
+                                              f"{self.received - left_in_view}")
+            self._hash, self._file, self._meta = hashlib.sha256(), None, b""
+            self._member, self._pad = (_LONG_NAME, info.size), -info.size % BLOCK
+            return BLOCK
+        name, self._long_name = (self._long_name or info.name), None
+        if not _allowed_member(name):
             raise CheckpointTransferError(f"unexpected member {name!r} in the checkpoint stream")
         self._hash = hashlib.sha256()
+        if name not in (META_FILE, DIGESTS_FILE):
+            (self.work / name).parent.mkdir(parents=True, exist_ok=True)
         self._file = None if name in (META_FILE, DIGESTS_FILE) else open(self.work / name, "wb")
         self._meta = b""
         self._member, self._pad = (name, info.size), -info.size % BLOCK
         return BLOCK
 
     def _close_member(self, name: str) -> None:
+        if name == _LONG_NAME:
+            self._long_name = self._meta.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            self._member = None
+            return
         if self._file is not None:
             self._file.flush()
             os.fsync(self._file.fileno())

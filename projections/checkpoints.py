@@ -5,7 +5,9 @@ Layout (inside a data directory)::
     checkpoints/
       <offset>/                 one checkpoint: the state after log record <offset>
         projection/             a RocksDB checkpoint (opens as a normal `Projection`)
-        checkpoint.json         {"offset", "ts", "created_ns", "indexes", "documents", ...}
+          search/<table>/<index>/   each ready full-text index, committed at exactly <offset>
+        vectors/<table>.<index>/    each ready vector index, saved with a stamp <= <offset> (optional)
+        checkpoint.json         {"offset", "ts", "created_ns", "indexes", "documents", "search", "vectors", ...}
       .tmp-<offset>-<pid>-<n>/  a checkpoint being written (removed by `clean_partial`)
 
 A checkpoint is written into a ``.tmp-*`` directory and renamed into place, so
@@ -18,6 +20,25 @@ first flushes the memtable in a worker thread (the slow part, concurrent with
 the loop) and then takes the checkpoint synchronously on the loop, where no
 apply can interleave; the offset it is tagged with is the projection's applied
 offset at that instant (and the very same offset is stored inside the copy).
+
+**Search and vector indexes ride along** (decision: carry exact copies, never
+lagging ones, for full text; stamped copies for vectors). Right after the
+RocksDB checkpoint, still on the loop, a marker is queued for the search
+worker (`Projection.snapshot_search`); the worker commits every ready
+tantivy index at exactly the checkpoint's offset and hard-links its
+(immutable) segment files into ``projection/search/`` — off the loop, which
+only waits for it. A projection opened from the checkpoint finds each index
+at its applied offset and does not rebuild it (see `projections.search`). An
+index still building, or a worker that fails to copy, is left out: that
+index is rebuilt where the checkpoint is opened, as before. Vector indexes
+(in memory, owned by the runtime) are saved before the loop part, in a
+worker thread, with `VectorIndexes.save_copy` (an index unchanged since the
+previous checkpoint's copy is hard-linked from it): their stamp is <= the
+checkpoint's offset, and the documents written in between are re-read from
+the log where they are loaded (`VectorIndexes.load_saved`); whoever turns a
+checkpoint into a data directory puts them into ``DATA/vectors``
+(`projections.vectors.adopt_saved`). Checkpoints without these directories
+(older ones, or taken without a runtime) open as before, rebuilding.
 
 Users: `tape serve --checkpoint-interval S` (`run_checkpointer`), point-in-time
 restore (`history.restore`), and time travel (`gateway.time_travel`), which start
@@ -34,13 +55,16 @@ import logging
 import os
 import shutil
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from .search import SEARCH_DIR, link_or_copy
 from .store import Projection
+from .vectors import VECTORS_DIR, VectorIndexes
 
 log = logging.getLogger("tape.checkpoints")
 
@@ -65,11 +89,18 @@ class CheckpointInfo:
     indexes: dict[str, Any] = field(default_factory=dict)
     documents: int = 0
     blocked_ms: float = 0.0
+    search: dict[str, int] = field(default_factory=dict)  # "table.index" -> offset of the copy carried
+    vectors: dict[str, int] = field(default_factory=dict)  # "table.index" -> stamp offset of the saved copy
 
     @property
     def projection_dir(self) -> Path:
         """The RocksDB directory of this checkpoint (open it only through a copy: see `copy_projection`)."""
         return self.path / PROJECTION_DIR
+
+    @property
+    def vectors_dir(self) -> Path:
+        """The saved vector indexes of this checkpoint (may not exist; see `projections.vectors.adopt_saved`)."""
+        return self.path / VECTORS_DIR
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +110,8 @@ class CheckpointInfo:
             "created_ns": self.created_ns,
             "documents": self.documents,
             "blocked_ms": self.blocked_ms,
+            "search": self.search,
+            "vectors": self.vectors,
         }
 
 
@@ -94,7 +127,9 @@ def _read_meta(path: Path) -> CheckpointInfo | None:
             return None
         return CheckpointInfo(path=path, offset=int(meta["offset"]), ts=int(meta["ts"]),
                               created_ns=int(meta.get("created_ns", 0)), indexes=meta.get("indexes") or {},
-                              documents=int(meta.get("documents", 0)), blocked_ms=float(meta.get("blocked_ms", 0.0)))
+                              documents=int(meta.get("documents", 0)), blocked_ms=float(meta.get("blocked_ms", 0.0)),
+                              search={str(k): int(v) for k, v in (meta.get("search") or {}).items()},
+                              vectors={str(k): int(v) for k, v in (meta.get("vectors") or {}).items()})
     except (OSError, ValueError, KeyError, TypeError, orjson.JSONDecodeError):
         return None
 
@@ -168,7 +203,8 @@ def copy_projection(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -
 
     SST files are immutable, so they are hard-linked when `dest` is on the same
     file system (copied otherwise); everything else (MANIFEST, CURRENT,
-    OPTIONS, ...) is copied, since RocksDB may append to it once opened.
+    OPTIONS, ...) is copied, since RocksDB may append to it once opened. The
+    search indexes under ``search/`` come along (`copy_search_indexes`).
     """
     src, dest = Path(src), Path(dest)
     dest.mkdir(parents=True)
@@ -183,6 +219,23 @@ def copy_projection(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -
             except OSError:
                 pass
         shutil.copy2(entry.path, target)
+    if (src / SEARCH_DIR).is_dir():
+        copy_search_indexes(src / SEARCH_DIR, dest / SEARCH_DIR)
+
+
+def copy_search_indexes(src: Path, dest: Path) -> None:
+    """Copy a (closed) projection's ``search/`` tree: tantivy's segment files are immutable and hard-linked;
+    its ``meta.json`` and other dot/JSON files, which it replaces as it commits, are copied; locks are skipped."""
+    for root, _dirs, files in os.walk(src):
+        target = dest / os.path.relpath(root, src)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if name.endswith(".lock"):
+                continue
+            if name.startswith(".") or name.endswith(".json"):
+                shutil.copy2(os.path.join(root, name), target / name)
+            else:
+                link_or_copy(os.path.join(root, name), os.fspath(target / name))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -248,51 +301,105 @@ class CheckpointPolicy:
 
 def take_checkpoint(projection: Projection, data_dir: str | os.PathLike[str],
                     keep: "int | CheckpointPolicy | None" = None,
-                    *, force: bool = False) -> CheckpointInfo | None:
-    """Checkpoint `projection` into DATA_DIR/checkpoints/<applied offset>/ (synchronously).
+                    *, force: bool = False, vectors: VectorIndexes | None = None) -> CheckpointInfo | None:
+    """Checkpoint `projection` into DATA/checkpoints/<applied offset>/ (synchronously).
 
     The caller makes sure nothing applies records to `projection` during the
     call (on a node: call it on the event loop). Returns None when nothing was
     applied yet or a checkpoint of this offset exists already (unless `force`,
     which replaces it). With `keep`, older checkpoints beyond the newest `keep`
-    are deleted afterwards.
+    are deleted afterwards. The search indexes come along; with `vectors`,
+    the ready vector indexes too (see the module docstring).
     """
-    offset, ts = projection.applied_offset, projection.applied_ts
+    offset = projection.applied_offset
     if offset < 0:
         return None
     root = checkpoints_dir(data_dir)
-    final = root / str(offset)
-    if final.exists() and not force:
+    if (root / str(offset)).exists() and not force:
         return None
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f"{TMP_PREFIX}{offset}-{os.getpid()}-{next(_counter)}"
-    started = time.perf_counter()
     try:
         tmp.mkdir()
-        projection.checkpoint(tmp / PROJECTION_DIR)
-        marker = Path(projection.path) / SCHEMA_MARKER
-        if marker.exists():  # the documents were checked against the schema: so were the checkpoint's
-            shutil.copy2(marker, tmp / PROJECTION_DIR / SCHEMA_MARKER)
-        blocked_ms = (time.perf_counter() - started) * 1000.0
-        documents = sum(projection.count(t) for t in projection.tables())
-        meta = {
-            "format": FORMAT,
-            "offset": offset,
-            "ts": ts,
-            "created_ns": time.time_ns(),
-            "indexes": projection.indexes,
-            "documents": documents,
-            "blocked_ms": round(blocked_ms, 3),
-        }
-        _write_json(tmp / META_FILE, meta)
-        _fsync_tree(tmp)  # everything is durable before the rename makes it a checkpoint
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        _fsync_dir(root)
+        saved = vectors.save_copy(tmp / VECTORS_DIR, _previous_vectors(data_dir)) if vectors is not None else {}
+        taken = _take(projection, tmp)
+        taken.search = _wait_search(taken.snapshot)
+        return _finish(data_dir, tmp, taken, saved, keep, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _previous_vectors(data_dir: str | os.PathLike[str]) -> Path | None:
+    """The newest checkpoint's saved vector indexes: an index unchanged since is linked, not saved again."""
+    found = list_checkpoints(data_dir)
+    return found[-1].vectors_dir if found else None
+
+
+@dataclass
+class _Taken:
+    """The synchronous part of a checkpoint: the RocksDB copy at `offset` and the queued search copy."""
+
+    offset: int
+    ts: int
+    documents: int
+    blocked_ms: float
+    indexes: dict[str, Any]
+    snapshot: Any
+    search: dict[str, int] = field(default_factory=dict)
+
+
+def _take(projection: Projection, tmp: Path) -> _Taken:
+    """The part of a checkpoint no apply may interleave with (on a node: on the event loop); kept small."""
+    started = time.perf_counter()
+    offset, ts = projection.applied_offset, projection.applied_ts
+    projection.checkpoint(tmp / PROJECTION_DIR)
+    snapshot = projection.snapshot_search(tmp / PROJECTION_DIR)
+    marker = Path(projection.path) / SCHEMA_MARKER
+    if marker.exists():  # the documents were checked against the schema: so were the checkpoint's
+        shutil.copy2(marker, tmp / PROJECTION_DIR / SCHEMA_MARKER)
+    blocked_ms = (time.perf_counter() - started) * 1000.0
+    documents = sum(projection.count(t) for t in projection.tables())
+    return _Taken(offset, ts, documents, blocked_ms, projection.indexes, snapshot)
+
+
+def _wait_search(snapshot: Any) -> dict[str, int]:
+    """The search indexes copied into the checkpoint ({} when the copy failed: they are rebuilt at open)."""
+    try:
+        return snapshot.wait()
+    except Exception as exc:
+        log.warning("the checkpoint goes without its search indexes (they are rebuilt where it is opened): %s", exc)
+        return {}
+
+
+def _finish(data_dir: str | os.PathLike[str], tmp: Path, taken: _Taken, saved: dict[str, int],
+            keep: "int | CheckpointPolicy | None", force: bool) -> CheckpointInfo | None:
+    """Write checkpoint.json, fsync everything and rename `tmp` into place (None: one exists and not `force`)."""
+    root = checkpoints_dir(data_dir)
+    final = root / str(taken.offset)
+    meta = {
+        "format": FORMAT,
+        "offset": taken.offset,
+        "ts": taken.ts,
+        "created_ns": time.time_ns(),
+        "indexes": taken.indexes,
+        "documents": taken.documents,
+        "blocked_ms": round(taken.blocked_ms, 3),
+        "search": taken.search,
+        "vectors": {label: stamp for label, stamp in saved.items() if stamp <= taken.offset},
+    }
+    if len(meta["vectors"]) != len(saved):  # cannot happen (saved before the offset was taken); never ship it
+        shutil.rmtree(tmp / VECTORS_DIR, ignore_errors=True)
+        meta["vectors"] = {}
+    _write_json(tmp / META_FILE, meta)
+    _fsync_tree(tmp)  # everything is durable before the rename makes it a checkpoint
+    if final.exists():
+        if not force:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return None
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
     info = _read_meta(final)
     assert info is not None
     if keep is not None:
@@ -348,34 +455,69 @@ def clean_partial(data_dir: str | os.PathLike[str]) -> None:
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
+_live_locks: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, asyncio.Lock]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _live_lock(data_dir: str | os.PathLike[str]) -> asyncio.Lock:
+    """One checkpoint at a time per data directory (per event loop): the periodic one and an admin's."""
+    locks = _live_locks.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(os.path.abspath(data_dir), asyncio.Lock())
+
+
 async def checkpoint_live(projection: Projection, data_dir: str | os.PathLike[str],
                           keep: "int | CheckpointPolicy | None" = None,
-                          *, force: bool = False) -> CheckpointInfo | None:
+                          *, force: bool = False, vectors: VectorIndexes | None = None) -> CheckpointInfo | None:
     """Take a checkpoint of a projection that is being applied to on this event loop, without stopping it.
 
-    The memtable is flushed first in a worker thread (RocksDB flushes are
-    thread-safe; applies may continue meanwhile), then the checkpoint itself —
-    a flush of whatever was applied since plus hard links — is taken on the
-    event loop, so it is exactly the state after the applied offset it is
-    tagged with. The time the loop was blocked is logged and stored. Returns
-    None when nothing new was applied since the newest checkpoint (unless
-    `force`); with `keep`, only the newest `keep` checkpoints are kept.
+    In worker threads first: the memtable is flushed (RocksDB flushes are
+    thread-safe; applies continue meanwhile), the search indexes commit what
+    is pending, and `vectors`' ready indexes are saved. Then the checkpoint
+    itself — a flush of whatever was applied since plus hard links, and a
+    marker for the search worker — is taken on the event loop, so it is
+    exactly the state after the applied offset it is tagged with; the search
+    worker's commit at that offset and its copy, the fsyncs and the rename
+    run off the loop again. The time the loop was blocked is logged and
+    stored. Returns None when nothing new was applied since the newest
+    checkpoint (unless `force`); with `keep`, only the newest `keep`
+    checkpoints are kept.
     """
-    latest = list_checkpoints(data_dir)
-    if not force and latest and latest[-1].offset == projection.applied_offset:
-        return None
-    if projection.applied_offset < 0:
-        return None
-    await asyncio.to_thread(projection.flush)
-    info = take_checkpoint(projection, data_dir, keep, force=force)
+    async with _live_lock(data_dir):
+        latest = list_checkpoints(data_dir)
+        if not force and latest and latest[-1].offset == projection.applied_offset:
+            return None
+        if projection.applied_offset < 0:
+            return None
+        root = checkpoints_dir(data_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = root / f"{TMP_PREFIX}live-{os.getpid()}-{next(_counter)}"
+        taken: _Taken | None = None
+        try:
+            tmp.mkdir()
+            await asyncio.to_thread(projection.flush)
+            await asyncio.to_thread(projection.flush_search)  # the commit at the checkpoint's offset is then small
+            saved = (await asyncio.to_thread(vectors.save_copy, tmp / VECTORS_DIR, _previous_vectors(data_dir))
+                     if vectors is not None else {})
+            if (root / str(projection.applied_offset)).exists() and not force:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return None
+            taken = _take(projection, tmp)  # on the loop: no apply interleaves
+            taken.search = await asyncio.to_thread(_wait_search, taken.snapshot)
+            info = await asyncio.to_thread(_finish, data_dir, tmp, taken, saved, keep, force)
+        except BaseException:
+            if taken is not None and not taken.search:  # let the search worker finish its copy into `tmp` first
+                await asyncio.to_thread(_wait_search, taken.snapshot)
+            await asyncio.to_thread(shutil.rmtree, tmp, True)
+            raise
     if info is not None:
-        log.info("checkpoint at offset %d (%d documents), event loop blocked %.1f ms",
-                 info.offset, info.documents, info.blocked_ms)
+        log.info("checkpoint at offset %d (%d documents, %d search and %d vector indexes), event loop "
+                 "blocked %.1f ms", info.offset, info.documents, len(info.search), len(info.vectors),
+                 info.blocked_ms)
     return info
 
 
 async def run_checkpointer(projection: Projection, data_dir: str | os.PathLike[str], interval: float,
-                           keep: "int | CheckpointPolicy") -> None:
+                           keep: "int | CheckpointPolicy", *, vectors: VectorIndexes | None = None) -> None:
     """Background task: `checkpoint_live` the projection every `interval` seconds (0 or less: off).
 
     Keeps the newest `keep`. Failures are logged and retried at the next
@@ -388,7 +530,7 @@ async def run_checkpointer(projection: Projection, data_dir: str | os.PathLike[s
     while True:
         await asyncio.sleep(interval)
         try:
-            await checkpoint_live(projection, data_dir, keep)
+            await checkpoint_live(projection, data_dir, keep, vectors=vectors)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -404,6 +546,7 @@ __all__ = [
     "checkpoints_dir",
     "clean_partial",
     "copy_projection",
+    "copy_search_indexes",
     "drop_after",
     "list_checkpoints",
     "nearest_checkpoint",

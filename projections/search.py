@@ -25,6 +25,18 @@ offset is not the projection's applied offset when the projection is opened
 projection's documents; `close` commits at the applied offset, so a clean
 shutdown reopens without a rebuild.
 
+**Checkpoints carry the indexes.** `request_snapshot` (called where no apply
+interleaves, right after a RocksDB checkpoint) queues a marker behind the
+writes applied so far; the worker, on reaching it, commits every ready index
+at exactly that offset and hard-links the segment files its ``meta.json``
+names into the checkpoint (tantivy never rewrites a segment file; ``meta.json``
+itself is copied, and ``.managed.json`` is written to list just those files).
+A merge finishing meanwhile may delete a segment file; the copy is then
+started again from the new ``meta.json`` (same content, same offset). Only
+the worker commits, so no commit can slip in between: a copy's stated offset
+is always its content's. An index still backfilling is left out (the copy
+rebuilds it when opened, as a checkpoint without indexes always did).
+
 **Backfill.** A new index (a schema change, or a rebuild as above) is filled
 from the stored documents in chunks, under the lock the apply path takes
 around its RocksDB write, so a chunk never overwrites a newer version of a
@@ -177,6 +189,89 @@ class _Index:
         for name, value in q.filters:
             must.append((tantivy.Occur.Must, term(schema, self.filter_names[position[name]], filter_term(value))))
         return tantivy.Query.boolean_query(must)
+
+
+class SearchSnapshot:
+    """A pending copy of the search indexes into a checkpoint (see `SearchIndexes.request_snapshot`)."""
+
+    def __init__(self, owner: "SearchIndexes | None", dest: str, offset: int) -> None:
+        self.dest = dest
+        self.offset = offset
+        self._owner = owner
+        self._done = threading.Event()
+        self.copied: dict[str, int] = {}  # "table.index" -> offset of every index copied
+        self.error: BaseException | None = None
+        if owner is None:
+            self._done.set()
+
+    def finish(self, copied: dict[str, int], error: BaseException | None = None) -> None:
+        self.copied, self.error = copied, error
+        self._done.set()
+
+    def wait(self, timeout: float | None = None) -> dict[str, int]:
+        """Block until the worker copied the indexes; returns {"table.index": offset}. Raises `SearchError`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        owner = self._owner
+        while not self._done.wait(0.1):
+            if owner is not None and (owner._error is not None or owner._thread is None):
+                owner._raise_error()
+                raise SearchError(f"{owner.root}: the search index worker stopped before copying the indexes")
+            if deadline is not None and time.monotonic() > deadline:
+                raise SearchError(f"{self.dest}: the search indexes were not copied within {timeout}s")
+        if self.error is not None:
+            raise SearchError(f"copying the search indexes to {self.dest} failed: {self.error}") from self.error
+        return self.copied
+
+
+def copy_committed(src: str, dest: str, attempts: int = 5) -> list[str]:
+    """Copy the committed state of the closed-for-commits tantivy index `src` into the new directory `dest`.
+
+    Hard-links (or copies, across file systems) the files of the segments
+    ``meta.json`` names, copies ``meta.json`` and writes ``.managed.json``.
+    A merge that ends meanwhile may delete a file: then starts over from the
+    new ``meta.json`` (the same documents). Returns the files linked. (The
+    files a ``meta.json`` names exist for as long as it is the current one:
+    tantivy deletes only files no longer named.)
+    """
+    for _ in range(attempts):
+        with open(os.path.join(src, "meta.json"), "rb") as f:
+            meta_raw = f.read()
+        meta = orjson.loads(meta_raw)
+        present = os.listdir(src)
+        with open(os.path.join(src, "meta.json"), "rb") as f:
+            if f.read() != meta_raw:
+                continue  # a merge ended while listing: its files may be half deleted
+        names: list[str] = []
+        for segment in meta.get("segments", ()):
+            uuid = str(segment["segment_id"]).replace("-", "")
+            deletes = segment.get("deletes")
+            names.extend(n for n in present if n.startswith(uuid + ".") and not n.endswith(".del"))
+            if deletes:
+                names.append(f"{uuid}.{deletes['opstamp']}.del")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.makedirs(dest)
+        try:
+            for name in names:
+                link_or_copy(os.path.join(src, name), os.path.join(dest, name))
+        except FileNotFoundError:
+            continue  # a merge replaced a segment: start again from its new meta.json
+        with open(os.path.join(dest, "meta.json"), "wb") as f:
+            f.write(meta_raw)
+        with open(os.path.join(dest, ".managed.json"), "wb") as f:
+            f.write(orjson.dumps(["meta.json", *names]))
+        return names
+    shutil.rmtree(dest, ignore_errors=True)
+    raise SearchError(f"{src}: its segments kept changing while they were being copied ({attempts} attempts)")
+
+
+def link_or_copy(src: str, dest: str) -> None:
+    """Hard-link `src` as `dest` (copy it when they are on different file systems)."""
+    try:
+        os.link(src, dest)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        shutil.copy2(src, dest)
 
 
 @dataclass
@@ -384,6 +479,11 @@ class SearchIndexes:
                     closing = self._closing
                     self._cond.notify_all()
                 for idx, doc_id, raw, delete in ops:
+                    if idx is None:  # a checkpoint's copy, at the offset it was queued at
+                        self._snapshot(doc_id, finished)  # type: ignore[arg-type]
+                        dirty.clear()
+                        finished.clear()
+                        continue
                     if idx.writer is None:  # dropped meanwhile
                         continue
                     if doc_id is None:  # the end of a backfill
@@ -459,6 +559,46 @@ class SearchIndexes:
             with self._cond:
                 self._error = exc
                 self._cond.notify_all()
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def request_snapshot(self, dest: str, offset: int) -> SearchSnapshot:
+        """Queue a copy of every ready index, as of the applied offset `offset`, into `dest`/<table>/<index>.
+
+        Call it where no apply interleaves (on a node: on the event loop,
+        right after the projection's own checkpoint); it returns at once and
+        the worker does the commit and the copy: `SearchSnapshot.wait` for it.
+        """
+        self._raise_error()
+        if self._thread is None or not self._indexes:
+            return SearchSnapshot(None, dest, offset)
+        if offset != self._applied:  # cannot happen (applies go through `apply`); never copy a wrong offset
+            request = SearchSnapshot(self, dest, offset)
+            request.finish({}, SearchError(f"{self.root}: the indexes were fed up to offset {self._applied}, "
+                                           f"the projection is at {offset}"))
+            return request
+        request = SearchSnapshot(self, dest, offset)
+        with self._cond:
+            self._queue.append((None, request, None, False))  # type: ignore[arg-type]
+            self._cond.notify()
+        return request
+
+    def _snapshot(self, request: SearchSnapshot, finished: set[_Index]) -> None:
+        """On the worker: commit every index at the request's offset, then copy the ready ones."""
+        copied: dict[str, int] = {}
+        self._commit_all(request.offset, finished)  # a failed commit stops the worker (and fails the wait)
+        try:
+            for idx in list(self._indexes.values()):
+                if idx.writer is None or idx.building is not None or idx.offset != request.offset:
+                    continue
+                copy_committed(idx.path, os.path.join(request.dest, _dir_name(idx.spec.table),
+                                                      _dir_name(idx.spec.name)))
+                copied[f"{idx.spec.table}.{idx.spec.name}"] = request.offset
+        except Exception as exc:  # the checkpoint goes without them (they are rebuilt where it is opened)
+            shutil.rmtree(request.dest, ignore_errors=True)
+            request.finish({}, exc)
+            return
+        request.finish(copied)
 
     # -- reading -------------------------------------------------------------------------
 

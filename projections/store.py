@@ -40,7 +40,7 @@ from log.record import Record
 from .errors import ProjectionError, ProjectionFormatError
 from .index_catalog import Catalog, TableIndexes, by_id_key, decode_stored, doc_key_from_id, normalize_catalog
 from .keys import encode_value_key, prefix_successor
-from .search import SEARCH_DIR, Candidates, SearchIndexes
+from .search import SEARCH_DIR, Candidates, SearchIndexes, SearchSnapshot
 from .search_terms import (
     SearchQuery,
     SearchSpec,
@@ -668,6 +668,13 @@ class Projection:
         db = self._db_open()
         db.flush(True)
         Checkpoint(db).create_checkpoint(os.fspath(dest_dir))
+
+    def snapshot_search(self, dest_dir: str | os.PathLike[str]) -> SearchSnapshot:
+        """Queue a copy of the search indexes as of the applied offset into `dest_dir`/search (a checkpoint's
+        projection directory); call it right after `checkpoint`, where no apply interleaves, and `wait()`
+        on the result (off the event loop: the worker commits and hard-links the files)."""
+        self._db_open()
+        return self._search.request_snapshot(os.path.join(os.fspath(dest_dir), SEARCH_DIR), self._applied_offset)
 
     def close(self) -> None:
         """Flush and close; further calls raise `ProjectionError` (closing twice is fine)."""

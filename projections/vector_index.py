@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -91,6 +92,12 @@ class VectorIndex:
         self._free: list[int] = []
         self._keys_of: list[tuple[bytes | None, ...] | None] = []
         self._postings: list[dict[bytes, set[int]]] = [{} for _ in self.filter_fields]
+        self._token = uuid.uuid4().hex
+        self._changes = 0
+
+    def generation(self) -> str:
+        """Names this index's contents: equal generations (of one process) mean equal contents."""
+        return f"{self._token}:{self._changes}"
 
     def __len__(self) -> int:
         return len(self._row_of)
@@ -124,6 +131,7 @@ class VectorIndex:
     def put_many(self, ids: list[str], entries: list[tuple[np.ndarray, tuple[bytes | None, ...]]],
                  threads: int = 1) -> None:
         """Index the documents `ids` with their `entries` (from `document_entry`), replacing older rows."""
+        self._changes += 1
         add_rows: list[int] = []
         add_vecs: list[np.ndarray] = []
         for doc_id, (vec, keys) in zip(ids, entries):
@@ -152,6 +160,7 @@ class VectorIndex:
         row = self._row_of.pop(doc_id, None)
         if row is None:
             return
+        self._changes += 1
         self._graph.remove(row)
         self._unpost(row)
         self._id_of[row] = None
@@ -258,8 +267,9 @@ class VectorIndex:
 
     # --- saving (callers hold `lock`) ---------------------------------------------------
 
-    def save(self, directory: Path) -> None:
-        """Write the index into the empty directory `directory` (graph, vectors, rows), each file fsynced."""
+    def save(self, directory: Path, sync: bool = True) -> None:
+        """Write the index into the empty directory `directory` (graph, vectors, rows), each file fsynced
+        (unless `sync` is False: the caller fsyncs them, outside the index's lock)."""
         used = len(self._id_of)
         graph = directory / "graph.usearch"
         self._graph.save(str(graph))
@@ -267,6 +277,8 @@ class VectorIndex:
         rows = {"ids": self._id_of, "free": self._free,
                 "keys": [None if k is None else [None if x is None else x.hex() for x in k] for k in self._keys_of]}
         (directory / "rows.json").write_bytes(orjson.dumps(rows))
+        if not sync:
+            return
         for path in directory.iterdir():
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -276,6 +288,7 @@ class VectorIndex:
 
     def load(self, directory: Path) -> None:
         """Replace this (empty) index's contents with those `save` wrote into `directory`."""
+        self._changes += 1
         rows = orjson.loads((directory / "rows.json").read_bytes())
         vectors = np.load(directory / "vectors.npy")
         ids: list[str | None] = rows["ids"]

@@ -27,6 +27,15 @@ held in memory and derived from the projection's documents:
   removing them) is built from the projection, so the indexes are correct
   after a rebuild, a restore and on replicas (docs/architecture.md gives the
   measurement behind saving them rather than building them at every start).
+
+* `save_copy` writes the same stamped copies into a projection checkpoint
+  (``<checkpoint>/vectors/``) while records keep being applied: each index is
+  written under its lock with the stamp of the last record the applier
+  finished (so the copy holds at least that record's effects, and anything
+  newer in it was written after the stamp, i.e. is re-read at load). Whoever
+  makes a data directory out of a checkpoint (restore, replica bootstrap)
+  puts those copies into ``DATA/vectors`` with `adopt_saved`, where the
+  runtime's `load_saved` finds them.
 """
 from __future__ import annotations
 
@@ -51,6 +60,9 @@ from .vector_index import VectorIndex, filter_key
 log = logging.getLogger("tape.vectors")
 
 VectorCatalog = dict[str, dict[str, dict[str, Any]]]
+
+VECTORS_DIR = "vectors"
+"""The saved vector indexes' directory, in a data directory and in a projection checkpoint."""
 
 APPLY_WAIT_SECONDS = 10.0
 """How long a search waits for the applier to take in the records applied to the projection before it."""
@@ -319,31 +331,63 @@ class VectorIndexes:
         directory = self.directory
         if directory is None:
             return []
+        saved = list(self.save_copy(directory))
+        wanted = {f"{t}.{n}" for t, n in self._entries}
+        for child in directory.iterdir():
+            if child.name not in wanted and not child.name.startswith("."):
+                shutil.rmtree(child, ignore_errors=True)
+        return saved
+
+    def save_copy(self, directory: Path, reuse: Path | None = None) -> dict[str, int]:
+        """Save every built index as ``directory/<table>.<index>/`` (atomically, fsynced) with its stamp.
+
+        Safe while records are being applied (see the module docstring); each
+        index's lock is held only while its files are written (the fsync is
+        outside). An index unchanged since the copy of it in `reuse` (the
+        previous checkpoint's ``vectors/``) was saved by this process is not
+        written again: those files are hard-linked under the new stamp.
+        Returns {label: stamp offset} of the copies written.
+        """
         directory.mkdir(parents=True, exist_ok=True)
-        saved = []
-        for (table, name), entry in self._entries.items():
-            if not entry.ready:
+        saved: dict[str, int] = {}
+        for (table, name), entry in list(self._entries.items()):
+            if not entry.ready or entry.dropped:
                 continue
-            final, tmp, old = (directory / f"{table}.{name}", directory / f".{table}.{name}.tmp",
-                               directory / f".{table}.{name}.old")
+            label = f"{table}.{name}"
+            final, tmp, old = directory / label, directory / f".{label}.tmp", directory / f".{label}.old"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
-            with entry.index.lock:
-                entry.index.save(tmp)
-                stamp = {"spec": entry.spec, "offset": self._offset, "ts": self._ts}
+            earlier = _saved_meta(reuse / label) if reuse is not None else None
+            stamp = None
+            if earlier is not None and earlier.get("spec") == entry.spec:
+                with entry.index.lock:
+                    if entry.index.generation() == earlier.get("generation"):
+                        stamp = self._stamp(entry)
+                if stamp is not None and not _link_files(reuse / label, tmp):  # type: ignore[operator]
+                    stamp = None  # that checkpoint was pruned meanwhile: write the index
+            if stamp is None:
+                with entry.index.lock:
+                    stamp = self._stamp(entry)
+                    entry.index.save(tmp, sync=False)
             _write_synced(tmp / "meta.json", orjson.dumps(stamp))
+            for path in tmp.iterdir():
+                _fsync_file(path)
+            _fsync_dir(tmp)
             shutil.rmtree(old, ignore_errors=True)
             if final.exists():
                 os.rename(final, old)
             os.rename(tmp, final)
             _fsync_dir(directory)
             shutil.rmtree(old, ignore_errors=True)
-            saved.append(entry.index.label)
-        wanted = {f"{t}.{n}" for t, n in self._entries}
-        for child in directory.iterdir():
-            if child.name not in wanted and not child.name.startswith("."):
-                shutil.rmtree(child, ignore_errors=True)
+            saved[label] = stamp["offset"]
         return saved
+
+    def _stamp(self, entry: _Entry) -> dict[str, Any]:
+        """A saved copy's meta.json (call with the index's lock held): the last record the applier
+        finished (the index holds at least its effects) and the index's generation."""
+        with self._cv:
+            offset, ts = self._offset, self._ts
+        return {"spec": entry.spec, "offset": offset, "ts": ts, "generation": entry.index.generation()}
 
     async def load_saved(self, log_: Any) -> list[str]:
         """Load the saved copies that still fit the log, and note the documents written since they were saved.
@@ -373,6 +417,8 @@ class VectorIndexes:
             entry.pending |= changed
             entry.loaded = True
             loaded.append(entry.index.label)
+            log.info("vector index %s loaded from its saved copy (%d vectors; %d documents written since to "
+                     "re-read)", entry.index.label, len(entry.index), len(changed))
         return loaded
 
     async def _changes_since_saved(self, path: Path, entry: _Entry, log_: Any) -> set[str]:
@@ -475,6 +521,97 @@ class VectorIndexes:
         for thread in self._threads:
             thread.join(timeout=5.0)
 
+
+
+def _saved_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        meta = orjson.loads((path / "meta.json").read_bytes())
+        return meta if isinstance(meta, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def saved_offset(path: Path) -> int | None:
+    """The stamp offset of the saved index copy in `path` (None: no readable copy there)."""
+    meta = _saved_meta(path)
+    try:
+        return None if meta is None else int(meta["offset"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _link_files(src: Path, dest: Path) -> bool:
+    """Hard-link (or copy) the files of the saved copy `src` but its meta.json into `dest`; False if it vanished."""
+    try:
+        for path in src.iterdir():
+            if path.name == "meta.json":
+                continue
+            try:
+                os.link(path, dest / path.name)
+            except FileNotFoundError:
+                raise
+            except OSError:
+                shutil.copy2(path, dest / path.name)
+        return True
+    except OSError:
+        for path in dest.iterdir():
+            path.unlink()
+        return False
+
+
+def adopt_saved(src: Path, dest: Path, upto: int) -> list[str]:
+    """Put the saved index copies of `src` (a checkpoint's ``vectors/``) into `dest` (``DATA/vectors``).
+
+    A copy is taken when its stamp is at or before `upto` (the offset the
+    data directory's projection is at, or will be caught up from) and `dest`
+    has no usable copy of that index as recent (none, or one stamped after
+    `upto`). Files are hard-linked (copied across file systems): saved copies
+    are never changed in place. Returns the labels adopted; `load_saved`
+    still checks each against the log when the runtime starts.
+    """
+    if not src.is_dir():
+        return []
+    adopted = []
+    for child in sorted(src.iterdir()):
+        if child.name.startswith(".") or not child.is_dir():
+            continue
+        stamp = saved_offset(child)
+        if stamp is None or stamp > upto:
+            continue
+        current = saved_offset(dest / child.name)
+        if current is not None and stamp <= current <= upto:
+            continue
+        dest.mkdir(parents=True, exist_ok=True)
+        tmp, old, final = dest / f".{child.name}.tmp", dest / f".{child.name}.old", dest / child.name
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            for path in child.iterdir():
+                try:
+                    os.link(path, tmp / path.name)
+                except OSError:
+                    shutil.copy2(path, tmp / path.name)
+                    _fsync_file(tmp / path.name)
+        except OSError:  # the checkpoint was pruned meanwhile: the index is built at start instead
+            shutil.rmtree(tmp, ignore_errors=True)
+            continue
+        _fsync_dir(tmp)
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)
+        _fsync_dir(dest)
+        shutil.rmtree(old, ignore_errors=True)
+        adopted.append(child.name)
+    return adopted
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

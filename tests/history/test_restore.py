@@ -15,9 +15,10 @@ from history.points import Point, format_ns, iso_to_ns, parse_point
 from history.restore import restore_in_place, restore_to_dir
 from history.sources import Source
 from log.file_log import FileLog
-from projections.checkpoints import list_checkpoints, take_checkpoint
+from projections.checkpoints import checkpoint_live, list_checkpoints, take_checkpoint
 from projections.rebuild import rebuild
 from projections.store import Projection
+from tests.projections.test_checkpoint_indexes import all_matches, count_backfills, fill, vector_answers
 
 APPS = Path(__file__).resolve().parents[1] / "apps"
 
@@ -382,3 +383,44 @@ async def test_a_damaged_log_copy_fails_the_restore(tmp_path: Path, monkeypatch:
     monkeypatch.setattr(restore_module, "copy_segments", real)
     report = await restore_to_dir(str(data), Point("offset", 8), tmp_path / "r2", use_checkpoints=False)
     assert report.upto == 8 and report.projection.replayed == 9
+
+
+async def test_restore_to_dir_carries_the_checkpoint_search_and_vector_indexes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tmp_path / "src"
+    app = App.load(APPS / "indexed")
+    log = FileLog(data / "log")
+    await log.open()
+    rt = Runtime(app, log, Projection(data / "projection", app.schema.index_catalog()), vector_dir=data / "vectors")
+    await rt.start()
+    try:
+        await fill(rt, 1, 200, 150)
+        assert rt.vectors.wait_ready(30)
+        cp = await checkpoint_live(rt.projection, data, vectors=rt.vectors)
+        assert cp is not None and cp.search and cp.vectors
+        await fill(rt, 2, 50, 50)  # replayed (and re-read for the vector index) after the checkpoint
+        point = rt.projection.applied_offset
+        rt.projection.flush_search()
+        expected = all_matches(rt.projection, app.schema), await vector_answers(rt)
+        await fill(rt, 3, 50, 50)  # after the point: not in the restored state
+    finally:
+        await stop(rt)  # saves DATA/vectors stamped past the point: the checkpoint's copy is the one to use
+    backfills = count_backfills(monkeypatch)
+    dest = tmp_path / "restored"
+    report = await restore_to_dir(str(data), Point("offset", point), dest)
+    assert report.projection is not None and report.projection.base_offset == cp.offset
+    projection = Projection(dest / "projection", app.schema.index_catalog())
+    restored_log = FileLog(dest / "log", read_only=True)
+    await restored_log.open()
+    restored = Runtime(app, restored_log, projection, role="replica", vector_dir=dest / "vectors")
+    try:
+        assert backfills == []  # neither the restore nor the open rebuilt the search index
+        assert projection.search_progress()["messages.search_body"]["offset"] == point
+        await restored.start()
+        assert restored.vectors._entries[("docs", "by_embedding")].loaded
+        assert restored.vectors.wait_ready(30)
+        assert (all_matches(projection, app.schema), await vector_answers(restored)) == expected
+    finally:
+        await restored.stop()
+        projection.close()
+        await restored_log.close()
