@@ -160,7 +160,7 @@ class Transaction:
             base = self._scans.scan(self.projection, table, lo, hi, reverse)
         else:
             base = self.projection.scan(lo, hi, reverse)
-        return self.overlay.merge_scan(base, lo, hi, reverse)
+        return self.overlay.merge_scan(base, lo, hi, reverse, table)
 
 
 class DatabaseReader:

@@ -40,7 +40,9 @@ class Overlay:
     sorted_keys: list[tuple[bytes, str]] = field(default_factory=list)
     _journal: list[tuple[str, Entry | None]] = field(default_factory=list)
     _journal_base: int = 0
-    _hiding: int = 0  # entries whose own keys replace the projection's (keys not None)
+    # per table: entries whose own keys replace the projection's (keys not None); a scan of a table with
+    # none is the projection's scan as it is (inserts into one table leave scans of the others alone)
+    _hiding: dict[str, int] = field(default_factory=dict)
 
     def get(self, doc_id: str) -> Entry | None:
         return self.entries.get(doc_id)
@@ -64,7 +66,15 @@ class Overlay:
         if old is not None and entry is not None and (old.keys is entry.keys or old.keys == entry.keys):
             self.entries[doc_id] = entry  # same index keys: the sorted list stays as it is
             return
-        self._hiding += (entry is not None and entry.keys is not None) - (old is not None and old.keys is not None)
+        hiding = self._hiding
+        if old is not None and old.keys is not None:
+            left = hiding[old.table] - 1
+            if left:
+                hiding[old.table] = left
+            else:
+                del hiding[old.table]
+        if entry is not None and entry.keys is not None:
+            hiding[entry.table] = hiding.get(entry.table, 0) + 1
         sorted_keys = self.sorted_keys
         if old is not None and old.keys:
             for _, key in old.keys:
@@ -108,7 +118,7 @@ class Overlay:
         """Forget everything (nothing is pending)."""
         self.entries.clear()
         self.sorted_keys.clear()
-        self._hiding = 0
+        self._hiding.clear()
         self._journal_base += len(self._journal)
         self._journal.clear()
 
@@ -122,10 +132,10 @@ class Overlay:
         return found
 
     def merge_scan(self, base: Iterator[tuple[bytes, str]], lo: bytes, hi: bytes,
-                   reverse: bool) -> Iterator[tuple[bytes, str]]:
-        """Merge a projection scan with overlay keys; overlaid ids with keys hide their projection keys."""
-        if not self._hiding:
-            return base  # no pending write moved an index key: the projection's keys are current
+                   reverse: bool, table: str) -> Iterator[tuple[bytes, str]]:
+        """Merge a projection scan of `table` with overlay keys; overlaid ids with keys hide their projection keys."""
+        if table not in self._hiding:
+            return base  # no pending write moved an index key of `table`: the projection's keys are current
         return self._merged(base, lo, hi, reverse)
 
     def _merged(self, base: Iterator[tuple[bytes, str]], lo: bytes, hi: bytes,

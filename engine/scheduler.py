@@ -381,18 +381,29 @@ class Scheduler:
                 task.add_done_callback(self._tasks.discard)
 
     async def _loop(self) -> None:
+        """Dispatch due jobs, then sleep until the next falls due or a new one is queued.
+
+        The sleep is a plain timer on the event `_on_applied` sets (no task per wake-up, as `wait_for`
+        would make: with a job due every millisecond this loop wakes a thousand times a second).
+        """
         heap = self._heap
+        loop = asyncio.get_running_loop()
+        wake = self._wake
         while True:
-            self._wake.clear()
+            wake.clear()
             self.dispatch_due()
-            timeout = (heap[0][0] - now_ms()) / 1000.0 if heap else None
-            if timeout is not None and timeout <= 0:
-                await asyncio.sleep(0)
-                continue
+            timer = None
+            if heap:
+                delay = (heap[0][0] - now_ms()) / 1000.0
+                if delay <= 0:
+                    await asyncio.sleep(0)
+                    continue
+                timer = loop.call_later(delay, wake.set)
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+                await wake.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
 
     def _start_mutation(self, doc: dict[str, Any], raw: bytes) -> bool:
         """Queue a scheduled mutation straight into the committer (no task per job); False if it is not one.
