@@ -34,10 +34,17 @@ HNSW_CONNECTIVITY = 24
 HNSW_EXPANSION_ADD = 128
 HNSW_EXPANSION_SEARCH = 300
 HNSW_DTYPE = "i8"
+HNSW_METRIC = "ip"
 """usearch graph parameters (bench/vector_bench.py measures recall@10 and latency with them). The graph
 holds 8-bit quantized vectors (4× less memory per distance than float32; at 20,000 × 768 a build adds
 ~5,200 vectors/s against ~1,100 for float32); the candidates it returns are re-scored exactly from the
-float32 matrix, which restores the recall quantization costs."""
+float32 matrix, which restores the recall quantization costs. The metric is the inner product: every
+vector is unit length, so it orders like cosine, and it skips the two norms cosine computes per distance
+(at 100,000 × 768, expansion 300: the same recall@10, 0.962, in 2.3 ms against 3.7–4.5 ms for "cos",
+and a build ~1.5× faster, measured in one run)."""
+
+GRAPH_LAYOUT = f"usearch/{HNSW_DTYPE}/{HNSW_METRIC}/{HNSW_CONNECTIVITY}/{HNSW_EXPANSION_ADD}"
+"""Stamped on saved copies: a copy saved with other graph parameters is rebuilt, not loaded."""
 
 RERANK_CANDIDATES = 150
 """Graph candidates fetched per unfiltered search and re-scored exactly (at least; more for large `count`)."""
@@ -83,7 +90,7 @@ class VectorIndex:
         self.dimensions = dimensions
         self.filter_fields = tuple(filter_fields)
         self.lock = threading.Lock()
-        self._graph = Index(ndim=dimensions, metric="cos", dtype=HNSW_DTYPE, connectivity=HNSW_CONNECTIVITY,
+        self._graph = Index(ndim=dimensions, metric=HNSW_METRIC, dtype=HNSW_DTYPE, connectivity=HNSW_CONNECTIVITY,
                             expansion_add=HNSW_EXPANSION_ADD, expansion_search=HNSW_EXPANSION_SEARCH)
         self._vectors = np.zeros((0, dimensions), dtype=np.float32)
         self._live = np.zeros(0, dtype=bool)

@@ -55,7 +55,7 @@ import orjson
 from log.record import Record
 
 from .index_catalog import decode_stored
-from .vector_index import VectorIndex, filter_key
+from .vector_index import GRAPH_LAYOUT, VectorIndex, filter_key
 
 log = logging.getLogger("tape.vectors")
 
@@ -359,7 +359,7 @@ class VectorIndexes:
             tmp.mkdir()
             earlier = _saved_meta(reuse / label) if reuse is not None else None
             stamp = None
-            if earlier is not None and earlier.get("spec") == entry.spec:
+            if earlier is not None and earlier.get("spec") == entry.spec and earlier.get("graph") == GRAPH_LAYOUT:
                 with entry.index.lock:
                     if entry.index.generation() == earlier.get("generation"):
                         stamp = self._stamp(entry)
@@ -387,7 +387,8 @@ class VectorIndexes:
         finished (the index holds at least its effects) and the index's generation."""
         with self._cv:
             offset, ts = self._offset, self._ts
-        return {"spec": entry.spec, "offset": offset, "ts": ts, "generation": entry.index.generation()}
+        return {"spec": entry.spec, "offset": offset, "ts": ts, "generation": entry.index.generation(),
+                "graph": GRAPH_LAYOUT}
 
     async def load_saved(self, log_: Any) -> list[str]:
         """Load the saved copies that still fit the log, and note the documents written since they were saved.
@@ -425,6 +426,8 @@ class VectorIndexes:
         meta = orjson.loads((path / "meta.json").read_bytes())
         if meta.get("spec") != entry.spec:
             raise ValueError("it was saved for a different definition")
+        if meta.get("graph") != GRAPH_LAYOUT:
+            raise ValueError(f"it was saved with other graph parameters ({meta.get('graph')}, now {GRAPH_LAYOUT})")
         offset, applied = int(meta["offset"]), self.projection.applied_offset
         if offset > applied:
             raise ValueError(f"it was saved at log offset {offset}, beyond the projection's {applied}")

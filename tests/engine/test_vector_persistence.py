@@ -17,6 +17,7 @@ from history.restore import restore_in_place, restore_to_dir
 from log.file_log import FileLog
 from ops.doctor_cmd import rebuild_projection
 from projections.store import Projection
+from projections.vector_index import GRAPH_LAYOUT
 from tests.conftest import APPS
 from tests.engine.test_vector_search import DIMS, seed
 
@@ -102,6 +103,13 @@ async def test_a_saved_copy_that_no_longer_fits_the_log_is_rebuilt(open_rt: Open
     assert not rt.vectors._entries[("docs", "by_embedding")].loaded and len(entries(rt)) == 60
     await close(rt)
     (data / "vectors" / "docs.by_embedding" / "rows.json").write_bytes(b"garbage")
+    rt = await open_rt(data)
+    assert not rt.vectors._entries[("docs", "by_embedding")].loaded and len(entries(rt)) == 60
+    await close(rt)
+    # A copy saved by a version with other graph parameters (say, the cosine metric) is rebuilt too.
+    meta = orjson.loads(meta_path.read_bytes())
+    assert meta["graph"] == GRAPH_LAYOUT
+    meta_path.write_bytes(orjson.dumps({**meta, "graph": "usearch/i8/cos/24/128"}))
     rt = await open_rt(data)
     assert not rt.vectors._entries[("docs", "by_embedding")].loaded and len(entries(rt)) == 60
 
