@@ -32,7 +32,7 @@ EXACT_BELOW = 10_000
 
 HNSW_CONNECTIVITY = 24
 HNSW_EXPANSION_ADD = 128
-HNSW_EXPANSION_SEARCH = 300
+HNSW_EXPANSION_SEARCH = 400
 HNSW_DTYPE = "i8"
 HNSW_METRIC = "ip"
 """usearch graph parameters (bench/vector_bench.py measures recall@10 and latency with them). The graph
