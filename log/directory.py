@@ -42,13 +42,18 @@ class Marker:
     epoch: int
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make the directory's entries (created/removed files) durable."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Make a file's contents, or a directory's entries (created/removed files), durable."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the directory's entries (created/removed files) durable."""
+    fsync_path(directory)
 
 
 def move_into_place(work: Path, dest: Path) -> None:

@@ -62,6 +62,8 @@ from typing import Any
 
 import orjson
 
+from log.directory import fsync_dir
+
 from .search import SEARCH_DIR, link_or_copy
 from .store import Projection
 from .vectors import VECTORS_DIR, VectorIndexes
@@ -238,14 +240,6 @@ def copy_search_indexes(src: Path, dest: Path) -> None:
                 link_or_copy(os.path.join(root, name), os.fspath(target / name))
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path: Path) -> None:
     """fsync every file under `path` and every directory (RocksDB's own files included)."""
     for root, _dirs, files in os.walk(path):
@@ -255,7 +249,7 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(root))
+        fsync_dir(Path(root))
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -399,7 +393,7 @@ def _finish(data_dir: str | os.PathLike[str], tmp: Path, taken: _Taken, saved: d
             return None
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     info = _read_meta(final)
     assert info is not None
     if keep is not None:

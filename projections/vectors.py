@@ -52,6 +52,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import orjson
 
+from log.directory import fsync_dir, fsync_path
 from log.record import Record
 
 from .index_catalog import decode_stored
@@ -371,14 +372,8 @@ class VectorIndexes:
                     entry.index.save(tmp, sync=False)
             _write_synced(tmp / "meta.json", orjson.dumps(stamp))
             for path in tmp.iterdir():
-                _fsync_file(path)
-            _fsync_dir(tmp)
-            shutil.rmtree(old, ignore_errors=True)
-            if final.exists():
-                os.rename(final, old)
-            os.rename(tmp, final)
-            _fsync_dir(directory)
-            shutil.rmtree(old, ignore_errors=True)
+                fsync_path(path)
+            _swap_in(tmp, final, old)
             saved[label] = stamp["offset"]
         return saved
 
@@ -594,27 +589,24 @@ def adopt_saved(src: Path, dest: Path, upto: int) -> list[str]:
                     os.link(path, tmp / path.name)
                 except OSError:
                     shutil.copy2(path, tmp / path.name)
-                    _fsync_file(tmp / path.name)
+                    fsync_path(tmp / path.name)
         except OSError:  # the checkpoint was pruned meanwhile: the index is built at start instead
             shutil.rmtree(tmp, ignore_errors=True)
             continue
-        _fsync_dir(tmp)
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.rename(final, old)
-        os.rename(tmp, final)
-        _fsync_dir(dest)
-        shutil.rmtree(old, ignore_errors=True)
+        _swap_in(tmp, final, old)
         adopted.append(child.name)
     return adopted
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _swap_in(tmp: Path, final: Path, old: Path) -> None:
+    """Make the complete directory `tmp` (its files fsynced) the new `final`; the previous one goes via `old`."""
+    fsync_dir(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.rename(final, old)
+    os.rename(tmp, final)
+    fsync_dir(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -622,11 +614,3 @@ def _write_synced(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +82,35 @@ async def bootstrap_while_writing(root: Path, log: str | None, history: int = 15
     assert mine.applied_offset == theirs.applied_offset
     assert mine.digest == theirs.digest and mine.digest is not None
     return output, line
+
+
+INDEXED_SEARCHES = [{"text": "apple"}, {"text": "banana ch"}, {"text": "delta", "channel": "a"}, {"text": "zzz"}]
+INDEXED_PROBES = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.2, 0.0], [-0.3, 0.3, 0.3, 0.9]]
+
+
+async def fill_indexed(server: ServerProcess, seed: int, message_batches: int, docs: int) -> None:
+    """Write the indexed test app's data: batches of 100 short messages, then `docs` 4-dimensional vectors."""
+    rng = random.Random(seed)
+    words = "apple banana cherry delta echo falcon".split()
+    for _ in range(message_batches):
+        batch = [{"body": " ".join(rng.choices(words, k=3)), "channel": rng.choice("ab")} for _ in range(100)]
+        await call(server, "mutation", "messages:send_many", {"items": batch})
+    rows = [{"title": f"d{i}", "kind": "x", "embedding": [rng.uniform(-1, 1) for _ in range(4)]} for i in range(docs)]
+    await call(server, "mutation", "docs:add_many", {"rows": rows})
+
+
+async def indexed_answers(server: ServerProcess) -> tuple[list[Any], list[Any]]:
+    """The indexed app's search answers (query, over HTTP) and vector answers (action), in a fixed order."""
+    searches = [await call(server, "query", "messages:search", args) for args in INDEXED_SEARCHES]
+    vectors = []
+    for probe in INDEXED_PROBES:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                vectors.append(await call(server, "action", "docs:similar", {"vector": probe}))
+                break
+            except AssertionError as exc:  # a vector index loaded at start re-reads recent writes first
+                if "still being built" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+    return searches, vectors

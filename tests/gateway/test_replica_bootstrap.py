@@ -2,16 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import re
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from projections.checkpoints import list_checkpoints
-from tests.bootstrap_flow import APPS, bootstrap_while_writing, call
+from tests.bootstrap_flow import APPS, bootstrap_while_writing, call, fill_indexed, indexed_answers
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -33,44 +30,16 @@ async def test_replica_bootstraps_from_a_shared_checkpoint_directory(tmp_path: P
     assert "bootstrapped from checkpoint directory" in line, output
 
 
-async def _answers(server: ServerProcess) -> tuple[list[Any], list[Any]]:
-    """The indexed app's search answers (query, over HTTP) and vector answers (action), in a fixed order."""
-    searches = [await call(server, "query", "messages:search", args) for args in INDEXED_SEARCHES]
-    vectors = []
-    for probe in INDEXED_PROBES:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                vectors.append(await call(server, "action", "docs:similar", {"vector": probe}))
-                break
-            except AssertionError as exc:  # a vector index loaded at start re-reads recent writes first
-                if "still being built" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.05)
-    return searches, vectors
-
-
-INDEXED_SEARCHES = [{"text": "apple"}, {"text": "banana ch"}, {"text": "delta", "channel": "a"}, {"text": "zzz"}]
-INDEXED_PROBES = [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.2, 0.0], [-0.3, 0.3, 0.3, 0.9]]
-
-
 async def test_replica_bootstraps_with_its_search_and_vector_indexes_ready(tmp_path: Path) -> None:
     # the committer's fresh checkpoint carries both indexes: the replica answers searches without building them
     committer = ServerProcess(APPS / "indexed", tmp_path / "committer", command="serve",
                               extra=["--role", "committer"]).start(40)
     replica: ServerProcess | None = None
     try:
-        rng = random.Random(7)
-        words = "apple banana cherry delta echo falcon".split()
-        for _ in range(4):
-            items = [{"body": " ".join(rng.choices(words, k=3)), "channel": rng.choice("ab")} for _ in range(100)]
-            await call(committer, "mutation", "messages:send_many", {"items": items})
-        rows = [{"title": f"d{i}", "kind": "x", "embedding": [rng.uniform(-1, 1) for _ in range(4)]}
-                for i in range(200)]
-        await call(committer, "mutation", "docs:add_many", {"rows": rows})
+        await fill_indexed(committer, seed=7, message_batches=4, docs=200)
         # (once its index committed the last writes: documents still pending are scored a little differently)
         await asyncio.sleep(0.5)
-        searches, vectors = await _answers(committer)
+        searches, vectors = await indexed_answers(committer)
         assert any(searches) and all(vectors)
         key = (committer.data_dir / "admin_key").read_text().strip()
         replica = ServerProcess(APPS / "indexed", tmp_path / "replica", command="serve", extra=[
@@ -78,7 +47,7 @@ async def test_replica_bootstraps_with_its_search_and_vector_indexes_ready(tmp_p
             "--admin-key", key, "--log-level", "info"])
         await asyncio.to_thread(replica.start, 40)
         # the first search answers (no "still building") and equals the committer's
-        assert await _answers(replica) == (searches, vectors)
+        assert await indexed_answers(replica) == (searches, vectors)
         output = replica.output()
         assert "bootstrapped from committer" in output, output
         assert "vector index docs.by_embedding loaded from its saved copy" in output, output

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from history.points import Point
 from history.restore import restore_to_dir
 from log.errors import LogError
 from ops import cli
-from tests.bootstrap_flow import APPS, call
+from tests.bootstrap_flow import APPS, call, fill_indexed, indexed_answers
 from tests.history.test_restore import digest_of, kitchen_workload, read_all, start, stop
 from tests.server_process import ServerProcess
 
@@ -126,15 +125,8 @@ async def test_cli_restore_then_serve_answers_searches_at_once(tmp_path: Path) -
     data = tmp_path / "data"
     server = ServerProcess(APPS / "indexed", data, command="serve").start(40)
     try:
-        rng = random.Random(11)
-        words = "apple banana cherry delta echo falcon".split()
-        for _ in range(3):
-            items = [{"body": " ".join(rng.choices(words, k=3)), "channel": rng.choice("ab")} for _ in range(100)]
-            await call(server, "mutation", "messages:send_many", {"items": items})
-        rows = [{"title": f"d{i}", "kind": "x", "embedding": [rng.uniform(-1, 1) for _ in range(4)]}
-                for i in range(150)]
-        await call(server, "mutation", "docs:add_many", {"rows": rows})
-        await _indexed_answers(server)  # (once the vector index is built: the checkpoint carries ready ones)
+        await fill_indexed(server, seed=11, message_batches=3, docs=150)
+        await indexed_answers(server)  # (once the vector index is built: the checkpoint carries ready ones)
         key = (data / "admin_key").read_text().strip()
         async with aiohttp.ClientSession() as http:
             async with http.post(f"{server.url}/api/admin/checkpoints",
@@ -146,7 +138,7 @@ async def test_cli_restore_then_serve_answers_searches_at_once(tmp_path: Path) -
         await call(server, "mutation", "docs:add_many", {"rows": [{"title": "n", "kind": "x",
                                                                    "embedding": [1.0, 0.0, 0.0, 0.0]}]})
         await asyncio.sleep(0.5)  # (committed: documents still pending are scored a little differently)
-        expected = await _indexed_answers(server)
+        expected = await indexed_answers(server)
         await call(server, "mutation", "messages:send_many", {"items": [{"body": "zzz later", "channel": "a"}]})
     finally:
         assert server.stop() == 0, server.output()
@@ -155,24 +147,9 @@ async def test_cli_restore_then_serve_answers_searches_at_once(tmp_path: Path) -
     restored = ServerProcess(APPS / "indexed", tmp_path / "new", command="serve", extra=["--log-level", "info"])
     await asyncio.to_thread(restored.start, 40)
     try:
-        assert await _indexed_answers(restored) == expected  # the first search answers, as the source did then
+        assert await indexed_answers(restored) == expected  # the first search answers, as the source did then
         output = restored.output()
         assert "vector index docs.by_embedding loaded from its saved copy" in output, output
         assert "search index messages.search_body built" not in output, output  # not rebuilt
     finally:
         assert restored.stop() == 0, restored.output()
-
-
-async def _indexed_answers(server: ServerProcess) -> tuple[list[Any], list[Any]]:
-    searches = [await call(server, "query", "messages:search", {"text": t}) for t in ("apple", "banana ch", "zzz")]
-    vectors = []
-    for probe in ([1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.2, 0.0]):
-        for _ in range(200):  # a vector index loaded at start re-reads the documents written since its stamp first
-            try:
-                vectors.append(await call(server, "action", "docs:similar", {"vector": probe}))
-                break
-            except AssertionError as exc:
-                if "still being built" not in str(exc):
-                    raise
-                await asyncio.sleep(0.05)
-    return searches, vectors
