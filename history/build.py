@@ -6,15 +6,19 @@ travel in the gateway, which materializes past states next to a live node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, AsyncIterator, Iterable
 
 from history.errors import RestoreError
+from history.points import parse_point, record_at, resolve_point
 from history.retention import first_offset_of, window_error, window_start
 from history.progress import Reporter
+from history.sources import open_source
 from projections.checkpoints import SCHEMA_MARKER, CheckpointInfo, copy_projection, list_checkpoints, take_checkpoint, verify
 from projections.rebuild import catch_up
 from projections.store import Projection
@@ -140,4 +144,45 @@ def snapshot_live_projection(data_dir: Path, scratch: Path) -> CheckpointInfo | 
         projection.close()
 
 
-__all__ = ["ProjectionBuild", "build_projection", "snapshot_live_projection"]
+@dataclass
+class ProjectionAt:
+    """A data directory's projection as of a log point, built for an export (see `projection_at`)."""
+
+    projection: Projection
+    upto: int  # the last log offset it holds
+    ts: int  # that record's commit time (0 for an empty log)
+    build: ProjectionBuild
+    scratch: Path  # a work directory beside the data, removed on exit
+
+
+@contextlib.asynccontextmanager
+async def projection_at(data: Path, at: str | None, reporter: Reporter) -> AsyncIterator[ProjectionAt]:
+    """The projection of the data directory `data` as of `at` (a point; default the end of the log).
+
+    Built in a scratch directory inside `data` from the nearest checkpoint, or
+    from a checkpoint of the live projection when no server holds it; the
+    projection is closed and the scratch directory removed on exit.
+    """
+    source = await open_source(str(data))
+    scratch = data / f".export-{os.getpid()}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        upto = await resolve_point(source.log, parse_point(at or "end", bare="ts"))
+        last = await record_at(source.log, upto)
+        extra = []
+        live = await asyncio.to_thread(snapshot_live_projection, data, scratch / "live")
+        if live is not None:
+            extra.append(live)
+        projection, build = await build_projection(source.log, scratch / "projection", upto, data_dir=data,
+                                                   extra_bases=extra, reporter=reporter)
+        try:
+            yield ProjectionAt(projection, upto, last.ts if last else 0, build, scratch)
+        finally:
+            projection.close()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        await source.close()
+
+
+__all__ = ["ProjectionAt", "ProjectionBuild", "build_projection", "projection_at", "snapshot_live_projection"]

@@ -42,7 +42,6 @@ Export writes no ``_storage`` entries.
 """
 from __future__ import annotations
 
-import asyncio
 import base64
 import math
 import os
@@ -57,13 +56,12 @@ from typing import Any, BinaryIO, Callable, Iterator, Protocol
 
 import orjson
 
-from history.build import build_projection, snapshot_live_projection
+from history.build import projection_at
 from history.convex_ids import FIRST_USER_TABLE_NUMBER, decode_convex_id, encode_convex_id, tape_id, tape_internal
 from history.errors import SnapshotError
 from history.import_log import append_table, build_projection_from, new_work_dir
-from history.points import parse_point, record_at, resolve_point
 from history.progress import Reporter
-from history.sources import is_data_dir, open_source
+from history.sources import is_data_dir
 from log import FileLog
 from log.directory import fsync_dir, move_into_place
 from log.record import Record, Write
@@ -264,20 +262,9 @@ async def export_convex_zip(data_dir: str | os.PathLike[str], out: str | os.Path
         raise SnapshotError(f"{data} is not a Tape data directory")
     if target.exists():
         raise SnapshotError(f"{target} exists: export into a new file")
-    source = await open_source(str(data))
-    scratch = data / f".export-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
-    try:
-        upto = await resolve_point(source.log, parse_point(at or "end", bare="ts"))
-        last = await record_at(source.log, upto)
-        extra = []
-        live = await asyncio.to_thread(snapshot_live_projection, data, scratch / "live")
-        if live is not None:
-            extra.append(live)
-        projection, build = await build_projection(source.log, scratch / "projection", upto, data_dir=data,
-                                                   extra_bases=extra, reporter=reporter)
-        report = ConvexExportReport(target, upto, last.ts if last else 0, base=build.base)
+    async with projection_at(data, at, reporter) as view:
+        projection = view.projection
+        report = ConvexExportReport(target, view.upto, view.ts, base=view.build.base)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
         try:
             tables = [t for t in projection.tables() if not t.startswith("_")]
@@ -308,12 +295,8 @@ async def export_convex_zip(data_dir: str | os.PathLike[str], out: str | os.Path
             os.replace(tmp, target)
             fsync_dir(target.parent)
         finally:
-            projection.close()
             if tmp.exists():
                 tmp.unlink()
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        await source.close()
     report.seconds = time.perf_counter() - started
     return report
 

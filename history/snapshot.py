@@ -25,7 +25,6 @@ values are kept.
 """
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import time
@@ -39,12 +38,12 @@ from fastavro import parse_schema
 from fastavro import reader as avro_reader
 from fastavro import writer as avro_writer
 
-from history.build import build_projection, snapshot_live_projection
+from history.build import projection_at
 from history.errors import SnapshotError
 from history.import_log import append_table, build_projection_from, new_work_dir
-from history.points import format_ns, parse_point, record_at, resolve_point
+from history.points import format_ns
 from history.progress import Reporter
-from history.sources import is_data_dir, open_source
+from history.sources import is_data_dir
 from log import FileLog
 from log.directory import fsync_dir, move_into_place
 from log.record import Record, Write
@@ -118,68 +117,54 @@ async def export_snapshot(data_dir: str | os.PathLike[str], out: str | os.PathLi
         raise SnapshotError(f"{data} is not a Tape data directory")
     if target.exists() and (as_zip or not target.is_dir() or any(target.iterdir())):
         raise SnapshotError(f"{target} exists: export into a new directory or file")
-    source = await open_source(str(data))
-    scratch = data / f".export-{os.getpid()}"
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir()
-    try:
-        upto = await resolve_point(source.log, parse_point(at or "end", bare="ts"))
-        last = await record_at(source.log, upto)
-        extra = []
-        live = await asyncio.to_thread(snapshot_live_projection, data, scratch / "live")
-        if live is not None:
-            extra.append(live)
-        projection, build = await build_projection(source.log, scratch / "projection", upto, data_dir=data,
-                                                   extra_bases=extra, reporter=reporter)
-        report = ExportReport(target, upto, last.ts if last else 0, base=build.base)
-        try:
-            catalog = projection.indexes
-            tables = sorted(set(projection.tables()) | set(catalog))
-            if not include_system:
-                tables = [t for t in tables if not t.startswith("_") or t == STORAGE_TABLE]  # files are data
-            files_dir = scratch / "out" if as_zip else target.parent / f".{target.name}.exporting-{os.getpid()}"
-            shutil.rmtree(files_dir, ignore_errors=True)
-            files_dir.mkdir(parents=True)
-            schema = parse_schema(DOC_SCHEMA)
-            entries = []
-            used_names: set[str] = set()
-            for table in tables:
-                name = _table_file(table)
-                while name in used_names:
-                    name = "_" + name
-                used_names.add(name)
-                count = [0]
-                task = reporter.task(f"export {table}", projection.count(table))
-                with open(files_dir / name, "wb") as f:
-                    avro_writer(f, schema, _avro_rows(projection, table, count), codec=codec,
-                                metadata={"tape.table": table, "tape.offset": str(upto)})
-                    f.flush()
-                    os.fsync(f.fileno())
-                task.update(count[0])
-                task.finish()
-                report.tables[table] = count[0]
-                entries.append({"name": table, "file": name, "documents": count[0],
-                                "indexes": catalog.get(table, {})})
-            manifest = {
-                "format": FORMAT,
-                "version": VERSION,
-                "created_ns": time.time_ns(),
-                "source": str(data),
-                "position": {"offset": upto, "next_offset": upto + 1, "ts": report.ts,
-                             "time": format_ns(report.ts) if report.ts else None},
-                "document_encoding": "convex-json",
-                "tables": entries,
-                "indexes": catalog,
-                "avro_schema": DOC_SCHEMA,
-            }
-            if STORAGE_TABLE in tables:
-                report.blobs = export_blobs(projection, LocalBlobStore(data / BLOBS_DIR), files_dir / BLOBS_DIR,
-                                            reporter)
-                manifest["blobs"] = {"directory": BLOBS_DIR, "count": report.blobs}
-            (files_dir / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
-            fsync_dir(files_dir)
-        finally:
-            projection.close()
+    async with projection_at(data, at, reporter) as view:
+        projection, upto, scratch = view.projection, view.upto, view.scratch
+        report = ExportReport(target, upto, view.ts, base=view.build.base)
+        catalog = projection.indexes
+        tables = sorted(set(projection.tables()) | set(catalog))
+        if not include_system:
+            tables = [t for t in tables if not t.startswith("_") or t == STORAGE_TABLE]  # files are data
+        files_dir = scratch / "out" if as_zip else target.parent / f".{target.name}.exporting-{os.getpid()}"
+        shutil.rmtree(files_dir, ignore_errors=True)
+        files_dir.mkdir(parents=True)
+        schema = parse_schema(DOC_SCHEMA)
+        entries = []
+        used_names: set[str] = set()
+        for table in tables:
+            name = _table_file(table)
+            while name in used_names:
+                name = "_" + name
+            used_names.add(name)
+            count = [0]
+            task = reporter.task(f"export {table}", projection.count(table))
+            with open(files_dir / name, "wb") as f:
+                avro_writer(f, schema, _avro_rows(projection, table, count), codec=codec,
+                            metadata={"tape.table": table, "tape.offset": str(upto)})
+                f.flush()
+                os.fsync(f.fileno())
+            task.update(count[0])
+            task.finish()
+            report.tables[table] = count[0]
+            entries.append({"name": table, "file": name, "documents": count[0],
+                            "indexes": catalog.get(table, {})})
+        manifest = {
+            "format": FORMAT,
+            "version": VERSION,
+            "created_ns": time.time_ns(),
+            "source": str(data),
+            "position": {"offset": upto, "next_offset": upto + 1, "ts": report.ts,
+                         "time": format_ns(report.ts) if report.ts else None},
+            "document_encoding": "convex-json",
+            "tables": entries,
+            "indexes": catalog,
+            "avro_schema": DOC_SCHEMA,
+        }
+        if STORAGE_TABLE in tables:
+            report.blobs = export_blobs(projection, LocalBlobStore(data / BLOBS_DIR), files_dir / BLOBS_DIR,
+                                        reporter)
+            manifest["blobs"] = {"directory": BLOBS_DIR, "count": report.blobs}
+        (files_dir / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        fsync_dir(files_dir)
         if as_zip:
             tmp_zip = target.with_name(f".{target.name}.tmp-{os.getpid()}")
             with zipfile.ZipFile(tmp_zip, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -192,9 +177,6 @@ async def export_snapshot(data_dir: str | os.PathLike[str], out: str | os.PathLi
                 target.rmdir()
             os.rename(files_dir, target)
         fsync_dir(target.parent)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        await source.close()
     report.seconds = time.perf_counter() - started
     return report
 
