@@ -435,7 +435,37 @@ def _eq_string_range(table: str, index: str, value: str) -> tuple[bytes, bytes]:
     return lo, prefix_successor(lo)
 
 
-class QueryBuilder:
+class _Results:
+    """`first`, `unique` and async iteration, from a builder's own `take` and `collect`."""
+
+    _table: str
+    _kind = "query"  # named in errors
+
+    async def take(self, n: int) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def collect(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def first(self) -> dict[str, Any] | None:
+        docs = await self.take(1)
+        return docs[0] if docs else None
+
+    async def unique(self) -> dict[str, Any] | None:
+        docs = await self.take(2)
+        if len(docs) > 1:
+            raise EngineError(f"unique(): {self._kind} on {self._table!r} returned more than one document")
+        return docs[0] if docs else None
+
+    def __aiter__(self) -> Any:
+        return self._aiter()
+
+    async def _aiter(self) -> Any:
+        for doc in await self.collect():
+            yield doc
+
+
+class QueryBuilder(_Results):
     """A lazy query: `with_index`, `order`, `filter`, then `take`/`first`/`unique`/`collect`/`paginate`."""
 
     def __init__(self, tx: Transaction, table: str) -> None:
@@ -580,23 +610,6 @@ class QueryBuilder:
         """`collect()` for engine code that cannot await (`ctx.env`): the same reads, read set and limits."""
         lo, hi = self._bounds()
         return self._walk(lo, hi, None, lo, hi)[0]
-
-    async def first(self) -> dict[str, Any] | None:
-        docs = await self.take(1)
-        return docs[0] if docs else None
-
-    async def unique(self) -> dict[str, Any] | None:
-        docs = await self.take(2)
-        if len(docs) > 1:
-            raise EngineError(f"unique(): query on {self._table!r} returned more than one document")
-        return docs[0] if docs else None
-
-    def __aiter__(self) -> Any:
-        return self._aiter()
-
-    async def _aiter(self) -> Any:
-        for doc in await self.collect():
-            yield doc
 
     def _cursor_scope(self, lo: bytes, hi: bytes) -> bytes:
         """What a cursor of this query is bound to: its index range and order (never sent to clients)."""
@@ -751,7 +764,7 @@ class SearchFilter:
         return self
 
 
-class SearchQueryBuilder:
+class SearchQueryBuilder(_Results):
     """A full-text search query: `filter`, then `take`/`first`/`unique`/`collect`/`paginate`, in relevance order.
 
     Consistency: tantivy answers from its last commit; every document that may
@@ -760,6 +773,8 @@ class SearchQueryBuilder:
     in the overlay) is left out of tantivy's answer and re-checked against the
     view itself, scored with the same BM25 (see `projections.search`).
     """
+
+    _kind = "search"
 
     def __init__(self, tx: Transaction, table: str, index: str, query: SearchQuery,
                  filters: list[Callable[[dict[str, Any]], Any]]) -> None:
@@ -828,23 +843,6 @@ class SearchQueryBuilder:
     async def collect(self) -> list[dict[str, Any]]:
         """Every match, best first, up to 1,024 (Convex's bound for search queries)."""
         return self._ranked(MAX_RESULTS)
-
-    async def first(self) -> dict[str, Any] | None:
-        docs = await self.take(1)
-        return docs[0] if docs else None
-
-    async def unique(self) -> dict[str, Any] | None:
-        docs = await self.take(2)
-        if len(docs) > 1:
-            raise EngineError(f"unique(): search on {self._table!r} returned more than one document")
-        return docs[0] if docs else None
-
-    def __aiter__(self) -> Any:
-        return self._aiter()
-
-    async def _aiter(self) -> Any:
-        for doc in await self.collect():
-            yield doc
 
     async def paginate(self, opts: dict[str, Any]) -> dict[str, Any]:
         """One page of the ranking: `{"page", "isDone", "continueCursor"}` (the cursor counts the results before it)."""
