@@ -49,7 +49,7 @@ from engine.overlay import Overlay
 from engine.scheduler import JobChange, MutationScheduler, finished
 from engine.storage import MutationStorage
 from engine.scan_cache import ScanCache
-from engine.sweeps import sweep_periodically
+from engine.sweeps import expired_in_creation_order, sweep_periodically
 from engine.system_updates import REMOVE, InsertAt
 from values import decode_doc, decode_value, encode_doc, encode_value, new_id, to_wire
 from log.errors import LogError, LogOutcomeUnknown
@@ -915,24 +915,14 @@ class Committer:
         one (those sort first, by id; their `ts` decides). Returns where to continue, or None when
         every expired memo has been listed.
         """
-        projection = self._runtime.projection
-        lo, hi = projection.index_range(REQUESTS_TABLE, "by_creation_time", upper=(cutoff_ns / 1e6, True))
-        if start is not None:
-            lo = max(lo, start)
-        ids: list[str] = []
-        visited = 0
-        for key, doc_id in projection.scan(lo, hi):
-            raw = projection.get(doc_id)
-            if raw is not None:
-                memo = decode_value(raw)
-                if memo.get("ts", 0) < cutoff_ns:
-                    ids.append(doc_id)
-                elif "_creationTime" in memo:
-                    return ids, None  # the rest of the index is newer
-            visited += 1
-            if len(ids) >= limit or visited >= 4 * limit:
-                return ids, key + b"\x00"  # index keys are prefix-free: every later key sorts at or after this
-        return ids, None
+        def expired(raw: bytes) -> bool | None:
+            memo = decode_value(raw)
+            if memo.get("ts", 0) < cutoff_ns:
+                return True
+            return None if "_creationTime" in memo else False  # a dated memo this new: the rest is newer
+
+        return expired_in_creation_order(self._runtime.projection, REQUESTS_TABLE, cutoff_ns / 1e6, start, limit,
+                                         expired)
 
     async def expire_requests(self, now_ns: int | None = None) -> int:
         """Delete the `_requests` memos older than the retention; returns how many were deleted.

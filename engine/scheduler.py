@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine
 from engine.db import SCHEDULED_FUNCTIONS, DatabaseWriter
 from engine.errors import ArgumentError, EngineError
 from engine.functions import FunctionDef
-from engine.sweeps import sweep_periodically
+from engine.sweeps import expired_in_creation_order, sweep_periodically
 from engine.system_updates import REMOVE
 from engine.metrics import SCHEDULER_LATENESS_SECONDS
 from values import decode_doc
@@ -284,22 +284,12 @@ class Scheduler:
 
         A job finishes after it is created, so the walk follows by_creation_time up to the cutoff.
         """
-        projection = self._runtime.projection
-        lo, hi = projection.index_range(SCHEDULED_FUNCTIONS, "by_creation_time", upper=(cutoff_ms, True))
-        if start is not None:
-            lo = max(lo, start)
-        ids: list[str] = []
-        visited = 0
-        for key, doc_id in projection.scan(lo, hi):
-            raw = projection.get(doc_id)
-            if raw is not None:
-                doc = decode_doc(raw)
-                if doc.get("state", {}).get("kind") in FINAL_STATES and doc.get("completedTime", cutoff_ms) < cutoff_ms:
-                    ids.append(doc_id)
-            visited += 1
-            if len(ids) >= EXPIRY_BATCH or visited >= 4 * EXPIRY_BATCH:
-                return ids, key + b"\x00"  # index keys are prefix-free: every later key sorts after this
-        return ids, None
+        def expired(raw: bytes) -> bool:
+            doc = decode_doc(raw)
+            return doc.get("state", {}).get("kind") in FINAL_STATES and doc.get("completedTime", cutoff_ms) < cutoff_ms
+
+        return expired_in_creation_order(self._runtime.projection, SCHEDULED_FUNCTIONS, cutoff_ms, start,
+                                         EXPIRY_BATCH, expired)
 
     async def expire_finished(self, now: float | None = None) -> int:
         """Delete jobs finished more than `Limits.job_retention_seconds` ago; returns how many.

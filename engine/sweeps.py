@@ -10,6 +10,8 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
+from projections.types import DocumentReader
+
 EXPIRY_INTERVAL_MAX = 3600.0  # seconds between expiry sweeps at most (retention / 24 when shorter)
 
 
@@ -35,4 +37,31 @@ async def sweep_periodically(sweep: Callable[[], Awaitable[int]], retention: Cal
         await asyncio.sleep(expiry_interval(seconds))
 
 
-__all__ = ["EXPIRY_INTERVAL_MAX", "expiry_interval", "sweep_periodically"]
+def expired_in_creation_order(projection: DocumentReader, table: str, cutoff_ms: float, start: bytes | None,
+                              limit: int, expired: Callable[[bytes], bool | None]) -> tuple[list[str], bytes | None]:
+    """Up to `limit` ids of `table`'s documents created before `cutoff_ms` that `expired(raw)` says are expired,
+    walking the by_creation_time index from `start`; and where to continue (None: done).
+
+    `expired` answers True (expired), False (kept) or None (stop: every later document is newer). At
+    most 4 × `limit` documents are read per call, so a sweep of mostly kept documents still yields.
+    """
+    lo, hi = projection.index_range(table, "by_creation_time", upper=(cutoff_ms, True))
+    if start is not None:
+        lo = max(lo, start)
+    ids: list[str] = []
+    visited = 0
+    for key, doc_id in projection.scan(lo, hi):
+        raw = projection.get(doc_id)
+        if raw is not None:
+            verdict = expired(raw)
+            if verdict is None:
+                return ids, None
+            if verdict:
+                ids.append(doc_id)
+        visited += 1
+        if len(ids) >= limit or visited >= 4 * limit:
+            return ids, key + b"\x00"  # index keys are prefix-free: every later key sorts after this
+    return ids, None
+
+
+__all__ = ["EXPIRY_INTERVAL_MAX", "expired_in_creation_order", "expiry_interval", "sweep_periodically"]
