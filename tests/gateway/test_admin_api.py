@@ -7,50 +7,18 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from engine.app import App
 from engine.errors import EngineError
-from gateway.config import ServerConfig
 from gateway.node import Node
-from gateway.server import build_app
+from tests.gateway.kitchen_deployment import Deployment
 from gateway.time_travel import get_time_travel, query_at
 from history.points import format_ns
 from log.changes import iter_changes
 from projections.checkpoints import list_checkpoints
-
-APPS = Path(__file__).resolve().parents[1] / "apps"
-
-
-class Deployment:
-    def __init__(self, node: Node, client: TestClient) -> None:
-        self.node = node
-        self.client = client
-        self.auth = {"Authorization": f"Convex {node.admin.value}"}
-
-    async def mutate(self, path: str, args: dict[str, Any]) -> Any:
-        r = await self.client.post("/api/mutation", json={"path": path, "args": args, "format": "json"})
-        body = await r.json()
-        assert r.status == 200, body
-        return body["value"]
-
-    async def query_at(self, headers: dict[str, str] | None = None, **body: Any) -> tuple[int, Any]:
-        r = await self.client.post("/api/admin/query_at", json={"format": "json", **body},
-                                   headers=self.auth if headers is None else headers)
-        return r.status, await r.json()
-
-
-@pytest.fixture
-async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
-    app_dir = APPS / "kitchen"
-    node = Node(ServerConfig(app_dir=app_dir, data_dir=tmp_path / "data"), App.load(app_dir))
-    async with TestClient(TestServer(build_app(node))) as client:
-        yield Deployment(node, client)
-
 
 async def history(d: Deployment, n: int = 12, checkpoint_at: tuple[int, ...] = ()) -> tuple[str, list[tuple[int, int, Any]]]:
     """Mutations; returns (list id, [(offset, ts, open items) after each])."""

@@ -2,48 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from engine.app import App
 from gateway.config import ServerConfig
 from gateway.node import Node
 from gateway.server import build_app
-
-APPS = Path(__file__).resolve().parents[1] / "apps"
-
-
-class Deployment:
-    def __init__(self, node: Node, client: TestClient) -> None:
-        self.node = node
-        self.client = client
-        self.auth = {"Authorization": f"Convex {node.admin.value}"}
-
-    async def mutate(self, path: str, args: dict[str, Any]) -> Any:
-        r = await self.client.post("/api/mutation", json={"path": path, "args": args, "format": "json"})
-        body = await r.json()
-        assert r.status == 200, body
-        return body["value"]
-
-    async def call(self, endpoint: str, post: bool = False, **args: Any) -> dict[str, Any]:
-        if post:
-            r = await self.client.post(f"/api/{endpoint}", json=args, headers=self.auth)
-        else:
-            params = {k: str(v) for k, v in args.items() if v is not None}
-            r = await self.client.get(f"/api/{endpoint}", params=params, headers=self.auth)
-        body = await r.json()
-        assert r.status == 200, body
-        return body
-
-
-@pytest.fixture
-async def deployment(tmp_path: Path) -> AsyncIterator[Deployment]:
-    app_dir = APPS / "kitchen"
-    node = Node(ServerConfig(app_dir=app_dir, data_dir=tmp_path / "data"), App.load(app_dir))
-    async with TestClient(TestServer(build_app(node))) as client:
-        yield Deployment(node, client)
+from tests.gateway.kitchen_deployment import APPS, Deployment
 
 
 def strip(value: dict[str, Any]) -> dict[str, Any]:
