@@ -14,11 +14,12 @@ import pytest
 
 from engine.errors import EngineError
 from gateway.node import Node
-from tests.gateway.kitchen_deployment import Deployment
 from gateway.time_travel import get_time_travel, query_at
 from history.points import format_ns
 from log.changes import iter_changes
 from projections.checkpoints import list_checkpoints
+from tests.gateway.kitchen_deployment import Deployment
+
 
 async def history(d: Deployment, n: int = 12, checkpoint_at: tuple[int, ...] = ()) -> tuple[str, list[tuple[int, int, Any]]]:
     """Mutations; returns (list id, [(offset, ts, open items) after each])."""
